@@ -1,0 +1,671 @@
+//! The AMI wire format: bytes in, [`Frame`]s out, and [`Action`]s back to
+//! bytes. No sockets, no clocks, no logging, so it can be fed any byte string
+//! (tests, fuzzers) and must never panic or buffer without bound.
+//!
+//! The stream Asterisk writes is one banner line
+//! (`Asterisk Call Manager/11.0.0\r\n`, no blank line after it) followed by
+//! messages: `Key: Value` lines closed by an empty line. Line endings are
+//! `\r\n`; a bare `\n` is accepted too.
+//!
+//! Decoding runs in two steps. A linear scan finds where a message ends and
+//! enforces the size and header-count bounds while bytes trickle in (it
+//! remembers how far it got, so a message fed byte by byte is not rescanned).
+//! Then a `nom` grammar parses the complete message.
+//!
+//! Choices worth knowing:
+//! - A line is split at its first `": "`; a line with a colon but no `": "`
+//!   (`Key:` or `Key:value`) is split at its first `:`.
+//! - A line with no colon at all is dropped, not an error: Asterisk before AMI
+//!   2.0 put raw `Command` output in such lines, and one odd line is no reason
+//!   to tear down the link. Dropped lines still count toward both bounds.
+//! - Bytes that are not UTF-8 are replaced (U+FFFD), never rejected.
+//! - Any error ([`CodecError`]) leaves the stream unusable; the connection
+//!   that owns the codec should be dropped.
+
+use std::fmt;
+
+use bytes::{BufMut, BytesMut};
+use nom::branch::alt;
+use nom::bytes::complete::{tag, take_till, take_until};
+use nom::character::complete::char;
+use nom::combinator::{map, rest, verify};
+use nom::multi::many0;
+use nom::sequence::{separated_pair, terminated};
+use nom::{IResult, Parser};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::action::Action;
+
+/// Largest frame (banner line or message, terminators included) accepted by
+/// default. Real AMI messages are a few hundred bytes; 64 KiB leaves room for
+/// long `Command` output while capping memory per connection.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// Most lines accepted in one message by default. Bounds the number of
+/// allocations one message can cause, independently of its byte size.
+pub const DEFAULT_MAX_HEADERS: usize = 4096;
+
+/// One AMI message: an ordered list of headers.
+///
+/// A list rather than a map because keys repeat (`ChanVariable`, `Variable`,
+/// `Output`) and their order carries meaning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    headers: Vec<(String, String)>,
+}
+
+/// What a [`Message`] is, judged by its first `Event` or `Response` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind<'a> {
+    /// An unsolicited event, with its name (`Hangup`, `OriginateResponse`).
+    Event(&'a str),
+    /// The answer to an action, with its status (`Success`, `Error`,
+    /// `Follows`, `Goodbye`).
+    Response(&'a str),
+    /// Neither header present.
+    Unknown,
+}
+
+/// One unit decoded from the AMI stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The first line of the stream, e.g. `Asterisk Call Manager/11.0.0`,
+    /// without its line ending.
+    Banner(String),
+    /// Any later message.
+    Message(Message),
+}
+
+/// Why a byte stream could not be decoded. Carries no payload bytes, so it is
+/// safe to log.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A banner line or message grew past the configured limit.
+    #[error("AMI frame larger than {max} bytes")]
+    FrameTooLarge {
+        /// The limit in force.
+        max: usize,
+    },
+    /// A message had more lines than the configured limit.
+    #[error("AMI message with more than {max} header lines")]
+    TooManyHeaders {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The underlying transport failed (required by `tokio_util::codec`).
+    #[error("AMI transport error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `tokio_util` codec for one AMI connection, client side: decodes the banner
+/// and messages Asterisk sends, encodes [`Action`]s.
+#[derive(Debug, Clone)]
+pub struct AmiCodec {
+    max_frame: usize,
+    max_headers: usize,
+    banner_seen: bool,
+    /// Offset in the read buffer of the first line not yet scanned; every
+    /// line before it belongs to the message being assembled.
+    scanned: usize,
+    /// Lines counted so far in the message being assembled.
+    lines: usize,
+}
+
+impl Message {
+    /// Builds a message from headers in wire order.
+    pub fn new(headers: Vec<(String, String)>) -> Self {
+        Message { headers }
+    }
+
+    /// Value of the first header named `key` (ASCII case-insensitive, as
+    /// Asterisk itself compares keys).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_all(key).next()
+    }
+
+    /// Values of every header named `key`, in wire order.
+    pub fn get_all<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers in wire order, repeated keys included.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Classifies the message. `Event` is looked at first because some events
+    /// (`OriginateResponse`) also carry a `Response` header; taking those for
+    /// action responses would misroute them.
+    pub fn kind(&self) -> MessageKind<'_> {
+        if let Some(name) = self.get("Event") {
+            MessageKind::Event(name)
+        } else if let Some(status) = self.get("Response") {
+            MessageKind::Response(status)
+        } else {
+            MessageKind::Unknown
+        }
+    }
+
+    /// The `ActionID` header, which ties a response (or an
+    /// `OriginateResponse` event) to the action that caused it.
+    pub fn action_id(&self) -> Option<&str> {
+        self.get("ActionID")
+    }
+}
+
+impl AmiCodec {
+    /// A codec with the default bounds ([`DEFAULT_MAX_FRAME`],
+    /// [`DEFAULT_MAX_HEADERS`]).
+    pub fn new() -> Self {
+        Self::with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A codec accepting frames of at most `max_frame` bytes (line endings
+    /// included). Larger input fails with [`CodecError::FrameTooLarge`] as
+    /// soon as the limit is passed, without waiting for the frame's end.
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        AmiCodec {
+            max_frame: max_frame.max(1),
+            max_headers: DEFAULT_MAX_HEADERS,
+            banner_seen: false,
+            scanned: 0,
+            lines: 0,
+        }
+    }
+
+    /// Sets the most lines one message may have before
+    /// [`CodecError::TooManyHeaders`].
+    pub fn max_headers(mut self, max_headers: usize) -> Self {
+        self.max_headers = max_headers.max(1);
+        self
+    }
+
+    fn reset_scan(&mut self) {
+        self.scanned = 0;
+        self.lines = 0;
+    }
+
+    fn decode_banner(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some(pos) = src.iter().position(|&b| b == b'\n') else {
+            if src.len() > self.max_frame {
+                return Err(CodecError::FrameTooLarge { max: self.max_frame });
+            }
+            return Ok(None);
+        };
+        if pos + 1 > self.max_frame {
+            return Err(CodecError::FrameTooLarge { max: self.max_frame });
+        }
+        let line = src.split_to(pos + 1);
+        self.banner_seen = true;
+        Ok(Some(Frame::Banner(lossy(strip_line_end(&line)))))
+    }
+
+    fn decode_message(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if self.scanned > src.len() {
+            // The caller replaced the buffer under us; start over.
+            self.reset_scan();
+        }
+        loop {
+            let Some(rel) = src[self.scanned..].iter().position(|&b| b == b'\n') else {
+                if src.len() > self.max_frame {
+                    self.reset_scan();
+                    return Err(CodecError::FrameTooLarge { max: self.max_frame });
+                }
+                return Ok(None);
+            };
+            let end = self.scanned + rel + 1; // one past this line's '\n'
+            if end > self.max_frame {
+                self.reset_scan();
+                return Err(CodecError::FrameTooLarge { max: self.max_frame });
+            }
+            let blank = strip_line_end(&src[self.scanned..end]).is_empty();
+            if blank && self.scanned == 0 {
+                // A blank line before any header is not a message: skip it
+                // rather than emit an empty message.
+                let _ = src.split_to(end);
+                continue;
+            }
+            if blank {
+                let raw = src.split_to(end);
+                self.reset_scan();
+                return Ok(Some(Frame::Message(parse_message(&raw))));
+            }
+            self.lines += 1;
+            if self.lines > self.max_headers {
+                self.reset_scan();
+                return Err(CodecError::TooManyHeaders { max: self.max_headers });
+            }
+            self.scanned = end;
+        }
+    }
+}
+
+impl Default for AmiCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for AmiCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if self.banner_seen {
+            self.decode_message(src)
+        } else {
+            self.decode_banner(src)
+        }
+    }
+}
+
+impl Encoder<&Action> for AmiCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, action: &Action, dst: &mut BytesMut) -> Result<(), CodecError> {
+        // `Action` checked every key and value when it was built, so nothing
+        // here can smuggle a line ending into the stream.
+        let mut put = |key: &str, value: &str| {
+            dst.reserve(key.len() + value.len() + 4);
+            dst.put_slice(key.as_bytes());
+            dst.put_slice(b": ");
+            dst.put_slice(value.as_bytes());
+            dst.put_slice(b"\r\n");
+        };
+        put("Action", action.name());
+        if let Some(id) = action.action_id() {
+            put("ActionID", id);
+        }
+        for (key, value) in action.headers() {
+            put(key, value);
+        }
+        dst.put_slice(b"\r\n");
+        Ok(())
+    }
+}
+
+impl Encoder<Action> for AmiCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, action: Action, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(&action, dst)
+    }
+}
+
+impl fmt::Display for MessageKind<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageKind::Event(name) => write!(f, "event {name}"),
+            MessageKind::Response(status) => write!(f, "response {status}"),
+            MessageKind::Unknown => f.write_str("unknown message"),
+        }
+    }
+}
+
+/// The line without its `\n` or `\r\n`.
+fn strip_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One line, terminator consumed and stripped.
+fn line(input: &[u8]) -> IResult<&[u8], &[u8]> {
+    map(terminated(take_till(|b| b == b'\n'), char('\n')), strip_line_end).parse(input)
+}
+
+/// `Key: Value`, split at the first `": "`; failing that, at the first `:`.
+fn header(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
+    alt((
+        separated_pair(take_until(": "), tag(": "), rest),
+        separated_pair(take_until(":"), tag(":"), rest),
+    ))
+    .parse(input)
+}
+
+/// A parsed line: `Some((key, value))`, or `None` for a line with no colon.
+type HeaderLine<'a> = Option<(&'a [u8], &'a [u8])>;
+
+/// A whole message: non-blank lines, then the blank line that closes it.
+/// Lines that are not headers come out as `None`.
+fn message(input: &[u8]) -> IResult<&[u8], Vec<HeaderLine<'_>>> {
+    terminated(
+        many0(map(verify(line, |l: &[u8]| !l.is_empty()), |l| {
+            header(l).ok().map(|(_, kv)| kv)
+        })),
+        verify(line, |l: &[u8]| l.is_empty()),
+    )
+    .parse(input)
+}
+
+/// Parses a frame the scanner has already delimited (non-blank lines ending
+/// in a blank line). The grammar cannot fail on such input; should it ever,
+/// the result is an empty message, which callers ignore as `Unknown`.
+fn parse_message(raw: &[u8]) -> Message {
+    let headers = match message(raw) {
+        Ok((_, lines)) => lines
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (lossy(k), lossy(v)))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Message { headers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BANNER: &[u8] = b"Asterisk Call Manager/11.0.0\r\n";
+
+    /// Decodes everything available, feeding `input` in chunks of `chunk`.
+    fn decode_chunked(codec: &mut AmiCodec, input: &[u8], chunk: usize) -> Vec<Frame> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = codec.decode(&mut buf).expect("decodes") {
+                out.push(frame);
+            }
+        }
+        out
+    }
+
+    fn decode_all(input: &[u8]) -> Vec<Frame> {
+        decode_chunked(&mut AmiCodec::new(), input, input.len())
+    }
+
+    fn messages(frames: Vec<Frame>) -> Vec<Message> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Message(m) => Some(m),
+                Frame::Banner(_) => None,
+            })
+            .collect()
+    }
+
+    fn msg(pairs: &[(&str, &str)]) -> Message {
+        Message::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    /// A transcript in the shape Asterisk 22 was seen to send for one OTP call.
+    fn transcript() -> Vec<u8> {
+        let mut t = BANNER.to_vec();
+        t.extend_from_slice(
+            b"Response: Success\r\nActionID: votp-1\r\nMessage: Authentication accepted\r\n\r\n\
+              Event: FullyBooted\r\nPrivilege: system,all\r\nStatus: Fully Booted\r\n\r\n\
+              Response: Success\r\nActionID: votp-2\r\nMessage: Originate successfully queued\r\n\r\n\
+              Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/carrier-00000001\r\n\
+              Uniqueid: call-42\r\nCause: 17\r\nCause-txt: User busy\r\n\r\n\
+              Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: votp-2\r\n\
+              Response: Failure\r\nChannel: PJSIP/+923001234567@carrier\r\nReason: 0\r\n\
+              Uniqueid: <null>\r\n\r\n",
+        );
+        t
+    }
+
+    #[test]
+    fn banner_is_first_frame_without_blank_line() {
+        let frames = decode_all(b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\n\r\n");
+        assert_eq!(frames[0], Frame::Banner("Asterisk Call Manager/11.0.0".into()));
+        assert_eq!(frames[1], Frame::Message(msg(&[("Response", "Success")])));
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn login_success_and_failure() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(
+            b"Response: Success\r\nActionID: a-1\r\nMessage: Authentication accepted\r\n\r\n\
+              Response: Error\r\nActionID: a-2\r\nMessage: Authentication failed\r\n\r\n",
+        );
+        let m = messages(decode_all(&input));
+        assert_eq!(m[0].kind(), MessageKind::Response("Success"));
+        assert_eq!(m[0].action_id(), Some("a-1"));
+        assert_eq!(m[1].kind(), MessageKind::Response("Error"));
+        assert_eq!(m[1].get("message"), Some("Authentication failed"));
+    }
+
+    #[test]
+    fn originate_response_event_is_an_event_not_a_response() {
+        let m = messages(decode_all(&transcript()));
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[2].get("Message"), Some("Originate successfully queued"));
+        assert_eq!(m[2].kind(), MessageKind::Response("Success"));
+        let orig = &m[4];
+        assert_eq!(orig.kind(), MessageKind::Event("OriginateResponse"));
+        assert_eq!(orig.action_id(), Some("votp-2"));
+        assert_eq!(orig.get("Response"), Some("Failure"));
+        assert_eq!(orig.get("Reason"), Some("0"));
+    }
+
+    #[test]
+    fn hangup_cause_fields() {
+        let m = messages(decode_all(&transcript()));
+        let hangup = &m[3];
+        assert_eq!(hangup.kind(), MessageKind::Event("Hangup"));
+        assert_eq!(hangup.get("Cause"), Some("17"));
+        assert_eq!(hangup.get("Cause-txt"), Some("User busy"));
+        assert_eq!(hangup.get("uniqueid"), Some("call-42"));
+    }
+
+    #[test]
+    fn repeated_keys_kept_in_order() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(
+            b"Event: Newchannel\r\nChanVariable: A=1\r\nUniqueid: x\r\n\
+              ChanVariable: B=2\r\nchanvariable: C=3\r\n\r\n",
+        );
+        let m = &messages(decode_all(&input))[0];
+        let all: Vec<&str> = m.get_all("ChanVariable").collect();
+        assert_eq!(all, ["A=1", "B=2", "C=3"]);
+        assert_eq!(m.get("CHANVARIABLE"), Some("A=1"));
+        assert_eq!(m.headers().len(), 5);
+        assert_eq!(m.headers()[3], ("ChanVariable".into(), "B=2".into()));
+    }
+
+    #[test]
+    fn split_at_first_colon_space_only() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(
+            b"Response: Follows\r\nOutput: Name: value: more\r\nEmpty:\r\n\
+              Tight:value\r\nBlank: \r\nURL: sip:a@b:5060\r\n\r\n",
+        );
+        let m = &messages(decode_all(&input))[0];
+        assert_eq!(m.get("Output"), Some("Name: value: more"));
+        assert_eq!(m.get("Empty"), Some(""));
+        assert_eq!(m.get("Tight"), Some("value"));
+        assert_eq!(m.get("Blank"), Some(""));
+        assert_eq!(m.get("URL"), Some("sip:a@b:5060"));
+    }
+
+    #[test]
+    fn command_follows_output_lines_are_headers() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(
+            b"Response: Follows\r\nActionID: c-1\r\nMessage: Command output follows\r\n\
+              Output: Name/username   Host\r\nOutput: carrier/carrier 127.0.0.2\r\n\r\n",
+        );
+        let m = &messages(decode_all(&input))[0];
+        assert_eq!(m.kind(), MessageKind::Response("Follows"));
+        assert_eq!(m.get_all("Output").count(), 2);
+    }
+
+    #[test]
+    fn bare_lf_line_endings_and_leading_blank_lines() {
+        let frames = decode_all(b"Asterisk Call Manager/2.10.0\n\r\n\nEvent: Foo\nA: 1\n\nResponse: Success\r\n\n");
+        assert_eq!(frames[0], Frame::Banner("Asterisk Call Manager/2.10.0".into()));
+        let m = messages(frames);
+        assert_eq!(m, [msg(&[("Event", "Foo"), ("A", "1")]), msg(&[("Response", "Success")])]);
+    }
+
+    #[test]
+    fn lines_without_colon_are_dropped() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(b"Response: Follows\r\nraw output line\r\n--END COMMAND--\r\n\r\n");
+        let m = &messages(decode_all(&input))[0];
+        assert_eq!(m, &msg(&[("Response", "Follows")]));
+    }
+
+    #[test]
+    fn byte_by_byte_equals_whole() {
+        let t = transcript();
+        let whole = decode_all(&t);
+        for chunk in [1, 2, 3, 7, 13, 64] {
+            assert_eq!(decode_chunked(&mut AmiCodec::new(), &t, chunk), whole, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn partial_message_waits_for_more() {
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(&b"Asterisk Call Manager/11.0.0\r\nResponse: Succ"[..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Banner(_)))));
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(b"ess\r\n");
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Message(_)))));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frame_too_large_without_newline() {
+        let mut codec = AmiCodec::with_max_frame(64);
+        let mut buf = BytesMut::from(BANNER);
+        assert!(codec.decode(&mut buf).is_ok());
+        buf.extend_from_slice(&[b'a'; 65]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::FrameTooLarge { max: 64 })));
+    }
+
+    #[test]
+    fn frame_too_large_across_many_lines() {
+        let mut codec = AmiCodec::with_max_frame(100);
+        let mut buf = BytesMut::from(BANNER);
+        assert!(codec.decode(&mut buf).is_ok());
+        let mut result = Ok(None);
+        for _ in 0..20 {
+            buf.extend_from_slice(b"Key: value\r\n");
+            result = codec.decode(&mut buf);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(result, Err(CodecError::FrameTooLarge { max: 100 })));
+        assert!(buf.len() <= 100 + 12, "buffer stayed bounded");
+    }
+
+    #[test]
+    fn banner_too_large() {
+        let mut codec = AmiCodec::with_max_frame(16);
+        let mut buf = BytesMut::from(&[b'x'; 17][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut codec = AmiCodec::new().max_headers(3);
+        let mut buf = BytesMut::from(BANNER);
+        buf.extend_from_slice(b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n");
+        assert!(codec.decode(&mut buf).is_ok());
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::TooManyHeaders { max: 3 })));
+        // Exactly at the bound is fine.
+        let mut codec = AmiCodec::new().max_headers(3);
+        let mut buf = BytesMut::from(BANNER);
+        buf.extend_from_slice(b"A: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+        assert!(codec.decode(&mut buf).is_ok());
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Message(_)))));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_rejected() {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(b"Event: X\r\nName: \xff\xfe\r\n\r\n");
+        let m = &messages(decode_all(&input))[0];
+        assert_eq!(m.get("Name"), Some("\u{fffd}\u{fffd}"));
+    }
+
+    /// Poor man's fuzzing (no fuzz crate allowed): random bytes and mutated
+    /// transcripts, in random chunk sizes, with tight bounds. Only checks that
+    /// nothing panics and the buffer never outgrows the bound.
+    #[test]
+    fn garbage_never_panics_and_stays_bounded() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"\r\n: aZ\x00\xff";
+        let base = transcript();
+        for round in 0..400 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                (0..next() % 2000).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+            } else {
+                base.clone()
+            };
+            for _ in 0..(next() % 20) {
+                if input.is_empty() {
+                    break;
+                }
+                let i = (next() % input.len() as u64) as usize;
+                input[i] = next() as u8;
+            }
+            let max = 32 + (next() % 512) as usize;
+            let mut codec = AmiCodec::with_max_frame(max).max_headers(1 + (next() % 16) as usize);
+            let mut buf = BytesMut::new();
+            let mut rest = &input[..];
+            'feed: while !rest.is_empty() {
+                let n = (1 + next() % 40) as usize;
+                let (piece, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                buf.extend_from_slice(piece);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                assert!(buf.len() <= max + 40, "buffer {} over bound {max}", buf.len());
+            }
+            let _ = codec.decode_eof(&mut buf);
+        }
+    }
+
+    #[test]
+    fn encodes_action_in_order() {
+        let mut action = Action::new("Originate")
+            .and_then(|a| a.header("Channel", "PJSIP/100@carrier"))
+            .and_then(|a| a.header("Variable", "A=1"))
+            .and_then(|a| a.header("Variable", "B=2"))
+            .expect("valid action");
+        action.set_action_id("votp-7").expect("valid id");
+        let mut dst = BytesMut::new();
+        AmiCodec::new().encode(&action, &mut dst).expect("encodes");
+        assert_eq!(
+            &dst[..],
+            b"Action: Originate\r\nActionID: votp-7\r\nChannel: PJSIP/100@carrier\r\n\
+              Variable: A=1\r\nVariable: B=2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn encoded_action_decodes_back() {
+        let action = Action::login("otp", "s3cret").expect("valid");
+        let mut buf = BytesMut::from(BANNER);
+        AmiCodec::new().encode(action, &mut buf).expect("encodes");
+        let m = &messages(decode_all(&buf))[0];
+        assert_eq!(m.get("Action"), Some("Login"));
+        assert_eq!(m.get("Username"), Some("otp"));
+    }
+}

@@ -1,0 +1,233 @@
+//! Calls: what a call is (id, status, reason), the dispatcher that places
+//! them through AMI and follows their events, and the flow the callee hears.
+//!
+//! - `flow`: the script read to the callee, over typed AGI commands.
+//! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
+//! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
+
+pub mod agi_handler;
+pub mod dispatcher;
+pub mod flow;
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// An unguessable call identifier: 128 random bits as 32 lowercase hex
+/// digits. It is also the Asterisk channel's `Uniqueid` (`ChannelId` on
+/// Originate), so AMI events and the FastAGI session name the call directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+impl CallId {
+    /// A fresh random id from the OS-seeded CSPRNG.
+    pub fn generate() -> CallId {
+        let bytes: [u8; 16] = rand::random();
+        CallId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Accepts only the exact shape we generate, so ids read back from
+    /// Asterisk or URLs can be trusted to be plain hex.
+    pub fn parse(s: &str) -> Option<CallId> {
+        (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| CallId(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// Stored, not yet handed to Asterisk.
+    Queued,
+    /// Originate sent; the phone may be ringing.
+    Dialing,
+    /// The callee answered; the code is being read.
+    Answered,
+    /// At least one full reading of the code reached the callee.
+    Completed,
+    /// The call ended without a full reading; `reason` says why.
+    Failed,
+}
+
+impl CallStatus {
+    /// Every status, for listings and checks.
+    pub const ALL: [CallStatus; 5] =
+        [CallStatus::Queued, CallStatus::Dialing, CallStatus::Answered, CallStatus::Completed, CallStatus::Failed];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Queued => "queued",
+            CallStatus::Dialing => "dialing",
+            CallStatus::Answered => "answered",
+            CallStatus::Completed => "completed",
+            CallStatus::Failed => "failed",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(s: &str) -> Option<CallStatus> {
+        CallStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A final status never changes again and the code is gone.
+    pub fn is_final(self) -> bool {
+        matches!(self, CallStatus::Completed | CallStatus::Failed)
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a call failed, derived from what Asterisk reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// The line was busy (Q.850 cause 17).
+    Busy,
+    /// It rang until the ring timeout (cause 19 / OriginateResponse reason 3).
+    NoAnswer,
+    /// The callee rejected the call (cause 21).
+    Rejected,
+    /// The network says no such number (cause 1).
+    InvalidNumber,
+    /// No circuit or trunk capacity (cause 34 and friends).
+    Congestion,
+    /// Answered, but hung up before the code was read in full once.
+    HangupBeforeCode,
+    /// Asterisk or we failed (AMI down, Originate refused, AGI never came).
+    SystemError,
+}
+
+impl FailReason {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Busy => "busy",
+            FailReason::NoAnswer => "no_answer",
+            FailReason::Rejected => "rejected",
+            FailReason::InvalidNumber => "invalid_number",
+            FailReason::Congestion => "congestion",
+            FailReason::HangupBeforeCode => "hangup_before_code",
+            FailReason::SystemError => "system_error",
+        }
+    }
+
+    /// The reason a Q.850 hangup cause of an unanswered call stands for.
+    pub fn from_cause(cause: u16) -> FailReason {
+        match cause {
+            17 => FailReason::Busy,
+            18 | 19 => FailReason::NoAnswer,
+            21 => FailReason::Rejected,
+            1 | 3 | 22 | 28 => FailReason::InvalidNumber,
+            34 | 38 | 41 | 42 | 44 | 47 => FailReason::Congestion,
+            _ => FailReason::SystemError,
+        }
+    }
+
+    /// The reason an `OriginateResponse` `Reason:` stands for, when no
+    /// hangup cause is known (Asterisk's list: 0 failed, 1 hangup,
+    /// 3 ringing/no answer, 5 busy, 8 congestion).
+    pub fn from_originate_reason(reason: u32) -> FailReason {
+        match reason {
+            3 => FailReason::NoAnswer,
+            5 => FailReason::Busy,
+            8 => FailReason::Congestion,
+            _ => FailReason::SystemError,
+        }
+    }
+}
+
+/// A stored call. The code is `None` once the call is final.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The call id (= Asterisk channel Uniqueid).
+    pub id: CallId,
+    /// The API user who asked for it.
+    pub user_id: Option<i64>,
+    /// Destination in E.164.
+    pub number: String,
+    /// The code; erased when the call ends. Never logged.
+    pub code: Option<String>,
+    /// Current status.
+    pub status: CallStatus,
+    /// Why it failed, for `failed` calls.
+    pub reason: Option<String>,
+    /// Free text for operators (which AMI error, ...). Never holds the code.
+    pub detail: Option<String>,
+    /// Q.850 hangup cause reported by Asterisk, if any.
+    pub cause: Option<u16>,
+    /// Asterisk's text for that cause.
+    pub cause_text: Option<String>,
+    /// Full readings of the code played to the callee.
+    pub readings: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of the last change.
+    pub updated_at: i64,
+    /// When Originate was sent.
+    pub dialed_at: Option<i64>,
+    /// When the callee answered.
+    pub answered_at: Option<i64>,
+    /// When the call reached a final status.
+    pub ended_at: Option<i64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_hex_and_round_trip() {
+        let a = CallId::generate();
+        let b = CallId::generate();
+        assert_ne!(a, b);
+        assert_eq!(CallId::parse(a.as_str()), Some(a));
+        assert_eq!(CallId::parse("xyz"), None);
+        assert_eq!(CallId::parse(&"A".repeat(32)), None);
+    }
+
+    #[test]
+    fn causes_map_to_reasons() {
+        assert_eq!(FailReason::from_cause(17), FailReason::Busy);
+        assert_eq!(FailReason::from_cause(19), FailReason::NoAnswer);
+        assert_eq!(FailReason::from_cause(21), FailReason::Rejected);
+        assert_eq!(FailReason::from_cause(1), FailReason::InvalidNumber);
+        assert_eq!(FailReason::from_cause(34), FailReason::Congestion);
+        assert_eq!(FailReason::from_cause(16), FailReason::SystemError);
+        assert_eq!(FailReason::from_originate_reason(3), FailReason::NoAnswer);
+        assert_eq!(FailReason::from_originate_reason(0), FailReason::SystemError);
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in CallStatus::ALL {
+            assert_eq!(CallStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(CallStatus::Completed.is_final() && CallStatus::Failed.is_final());
+        assert!(!CallStatus::Answered.is_final());
+    }
+}

@@ -1,0 +1,270 @@
+//! Command line: `serve`, `user ...` and `call ...`. Every command takes
+//! `--config PATH` and works on that config's database.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::hash_password;
+use crate::call::CallId;
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// Voice OTP: delivers one-time passwords by phone call through Asterisk.
+#[derive(Debug, Parser)]
+#[command(name = "voice-otp", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file (see voice-otp.example.toml). Without one,
+    /// every default applies: the sandbox Asterisk on 127.0.0.1 and
+    /// ./voice-otp.db.
+    #[arg(long, global = true, value_name = "PATH", env = "VOICE_OTP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP API, AMI client and FastAGI server.
+    Serve,
+    /// Manage API users (the username/password of /outbound.cgi).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Look at calls.
+    #[command(subcommand)]
+    Call(CallCommand),
+}
+
+/// `voice-otp user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; asks for the password twice (no echo) unless --password-stdin.
+    Add {
+        /// Login name: 1-64 characters of A-Z a-z 0-9 . _ @ -
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users: name, enabled, created.
+    List,
+    /// Set a new password.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Refuse a user's requests (401) without deleting them.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+    /// Accept a disabled user's requests again.
+    Enable {
+        /// Login name.
+        name: String,
+    },
+    /// Delete a user. Their past calls stay on record.
+    Remove {
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `voice-otp call ...`
+#[derive(Debug, Subcommand)]
+pub enum CallCommand {
+    /// Show one call as key=value lines (never the code).
+    Show {
+        /// The call id from the API response.
+        id: String,
+    },
+    /// The newest calls, one line each.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+/// A command failure: printed as `error: ...`, exit status 1.
+pub type CliResult = Result<(), String>;
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> CliResult {
+    let config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Serve => {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start runtime: {e}"))?;
+            runtime.block_on(crate::daemon::run(config)).map_err(|e| e.to_string())
+        }
+        Command::User(cmd) => user(&config, cmd),
+        Command::Call(cmd) => call(&config, cmd),
+    }
+}
+
+fn open(config: &Config) -> Result<Store, String> {
+    Store::open(&config.database.path).map_err(|e| format!("database {}: {e}", config.database.path.display()))
+}
+
+fn user(config: &Config, cmd: UserCommand) -> CliResult {
+    let mut store = open(config)?;
+    let cost = config.auth.bcrypt_cost;
+    match cmd {
+        UserCommand::Add { name, password_stdin } => {
+            check_name(&name)?;
+            if store.user(&name).map_err(db)?.is_some() {
+                return Err(format!("user `{name}` already exists"));
+            }
+            let hash = hash_password(&read_password(password_stdin)?, cost)?;
+            store.add_user(&name, &hash).map_err(db)?;
+            println!("added user {name}");
+        }
+        UserCommand::List => {
+            println!("{:<32} {:<8} created", "name", "enabled");
+            for u in store.users().map_err(db)? {
+                println!("{:<32} {:<8} {}", u.name, if u.enabled { "yes" } else { "no" }, format_ms(u.created_at));
+            }
+        }
+        UserCommand::Passwd { name, password_stdin } => {
+            if store.user(&name).map_err(db)?.is_none() {
+                return Err(StoreError::NoSuchUser(name).to_string());
+            }
+            let hash = hash_password(&read_password(password_stdin)?, cost)?;
+            store.set_password(&name, &hash).map_err(db)?;
+            println!("password changed for {name}");
+        }
+        UserCommand::Disable { name } => {
+            store.set_enabled(&name, false).map_err(db)?;
+            println!("disabled {name}");
+        }
+        UserCommand::Enable { name } => {
+            store.set_enabled(&name, true).map_err(db)?;
+            println!("enabled {name}");
+        }
+        UserCommand::Remove { name } => {
+            store.remove_user(&name).map_err(db)?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}
+
+fn call(config: &Config, cmd: CallCommand) -> CliResult {
+    let store = open(config)?;
+    match cmd {
+        CallCommand::Show { id } => {
+            let parsed = CallId::parse(&id).ok_or_else(|| format!("`{id}` is not a call id (32 hex digits)"))?;
+            let c = store.call(&parsed).map_err(db)?.ok_or_else(|| format!("no call {id}"))?;
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            let when = |v: Option<i64>| v.map(format_ms).unwrap_or_default();
+            println!("id={}", c.id);
+            println!("number={}", c.number);
+            println!("status={}", c.status);
+            println!("reason={}", opt(c.reason));
+            println!("detail={}", opt(c.detail));
+            println!("cause={}", c.cause.map(|c| c.to_string()).unwrap_or_default());
+            println!("cause_text={}", opt(c.cause_text));
+            println!("readings={}", c.readings);
+            println!("created_at={}", format_ms(c.created_at));
+            println!("dialed_at={}", when(c.dialed_at));
+            println!("answered_at={}", when(c.answered_at));
+            println!("ended_at={}", when(c.ended_at));
+        }
+        CallCommand::List { limit } => {
+            for c in store.recent_calls(limit).map_err(db)? {
+                println!(
+                    "{} {} {:<16} {:<9} {}",
+                    format_ms(c.created_at),
+                    c.id,
+                    c.number,
+                    c.status,
+                    c.reason.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn db(e: StoreError) -> String {
+    e.to_string()
+}
+
+/// Names end up in logs and tables: keep them plain.
+fn check_name(name: &str) -> CliResult {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
+    if ok { Ok(()) } else { Err(format!("invalid user name `{name}`: use 1-64 of A-Z a-z 0-9 . _ @ -")) }
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read password: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read password: {e}"))?;
+    let second = rpassword::prompt_password("Repeat password: ").map_err(|e| format!("cannot read password: {e}"))?;
+    if first != second {
+        return Err("passwords do not match".into());
+    }
+    Ok(first)
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date crate.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_ms(1_795_651_200_123), "2026-11-26T00:00:00.123Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("acme1").is_ok());
+        assert!(check_name("a.b_c@d-e").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,155 @@
+//! `voice-otp serve`: wires the store, the AMI client, the dispatcher, the
+//! FastAGI server and the HTTP front end together, and takes them down
+//! again on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agi::AgiServer;
+use crate::ami::{AmiClient, AmiConfig};
+use crate::auth::Authenticator;
+use crate::call::agi_handler::OtpAgi;
+use crate::call::dispatcher::{Dispatcher, LiveCalls};
+use crate::config::Config;
+use crate::store::{Db, Store};
+
+/// How long shutdown waits for calls in progress before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What HTTP handlers share.
+pub struct App {
+    /// The loaded configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// Credential checks.
+    pub auth: Authenticator,
+    /// Where accepted calls go.
+    pub dispatcher: Dispatcher,
+}
+
+/// Addresses actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// FastAGI server.
+    pub agi: SocketAddr,
+}
+
+/// A started daemon.
+pub struct Daemon {
+    /// Where it listens.
+    pub bound: Bound,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A start-up failure, with the part that failed named.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Opening or migrating the database.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// Binding a listener.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        /// "HTTP" or "FastAGI".
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Building the authenticator.
+    #[error("auth: {0}")]
+    Auth(String),
+}
+
+impl Daemon {
+    /// Opens everything and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let config = Arc::new(config);
+        let path = config.database.path.clone();
+        let store = Store::open(&path)
+            .map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
+        let db = Db::new(store);
+        let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost).map_err(|e| StartError::Auth(e.to_string()))?;
+
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http.listen, source })?;
+        let agi = AgiServer::bind(config.agi.listen)
+            .await
+            .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?;
+        let bound = Bound {
+            http: http.local_addr().unwrap_or(config.http.listen),
+            agi: agi.local_addr().unwrap_or(config.agi.listen),
+        };
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ami_config = AmiConfig::new(
+            config.ami.host.clone(),
+            config.ami.port,
+            config.ami.username.clone(),
+            config.ami.secret.clone(),
+        );
+        let ami = AmiClient::spawn(ami_config, shutdown.clone());
+        let live = LiveCalls::default();
+        let agi_url = config.agi.url_for(bound.agi);
+        let dispatcher =
+            Dispatcher::start(config.clone(), db.clone(), ami, agi_url, live.clone(), &tracker, shutdown.clone());
+
+        let handler = OtpAgi::new(db.clone(), live, config.call.clone());
+        tracker.spawn(agi.serve(Arc::new(handler), shutdown.clone()));
+        let app = Arc::new(App { config, db, auth, dispatcher });
+        tracker.spawn(crate::http::serve(http, app, shutdown.clone()));
+        tracker.close();
+        Ok(Daemon { bound, shutdown, tracker })
+    }
+
+    /// Stops accepting, lets calls in progress finish (bounded), returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown: calls still in progress after {DRAIN_TIMEOUT:?}; leaving them");
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let daemon = Daemon::start(config).await?;
+    tracing::info!(http = %daemon.bound.http, agi = %daemon.bound.agi, "voice-otp ready");
+    // One machine-readable line on stdout, for scripts and tests that start
+    // the daemon on port 0.
+    println!("ready http={} agi={}", daemon.bound.http, daemon.bound.agi);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

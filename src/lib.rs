@@ -1,0 +1,32 @@
+//! voice-otp: delivers one-time passwords by phone call through Asterisk.
+//!
+//! A request comes in over HTTP, is stored, and is dialled with an AMI
+//! `Originate`; when the callee answers, Asterisk's dialplan connects to our
+//! FastAGI server, which reads the code digit by digit.
+//!
+//! Where everything lives:
+//! - [`cli`]: command line (`serve`, `user ...`, `call ...`); `main.rs` only calls it.
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`daemon`]: `serve` - starts and stops every part below.
+//! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API).
+//! - [`auth`]: API users' credentials (bcrypt).
+//! - [`store`]: SQLite - users, calls, migrations.
+//! - [`phone`]: destination numbers: validation, E.164, dial templates.
+//! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
+//!   the callee hears and its FastAGI entry point.
+//! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
+//! - [`agi`]: FastAGI - codec, typed commands, session, server.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agi;
+pub mod ami;
+pub mod auth;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod phone;
+pub mod store;

@@ -1,0 +1,57 @@
+//! Versioned schema migrations. Each entry moves the schema from version
+//! `i` to `i + 1` inside one transaction; `PRAGMA user_version` records where
+//! a database stands. Never edit a released migration: append a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: users and calls.
+    "CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        enabled       INTEGER NOT NULL DEFAULT 1,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE TABLE calls (
+        id          TEXT PRIMARY KEY,
+        user_id     INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        number      TEXT NOT NULL,
+        code        TEXT,
+        status      TEXT NOT NULL,
+        reason      TEXT,
+        detail      TEXT,
+        cause       INTEGER,
+        cause_text  TEXT,
+        readings    INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        dialed_at   INTEGER,
+        answered_at INTEGER,
+        ended_at    INTEGER
+    );
+    CREATE INDEX calls_by_user ON calls(user_id, created_at);
+    CREATE INDEX calls_by_status ON calls(status);",
+];
+
+/// The schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn` to [`LATEST`]. Refuses a database from a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this build knows ({LATEST})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

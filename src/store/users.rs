@@ -1,0 +1,120 @@
+//! API users: name, bcrypt hash, enabled flag.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+use crate::call::now_ms;
+
+/// A stored API user.
+#[derive(Clone)]
+pub struct User {
+    /// Row id.
+    pub id: i64,
+    /// Unique login name.
+    pub name: String,
+    /// bcrypt hash of the password.
+    pub password_hash: String,
+    /// Disabled users are refused like unknown ones.
+    pub enabled: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+const USER_COLUMNS: &str = "id, name, password_hash, enabled, created_at";
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        password_hash: row.get(2)?,
+        enabled: row.get(3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+impl Store {
+    /// Adds a user; the name must be new.
+    pub fn add_user(&mut self, name: &str, password_hash: &str) -> Result<User, StoreError> {
+        let now = now_ms();
+        let inserted = self.conn.execute(
+            "INSERT INTO users (name, password_hash, enabled, created_at) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, password_hash, now],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::UserExists(name.to_owned()));
+        }
+        self.user(name)?.ok_or_else(|| StoreError::NoSuchUser(name.to_owned()))
+    }
+
+    /// Looks a user up by name.
+    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?;
+        Ok(stmt.query_row([name], user_from_row).optional()?)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
+        let rows = stmt.query_map([], user_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces a user's password hash.
+    pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.update_user(name, "UPDATE users SET password_hash = ?2 WHERE name = ?1", password_hash)
+    }
+
+    /// Enables or disables a user.
+    pub fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        self.update_user(name, "UPDATE users SET enabled = ?2 WHERE name = ?1", enabled)
+    }
+
+    /// Removes a user. Their calls stay, detached, for the record.
+    pub fn remove_user(&mut self, name: &str) -> Result<(), StoreError> {
+        let n = self.conn.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        if n == 0 { Err(StoreError::NoSuchUser(name.to_owned())) } else { Ok(()) }
+    }
+
+    fn update_user(&mut self, name: &str, sql: &str, value: impl rusqlite::ToSql) -> Result<(), StoreError> {
+        let n = self.conn.execute(sql, params![name, value])?;
+        if n == 0 { Err(StoreError::NoSuchUser(name.to_owned())) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_find_update_remove() {
+        let mut s = Store::open_in_memory().unwrap();
+        let u = s.add_user("acme1", "$2b$04$hash").unwrap();
+        assert!(u.enabled);
+        assert!(matches!(s.add_user("acme1", "x"), Err(StoreError::UserExists(_))));
+        s.set_enabled("acme1", false).unwrap();
+        assert!(!s.user("acme1").unwrap().unwrap().enabled);
+        s.set_password("acme1", "$2b$04$other").unwrap();
+        assert_eq!(s.user("acme1").unwrap().unwrap().password_hash, "$2b$04$other");
+        assert!(matches!(s.set_enabled("nobody", true), Err(StoreError::NoSuchUser(_))));
+        s.remove_user("acme1").unwrap();
+        assert!(s.user("acme1").unwrap().is_none());
+        assert!(matches!(s.remove_user("acme1"), Err(StoreError::NoSuchUser(_))));
+    }
+
+    #[test]
+    fn hash_is_not_in_debug() {
+        let u = User { id: 1, name: "a".into(), password_hash: "$2b$secret".into(), enabled: true, created_at: 0 };
+        assert!(!format!("{u:?}").contains("secret"));
+    }
+}

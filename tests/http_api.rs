@@ -1,0 +1,162 @@
+//! The seed API over real HTTP against the real binary, with a scripted AMI
+//! server standing in for Asterisk so the test can see every action that
+//! reaches it: bad requests must place no call at all.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::fake_ami::{FakeAmi, FakeScript};
+use support::http;
+
+const PASSWORD: &str = "correct-horse-9";
+
+async fn setup(name: &str) -> (TempDir, FakeAmi, Daemon) {
+    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
+    let dir = TempDir::new(name);
+    let config = write_config(&dir.0, fake.addr(), "");
+    let daemon = tokio::task::block_in_place(|| {
+        add_user(&config, "acme1", PASSWORD);
+        add_user(&config, "off1", PASSWORD);
+        let (ok, _, err) = cli(&config, &["user", "disable", "off1"], "");
+        assert!(ok, "{err}");
+        Daemon::start(&config)
+    });
+    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
+    (dir, fake, daemon)
+}
+
+fn seed(number: &str, code: &str, user: &str, password: &str) -> String {
+    format!("/outbound.cgi?number={number}&code={code}&username={user}&password={password}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_precise_error_and_dial_nobody() {
+    let (_dir, fake, daemon) = setup("bad").await;
+    let addr = daemon.http;
+    let ok_rest = format!("&username=acme1&password={PASSWORD}");
+    let cases: Vec<(String, u16, &str)> = vec![
+        (format!("/outbound.cgi?code=482915{ok_rest}"), 400, "Bad Request: number is required"),
+        (format!("/outbound.cgi?number=&code=482915{ok_rest}"), 400, "Bad Request: number is empty"),
+        (format!("/outbound.cgi?number=03001234567{ok_rest}"), 400, "Bad Request: code is required"),
+        (format!("/outbound.cgi?number=03001234567&code={ok_rest}"), 400, "Bad Request: code is empty"),
+        (format!("/outbound.cgi?number=03001234567&code=1234&code=5678{ok_rest}"), 400, "Bad Request: code is given more than once"),
+        (format!("/outbound.cgi?number=03001234567&number=03001234568&code=1234{ok_rest}"), 400, "Bad Request: number is given more than once"),
+        (format!("/outbound.cgi?number=03001234567&code=1234&password={PASSWORD}"), 400, "Bad Request: username is required"),
+        ("/outbound.cgi?number=03001234567&code=1234&username=acme1".into(), 400, "Bad Request: password is required"),
+        (format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&username=acme1&password={PASSWORD}"), 400, "Bad Request: username is given more than once"),
+        (format!("/outbound.cgi?number=03001234567&code=123{ok_rest}"), 400, "Bad Request: code must be 4 to 20 digits long"),
+        (format!("/outbound.cgi?number=03001234567&code=123456789012345678901{ok_rest}"), 400, "Bad Request: code must be 4 to 20 digits long"),
+        (format!("/outbound.cgi?number=03001234567&code=12a4{ok_rest}"), 400, "Bad Request: code must contain only digits 0-9"),
+        (format!("/outbound.cgi?number=03001234567&code=1234%0D%0AAction:%20Logoff{ok_rest}"), 400, "Bad Request: code must contain only digits 0-9"),
+        (format!("/outbound.cgi?number=0300%201234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (format!("/outbound.cgi?number=0300+1234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (format!("/outbound.cgi?number=0300123456a&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (format!("/outbound.cgi?number=03001234567%0D%0AAction:%20Originate&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (format!("/outbound.cgi?number=%0A03001234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (format!("/outbound.cgi?number=%2B9230012345678901&code=1234{ok_rest}"), 400, "Bad Request: number has more than 15 digits"),
+        (format!("/outbound.cgi?number=0300123&code=1234{ok_rest}"), 400, "Bad Request: number is not a valid phone number"),
+        (format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"), 400, "Bad Request: number is not a valid phone number"),
+        (format!("/outbound.cgi?number=%FF%FE&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        ("/outbound.cgi".into(), 400, "Bad Request: number is required"),
+        (seed("03001234567", "482915", "nobody", PASSWORD), 401, "Unauthorized"),
+        (seed("03001234567", "482915", "acme1", "wrong-password"), 401, "Unauthorized"),
+        (seed("03001234567", "482915", "off1", PASSWORD), 401, "Unauthorized"),
+        (seed("03001234567", "482915", "acme1", &"x".repeat(100)), 401, "Unauthorized"),
+        ("/nothing-here".into(), 404, "Not Found"),
+        ("/outbound.cgi/extra".into(), 404, "Not Found"),
+    ];
+    let mut unauthorized_bodies = Vec::new();
+    for (target, status, description) in &cases {
+        let resp = tokio::task::block_in_place(|| http::get(addr, target));
+        assert_eq!(resp.status, *status, "{target}: {}", resp.body);
+        assert_eq!(resp.json_field("response_code").as_deref(), Some(status.to_string().as_str()), "{target}");
+        assert_eq!(resp.json_field("response_description").as_deref(), Some(*description), "{target}");
+        assert_eq!(resp.header("content-type"), Some("application/json"), "{target}");
+        assert!(resp.json_field("call_id").is_none(), "{target}: no call id on errors");
+        if *status == 401 {
+            unauthorized_bodies.push(resp.body);
+        }
+    }
+    assert!(unauthorized_bodies.windows(2).all(|w| w[0] == w[1]), "401 bodies differ: {unauthorized_bodies:?}");
+
+    // Methods, media types and sizes.
+    let resp = tokio::task::block_in_place(|| http::send(addr, "DELETE", "/outbound.cgi", "text/plain", b""));
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.header("allow"), Some("GET, POST"));
+    assert_eq!(resp.json_field("response_code").as_deref(), Some("405"));
+    let body = format!("number=03001234567&code=1234&username=acme1&password={PASSWORD}");
+    let resp = tokio::task::block_in_place(|| http::send(addr, "POST", "/outbound.cgi", "application/json", body.as_bytes()));
+    assert_eq!(resp.status, 415);
+    assert_eq!(resp.json_field("response_code").as_deref(), Some("415"));
+    let big = format!("{body}&pad={}", "x".repeat(9000));
+    let resp = tokio::task::block_in_place(|| http::post_form(addr, "/outbound.cgi", &big));
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.json_field("response_code").as_deref(), Some("413"));
+    // The same field in the query and in the body is a repeat.
+    let resp = tokio::task::block_in_place(|| {
+        http::post_form(addr, "/outbound.cgi?code=1111", &body)
+    });
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Bad Request: code is given more than once"));
+    // A request head far over the limit is refused, not buffered.
+    let huge = format!("/outbound.cgi?number={}", "1".repeat(40_000));
+    let resp = tokio::task::block_in_place(|| http::get(addr, &huge));
+    assert!(resp.status == 431 || resp.status == 414 || resp.status == 400, "{}", resp.status);
+
+    // Nothing above reached Asterisk.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.count("Originate"), 0, "actions: {:?}", fake.actions());
+    assert!(fake.actions().iter().all(|a| a.is("Login") || a.is("Ping")), "{:?}", fake.actions());
+    let calls = tokio::task::block_in_place(|| cli(&daemon.config, &["call", "list"], ""));
+    assert!(calls.0 && calls.1.trim().is_empty(), "no call may be stored: {:?}", calls.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_request_is_stored_then_originated_without_the_code() {
+    let (_dir, fake, daemon) = setup("good").await;
+    let addr = daemon.http;
+    let resp = tokio::task::block_in_place(|| http::get(addr, &seed("03001234567", "482915", "acme1", PASSWORD)));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.json_field("response_code").as_deref(), Some("200"));
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("OK"));
+    let call_id = resp.json_field("call_id").expect("call_id");
+    assert_eq!(call_id.len(), 32);
+    assert!(call_id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let originate = fake.wait_for_action("Originate", Duration::from_secs(10)).await.expect("an Originate");
+    assert_eq!(originate.get("ChannelId"), Some(call_id.as_str()));
+    assert_eq!(originate.get("Channel"), Some("PJSIP/03001234567@carrier"));
+    assert_eq!(originate.get("Context"), Some("voice-otp"));
+    assert_eq!(originate.get("Exten"), Some("s"));
+    assert_eq!(originate.get("Priority"), Some("1"));
+    assert_eq!(originate.get("Timeout"), Some("30000"));
+    assert!(originate.get("Async").is_some_and(|v| v.eq_ignore_ascii_case("true")));
+    assert!(originate.get("ActionID").is_some());
+    let agi_var = format!("VOICE_OTP_AGI=agi://{}/otp", daemon.agi);
+    assert_eq!(originate.get_all("Variable"), vec![agi_var.as_str()]);
+
+    // POST form works the same; other number forms normalise to one number.
+    for number in ["%2B923001234567", "00923001234567", "923001234567", "3001234567"] {
+        let body = format!("number={number}&code=1234&username=acme1&password={PASSWORD}");
+        let resp = tokio::task::block_in_place(|| http::post_form(addr, "/outbound.cgi", &body));
+        assert_eq!(resp.status, 200, "{number}: {}", resp.body);
+    }
+    assert!(fake.wait_for_count("Originate", 5, Duration::from_secs(10)).await);
+    for action in fake.actions().iter().filter(|a| a.is("Originate")) {
+        assert_eq!(action.get("Channel"), Some("PJSIP/03001234567@carrier"));
+    }
+
+    // The code and the password are in no AMI header and no log line.
+    for action in fake.actions() {
+        for (k, v) in &action.headers {
+            assert!(!v.contains("482915") && !v.contains(PASSWORD), "{k}: {v}");
+        }
+    }
+    let logs = daemon.logs();
+    assert!(logs.contains(&call_id), "the call id is logged");
+    assert!(!logs.contains("482915"), "code in logs:\n{logs}");
+    assert!(!logs.contains(PASSWORD), "password in logs:\n{logs}");
+    assert!(!logs.contains("voice-otp-sandbox"), "AMI secret in logs:\n{logs}");
+}

@@ -1,0 +1,98 @@
+//! The sandbox Asterisk (scripts/sandbox): brought up once per test binary
+//! (the script is idempotent and locked), and its status read back. Tests
+//! that need it fail - never skip - when it cannot start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// What `scripts/sandbox status` reports.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// AMI address.
+    pub ami: SocketAddr,
+    /// Folder of the callee's recordings.
+    pub recordings: PathBuf,
+    /// Asterisk's messages log.
+    pub asterisk_log: PathBuf,
+    /// All status keys.
+    pub status: HashMap<String, String>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sandbox")
+}
+
+/// Brings the sandbox up (once per process) and returns its status.
+pub fn up() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            let out = Command::new(script()).arg("up").output().expect("run scripts/sandbox up");
+            assert!(
+                out.status.success(),
+                "scripts/sandbox up failed - the Asterisk tests cannot run:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            status()
+        })
+        .clone()
+}
+
+/// Reads `scripts/sandbox status`.
+pub fn status() -> Sandbox {
+    let out = Command::new(script()).arg("status").output().expect("run scripts/sandbox status");
+    let status: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let get = |k: &str| status.get(k).cloned().unwrap_or_else(|| panic!("sandbox status lacks {k}: {status:?}"));
+    Sandbox {
+        ami: get("ami").parse().expect("ami address"),
+        recordings: PathBuf::from(get("recordings")),
+        asterisk_log: PathBuf::from(get("asterisk_log")),
+        status,
+    }
+}
+
+/// A random valid Pakistani mobile number no other test uses, so each
+/// test finds its own recording.
+pub fn unique_number() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seven = (nanos / 1000 + n * 7919 + std::process::id() * 31) % 10_000_000;
+    format!("0345{seven:07}")
+}
+
+/// Waits for the callee's recording of `number` to exist and stop growing.
+pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> PathBuf {
+    let deadline = Instant::now() + timeout;
+    let prefix = format!("{number}-");
+    let mut last: Option<(PathBuf, u64)> = None;
+    loop {
+        let found = std::fs::read_dir(&sandbox.recordings)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+        if let Some(path) = found {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if let Some((p, s)) = &last {
+                if *p == path && *s == size && size > 44 {
+                    return path;
+                }
+            }
+            last = Some((path, size));
+        }
+        assert!(Instant::now() < deadline, "no complete recording for {number} in {:?}", sandbox.recordings);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}
