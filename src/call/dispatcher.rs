@@ -266,7 +266,9 @@ async fn on_event(state: &Arc<Inner>, msg: &Message) {
             }
         }
         "Hangup" => {
-            let cause: Option<u16> = msg.get("Cause").and_then(|c| c.trim().parse().ok());
+            // Cause 0 ("Unknown") is what Asterisk reports when our own
+            // FastAGI HANGUP ends the call: no Q.850 cause to keep.
+            let cause: Option<u16> = msg.get("Cause").and_then(|c| c.trim().parse().ok()).filter(|&c| c != 0);
             let Some(()) = state.with_tracked(&id, |t| {
                 t.hung_up = true;
                 t.cause = cause;
