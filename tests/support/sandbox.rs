@@ -27,20 +27,69 @@ fn script() -> PathBuf {
 }
 
 /// Brings the sandbox up (once per process) and returns its status.
+///
+/// The process then holds a shared lock on the sandbox for its lifetime, so
+/// a test that stops or restarts Asterisk ([`exclusive`]) waits until no
+/// other test process is using it (other checkouts' test runs included).
 pub fn up() -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX
         .get_or_init(|| {
-            let out = Command::new(script()).arg("up").output().expect("run scripts/sandbox up");
-            assert!(
-                out.status.success(),
-                "scripts/sandbox up failed - the Asterisk tests cannot run:\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            status()
+            let lock = lock_file();
+            lock.lock_shared().expect("shared lock on the sandbox");
+            std::mem::forget(lock); // held until the process exits
+            start()
         })
         .clone()
+}
+
+/// For tests that stop, kill or restart the sandbox's Asterisk: waits for
+/// every other test process to let go of the sandbox, then holds it alone
+/// until this process exits. Such tests live in their own test binary and
+/// never call [`up`] (a shared lock held by the same process would deadlock).
+pub fn exclusive() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            let lock = lock_file();
+            lock.lock().expect("exclusive lock on the sandbox");
+            std::mem::forget(lock);
+            start()
+        })
+        .clone()
+}
+
+/// Runs `scripts/sandbox VERB` (e.g. `down`, `up`), asserting success.
+pub fn run(verb: &str) {
+    let out = Command::new(script()).arg(verb).output().expect("run scripts/sandbox");
+    assert!(
+        out.status.success(),
+        "scripts/sandbox {verb} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn lock_file() -> std::fs::File {
+    let cache = std::env::var("VOICE_OTP_SANDBOX_CACHE").unwrap_or_else(|_| "/var/cache/voice-otp-sandbox".into());
+    std::fs::create_dir_all(&cache).expect("sandbox cache dir");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(&cache).join("tests.lock"))
+        .expect("sandbox tests lock file")
+}
+
+fn start() -> Sandbox {
+    let out = Command::new(script()).arg("up").output().expect("run scripts/sandbox up");
+    assert!(
+        out.status.success(),
+        "scripts/sandbox up failed - the Asterisk tests cannot run:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    status()
 }
 
 /// Reads `scripts/sandbox status`.
