@@ -33,6 +33,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What the callee hears and how fast.
     pub call: CallConfig,
+    /// Status-change webhooks.
+    pub webhooks: WebhooksConfig,
+    /// How long call records are kept.
+    pub retention: RetentionConfig,
 }
 
 /// `[http]`
@@ -143,6 +147,9 @@ pub struct DialConfig {
     pub caller_id: String,
     /// How long the phone may ring before the call counts as not answered.
     pub ring_timeout_secs: u32,
+    /// A call not dialled within this many seconds of its request is
+    /// `expired` instead (a late code is useless and confusing).
+    pub deadline_secs: u32,
 }
 
 impl Default for DialConfig {
@@ -153,6 +160,7 @@ impl Default for DialConfig {
             exten: "s".into(),
             caller_id: String::new(),
             ring_timeout_secs: 30,
+            deadline_secs: 300,
         }
     }
 }
@@ -204,6 +212,53 @@ pub struct CallConfig {
 impl Default for CallConfig {
     fn default() -> Self {
         Self { answer_pause_ms: 1000, digit_pause_ms: 400, reading_pause_ms: 600, readings: 2 }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Host names (exact, case-insensitive) webhooks may go to. Empty: any.
+    pub allow_hosts: Vec<String>,
+    /// Refuse destinations that resolve to loopback, private, link-local,
+    /// shared (CGNAT), unique-local or other non-public addresses (SSRF guard).
+    pub deny_private: bool,
+    /// Time limit of one delivery attempt (connect + TLS + response head).
+    pub timeout_secs: u32,
+    /// Attempts before a delivery is given up.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with each failure...
+    pub retry_initial_secs: u32,
+    /// ...up to this cap.
+    pub retry_max_secs: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_hosts: Vec::new(),
+            deny_private: true,
+            timeout_secs: 10,
+            max_attempts: 15,
+            retry_initial_secs: 5,
+            retry_max_secs: 900,
+        }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Final calls older than this many days are deleted (with their
+    /// webhook records). 0 keeps them forever.
+    pub days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { days: 30 }
     }
 }
 
@@ -285,6 +340,22 @@ impl Config {
                 self.dial.ring_timeout_secs
             )));
         }
+        if self.dial.deadline_secs == 0 || self.dial.deadline_secs > 86_400 {
+            return Err(invalid(format!("dial.deadline_secs must be 1..=86400, got {}", self.dial.deadline_secs)));
+        }
+        let w = &self.webhooks;
+        if !(1..=300).contains(&w.timeout_secs) {
+            return Err(invalid(format!("webhooks.timeout_secs must be 1..=300, got {}", w.timeout_secs)));
+        }
+        if !(1..=100).contains(&w.max_attempts) {
+            return Err(invalid(format!("webhooks.max_attempts must be 1..=100, got {}", w.max_attempts)));
+        }
+        if w.retry_initial_secs == 0 || w.retry_max_secs < w.retry_initial_secs {
+            return Err(invalid("webhooks.retry_initial_secs must be >= 1 and <= webhooks.retry_max_secs".into()));
+        }
+        if let Some(bad) = w.allow_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ':', '@', ' '])) {
+            return Err(invalid(format!("webhooks.allow_hosts: {bad:?} is not a host name")));
+        }
         Ok(self)
     }
 }
@@ -313,6 +384,9 @@ mod tests {
         assert_eq!(c.dial.ring_timeout_secs, 30);
         assert_eq!(c.auth.bcrypt_cost, 12);
         assert_eq!(c.phone.default_country.code(), "PK");
+        assert_eq!(c.dial.deadline_secs, 300);
+        assert_eq!(c.retention.days, 30);
+        assert!(c.webhooks.deny_private && c.webhooks.allow_hosts.is_empty());
     }
 
     #[test]

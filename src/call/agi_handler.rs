@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::dispatcher::LiveCalls;
 use super::flow::{self, FlowEnd};
 use super::{CallId, CallStatus, FailReason};
@@ -44,7 +46,9 @@ impl OtpAgi {
             hang_up(&mut session).await;
             return;
         }
-        self.run_claimed(&id, &mut session).await;
+        // Every log line of the session, the flow's included, names the call.
+        let span = tracing::info_span!("call", call_id = %id);
+        self.run_claimed(&id, &mut session).instrument(span).await;
         self.live.release(&id);
     }
 
@@ -64,7 +68,7 @@ impl OtpAgi {
             }
         };
         let code = match (call.status, call.code) {
-            (CallStatus::Queued | CallStatus::Dialing | CallStatus::Answered, Some(code)) => code,
+            (CallStatus::Queued | CallStatus::Dialing | CallStatus::Ringing | CallStatus::Answered, Some(code)) => code,
             _ => {
                 tracing::warn!(call_id = %id, status = %call.status, "FastAGI session for a finished call; hanging up");
                 hang_up(session).await;

@@ -3,20 +3,28 @@
 //!
 //! One task takes queued call ids in order and sends `Originate` (marking the
 //! call `dialing` first, so a crash can never lead to a second Originate of
-//! the same call). Another follows AMI events: `OriginateResponse` (answered
-//! or not, and why) and `Hangup` (the Q.850 cause), matched to calls by the
-//! channel `Uniqueid`, which is the call id we gave as `ChannelId`. Events of
-//! channels that are not ours are dropped without touching the database.
+//! the same call); a call still queued after its deadline is `expired`
+//! instead. Another follows AMI events: `Newstate` (ringing),
+//! `OriginateResponse` (answered or not, and why) and `Hangup` (the Q.850
+//! cause), matched to calls by the channel `Uniqueid`, which is the call id
+//! we gave as `ChannelId`. Events of channels that are not ours are dropped
+//! without touching the database.
+//!
+//! `OriginateResponse` and `Hangup` arrive in either order. The Hangup cause
+//! tells failures apart (Reason 0 covers most of them), so a failed
+//! `OriginateResponse` without a cause yet waits briefly for its Hangup
+//! before settling for what the Reason alone says.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CallId, CallStatus, FailReason};
+use super::{CallId, CallStatus, FailReason, now_ms};
 use crate::ami::{Action, AmiClient, LinkState, Message, MessageKind};
 use crate::config::Config;
 use crate::phone::PhoneNumber;
@@ -32,6 +40,10 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long after a `Hangup` event an answered call may still be claimed by
 /// its FastAGI session before it is declared lost.
 const AGI_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a failed `OriginateResponse` waits for its `Hangup` (and the
+/// cause in it) before the call fails on the Reason alone.
+const HANGUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Calls whose FastAGI session is running; the AGI handler owns their
 /// final status.
@@ -53,12 +65,18 @@ impl LiveCalls {
     pub fn contains(&self, id: &CallId) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
     }
+
+    /// How many FastAGI sessions are reading a code right now.
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// Handle to submit stored calls for dialling.
 #[derive(Clone)]
 pub struct Dispatcher {
     tx: mpsc::UnboundedSender<CallId>,
+    ami: AmiClient,
 }
 
 impl Dispatcher {
@@ -67,6 +85,26 @@ impl Dispatcher {
         // Only fails once the dialler has stopped (shutdown); the call stays
         // `queued` in the database.
         let _ = self.tx.send(id);
+    }
+
+    /// Hangs up a call's channel (after it was canceled). The channel is
+    /// named by its Uniqueid, which Asterisk's `Hangup` action accepts in
+    /// place of a channel name. Best effort: if the channel is not up yet or
+    /// gone already, the call is canceled in the database anyway, and a
+    /// late answer finds no live call to read (the FastAGI handler hangs up).
+    pub async fn hang_up(&self, id: &CallId) {
+        // Cause 16, normal clearing: we ended it on purpose.
+        let action = match Action::hangup(id.as_str(), 16) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(call_id = %id, error = %e, "cannot build Hangup");
+                return;
+            }
+        };
+        match self.ami.send(action).await {
+            Ok(resp) => tracing::info!(call_id = %id, response = resp.get("Response"), "hangup sent for canceled call"),
+            Err(e) => tracing::info!(call_id = %id, error = %e, "hangup of canceled call not carried out"),
+        }
     }
 
     /// Starts the dialler and the event follower on `tracker`.
@@ -80,11 +118,11 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) -> Dispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(Inner { config, db, ami, agi_url, live, tracked: Mutex::new(HashMap::new()) });
+        let state = Arc::new(Inner { config, db, ami: ami.clone(), agi_url, live, tracked: Mutex::new(HashMap::new()) });
         let events = state.ami.events();
         tracker.spawn(dial_loop(state.clone(), rx, shutdown.clone()));
         tracker.spawn(event_loop(state, events, shutdown));
-        Dispatcher { tx }
+        Dispatcher { tx, ami }
     }
 }
 
@@ -139,7 +177,8 @@ async fn dial_loop(state: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CallId>, s
             _ = shutdown.cancelled() => return,
             next = rx.recv() => match next { Some(id) => id, None => return },
         };
-        originate(&state, id).await;
+        let span = tracing::info_span!("call", call_id = %id);
+        originate(&state, id).instrument(span).await;
     }
 }
 
@@ -153,6 +192,15 @@ async fn originate(state: &Inner, id: CallId) {
             return;
         }
     };
+    if call.deadline_at.is_some_and(|d| d <= now_ms()) {
+        let expire = id.clone();
+        match state.db.run(move |s| s.expire_call(&expire, now_ms())).await {
+            Ok(true) => tracing::info!(call_id = %id, "call expired before it could be dialled"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(call_id = %id, error = %e, "could not expire call"),
+        }
+        return;
+    }
     let dial = &state.config.dial;
     // The stored number was validated on the way in; parsing the E.164 form
     // again cannot fail unless the row was edited by hand.
@@ -242,7 +290,27 @@ async fn event_loop(state: Arc<Inner>, mut events: broadcast::Receiver<Arc<Messa
 async fn on_event(state: &Arc<Inner>, msg: &Message) {
     let MessageKind::Event(name) = msg.kind() else { return };
     let Some(id) = msg.get("Uniqueid").and_then(CallId::parse) else { return };
+    let span = tracing::info_span!("call", call_id = %id);
+    on_call_event(state, name, id, msg).instrument(span).await;
+}
+
+async fn on_call_event(state: &Arc<Inner>, name: &str, id: CallId, msg: &Message) {
     match name {
+        "Newstate" => {
+            // ChannelState 5 is AST_STATE_RINGING on the outbound leg: the
+            // far end sent 180 Ringing.
+            let ringing = msg.get("ChannelState").is_some_and(|s| s.trim() == "5")
+                || msg.get("ChannelStateDesc").is_some_and(|s| s.trim().eq_ignore_ascii_case("Ringing"));
+            if !ringing || state.with_tracked(&id, |_| ()).is_none() {
+                return;
+            }
+            let mark = id.clone();
+            match state.db.run(move |s| s.mark_ringing(&mark)).await {
+                Ok(true) => tracing::info!(call_id = %id, "ringing"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(call_id = %id, error = %e, "could not mark call ringing"),
+            }
+        }
         "OriginateResponse" => {
             let Some(cause) = state.with_tracked(&id, |t| {
                 t.responded = true;
@@ -257,12 +325,21 @@ async fn on_event(state: &Arc<Inner>, msg: &Message) {
                     tracing::error!(call_id = %id, error = %e, "could not mark call answered");
                 }
                 tracing::info!(call_id = %id, "answered");
+            } else if let Some(c) = cause {
+                state.finish(&id, CallEnd::failed(FailReason::from_cause(c), None)).await;
             } else {
-                let why = match cause {
-                    Some(c) => FailReason::from_cause(c),
-                    None => FailReason::from_originate_reason(reason),
-                };
-                state.finish(&id, CallEnd::failed(why, None)).await;
+                // The Hangup with the cause usually follows within
+                // milliseconds and settles the call itself; this is the
+                // fallback if it never comes.
+                let state = state.clone();
+                tokio::spawn(
+                    async move {
+                        tokio::time::sleep(HANGUP_WAIT).await;
+                        let why = FailReason::from_originate_reason(reason);
+                        state.finish(&id, CallEnd::failed(why, None)).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
         "Hangup" => {
@@ -294,21 +371,24 @@ async fn on_hangup(state: &Arc<Inner>, id: CallId, cause: Option<u16>) {
     let lookup = id.clone();
     let Ok(Some(call)) = state.db.run(move |s| s.call(&lookup)).await else { return };
     match call.status {
-        CallStatus::Queued | CallStatus::Dialing => {
+        CallStatus::Queued | CallStatus::Dialing | CallStatus::Ringing => {
             let why = cause.map(FailReason::from_cause).unwrap_or(FailReason::SystemError);
             state.finish(&id, CallEnd::failed(why, None)).await;
         }
         CallStatus::Answered => {
             let state = state.clone();
-            tokio::spawn(async move {
+            tokio::spawn(
+                async move {
                 tokio::time::sleep(AGI_GRACE).await;
                 if state.live.contains(&id) {
                     return;
                 }
                 let detail = "hung up without a FastAGI session (check the dialplan)".to_owned();
                 state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
-            });
+                }
+                .in_current_span(),
+            );
         }
-        CallStatus::Completed | CallStatus::Failed => {}
+        CallStatus::Completed | CallStatus::Failed | CallStatus::Expired | CallStatus::Canceled => {}
     }
 }

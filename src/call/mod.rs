@@ -4,10 +4,12 @@
 //! - `flow`: the script read to the callee, over typed AGI commands.
 //! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
+//! - `json`: the call as the JSON API and webhooks show it.
 
 pub mod agi_handler;
 pub mod dispatcher;
 pub mod flow;
+pub mod json;
 
 use std::fmt;
 
@@ -51,29 +53,46 @@ impl fmt::Display for CallId {
 pub enum CallStatus {
     /// Stored, not yet handed to Asterisk.
     Queued,
-    /// Originate sent; the phone may be ringing.
+    /// Originate sent; the phone is not ringing yet.
     Dialing,
+    /// The callee's phone rings (AMI `Newstate` Ringing of our channel).
+    Ringing,
     /// The callee answered; the code is being read.
     Answered,
     /// At least one full reading of the code reached the callee.
     Completed,
     /// The call ended without a full reading; `reason` says why.
     Failed,
+    /// Not dialled before its deadline (`[dial] deadline_secs`).
+    Expired,
+    /// Canceled through the API before it was answered.
+    Canceled,
 }
 
 impl CallStatus {
     /// Every status, for listings and checks.
-    pub const ALL: [CallStatus; 5] =
-        [CallStatus::Queued, CallStatus::Dialing, CallStatus::Answered, CallStatus::Completed, CallStatus::Failed];
+    pub const ALL: [CallStatus; 8] = [
+        CallStatus::Queued,
+        CallStatus::Dialing,
+        CallStatus::Ringing,
+        CallStatus::Answered,
+        CallStatus::Completed,
+        CallStatus::Failed,
+        CallStatus::Expired,
+        CallStatus::Canceled,
+    ];
 
     /// The stored and displayed name.
     pub fn as_str(self) -> &'static str {
         match self {
             CallStatus::Queued => "queued",
             CallStatus::Dialing => "dialing",
+            CallStatus::Ringing => "ringing",
             CallStatus::Answered => "answered",
             CallStatus::Completed => "completed",
             CallStatus::Failed => "failed",
+            CallStatus::Expired => "expired",
+            CallStatus::Canceled => "canceled",
         }
     }
 
@@ -84,7 +103,12 @@ impl CallStatus {
 
     /// A final status never changes again and the code is gone.
     pub fn is_final(self) -> bool {
-        matches!(self, CallStatus::Completed | CallStatus::Failed)
+        matches!(self, CallStatus::Completed | CallStatus::Failed | CallStatus::Expired | CallStatus::Canceled)
+    }
+
+    /// A call in one of these may still be canceled: nobody answered yet.
+    pub fn is_cancelable(self) -> bool {
+        matches!(self, CallStatus::Queued | CallStatus::Dialing | CallStatus::Ringing)
     }
 }
 
@@ -182,10 +206,32 @@ pub struct Call {
     pub updated_at: i64,
     /// When Originate was sent.
     pub dialed_at: Option<i64>,
+    /// When the phone started ringing.
+    pub ringing_at: Option<i64>,
     /// When the callee answered.
     pub answered_at: Option<i64>,
     /// When the call reached a final status.
     pub ended_at: Option<i64>,
+    /// A call still queued at this time (Unix ms) is not dialled but `expired`.
+    pub deadline_at: Option<i64>,
+    /// Keys the callee pressed during the call, in order (`0-9`, `*`, `#`).
+    pub keys: String,
+    /// Where this call's status changes are POSTed; `None`: the user's default.
+    pub callback_url: Option<String>,
+}
+
+impl Call {
+    /// How long the phone rang: from `Ringing` to answer or, unanswered, to
+    /// the end. `None` while ringing or when it never rang.
+    pub fn ring_ms(&self) -> Option<i64> {
+        let from = self.ringing_at?;
+        Some(self.answered_at.or(self.ended_at)? - from)
+    }
+
+    /// How long the call was connected: from answer to the end.
+    pub fn talk_ms(&self) -> Option<i64> {
+        Some(self.ended_at? - self.answered_at?)
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -228,6 +274,8 @@ mod tests {
             assert_eq!(CallStatus::parse(s.as_str()), Some(s));
         }
         assert!(CallStatus::Completed.is_final() && CallStatus::Failed.is_final());
-        assert!(!CallStatus::Answered.is_final());
+        assert!(CallStatus::Expired.is_final() && CallStatus::Canceled.is_final());
+        assert!(!CallStatus::Answered.is_final() && !CallStatus::Ringing.is_final());
+        assert!(CallStatus::Ringing.is_cancelable() && !CallStatus::Answered.is_cancelable());
     }
 }

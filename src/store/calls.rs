@@ -22,6 +22,15 @@ pub struct NewCall<'a> {
     pub code: &'a str,
 }
 
+/// The lifecycle settings of a new call beyond [`NewCall`].
+#[derive(Debug, Clone, Default)]
+pub struct NewCallLifecycle {
+    /// Unix ms after which a still-queued call expires instead of being dialled.
+    pub deadline_at: Option<i64>,
+    /// This call's webhook URL (already checked); `None`: the user's default.
+    pub callback_url: Option<String>,
+}
+
 /// How a call ended.
 #[derive(Debug, Clone)]
 pub struct CallEnd {
@@ -42,10 +51,36 @@ impl CallEnd {
     }
 }
 
-const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
-                            created_at, updated_at, dialed_at, answered_at, ended_at";
+/// Where to continue a newest-first listing: the last call of the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCursor {
+    /// That call's `created_at`.
+    pub created_at: i64,
+    /// That call's id (ties on `created_at` are ordered by id).
+    pub id: CallId,
+}
 
-fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
+impl CallCursor {
+    /// `<created_at>-<id>`, opaque to clients.
+    pub fn encode(&self) -> String {
+        format!("{}-{}", self.created_at, self.id)
+    }
+
+    /// Reads [`CallCursor::encode`]'s output; `None` for anything else.
+    pub fn decode(s: &str) -> Option<CallCursor> {
+        let (at, id) = s.split_once('-')?;
+        Some(CallCursor { created_at: at.parse().ok().filter(|&t: &i64| t >= 0)?, id: CallId::parse(id)? })
+    }
+}
+
+/// Statuses a call can still leave, as SQL.
+const LIVE: &str = "('queued', 'dialing', 'ringing', 'answered')";
+
+pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
+                            created_at, updated_at, dialed_at, answered_at, ended_at, ringing_at, deadline_at, keys, \
+                            callback_url";
+
+pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
     let id: String = row.get(0)?;
     let status: String = row.get(4)?;
     let Some(id) = CallId::parse(&id) else {
@@ -70,25 +105,38 @@ fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, Store
         dialed_at: row.get(12)?,
         answered_at: row.get(13)?,
         ended_at: row.get(14)?,
+        ringing_at: row.get(15)?,
+        deadline_at: row.get(16)?,
+        keys: row.get(17)?,
+        callback_url: row.get(18)?,
     }))
+}
+
+pub(super) fn read_call(conn: &rusqlite::Connection, id: &CallId) -> Result<Option<Call>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?;
+    stmt.query_row([id.as_str()], call_from_row).optional()?.transpose()
 }
 
 impl Store {
     /// Stores a new `queued` call. Committed when this returns.
     pub fn insert_call(&mut self, new: &NewCall<'_>) -> Result<(), StoreError> {
+        self.insert_call_with(new, &NewCallLifecycle::default())
+    }
+
+    /// Stores a new `queued` call with its deadline and webhook URL.
+    pub fn insert_call_with(&mut self, new: &NewCall<'_>, life: &NewCallLifecycle) -> Result<(), StoreError> {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7)",
         )?;
-        stmt.execute(params![new.id.as_str(), new.user_id, new.number, new.code, now])?;
+        stmt.execute(params![new.id.as_str(), new.user_id, new.number, new.code, now, life.deadline_at, life.callback_url])?;
         Ok(())
     }
 
     /// Reads a call.
     pub fn call(&self, id: &CallId) -> Result<Option<Call>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?;
-        stmt.query_row([id.as_str()], call_from_row).optional()?.transpose()
+        read_call(&self.conn, id)
     }
 
     /// Newest calls first, at most `limit`.
@@ -100,52 +148,152 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
-    /// `queued` -> `dialing`. False if the call had moved on already.
-    pub fn mark_dialing(&mut self, id: &CallId) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let n = self.conn.prepare_cached(
-            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND status = 'queued'",
-        )?
-        .execute(params![id.as_str(), now])?;
+    /// One user's calls, newest first (ties by id, descending), optionally of
+    /// one status, starting after `after`.
+    pub fn user_calls(
+        &self,
+        user_id: i64,
+        status: Option<CallStatus>,
+        after: Option<&CallCursor>,
+        limit: u32,
+    ) -> Result<Vec<Call>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls
+             WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
+             ORDER BY created_at DESC, id DESC LIMIT ?5"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                user_id,
+                status.map(CallStatus::as_str),
+                after.map(|c| c.created_at),
+                after.map(|c| c.id.as_str().to_owned()),
+                limit
+            ],
+            call_from_row,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Runs one conditional status `UPDATE` and, when it moved the call,
+    /// queues the webhook for the new state in the same transaction: a
+    /// status change is never committed without its notification.
+    fn transition(&mut self, id: &CallId, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.prepare_cached(sql)?.execute(args)?;
+        if n == 1 {
+            super::webhooks::enqueue_call_change(&tx, id)?;
+        }
+        tx.commit()?;
         Ok(n == 1)
     }
 
-    /// `queued`/`dialing` -> `answered`. False if already answered or final.
+    /// `queued` -> `dialing`. False if the call had moved on already.
+    pub fn mark_dialing(&mut self, id: &CallId) -> Result<bool, StoreError> {
+        self.transition(
+            id,
+            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND status = 'queued'",
+            params![id.as_str(), now_ms()],
+        )
+    }
+
+    /// `dialing` -> `ringing`. False if not dialing (already answered, ...).
+    pub fn mark_ringing(&mut self, id: &CallId) -> Result<bool, StoreError> {
+        self.transition(
+            id,
+            "UPDATE calls SET status = 'ringing', ringing_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND status = 'dialing'",
+            params![id.as_str(), now_ms()],
+        )
+    }
+
+    /// `queued`/`dialing`/`ringing` -> `answered`. False if already answered or final.
     pub fn mark_answered(&mut self, id: &CallId) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let n = self.conn.prepare_cached(
+        self.transition(
+            id,
             "UPDATE calls SET status = 'answered', answered_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND status IN ('queued', 'dialing')",
-        )?
-        .execute(params![id.as_str(), now])?;
-        Ok(n == 1)
+             WHERE id = ?1 AND status IN ('queued', 'dialing', 'ringing')",
+            params![id.as_str(), now_ms()],
+        )
     }
 
     /// Any non-final status -> final; erases the code in the same write.
     /// False if the call was final already.
     pub fn finish_call(&mut self, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
         debug_assert!(end.status.is_final());
-        let now = now_ms();
-        let n = self.conn.prepare_cached(
-            "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
-                              code = NULL, ended_at = ?6, updated_at = ?6
-             WHERE id = ?1 AND status IN ('queued', 'dialing', 'answered')",
-        )?
-        .execute(params![
-            id.as_str(),
-            end.status.as_str(),
-            end.reason.map(FailReason::as_str),
-            end.detail,
-            end.readings,
-            now
-        ])?;
+        self.transition(
+            id,
+            &format!(
+                "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
+                                  code = NULL, ended_at = ?6, updated_at = ?6
+                 WHERE id = ?1 AND status IN {LIVE}"
+            ),
+            params![id.as_str(), end.status.as_str(), end.reason.map(FailReason::as_str), end.detail, end.readings, now_ms()],
+        )
+    }
+
+    /// `queued` -> `expired` when its deadline has passed at `now`; erases
+    /// the code. False if the call is not queued or not yet due.
+    pub fn expire_call(&mut self, id: &CallId, now: i64) -> Result<bool, StoreError> {
+        self.transition(
+            id,
+            "UPDATE calls SET status = 'expired', code = NULL, ended_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?2",
+            params![id.as_str(), now],
+        )
+    }
+
+    /// Expires every queued call whose deadline passed at `now` (calls left
+    /// queued by a stalled dialler or a restart). Returns their ids.
+    pub fn expire_overdue(&mut self, now: i64) -> Result<Vec<CallId>, StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id FROM calls WHERE status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?1",
+            )?;
+            stmt.query_map([now], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let mut expired = Vec::new();
+        for id in ids.iter().filter_map(|s| CallId::parse(s)) {
+            if self.expire_call(&id, now)? {
+                expired.push(id);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// `queued`/`dialing`/`ringing` -> `canceled`; erases the code. False
+    /// if the call was answered or final already.
+    pub fn cancel_call(&mut self, id: &CallId) -> Result<bool, StoreError> {
+        self.transition(
+            id,
+            "UPDATE calls SET status = 'canceled', code = NULL, ended_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND status IN ('queued', 'dialing', 'ringing')",
+            params![id.as_str(), now_ms()],
+        )
+    }
+
+    /// Appends a key the callee pressed (`0-9`, `*`, `#`, `A-D`) to a call
+    /// that is not final. False if the call is final or the key is not a
+    /// DTMF key.
+    pub fn record_key(&mut self, id: &CallId, key: char) -> Result<bool, StoreError> {
+        if !matches!(key, '0'..='9' | '*' | '#' | 'A'..='D') {
+            return Ok(false);
+        }
+        let n = self
+            .conn
+            .prepare_cached(&format!(
+                "UPDATE calls SET keys = keys || ?2, updated_at = ?3 WHERE id = ?1 AND status IN {LIVE}"
+            ))?
+            .execute(params![id.as_str(), key.to_string(), now_ms()])?;
         Ok(n == 1)
     }
 
     /// Records the hangup cause Asterisk reported. A call that failed for a
     /// reason only known as `system_error` (OriginateResponse Reason 0 came
-    /// first) gets the precise reason the cause stands for.
+    /// first and its Hangup was late) gets the precise reason the cause
+    /// stands for, and a webhook saying so.
     pub fn record_cause(&mut self, id: &CallId, cause: u16, cause_text: &str) -> Result<(), StoreError> {
         let now = now_ms();
         self.conn
@@ -155,14 +303,43 @@ impl Store {
             .execute(params![id.as_str(), cause, cause_text, now])?;
         let refined = FailReason::from_cause(cause);
         if refined != FailReason::SystemError {
-            self.conn
-                .prepare_cached(
-                    "UPDATE calls SET reason = ?2, updated_at = ?3
-                     WHERE id = ?1 AND status = 'failed' AND reason = 'system_error' AND answered_at IS NULL
-                       AND detail IS NULL",
-                )?
-                .execute(params![id.as_str(), refined.as_str(), now])?;
+            self.transition(
+                id,
+                "UPDATE calls SET reason = ?2, updated_at = ?3
+                 WHERE id = ?1 AND status = 'failed' AND reason = 'system_error' AND answered_at IS NULL
+                   AND detail IS NULL",
+                params![id.as_str(), refined.as_str(), now],
+            )?;
         }
+        Ok(())
+    }
+
+    /// Deletes final calls that ended before `cutoff` (Unix ms), with their
+    /// webhook deliveries. Returns how many calls went.
+    pub fn purge_calls(&mut self, cutoff: i64) -> Result<usize, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1
+                   AND status IN ('completed', 'failed', 'expired', 'canceled')",
+            )?
+            .execute([cutoff])?;
+        Ok(n)
+    }
+
+    /// Stored calls per (status, reason), for metrics.
+    pub fn call_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT status, reason, COUNT(*) FROM calls GROUP BY status, reason")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Proves the database takes writes: one tiny committed write.
+    pub fn probe_write(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO health_probe (id, at) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET at = ?1")?
+            .execute([now_ms()])?;
         Ok(())
     }
 }
@@ -220,6 +397,115 @@ mod tests {
         // The first cause sticks.
         s.record_cause(&id, 16, "Normal Clearing").unwrap();
         assert_eq!(s.call(&id).unwrap().unwrap().cause, Some(17));
+    }
+
+    #[test]
+    fn ringing_then_answered_and_durations() {
+        let (mut s, id) = store_with_call();
+        assert!(!s.mark_ringing(&id).unwrap(), "a queued call does not ring");
+        s.mark_dialing(&id).unwrap();
+        assert!(s.mark_ringing(&id).unwrap());
+        assert!(!s.mark_ringing(&id).unwrap());
+        assert!(s.mark_answered(&id).unwrap());
+        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(1) };
+        s.finish_call(&id, &end).unwrap();
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!(c.ring_ms(), Some(c.answered_at.unwrap() - c.ringing_at.unwrap()));
+        assert_eq!(c.talk_ms(), Some(c.ended_at.unwrap() - c.answered_at.unwrap()));
+    }
+
+    #[test]
+    fn cancel_only_before_answer_and_erases_code() {
+        let (mut s, id) = store_with_call();
+        s.mark_dialing(&id).unwrap();
+        s.mark_ringing(&id).unwrap();
+        assert!(s.cancel_call(&id).unwrap());
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!((c.status, c.code), (CallStatus::Canceled, None));
+        assert!(!s.mark_answered(&id).unwrap(), "a canceled call cannot be answered");
+        let (mut s, id) = store_with_call();
+        s.mark_answered(&id).unwrap();
+        assert!(!s.cancel_call(&id).unwrap());
+    }
+
+    #[test]
+    fn only_overdue_queued_calls_expire() {
+        let mut s = Store::open_in_memory().unwrap();
+        let u = s.add_user("acme1", "h").unwrap();
+        let mk = |s: &mut Store, deadline: i64| {
+            let id = CallId::generate();
+            let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234" };
+            s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), callback_url: None }).unwrap();
+            id
+        };
+        let overdue = mk(&mut s, 1_000);
+        let later = mk(&mut s, 10_000);
+        let dialing = mk(&mut s, 1_000);
+        s.mark_dialing(&dialing).unwrap();
+        assert_eq!(s.expire_overdue(5_000).unwrap(), vec![overdue.clone()]);
+        let c = s.call(&overdue).unwrap().unwrap();
+        assert_eq!((c.status, c.code), (CallStatus::Expired, None));
+        assert_eq!(s.call(&later).unwrap().unwrap().status, CallStatus::Queued);
+        assert_eq!(s.call(&dialing).unwrap().unwrap().status, CallStatus::Dialing);
+        assert!(s.expire_call(&later, 10_000).unwrap());
+    }
+
+    #[test]
+    fn keys_are_recorded_while_live_only() {
+        let (mut s, id) = store_with_call();
+        assert!(s.record_key(&id, '1').unwrap());
+        assert!(s.record_key(&id, '#').unwrap());
+        assert!(!s.record_key(&id, 'x').unwrap());
+        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
+        assert!(!s.record_key(&id, '2').unwrap());
+        assert_eq!(s.call(&id).unwrap().unwrap().keys, "1#");
+    }
+
+    #[test]
+    fn purge_removes_only_old_final_calls() {
+        let (mut s, old) = store_with_call();
+        s.finish_call(&old, &CallEnd::failed(FailReason::Busy, None)).unwrap();
+        let live = CallId::generate();
+        let u = s.user("acme1").unwrap().unwrap();
+        s.insert_call(&NewCall { id: &live, user_id: u.id, number: "+923001234567", code: "1234" }).unwrap();
+        let ended = s.call(&old).unwrap().unwrap().ended_at.unwrap();
+        assert_eq!(s.purge_calls(ended).unwrap(), 0, "cutoff is exclusive");
+        assert_eq!(s.purge_calls(i64::MAX).unwrap(), 1);
+        assert!(s.call(&old).unwrap().is_none());
+        assert!(s.call(&live).unwrap().is_some(), "a live call is never purged");
+    }
+
+    #[test]
+    fn listing_pages_newest_first_per_user() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.add_user("a", "h").unwrap();
+        let b = s.add_user("b", "h").unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let id = CallId::generate();
+            s.insert_call(&NewCall { id: &id, user_id: a.id, number: "+923001234567", code: "1234" }).unwrap();
+            ids.push(id);
+        }
+        let other = CallId::generate();
+        s.insert_call(&NewCall { id: &other, user_id: b.id, number: "+923001234567", code: "1234" }).unwrap();
+        s.finish_call(&ids[0], &CallEnd::failed(FailReason::Busy, None)).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s.user_calls(a.id, None, cursor.as_ref(), 2).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            let last = page.last().unwrap();
+            cursor = Some(CallCursor { created_at: last.created_at, id: last.id.clone() });
+            assert_eq!(CallCursor::decode(&cursor.as_ref().unwrap().encode()), cursor);
+            seen.extend(page.into_iter().map(|c| (c.created_at, c.id.as_str().to_owned())));
+        }
+        assert_eq!(seen.len(), 5, "every call of a once, none of b");
+        assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+        let failed = s.user_calls(a.id, Some(CallStatus::Failed), None, 10).unwrap();
+        assert_eq!(failed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ids[0].clone()]);
+        assert_eq!(CallCursor::decode("x-y"), None);
     }
 
     #[test]

@@ -34,6 +34,45 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_by_user ON calls(user_id, created_at);
     CREATE INDEX calls_by_status ON calls(status);",
+    // 2: call lifecycle (ringing, deadline, keys, callbacks), per-user
+    // webhook settings and the webhook outbox with every attempt. Existing
+    // users get a random webhook secret (`randomblob` is SQLite's CSPRNG);
+    // they see it only after rotating it with the CLI.
+    "ALTER TABLE calls ADD COLUMN ringing_at INTEGER;
+    ALTER TABLE calls ADD COLUMN deadline_at INTEGER;
+    ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN callback_url TEXT;
+    ALTER TABLE users ADD COLUMN webhook_url TEXT;
+    ALTER TABLE users ADD COLUMN webhook_secret TEXT;
+    UPDATE users SET webhook_secret = lower(hex(randomblob(32)));
+    CREATE INDEX calls_by_end ON calls(ended_at);
+    CREATE INDEX calls_by_user_status ON calls(user_id, status, created_at);
+    CREATE TABLE webhook_deliveries (
+        id              INTEGER PRIMARY KEY,
+        call_id         TEXT NOT NULL REFERENCES calls(id) ON DELETE CASCADE,
+        user_id         INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        url             TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at    INTEGER,
+        gave_up_at      INTEGER
+    );
+    CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(next_attempt_at)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+    CREATE INDEX webhook_deliveries_by_call ON webhook_deliveries(call_id, id);
+    CREATE TABLE webhook_attempts (
+        id          INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+        at          INTEGER NOT NULL,
+        http_status INTEGER,
+        error       TEXT,
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_attempts_by_delivery ON webhook_attempts(delivery_id);
+    CREATE TABLE health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
 ];
 
 /// The schema version this build writes.

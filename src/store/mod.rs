@@ -1,4 +1,5 @@
-//! SQLite storage: users and calls, through one connection in WAL mode.
+//! SQLite storage: users, calls and the webhook outbox, through one
+//! connection in WAL mode.
 //!
 //! Everything here is synchronous; async code reaches it through [`Db`],
 //! which runs each operation on tokio's blocking pool so the runtime never
@@ -8,13 +9,15 @@
 mod calls;
 mod migrations;
 mod users;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use calls::{CallEnd, NewCall};
+pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle};
+pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
 pub use users::User;
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.

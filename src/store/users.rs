@@ -47,9 +47,11 @@ impl Store {
     pub fn add_user(&mut self, name: &str, password_hash: &str) -> Result<User, StoreError> {
         let now = now_ms();
         let inserted = self.conn.execute(
-            "INSERT INTO users (name, password_hash, enabled, created_at) VALUES (?1, ?2, 1, ?3)
+            "INSERT INTO users (name, password_hash, enabled, created_at, webhook_secret) VALUES (?1, ?2, 1, ?3, ?4)
              ON CONFLICT(name) DO NOTHING",
-            params![name, password_hash, now],
+            // Every user gets a webhook signing secret at birth; the CLI
+            // shows it once (`user add`, `user webhook --rotate-secret`).
+            params![name, password_hash, now, hex::encode(rand::random::<[u8; 32]>())],
         )?;
         if inserted == 0 {
             return Err(StoreError::UserExists(name.to_owned()));
