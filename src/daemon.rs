@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::call::agi_handler::OtpAgi;
 use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Db, Store};
 
 /// How long shutdown waits for calls in progress before giving up on them.
@@ -31,6 +33,14 @@ pub struct App {
     pub auth: Authenticator,
     /// Where accepted calls go.
     pub dispatcher: Dispatcher,
+    /// The AMI link, for health and metrics.
+    pub ami: AmiClient,
+    /// FastAGI sessions running, for metrics.
+    pub live: LiveCalls,
+    /// True while the FastAGI server is serving.
+    pub agi_listening: Arc<AtomicBool>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -108,12 +118,33 @@ impl Daemon {
         let ami = AmiClient::spawn(ami_config, shutdown.clone());
         let live = LiveCalls::default();
         let agi_url = config.agi.url_for(bound.agi);
-        let dispatcher =
-            Dispatcher::start(config.clone(), db.clone(), ami, agi_url, live.clone(), &tracker, shutdown.clone());
+        let dispatcher = Dispatcher::start(
+            config.clone(),
+            db.clone(),
+            ami.clone(),
+            agi_url,
+            live.clone(),
+            &tracker,
+            shutdown.clone(),
+        );
 
-        let handler = OtpAgi::new(db.clone(), live, config.call.clone());
-        tracker.spawn(agi.serve(Arc::new(handler), shutdown.clone()));
-        let app = Arc::new(App { config, db, auth, dispatcher });
+        let handler = OtpAgi::new(db.clone(), live.clone(), config.call.clone());
+        let agi_listening = Arc::new(AtomicBool::new(true));
+        let serving = agi_listening.clone();
+        let agi_shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            agi.serve(Arc::new(handler), agi_shutdown).await;
+            serving.store(false, Ordering::Relaxed);
+        });
+        let metrics = Arc::new(Metrics::new());
+        tracker.spawn(crate::webhook::delivery::run(
+            db.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
+        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics });
         tracker.spawn(crate::http::serve(http, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })
@@ -139,6 +170,37 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("shutting down");
     daemon.shutdown().await;
     Ok(())
+}
+
+/// How often old calls are purged and overdue queued calls expired.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Periodic chores, first run at start: expire queued calls past their
+/// deadline, purge final calls older than `[retention] days` (0: never).
+async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) {
+    loop {
+        let now = crate::call::now_ms();
+        match db.run(move |s| s.expire_overdue(now)).await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(call_id = %id, "call expired before it could be dialled");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not expire overdue calls"),
+        }
+        if retention_days > 0 {
+            let cutoff = now - i64::from(retention_days) * 86_400_000;
+            match db.run(move |s| s.purge_calls(cutoff)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, retention_days, "old calls purged"),
+                Err(e) => tracing::error!(error = %e, "could not purge old calls"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+        }
+    }
 }
 
 async fn wait_for_signal() {

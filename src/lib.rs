@@ -8,7 +8,10 @@
 //! - [`cli`]: command line (`serve`, `user ...`, `call ...`); `main.rs` only calls it.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`daemon`]: `serve` - starts and stops every part below.
-//! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API).
+//! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API; `/v1/calls`, the
+//!   JSON API; `/healthz`, `/metrics`).
+//! - [`webhook`]: signed status-change POSTs from an SQLite outbox.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: API users' credentials (bcrypt).
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
@@ -28,5 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod metrics;
 pub mod phone;
 pub mod store;
+pub mod webhook;

@@ -1,18 +1,29 @@
 //! HTTP front end (hyper 1, HTTP/1.1): accept loop, routing, JSON replies.
 //!
+//! - `outbound`: the seed API, `/outbound.cgi`;
+//! - `api`: the JSON API, `/v1/calls...`, with `problem` (RFC 9457 replies,
+//!   Basic credentials);
+//! - `intake`: checking and placing a new call, shared by both;
+//! - `ops`: `/healthz` and `/metrics`;
+//! - `params`: form/query fields.
+//!
 //! Request logs carry method, path and status only: the seed API puts the
 //! password and the code in the query string, so a URI is never logged whole.
 
+mod api;
+pub mod intake;
+mod ops;
 mod outbound;
 mod params;
+mod problem;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
@@ -33,6 +44,8 @@ pub type HttpResponse = Response<Full<Bytes>>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a client may take to send the body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown`, then lets requests in
 /// flight finish.
@@ -83,17 +96,68 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
 }
 
 async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match path.as_str() {
-        "/outbound.cgi" => match method {
-            Method::GET | Method::POST => outbound::handle(app, req).await,
-            _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"), "GET, POST"),
+    let (route, response) = match path.as_str() {
+        "/outbound.cgi" => (
+            "/outbound.cgi",
+            match method {
+                Method::GET | Method::POST => outbound::handle(app, req).await,
+                _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"), "GET, POST"),
+            },
+        ),
+        "/healthz" | "/metrics" if method != Method::GET && method != Method::HEAD => (
+            if path == "/healthz" { "/healthz" } else { "/metrics" },
+            with_allow(problem::problem(StatusCode::METHOD_NOT_ALLOWED, "use GET", None), "GET"),
+        ),
+        "/healthz" => ("/healthz", ops::healthz(app).await),
+        "/metrics" => ("/metrics", ops::metrics(app).await),
+        other => match api::Endpoint::parse(other) {
+            Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req).await),
+            None if other.starts_with("/v1/") => ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None)),
+            None => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
         },
-        _ => seed_error(StatusCode::NOT_FOUND, "Not Found"),
     };
-    tracing::info!(%peer, %method, path = %truncate(&path, 100), status = response.status().as_u16(), "http request");
+    let status = response.status().as_u16();
+    app.metrics.http_request(method.as_str(), route, status, started.elapsed().as_secs_f64());
+    tracing::info!(%peer, %method, path = %truncate(&path, 100), status, "http request");
     response
+}
+
+/// Why a request body could not be read; each front end words its reply.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the configured limit (bytes).
+    #[error("the body may be at most {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed mid-body.
+    #[error("the body could not be read")]
+    Unreadable,
+    /// Slower than the body timeout.
+    #[error("the body took too long")]
+    Timeout,
+}
+
+impl BodyError {
+    /// The HTTP status for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Unreadable => StatusCode::BAD_REQUEST,
+            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Reads a whole request body, at most `limit` bytes, within the body timeout.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+        Err(_) => Err(BodyError::Timeout),
+    }
 }
 
 /// The seed API's body: `{"response_code":"200","response_description":"OK",...}`.

@@ -3,32 +3,21 @@
 //! Order of checks: every field present and well-formed (400, cheap), then
 //! credentials (401, one bcrypt verify), then the call is stored and only
 //! then answered 200 with its id. Malformed requests never cost a bcrypt
-//! verify and never reach the database or Asterisk.
+//! verify and never reach the database or Asterisk. Checking and storing
+//! the call is [`super::intake`], shared with the JSON API.
 
-use std::time::Duration;
-
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 
+use super::intake::{self, CallOptions, CallOrder, CheckedCall};
 use super::params::Params;
-use super::{HttpResponse, seed_error, seed_reply};
-use crate::call::CallId;
+use super::{BodyError, HttpResponse, read_body, seed_error, seed_reply};
 use crate::daemon::App;
-use crate::phone::PhoneNumber;
-use crate::store::NewCall;
-
-/// Longest and shortest code we read out (the seed allows 20 digits).
-pub const CODE_DIGITS: std::ops::RangeInclusive<usize> = 4..=20;
-
-/// How long a client may take to send the body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the seed API asks for, checked.
 struct Order {
-    number: PhoneNumber,
-    code: String,
+    call: CheckedCall,
     username: String,
     password: String,
 }
@@ -50,22 +39,13 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
             return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
         }
     };
-    let id = CallId::generate();
-    let number = order.number.e164().to_owned();
-    let code = order.code;
-    let stored = {
-        let id = id.clone();
-        app.db
-            .run(move |s| s.insert_call(&NewCall { id: &id, user_id: user.id, number: &number, code: &code }))
-            .await
-    };
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "could not store call");
-        return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+    match intake::place(app, &user, order.call).await {
+        Ok(call) => seed_reply(StatusCode::OK, "OK", Some(call.id.as_str())),
+        Err(e) => {
+            tracing::error!(error = %e, "could not store call");
+            seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        }
     }
-    tracing::info!(call_id = %id, user = %order.username, "call accepted");
-    app.dispatcher.submit(id.clone());
-    seed_reply(StatusCode::OK, "OK", Some(id.as_str()))
 }
 
 async fn read_params(app: &App, req: Request<Incoming>) -> Result<Params, HttpResponse> {
@@ -85,19 +65,11 @@ async fn read_params(app: &App, req: Request<Incoming>) -> Result<Params, HttpRe
             "Unsupported Media Type: POST a body of type application/x-www-form-urlencoded",
         ));
     }
-    let limit = app.config.http.max_body_bytes;
-    let body = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await;
-    match body {
-        Ok(Ok(collected)) => {
-            let body = collected.to_bytes();
-            Ok(Params::decode([query.as_slice(), &body]))
-        }
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(seed_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Payload Too Large: the body may be at most {limit} bytes"),
-        )),
-        Ok(Err(_)) => Err(seed_error(StatusCode::BAD_REQUEST, "Bad Request: the body could not be read")),
-        Err(_) => Err(seed_error(StatusCode::REQUEST_TIMEOUT, "Request Timeout: the body took too long")),
+    match read_body(req, app.config.http.max_body_bytes).await {
+        Ok(body) => Ok(Params::decode([query.as_slice(), &body])),
+        Err(e @ BodyError::TooLarge(_)) => Err(seed_error(e.status(), &format!("Payload Too Large: {e}"))),
+        Err(e @ BodyError::Unreadable) => Err(seed_error(e.status(), &format!("Bad Request: {e}"))),
+        Err(e @ BodyError::Timeout) => Err(seed_error(e.status(), &format!("Request Timeout: {e}"))),
     }
 }
 
@@ -107,36 +79,7 @@ fn check(app: &App, params: &Params) -> Result<Order, String> {
     let code = params.single("code").map_err(|e| e.to_string())?;
     let username = params.single("username").map_err(|e| e.to_string())?;
     let password = params.single("password").map_err(|e| e.to_string())?;
-    let number =
-        PhoneNumber::parse(number, app.config.phone.default_country).map_err(|e| format!("number {e}"))?;
-    check_code(code)?;
-    Ok(Order { number, code: code.to_owned(), username: username.to_owned(), password: password.to_owned() })
-}
-
-/// A code is 4 to 20 ASCII digits, nothing else.
-pub fn check_code(code: &str) -> Result<(), String> {
-    if !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("code must contain only digits 0-9".into());
-    }
-    if !CODE_DIGITS.contains(&code.len()) {
-        return Err(format!("code must be {} to {} digits long", CODE_DIGITS.start(), CODE_DIGITS.end()));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_code;
-
-    #[test]
-    fn codes() {
-        assert!(check_code("1234").is_ok());
-        assert!(check_code(&"9".repeat(20)).is_ok());
-        assert!(check_code("123").unwrap_err().contains("4 to 20"));
-        assert!(check_code(&"9".repeat(21)).unwrap_err().contains("4 to 20"));
-        assert!(check_code("12a4").unwrap_err().contains("only digits"));
-        assert!(check_code("１２３４").unwrap_err().contains("only digits"));
-        assert!(check_code("1234\r\n").unwrap_err().contains("only digits"));
-        assert!(check_code("-1234").is_err());
-    }
+    let call = intake::check(app, CallOrder { number, code, callback_url: None }, CallOptions::default())
+        .map_err(|e| e.message)?;
+    Ok(Order { call, username: username.to_owned(), password: password.to_owned() })
 }

@@ -51,6 +51,16 @@ impl Params {
         }
         Ok(first)
     }
+
+    /// The one non-empty value of an optional `field`: `Ok(None)` when
+    /// absent, an error when repeated or empty.
+    pub fn optional(&self, field: &'static str) -> Result<Option<&str>, ParamError> {
+        match self.single(field) {
+            Ok(v) => Ok(Some(v)),
+            Err(ParamError::Missing(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +74,9 @@ mod tests {
         assert_eq!(p.single("b"), Err(ParamError::Empty("b")));
         assert_eq!(p.single("c"), Err(ParamError::Repeated("c")));
         assert_eq!(p.single("d"), Err(ParamError::Missing("d")));
+        assert_eq!(p.optional("d"), Ok(None));
+        assert_eq!(p.optional("a"), Ok(Some("1")));
+        assert_eq!(p.optional("c"), Err(ParamError::Repeated("c")));
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! The JSON API, `/v1/calls`: HTTP Basic auth with the API users, JSON
+//! bodies, RFC 9457 problem replies naming the field at fault.
+//!
+//! - `POST /v1/calls` -> 202 with the call and a `Location`;
+//! - `GET /v1/calls/{id}` -> the call (404 for another user's call);
+//! - `GET /v1/calls?status=&limit=&cursor=` -> newest first, paginated;
+//! - `POST /v1/calls/{id}/cancel` -> the canceled call, 409 once answered.
+//!
+//! Credentials are checked before anything else (a stranger learns nothing
+//! about the fields), then the fields, then the database is touched.
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::intake::{self, CallOptions, CallOrder};
+use super::params::Params;
+use super::problem::{bad_field, basic_credentials, problem, unauthorized};
+use super::{HttpResponse, json, read_body};
+use crate::call::json::CallJson;
+use crate::call::{Call, CallId, CallStatus};
+use crate::daemon::App;
+use crate::store::{CallCursor, User};
+
+/// Default and largest page size of `GET /v1/calls`.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+/// Fields `POST /v1/calls` knows; anything else is refused by name.
+const CREATE_FIELDS: [&str; 5] = ["number", "code", "language", "require_keypress", "callback_url"];
+
+/// Which `/v1` endpoint a path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    /// `/v1/calls`
+    Calls,
+    /// `/v1/calls/{id}`
+    Call(String),
+    /// `/v1/calls/{id}/cancel`
+    Cancel(String),
+}
+
+impl Endpoint {
+    /// Matches a path; `None` for anything else.
+    pub(super) fn parse(path: &str) -> Option<Endpoint> {
+        let rest = path.strip_prefix("/v1/calls")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [""] => Some(Endpoint::Calls),
+            ["", id] if !id.is_empty() => Some(Endpoint::Call((*id).to_owned())),
+            ["", id, "cancel"] if !id.is_empty() => Some(Endpoint::Cancel((*id).to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The route template, for logs and metrics.
+    pub(super) fn route(&self) -> &'static str {
+        match self {
+            Endpoint::Calls => "/v1/calls",
+            Endpoint::Call(_) => "/v1/calls/{id}",
+            Endpoint::Cancel(_) => "/v1/calls/{id}/cancel",
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Endpoint::Calls => "GET, POST",
+            Endpoint::Call(_) => "GET",
+            Endpoint::Cancel(_) => "POST",
+        }
+    }
+}
+
+pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> HttpResponse {
+    let allowed = matches!(
+        (&endpoint, req.method()),
+        (Endpoint::Calls, &Method::GET | &Method::POST) | (Endpoint::Call(_), &Method::GET) | (Endpoint::Cancel(_), &Method::POST)
+    );
+    if !allowed {
+        let mut resp = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", endpoint.allow()), None);
+        resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(endpoint.allow()));
+        return resp;
+    }
+    let user = match authenticate(app, &req).await {
+        Ok(user) => user,
+        Err(resp) => return resp,
+    };
+    match endpoint {
+        Endpoint::Calls if req.method() == Method::POST => create(app, &user, req).await,
+        Endpoint::Calls => list(app, &user, &req).await,
+        Endpoint::Call(id) => show(app, &user, &id).await,
+        Endpoint::Cancel(id) => cancel(app, &user, &id).await,
+    }
+}
+
+async fn authenticate(app: &App, req: &Request<Incoming>) -> Result<User, HttpResponse> {
+    let Some((name, password)) = basic_credentials(req.headers()) else { return Err(unauthorized()) };
+    match app.auth.authenticate(&name, &password).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(unauthorized()),
+        Err(e) => {
+            tracing::error!(error = %e, "authentication failed on a storage error");
+            Err(unavailable())
+        }
+    }
+}
+
+fn unavailable() -> HttpResponse {
+    problem(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; try again", None)
+}
+
+fn call_reply(status: StatusCode, call: &Call) -> HttpResponse {
+    json(status, &call.to_json())
+}
+
+async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None);
+    }
+    let body = match read_body(req, app.config.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return problem(e.status(), &e.to_string(), None),
+    };
+    let fields = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return problem(StatusCode::BAD_REQUEST, "the body must be a JSON object", None),
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}"), None),
+    };
+    if let Some(unknown) = fields.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(64).collect();
+        return problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown));
+    }
+    let checked = read_order(&fields).and_then(|(order, options)| intake::check(app, order, options));
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => return bad_field(e.field, &e.message),
+    };
+    match intake::place(app, user, checked).await {
+        Ok(call) => {
+            let mut resp = call_reply(StatusCode::ACCEPTED, &call);
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/calls/{}", call.id)) {
+                resp.headers_mut().insert(LOCATION, location);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store call");
+            unavailable()
+        }
+    }
+}
+
+/// The typed fields of a create request.
+fn read_order(fields: &Map<String, Value>) -> Result<(CallOrder<'_>, CallOptions), intake::FieldError> {
+    let text = |name: &'static str| -> Result<Option<&str>, intake::FieldError> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Err(intake::FieldError::new(name, format!("{name} is empty"))),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(intake::FieldError::new(name, format!("{name} must be a string"))),
+        }
+    };
+    let required = |name: &'static str| {
+        text(name)?.ok_or_else(|| intake::FieldError::new(name, format!("{name} is required")))
+    };
+    let number = required("number")?;
+    let code = required("code")?;
+    let callback_url = text("callback_url")?;
+    let language = text("language")?.map(str::to_owned);
+    let require_keypress = match fields.get("require_keypress") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(intake::FieldError::new("require_keypress", "require_keypress must be true or false")),
+    };
+    Ok((CallOrder { number, code, callback_url }, CallOptions { language, require_keypress }))
+}
+
+/// One of the user's calls, or the reply to give instead (404 for unknown
+/// ids and for other users' calls alike).
+async fn own_call(app: &App, user: &User, id: &str) -> Result<Call, HttpResponse> {
+    let not_found = || problem(StatusCode::NOT_FOUND, "no such call", None);
+    let Some(id) = CallId::parse(id) else { return Err(not_found()) };
+    match app.db.run(move |s| s.call(&id)).await {
+        Ok(Some(call)) if call.user_id == Some(user.id) => Ok(call),
+        Ok(_) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read call");
+            Err(unavailable())
+        }
+    }
+}
+
+async fn show(app: &App, user: &User, id: &str) -> HttpResponse {
+    match own_call(app, user, id).await {
+        Ok(call) => call_reply(StatusCode::OK, &call),
+        Err(resp) => resp,
+    }
+}
+
+async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
+    let call = match own_call(app, user, id).await {
+        Ok(call) => call,
+        Err(resp) => return resp,
+    };
+    let target = call.id.clone();
+    let canceled = match app.db.run(move |s| s.cancel_call(&target)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(call_id = %call.id, error = %e, "could not cancel call");
+            return unavailable();
+        }
+    };
+    let lookup = call.id.clone();
+    let now = match app.db.run(move |s| s.call(&lookup)).await {
+        Ok(Some(now)) => now,
+        Ok(None) => return problem(StatusCode::NOT_FOUND, "no such call", None),
+        Err(_) => return unavailable(),
+    };
+    if !canceled {
+        let detail = format!("the call is {}; only queued, dialing or ringing calls can be canceled", now.status);
+        return problem(StatusCode::CONFLICT, &detail, None);
+    }
+    tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
+    if call.status != CallStatus::Queued {
+        app.dispatcher.hang_up(&call.id).await;
+    }
+    call_reply(StatusCode::OK, &now)
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    calls: Vec<CallJson<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+async fn list(app: &App, user: &User, req: &Request<Incoming>) -> HttpResponse {
+    let params = Params::decode([req.uri().query().unwrap_or("").as_bytes()]);
+    let query = (|| {
+        let status = match params.optional("status").map_err(|e| ("status", e.to_string()))? {
+            None => None,
+            Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = CallStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ("status", format!("status must be one of {}", all.join(", ")))
+            })?),
+        };
+        let limit = match params.optional("limit").map_err(|e| ("limit", e.to_string()))? {
+            None => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| ("limit", format!("limit must be a whole number from 1 to {MAX_LIMIT}")))?,
+        };
+        let cursor = match params.optional("cursor").map_err(|e| ("cursor", e.to_string()))? {
+            None => None,
+            Some(c) => Some(
+                CallCursor::decode(c)
+                    .ok_or_else(|| ("cursor", "cursor is not one this API gave out".to_owned()))?,
+            ),
+        };
+        Ok::<_, (&str, String)>((status, limit, cursor))
+    })();
+    let (status, limit, cursor) = match query {
+        Ok(q) => q,
+        Err((field, detail)) => return bad_field(field, &detail),
+    };
+    let user_id = user.id;
+    // One extra row tells whether another page follows.
+    let rows = app.db.run(move |s| s.user_calls(user_id, status, cursor.as_ref(), limit + 1)).await;
+    let mut calls = match rows {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list calls");
+            return unavailable();
+        }
+    };
+    let more = calls.len() > limit as usize;
+    calls.truncate(limit as usize);
+    let next_cursor =
+        more.then(|| calls.last().map(|c| CallCursor { created_at: c.created_at, id: c.id.clone() }.encode())).flatten();
+    json(StatusCode::OK, &Page { calls: calls.iter().map(Call::to_json).collect(), next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(Endpoint::parse("/v1/calls"), Some(Endpoint::Calls));
+        assert_eq!(Endpoint::parse("/v1/calls/abc"), Some(Endpoint::Call("abc".into())));
+        assert_eq!(Endpoint::parse("/v1/calls/abc/cancel"), Some(Endpoint::Cancel("abc".into())));
+        for other in ["/v1/callsx", "/v1/calls/", "/v1/calls/a/b", "/v1/calls//cancel", "/v1", "/outbound.cgi"] {
+            assert_eq!(Endpoint::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn create_fields_are_typed_and_named() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let ok = map(serde_json::json!({"number": "03001234567", "code": "1234", "language": "ur", "require_keypress": true}));
+        let (order, options) = read_order(&ok).unwrap();
+        assert_eq!((order.number, order.code, order.callback_url), ("03001234567", "1234", None));
+        assert_eq!(options, CallOptions { language: Some("ur".into()), require_keypress: Some(true) });
+        for (body, field, msg) in [
+            (serde_json::json!({"code": "1234"}), "number", "number is required"),
+            (serde_json::json!({"number": 3001234567u64, "code": "1234"}), "number", "number must be a string"),
+            (serde_json::json!({"number": "0300", "code": 1234}), "code", "code must be a string"),
+            (serde_json::json!({"number": "0300", "code": ""}), "code", "code is empty"),
+            (serde_json::json!({"number": "0300", "code": "1", "require_keypress": "yes"}), "require_keypress", "require_keypress must be true or false"),
+            (serde_json::json!({"number": "0300", "code": "1", "callback_url": 5}), "callback_url", "callback_url must be a string"),
+        ] {
+            let err = read_order(&map(body)).unwrap_err();
+            assert_eq!((err.field, err.message.as_str()), (field, msg));
+        }
+    }
+}

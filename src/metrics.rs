@@ -1,0 +1,195 @@
+//! Prometheus metrics (the `prometheus-client` crate), served at
+//! `GET /metrics` in the OpenMetrics text format.
+//!
+//! Counters and histograms are updated as things happen (HTTP requests,
+//! webhook attempts); gauges that mirror state owned elsewhere (calls in the
+//! database, the AMI link, live FastAGI sessions, pending webhooks) are set
+//! from a [`Snapshot`] taken at scrape time, so they can never drift.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Method.
+    pub method: String,
+    /// The route template (`/v1/calls/{id}`), never the raw path.
+    pub route: String,
+    /// Response status.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    status: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// State read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Stored calls per (status, reason).
+    pub calls: Vec<(String, Option<String>, u64)>,
+    /// AMI link logged in.
+    pub ami_connected: bool,
+    /// AMI reconnects since start.
+    pub ami_reconnects: u64,
+    /// FastAGI sessions reading a code.
+    pub agi_sessions: usize,
+    /// Webhook deliveries waiting.
+    pub webhooks_pending: u64,
+}
+
+/// Every metric of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
+    calls: Family<CallLabels, Gauge>,
+    ami_connected: Gauge,
+    ami_reconnects: Counter,
+    agi_sessions: Gauge,
+    webhooks_pending: Gauge,
+    /// Scrapes update gauges then encode; one at a time.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `voice_otp_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("voice_otp");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", http_requests.clone());
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request, by route",
+            prometheus_client::registry::Unit::Seconds,
+            http_duration.clone(),
+        );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, failed = will retry, gave_up)",
+            webhook_attempts.clone(),
+        );
+        let calls = Family::<CallLabels, Gauge>::default();
+        registry.register("calls", "Calls on record by status and reason (reason empty unless failed)", calls.clone());
+        let ami_connected = Gauge::default();
+        registry.register("ami_connected", "1 while the AMI link is logged in", ami_connected.clone());
+        let ami_reconnects = Counter::default();
+        registry.register("ami_reconnects", "AMI link re-established after the first login", ami_reconnects.clone());
+        let agi_sessions = Gauge::default();
+        registry.register("agi_sessions_active", "FastAGI sessions reading a code now", agi_sessions.clone());
+        let webhooks_pending = Gauge::default();
+        registry.register("webhooks_pending", "Webhook deliveries not yet delivered nor given up", webhooks_pending.clone());
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            webhook_attempts,
+            calls,
+            ami_connected,
+            ami_reconnects,
+            agi_sessions,
+            webhooks_pending,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let labels = HttpLabels { method: method.to_owned(), route: route.to_owned(), status: status.to_string() };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    }
+
+    /// Counts one webhook attempt.
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// Sets the state gauges from `snap` and encodes everything.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.calls.clear();
+        for (status, reason, n) in &snap.calls {
+            let labels = CallLabels { status: status.clone(), reason: reason.clone().unwrap_or_default() };
+            self.calls.get_or_create(&labels).set(*n as i64);
+        }
+        self.ami_connected.set(i64::from(snap.ami_connected));
+        let seen = self.ami_reconnects.get();
+        if snap.ami_reconnects > seen {
+            self.ami_reconnects.inc_by(snap.ami_reconnects - seen);
+        }
+        self.agi_sessions.set(snap.agi_sessions as i64);
+        self.webhooks_pending.set(snap.webhooks_pending as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.http_request("GET", "/v1/calls/{id}", 200, 0.012);
+        m.webhook_attempt("delivered");
+        let snap = Snapshot {
+            calls: vec![("failed".into(), Some("busy".into()), 3), ("completed".into(), None, 2)],
+            ami_connected: true,
+            ami_reconnects: 2,
+            agi_sessions: 1,
+            webhooks_pending: 4,
+        };
+        let text = m.render(&snap);
+        for line in [
+            "voice_otp_calls{status=\"failed\",reason=\"busy\"} 3",
+            "voice_otp_calls{status=\"completed\",reason=\"\"} 2",
+            "voice_otp_ami_connected 1",
+            "voice_otp_ami_reconnects_total 2",
+            "voice_otp_agi_sessions_active 1",
+            "voice_otp_webhooks_pending 4",
+            "voice_otp_webhook_attempts_total{outcome=\"delivered\"} 1",
+            "voice_otp_http_requests_total{method=\"GET\",route=\"/v1/calls/{id}\",status=\"200\"} 1",
+            "voice_otp_http_request_duration_seconds_count{route=\"/v1/calls/{id}\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        // A scrape later: reconnects only grow, vanished label sets vanish.
+        let text = m.render(&Snapshot { ami_reconnects: 2, ..Snapshot::default() });
+        assert!(text.contains("voice_otp_ami_reconnects_total 2"));
+        assert!(!text.contains("reason=\"busy\""));
+    }
+}
