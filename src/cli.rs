@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: HTTP API, AMI client and FastAGI server.
     Serve,
-    /// Manage API users (the username/password of /outbound.cgi).
+    /// Manage API users (the username/password of /outbound.cgi and /v1), their webhooks.
     #[command(subcommand)]
     User(UserCommand),
     /// Look at calls.
@@ -75,6 +75,21 @@ pub enum UserCommand {
         /// Login name.
         name: String,
     },
+    /// Show or set a user's webhook settings: the default URL their calls'
+    /// status changes are POSTed to, and the signing secret.
+    Webhook {
+        /// Login name.
+        name: String,
+        /// Set the default webhook URL (http:// or https://).
+        #[arg(long, value_name = "URL", conflicts_with = "clear_url")]
+        url: Option<String>,
+        /// Remove the default webhook URL.
+        #[arg(long)]
+        clear_url: bool,
+        /// Make a new signing secret and print it (shown this once).
+        #[arg(long)]
+        rotate_secret: bool,
+    },
 }
 
 /// `voice-otp call ...`
@@ -90,6 +105,11 @@ pub enum CallCommand {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+    /// A call's webhook deliveries and every attempt.
+    Webhooks {
+        /// The call id.
+        id: String,
     },
 }
 
@@ -124,7 +144,10 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             }
             let hash = hash_password(&read_password(password_stdin)?, cost)?;
             store.add_user(&name, &hash).map_err(db)?;
+            let secret = store.rotate_webhook_secret(&name).map_err(db)?;
             println!("added user {name}");
+            println!("webhook_secret={secret}");
+            eprintln!("note: the webhook signing secret is shown only now; `user webhook {name} --rotate-secret` makes a new one");
         }
         UserCommand::List => {
             println!("{:<32} {:<8} created", "name", "enabled");
@@ -152,6 +175,18 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             store.remove_user(&name).map_err(db)?;
             println!("removed {name}");
         }
+        UserCommand::Webhook { name, url, clear_url, rotate_secret } => {
+            if let Some(url) = &url {
+                crate::webhook::check_url(url, &config.webhooks).map_err(|e| format!("--url {e}"))?;
+                store.set_webhook_url(&name, Some(url)).map_err(db)?;
+            } else if clear_url {
+                store.set_webhook_url(&name, None).map_err(db)?;
+            }
+            println!("url={}", store.webhook_url(&name).map_err(db)?.unwrap_or_default());
+            if rotate_secret {
+                println!("webhook_secret={}", store.rotate_webhook_secret(&name).map_err(db)?);
+            }
+        }
     }
     Ok(())
 }
@@ -162,6 +197,7 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
         CallCommand::Show { id } => {
             let parsed = CallId::parse(&id).ok_or_else(|| format!("`{id}` is not a call id (32 hex digits)"))?;
             let c = store.call(&parsed).map_err(db)?.ok_or_else(|| format!("no call {id}"))?;
+            let (ring_ms, talk_ms) = (c.ring_ms(), c.talk_ms());
             let opt = |v: Option<String>| v.unwrap_or_default();
             let when = |v: Option<i64>| v.map(format_ms).unwrap_or_default();
             println!("id={}", c.id);
@@ -172,10 +208,16 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
             println!("cause={}", c.cause.map(|c| c.to_string()).unwrap_or_default());
             println!("cause_text={}", opt(c.cause_text));
             println!("readings={}", c.readings);
+            println!("keys={}", c.keys);
             println!("created_at={}", format_ms(c.created_at));
             println!("dialed_at={}", when(c.dialed_at));
+            println!("ringing_at={}", when(c.ringing_at));
             println!("answered_at={}", when(c.answered_at));
             println!("ended_at={}", when(c.ended_at));
+            println!("deadline_at={}", when(c.deadline_at));
+            println!("ring_duration_ms={}", ring_ms.map(|d| d.to_string()).unwrap_or_default());
+            println!("talk_duration_ms={}", talk_ms.map(|d| d.to_string()).unwrap_or_default());
+            println!("callback_url={}", opt(c.callback_url));
         }
         CallCommand::List { limit } => {
             for c in store.recent_calls(limit).map_err(db)? {
@@ -187,6 +229,21 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
                     c.status,
                     c.reason.unwrap_or_default()
                 );
+            }
+        }
+        CallCommand::Webhooks { id } => {
+            let parsed = CallId::parse(&id).ok_or_else(|| format!("`{id}` is not a call id (32 hex digits)"))?;
+            for d in store.call_deliveries(&parsed).map_err(db)? {
+                let state = match (d.delivered_at, d.gave_up_at) {
+                    (Some(at), _) => format!("delivered {}", format_ms(at)),
+                    (None, Some(at)) => format!("gave up {}", format_ms(at)),
+                    (None, None) => "pending".to_owned(),
+                };
+                println!("delivery {} status={} url={} attempts={} {state}", d.id, d.status, d.url, d.attempts);
+                for (at, http, error) in d.tries {
+                    let http = http.map(|h| h.to_string()).unwrap_or_else(|| "-".into());
+                    println!("  {} http={http} {}", format_ms(at), error.unwrap_or_default());
+                }
             }
         }
     }

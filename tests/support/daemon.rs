@@ -157,7 +157,7 @@ impl Daemon {
         loop {
             let call = call_show(&self.config, id);
             let status = call.get("status").cloned().unwrap_or_default();
-            if status == "completed" || status == "failed" {
+            if ["completed", "failed", "expired", "canceled"].contains(&status.as_str()) {
                 return call;
             }
             assert!(Instant::now() < deadline, "call {id} still {status} after {timeout:?}\nlogs:\n{}", self.logs());
