@@ -57,6 +57,27 @@ pub fn send(addr: SocketAddr, method: &str, target: &str, content_type: &str, bo
     raw(addr, &req)
 }
 
+/// `METHOD target` with HTTP Basic credentials and, if given, a JSON body.
+pub fn with_basic(addr: SocketAddr, method: &str, target: &str, user: &str, password: &str, json: Option<&str>) -> Response {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let body = json.unwrap_or("");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {token}\r\n");
+    if json.is_some() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
+}
+
+impl Response {
+    /// Parses the body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
 /// `POST target` with a form-encoded body.
 pub fn post_form(addr: SocketAddr, target: &str, body: &str) -> Response {
     send(addr, "POST", target, "application/x-www-form-urlencoded", body.as_bytes())

@@ -6,6 +6,7 @@
 //! - [`sandbox`]: the sandbox Asterisk (scripts/sandbox) and its status.
 //! - [`wav`]: read the sandbox phone's recordings and find the speech in them.
 //! - [`fake_ami`]: a scripted Asterisk Manager Interface server over real TCP.
+//! - [`webhook_receiver`]: takes voice-otp's webhooks and checks their signatures.
 //!
 //! Every integration test file is its own crate and uses only part of this,
 //! hence the blanket `dead_code` allowance. The self-tests of `wav` and
@@ -18,3 +19,4 @@ pub mod fake_ami;
 pub mod http;
 pub mod sandbox;
 pub mod wav;
+pub mod webhook_receiver;

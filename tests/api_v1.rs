@@ -1,0 +1,308 @@
+//! The JSON API, webhooks, retention, health and metrics over real HTTP
+//! against the real binary, with a scripted AMI server standing in for
+//! Asterisk (tests/sandbox.rs does the outcomes against the real one).
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::http::{self, Response};
+use support::webhook_receiver::Receiver;
+
+const PASSWORD: &str = "correct-horse-9";
+
+/// Test config: fast webhook retries, loopback receivers allowed.
+const WEBHOOKS: &str = "[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n";
+
+async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon, String) {
+    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let dir = TempDir::new(name);
+    let config = write_config(&dir.0, fake.addr(), &format!("{WEBHOOKS}{extra}"));
+    let (daemon, secret) = tokio::task::block_in_place(|| {
+        let (ok, out, err) = cli(&config, &["user", "add", "acme1", "--password-stdin"], &format!("{PASSWORD}\n"));
+        assert!(ok, "{err}");
+        let secret = out.lines().find_map(|l| l.strip_prefix("webhook_secret=")).expect("secret shown").to_owned();
+        add_user(&config, "other1", PASSWORD);
+        (Daemon::start(&config), secret)
+    });
+    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
+    (dir, fake, daemon, secret)
+}
+
+fn api(daemon: &Daemon, method: &str, target: &str, json: Option<&str>) -> Response {
+    api_as(daemon, "acme1", method, target, json)
+}
+
+fn api_as(daemon: &Daemon, user: &str, method: &str, target: &str, json: Option<&str>) -> Response {
+    tokio::task::block_in_place(|| http::with_basic(daemon.http, method, target, user, PASSWORD, json))
+}
+
+fn create(daemon: &Daemon, body: &str) -> serde_json::Value {
+    let resp = api(daemon, "POST", "/v1/calls", Some(body));
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    resp.json()
+}
+
+async fn wait_status(daemon: &Daemon, id: &str, status: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let call = api(daemon, "GET", &format!("/v1/calls/{id}"), None).json();
+        if call["status"] == status {
+            return call;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("call {id} never {status}\n{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_show_list_and_errors_name_the_field() {
+    let (_dir, fake, daemon, _) = setup("v1-basics", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"03001234567","code":"482915","language":"ur","require_keypress":true}"#));
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    let call = resp.json();
+    let id = call["id"].as_str().unwrap().to_owned();
+    assert_eq!(resp.header("location"), Some(format!("/v1/calls/{id}").as_str()));
+    assert_eq!(call["status"], "queued");
+    assert_eq!(call["number"], "+923001234567");
+    assert_eq!(call["links"]["self"], format!("/v1/calls/{id}"));
+    assert_eq!(call["links"]["cancel"], format!("/v1/calls/{id}/cancel"));
+    assert!(call.get("code").is_none() && !resp.body.contains("482915"), "never the code: {}", resp.body);
+
+    let done = wait_status(&daemon, &id, "failed").await;
+    assert_eq!((done["reason"].as_str(), done["cause"].as_u64()), (Some("busy"), Some(17)), "{done}");
+    assert_eq!(done["cause_text"], "User busy");
+    assert!(done["dialed_at"].is_string() && done["ended_at"].is_string() && done["answered_at"].is_null());
+    assert!(!done.to_string().contains("482915"));
+    // Another user sees nothing of it.
+    let other = api_as(&daemon, "other1", "GET", &format!("/v1/calls/{id}"), None);
+    assert_eq!((other.status, other.header("content-type")), (404, Some("application/problem+json")));
+    assert_eq!(api(&daemon, "GET", "/v1/calls/not-an-id", None).status, 404);
+
+    // Listing: newest first, paginated, filtered, per user.
+    let mut ids = vec![id.clone()];
+    for _ in 0..4 {
+        ids.push(create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut target = "/v1/calls?limit=2".to_owned();
+    loop {
+        let page = api(&daemon, "GET", &target, None).json();
+        seen.extend(page["calls"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => target = format!("/v1/calls?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+    let empty = api_as(&daemon, "other1", "GET", "/v1/calls", None).json();
+    assert_eq!(empty["calls"].as_array().unwrap().len(), 0);
+    for later in &ids[..4] {
+        wait_status(&daemon, later, "failed").await;
+    }
+    let failed = api(&daemon, "GET", "/v1/calls?status=failed&limit=100", None).json();
+    assert_eq!(failed["calls"].as_array().unwrap().len(), 5);
+
+    // Errors: problem+json naming the field.
+    let cases: [(&str, &str, u16, Option<&str>); 11] = [
+        ("POST", r#"{"code":"1234"}"#, 400, Some("number")),
+        ("POST", r#"{"number":"0300123","code":"1234"}"#, 400, Some("number")),
+        ("POST", r#"{"number":"03001234567","code":"12"}"#, 400, Some("code")),
+        ("POST", r#"{"number":"03001234567","code":1234}"#, 400, Some("code")),
+        ("POST", r#"{"number":"03001234567","code":"1234","callback_url":"ftp://x.example/"}"#, 400, Some("callback_url")),
+        ("POST", r#"{"number":"03001234567","code":"1234","require_keypress":"yes"}"#, 400, Some("require_keypress")),
+        ("POST", r#"{"number":"03001234567","code":"1234","colour":"red"}"#, 400, Some("colour")),
+        ("POST", r#"["number"]"#, 400, None),
+        ("POST", "{", 400, None),
+        ("GET /v1/calls?limit=0", "", 400, Some("limit")),
+        ("GET /v1/calls?status=done", "", 400, Some("status")),
+    ];
+    for (what, body, status, field) in cases {
+        let resp = match what.split_once(' ') {
+            Some((method, target)) => api(&daemon, method, target, None),
+            None => api(&daemon, what, "/v1/calls", Some(body)),
+        };
+        assert_eq!(resp.status, status, "{what} {body}: {}", resp.body);
+        assert_eq!(resp.header("content-type"), Some("application/problem+json"), "{body}");
+        let p = resp.json();
+        assert_eq!(p["status"], status);
+        assert_eq!(p["field"].as_str(), field, "{body}: {p}");
+        assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let resp = api(&daemon, "GET", "/v1/calls?cursor=garbage", None);
+    assert_eq!(resp.json()["field"], "cursor");
+
+    // Credentials: missing, wrong, unknown - 401 with the challenge.
+    for (user, password) in [("acme1", "wrong"), ("ghost", PASSWORD)] {
+        let resp = tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", user, password, None));
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.header("www-authenticate"), Some("Basic realm=\"voice-otp\""));
+        assert_eq!(resp.header("content-type"), Some("application/problem+json"));
+    }
+    let resp = tokio::task::block_in_place(|| http::get(daemon.http, "/v1/calls"));
+    assert_eq!(resp.status, 401);
+    let resp = tokio::task::block_in_place(|| http::send(daemon.http, "POST", "/v1/calls", "text/plain", b"x"));
+    assert_eq!(resp.status, 401, "credentials come before the body");
+    let resp = tokio::task::block_in_place(|| {
+        http::with_basic(daemon.http, "DELETE", "/v1/calls", "acme1", PASSWORD, None)
+    });
+    assert_eq!((resp.status, resp.header("allow")), (405, Some("GET, POST")));
+    // The refused requests above placed no call: five good ones, five Originates.
+    assert_eq!(fake.count("Originate"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
+    let (_dir, fake, daemon, _) = setup("v1-cancel", FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() }, "").await;
+    let id = create(&daemon, r#"{"number":"03001234567","code":"482915"}"#)["id"].as_str().unwrap().to_owned();
+    wait_status(&daemon, &id, "dialing").await;
+    fake.emit_event(&[("Event", "Newstate"), ("Privilege", "call,all"), ("Channel", "PJSIP/carrier-00000001"),
+        ("ChannelState", "5"), ("ChannelStateDesc", "Ringing"), ("Uniqueid", &id)]);
+    let ringing = wait_status(&daemon, &id, "ringing").await;
+    assert!(ringing["ringing_at"].is_string());
+    let other = api_as(&daemon, "other1", "POST", &format!("/v1/calls/{id}/cancel"), None);
+    assert_eq!(other.status, 404, "not someone else's call");
+    let resp = api(&daemon, "POST", &format!("/v1/calls/{id}/cancel"), None);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.json()["status"], "canceled");
+    let hangup = fake.wait_for_action("Hangup", Duration::from_secs(10)).await.expect("a Hangup action");
+    assert_eq!(hangup.get("Channel"), Some(id.as_str()));
+    // Asterisk's late events do not revive it, and a second cancel is a conflict.
+    fake.emit_event(&[("Event", "Hangup"), ("Privilege", "call,all"), ("Uniqueid", &id), ("Cause", "16"), ("Cause-txt", "Normal Clearing")]);
+    let again = api(&daemon, "POST", &format!("/v1/calls/{id}/cancel"), None);
+    assert_eq!((again.status, again.header("content-type")), (409, Some("application/problem+json")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = api(&daemon, "GET", &format!("/v1/calls/{id}"), None).json();
+    assert_eq!(call["status"], "canceled");
+    assert!(call["ring_duration_ms"].as_i64().is_some_and(|d| d >= 0), "{call}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_not_dialled_before_its_deadline_expires() {
+    let (_dir, fake, daemon, _) = setup("v1-expire", FakeScript::default(), "[dial]\ndeadline_secs = 1\n").await;
+    // Asterisk unreachable: the first call holds the dialler (it waits for
+    // the link, then fails); the second is still queued past its deadline.
+    fake.stop();
+    let first = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
+    let second = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
+    let first = wait_status(&daemon, &first, "failed").await;
+    assert_eq!(first["reason"], "system_error");
+    let second = wait_status(&daemon, &second, "expired").await;
+    assert!(second["dialed_at"].is_null() && second["ended_at"].is_string(), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_in_order_and_retried_after_failures() {
+    let (_dir, _fake, daemon, secret) = setup("v1-hooks", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    // The receiver fails the first two attempts.
+    let receiver = Receiver::start(&[500, 503]);
+    let call = create(&daemon, &format!(r#"{{"number":"03001234567","code":"482915","callback_url":"{}"}}"#, receiver.url("hook")));
+    let id = call["id"].as_str().unwrap().to_owned();
+    let last = tokio::task::block_in_place(|| {
+        receiver.wait_for(Duration::from_secs(30), |r| r.answered == 200 && r.json()["status"] == "failed")
+    });
+    assert_eq!(last.json()["reason"], "busy");
+    let all = receiver.received();
+    let statuses: Vec<(String, u16)> = all.iter().map(|r| (r.json()["status"].as_str().unwrap().to_owned(), r.answered)).collect();
+    assert_eq!(
+        statuses,
+        [("dialing".to_owned(), 500), ("dialing".to_owned(), 503), ("dialing".to_owned(), 200), ("failed".to_owned(), 200)],
+        "retried, in order, the later change held back"
+    );
+    for r in &all {
+        assert!(r.signed_with(&secret), "bad signature: {r:?}");
+        assert!(!r.signed_with("not-the-secret"));
+        assert_eq!(r.path, "/hook");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.json()["id"], id.as_str());
+        assert!(!r.body.contains("482915"));
+    }
+    assert_eq!(all[0].header("x-voice-otp-delivery"), all[2].header("x-voice-otp-delivery"), "one delivery, retried");
+    assert_eq!(all[3].header("x-voice-otp-event"), Some("call.failed"));
+    // Every attempt is on record.
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&daemon.config, &["call", "webhooks", &id], ""));
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("http=500").count(), 1, "{out}");
+    assert_eq!(out.matches("http=503").count(), 1, "{out}");
+    assert_eq!(out.matches("http=200").count(), 2, "{out}");
+    assert!(!out.contains(&secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_webhooks_survive_a_restart_and_defaults_come_from_the_user() {
+    let (dir, _fake, mut daemon, secret) = setup("v1-restart", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    // Pick a port, then close it: deliveries fail until the receiver exists.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/default");
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&daemon.config, &["user", "webhook", "acme1", "--url", &url], ""));
+    assert!(ok && out.contains(&url), "{out} {err}");
+    let id = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
+    wait_status(&daemon, &id, "failed").await;
+    tokio::task::block_in_place(|| {
+        let status = daemon.terminate().expect("daemon stops on SIGTERM");
+        assert!(status.success(), "{status:?}");
+    });
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+    let receiver = Receiver::start_on(listener, &[]);
+    let config = dir.0.join("voice-otp.toml");
+    let _restarted = tokio::task::block_in_place(|| Daemon::start(&config));
+    let failed = tokio::task::block_in_place(|| receiver.wait_for(Duration::from_secs(30), |r| r.json()["status"] == "failed"));
+    assert!(failed.signed_with(&secret));
+    let statuses: Vec<String> = receiver.received().iter().map(|r| r.json()["status"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(statuses, ["dialing", "failed"]);
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
+    let (dir, _fake, mut first, _) = setup("v1-ops", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    // A call that ended 40 days ago, put there while the daemon is down:
+    // housekeeping runs at start (then every minute) and must remove it.
+    tokio::task::block_in_place(|| first.terminate());
+    let db = dir.0.join("test.db");
+    let old = "0123456789abcdef0123456789abcdef";
+    let forty_days_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64) - 40 * 86_400_000;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO calls (id, number, status, reason, created_at, updated_at, ended_at) VALUES (?1, '+923001234567', 'failed', 'busy', ?2, ?2, ?2)",
+            rusqlite::params![old, forty_days_ago],
+        )
+        .unwrap();
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&dir.0.join("voice-otp.toml")));
+    let fresh = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
+    wait_status(&daemon, &fresh, "failed").await;
+
+    let health = tokio::task::block_in_place(|| http::get(daemon.http, "/healthz"));
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["checks"], serde_json::json!({"ami": "up", "fastagi": "up", "database": "up"}));
+    let metrics = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics"));
+    assert_eq!(metrics.status, 200);
+    for name in [
+        "voice_otp_calls{status=\"failed\",reason=\"busy\"}",
+        "voice_otp_ami_connected 1",
+        "voice_otp_ami_reconnects_total 0",
+        "voice_otp_agi_sessions_active 0",
+        "voice_otp_webhooks_pending 0",
+        "voice_otp_http_requests_total{method=\"POST\",route=\"/v1/calls\",status=\"202\"} 1",
+        "voice_otp_http_request_duration_seconds_bucket{le=",
+    ] {
+        assert!(metrics.body.contains(name), "{name} missing:\n{}", metrics.body);
+    }
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM calls WHERE id = ?1", [old], |r| r.get(0)).unwrap();
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the 40-day-old call was not purged\n{}", daemon.logs());
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM calls WHERE id = ?1", [&fresh], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "a fresh call stays");
+}

@@ -1,0 +1,138 @@
+//! A webhook receiver for tests: a plain TCP listener speaking just enough
+//! HTTP/1.1 to take voice-otp's POSTs, answering each with the next status
+//! of a script (then 200 forever), and checking every signature on its own
+//! with `hmac`/`sha2` against the documented format.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// One POST as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request target.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Raw body.
+    pub body: String,
+    /// The status we answered.
+    pub answered: u16,
+}
+
+impl Received {
+    /// First header named `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("webhook body is not JSON ({e}): {}", self.body))
+    }
+
+    /// True if `X-Voice-OTP-Signature: t=<t>,v1=<hex>` is HMAC-SHA256 of
+    /// `"<t>.<body>"` under `secret`.
+    pub fn signed_with(&self, secret: &str) -> bool {
+        let Some(sig) = self.header("x-voice-otp-signature") else { return false };
+        let mut t = None;
+        let mut v1 = None;
+        for part in sig.split(',') {
+            match part.split_once('=') {
+                Some(("t", v)) => t = Some(v),
+                Some(("v1", v)) => v1 = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(v1)) = (t, v1) else { return false };
+        let Ok(expected) = hex::decode(v1) else { return false };
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.{}", self.body).as_bytes());
+        mac.verify_slice(&expected).is_ok()
+    }
+}
+
+/// The running receiver; it lives until the test process ends.
+pub struct Receiver {
+    /// Its address.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    /// Listens on a free loopback port; answers the statuses of `script` in
+    /// turn, then 200.
+    pub fn start(script: &[u16]) -> Receiver {
+        Receiver::start_on(TcpListener::bind("127.0.0.1:0").expect("bind receiver"), script)
+    }
+
+    /// As [`Receiver::start`] on a given listener (e.g. a port chosen before).
+    pub fn start_on(listener: TcpListener, script: &[u16]) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let mut script: std::collections::VecDeque<u16> = script.iter().copied().collect();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(mut req) = read_request(&mut stream) else { continue };
+                let status = script.pop_front().unwrap_or(200);
+                req.answered = status;
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(reply.as_bytes());
+                sink.lock().unwrap().push(req);
+            }
+        });
+        Receiver { addr, received }
+    }
+
+    /// `http://<addr>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until a POST matching `pred` arrived; panics with what did
+    /// arrive after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Received) -> bool) -> Received {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.received().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no matching webhook in {timeout:?}; got: {:#?}", self.received());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_request(stream: &mut std::net::TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok())?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Received { path, headers, body: String::from_utf8_lossy(&body).into_owned(), answered: 0 })
+}
