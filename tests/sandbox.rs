@@ -7,10 +7,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, write_config};
+use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
 use support::http;
 use support::sandbox::{self, Sandbox, unique_number, wait_recording};
 use support::wav::{Segment, read_wav, speech_segments};
+use support::webhook_receiver::Receiver;
 
 const PASSWORD: &str = "correct-horse-9";
 
@@ -140,4 +141,61 @@ fn has_recording(dir: &Path, number: &str) -> bool {
         .flatten()
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{number}-")))
+}
+
+/// The seven outcomes again, through the JSON API: each call is read back
+/// with `GET /v1/calls/{id}`, and a webhook receiver gets every final status
+/// with a valid signature.
+#[test]
+fn each_outcome_reads_right_over_the_json_api_and_arrives_signed() {
+    let sandbox = sandbox::up();
+    let dir = TempDir::new("v1-outcomes");
+    let extra = "[dial]\nring_timeout_secs = 6\n\n[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\n";
+    let config = write_config(&dir.0, sandbox.ami, extra);
+    let (ok, out, err) = cli(&config, &["user", "add", "acme1", "--password-stdin"], &format!("{PASSWORD}\n"));
+    assert!(ok, "{err}");
+    let secret = out.lines().find_map(|l| l.strip_prefix("webhook_secret=")).expect("secret shown").to_owned();
+    let daemon = Daemon::start(&config);
+    let receiver = Receiver::start(&[]);
+    let answered = unique_number();
+    let cases = [
+        (answered.as_str(), "completed", None),
+        ("03000000017", "failed", Some("busy")),
+        ("03000000019", "failed", Some("no_answer")),
+        ("03000000021", "failed", Some("rejected")),
+        ("03000000001", "failed", Some("invalid_number")),
+        ("03000000034", "failed", Some("congestion")),
+        ("03000000016", "failed", Some("hangup_before_code")),
+    ];
+    let ids: Vec<String> = cases
+        .iter()
+        .map(|(number, _, _)| {
+            let body = format!(r#"{{"number":"{number}","code":"4321","callback_url":"{}"}}"#, receiver.url("otp"));
+            let resp = http::with_basic(daemon.http, "POST", "/v1/calls", "acme1", PASSWORD, Some(&body));
+            assert_eq!(resp.status, 202, "{}", resp.body);
+            resp.json()["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    for ((number, status, reason), id) in cases.iter().zip(&ids) {
+        daemon.wait_final(id, Duration::from_secs(90));
+        let call = http::with_basic(daemon.http, "GET", &format!("/v1/calls/{id}"), "acme1", PASSWORD, None).json();
+        assert_eq!((call["status"].as_str(), call["reason"].as_str()), (Some(*status), *reason), "{number}: {call}");
+        let hook = receiver.wait_for(Duration::from_secs(30), |r| r.json()["id"] == id.as_str() && r.json()["status"] == *status);
+        assert!(hook.signed_with(&secret), "{number}: bad signature {hook:?}");
+        assert_eq!(hook.json()["reason"].as_str(), *reason, "{number}: {}", hook.body);
+    }
+    // The details Asterisk gave are kept: the answered call was read and
+    // talked; the unanswered one rang (Newstate Ringing) until the timeout.
+    let done = http::with_basic(daemon.http, "GET", &format!("/v1/calls/{}", ids[0]), "acme1", PASSWORD, None).json();
+    assert!(done["readings"].as_u64() >= Some(1) && done["talk_duration_ms"].as_i64() > Some(0), "{done}");
+    let rang = http::with_basic(daemon.http, "GET", &format!("/v1/calls/{}", ids[2]), "acme1", PASSWORD, None).json();
+    assert_eq!(rang["cause"], 19, "{rang}");
+    assert!(rang["ring_duration_ms"].as_i64() > Some(0), "{rang}");
+    let statuses: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["id"] == ids[2].as_str())
+        .map(|r| r.json()["status"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(statuses, ["dialing", "ringing", "failed"], "every change of the unanswered call, in order");
 }
