@@ -10,7 +10,7 @@
 //! about the fields), then the fields, then the database is touched.
 
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::intake::{self, CallOptions, CallOrder};
 use super::params::Params;
 use super::problem::{bad_field, basic_credentials, problem, unauthorized};
-use super::{HttpResponse, json, read_body};
+use super::{HttpResponse, has_media_type, json, read_body};
 use crate::call::json::CallJson;
 use crate::call::{Call, CallId, CallStatus};
 use crate::daemon::App;
@@ -116,13 +116,7 @@ fn call_reply(status: StatusCode, call: &Call) -> HttpResponse {
 }
 
 async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !has_media_type(&req, "application/json") {
         return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None);
     }
     let body = match read_body(req, app.config.http.max_body_bytes).await {

@@ -150,6 +150,16 @@ impl BodyError {
     }
 }
 
+/// True if the request's `Content-Type` is `media_type` (parameters such as
+/// `charset` ignored, case-insensitive).
+fn has_media_type<B>(req: &Request<B>, media_type: &str) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
+}
+
 /// Reads a whole request body, at most `limit` bytes, within the body timeout.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {

@@ -7,12 +7,11 @@
 //! the call is [`super::intake`], shared with the JSON API.
 
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 
 use super::intake::{self, CallOptions, CallOrder, CheckedCall};
 use super::params::Params;
-use super::{BodyError, HttpResponse, read_body, seed_error, seed_reply};
+use super::{BodyError, HttpResponse, has_media_type, read_body, seed_error, seed_reply};
 use crate::daemon::App;
 
 /// What the seed API asks for, checked.
@@ -53,13 +52,7 @@ async fn read_params(app: &App, req: Request<Incoming>) -> Result<Params, HttpRe
     if req.method() != Method::POST {
         return Ok(Params::decode([query.as_slice()]));
     }
-    let form = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    if !form {
+    if !has_media_type(&req, "application/x-www-form-urlencoded") {
         return Err(seed_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported Media Type: POST a body of type application/x-www-form-urlencoded",
