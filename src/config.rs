@@ -199,13 +199,95 @@ pub struct CallConfig {
     pub reading_pause_ms: u32,
     /// How many times the code is read ("I repeat" between readings).
     pub readings: u32,
+    /// Readings a callee may add by pressing 1 (mid-reading or after "press
+    /// 1 to hear the code again"); 0 never offers a replay.
+    pub max_extra_readings: u32,
+    /// How long to wait for a key after "press 1 to hear the code again".
+    pub replay_wait_ms: u32,
+    /// Languages calls may ask for; each needs its sounds in Asterisk's
+    /// `sounds/<language>/` (`voice-otp sounds check`).
+    pub languages: Vec<String>,
+    /// Language of calls that name none (and whose user has no default).
+    pub default_language: String,
+    /// Voicemail-safe mode for calls and users that do not say: read the
+    /// code only after the callee presses a key.
+    pub require_keypress: bool,
+    /// Voicemail-safe mode: how many times "press any key to hear your
+    /// verification code" is played before giving up (`no_keypress`).
+    pub keypress_prompts: u32,
+    /// Voicemail-safe mode: how long to wait for a key after each prompt.
+    pub keypress_wait_ms: u32,
 }
 
 impl Default for CallConfig {
     fn default() -> Self {
-        Self { answer_pause_ms: 1000, digit_pause_ms: 400, reading_pause_ms: 600, readings: 2 }
+        Self {
+            answer_pause_ms: 1000,
+            digit_pause_ms: 400,
+            reading_pause_ms: 600,
+            readings: 2,
+            max_extra_readings: 3,
+            replay_wait_ms: 5000,
+            languages: vec!["en".into(), "ur".into()],
+            default_language: "en".into(),
+            require_keypress: false,
+            keypress_prompts: 3,
+            keypress_wait_ms: 5000,
+        }
     }
 }
+
+impl CallConfig {
+    /// The `[call]` rules `Config::load` enforces; the message names the key.
+    fn check(&self) -> Result<(), String> {
+        if self.readings == 0 || self.readings > 10 {
+            return Err(format!("call.readings must be 1..=10, got {}", self.readings));
+        }
+        if self.max_extra_readings > 10 {
+            return Err(format!("call.max_extra_readings must be 0..=10, got {}", self.max_extra_readings));
+        }
+        if self.keypress_prompts == 0 || self.keypress_prompts > 10 {
+            return Err(format!("call.keypress_prompts must be 1..=10, got {}", self.keypress_prompts));
+        }
+        for (key, ms) in [
+            ("answer_pause_ms", self.answer_pause_ms),
+            ("digit_pause_ms", self.digit_pause_ms),
+            ("reading_pause_ms", self.reading_pause_ms),
+            ("replay_wait_ms", self.replay_wait_ms),
+            ("keypress_wait_ms", self.keypress_wait_ms),
+        ] {
+            if ms > MAX_CALL_WAIT_MS {
+                return Err(format!("call.{key} must be at most {MAX_CALL_WAIT_MS}, got {ms}"));
+            }
+        }
+        if self.languages.is_empty() {
+            return Err("call.languages must name at least one language".into());
+        }
+        for (i, lang) in self.languages.iter().enumerate() {
+            if !crate::call::options::is_language_name(lang) {
+                return Err(format!(
+                    "call.languages: `{}` is not a language name (1-16 of A-Z a-z 0-9 _ -, as Asterisk's sounds/<language>/)",
+                    lang.escape_debug()
+                ));
+            }
+            if self.languages[..i].contains(lang) {
+                return Err(format!("call.languages names `{lang}` twice"));
+            }
+        }
+        if !self.languages.contains(&self.default_language) {
+            return Err(format!(
+                "call.default_language `{}` is not one of call.languages ({})",
+                self.default_language.escape_debug(),
+                self.languages.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest pause or wait in `[call]`: a minute of silence is already far
+/// beyond what a callee waits through.
+pub const MAX_CALL_WAIT_MS: u32 = 60_000;
 
 /// A configuration that could not be loaded; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -258,9 +340,7 @@ impl Config {
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             return Err(invalid(format!("auth.bcrypt_cost must be 4..=31, got {}", self.auth.bcrypt_cost)));
         }
-        if self.call.readings == 0 || self.call.readings > 10 {
-            return Err(invalid(format!("call.readings must be 1..=10, got {}", self.call.readings)));
-        }
+        self.call.check().map_err(invalid)?;
         for (key, value) in [
             ("dial.context", &self.dial.context),
             ("dial.exten", &self.dial.exten),
@@ -341,6 +421,27 @@ mod tests {
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("bcrypt_cost"));
         let c = Config::from_toml("[dial]\ncaller_id = \"a\\r\\nAction: Logoff\"\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("caller_id"));
+    }
+
+    #[test]
+    fn call_section_is_checked() {
+        let refused = [
+            ("[call]\nreadings = 0\n", "call.readings"),
+            ("[call]\nmax_extra_readings = 11\n", "call.max_extra_readings"),
+            ("[call]\nkeypress_prompts = 0\n", "call.keypress_prompts"),
+            ("[call]\nreplay_wait_ms = 600000\n", "call.replay_wait_ms"),
+            ("[call]\nlanguages = []\n", "call.languages"),
+            ("[call]\nlanguages = [\"en\", \"../x\"]\n", "../x"),
+            ("[call]\nlanguages = [\"en\", \"en\"]\n", "twice"),
+            ("[call]\ndefault_language = \"fr\"\n", "call.default_language"),
+        ];
+        for (toml, needle) in refused {
+            let c = Config::from_toml(toml).unwrap();
+            let err = c.checked(Path::new("x")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let c = Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
+        assert!(c.checked(Path::new("x")).is_ok());
     }
 
     #[test]

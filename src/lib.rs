@@ -16,6 +16,7 @@
 //!   the callee hears and its FastAGI entry point.
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
+//! - [`sounds`]: the sounds the configured languages need in Asterisk.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,4 +30,5 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod phone;
+pub mod sounds;
 pub mod store;

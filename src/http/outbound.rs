@@ -1,4 +1,5 @@
-//! `GET|POST /outbound.cgi?number=&code=&username=&password=`: the seed API.
+//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=]`:
+//! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
 //! credentials (401, one bcrypt verify), then the call is stored and only
@@ -15,6 +16,7 @@ use hyper::{Method, Request, StatusCode};
 use super::params::Params;
 use super::{HttpResponse, seed_error, seed_reply};
 use crate::call::CallId;
+use crate::call::options::{RequestedOptions, parse_require_keypress};
 use crate::daemon::App;
 use crate::phone::PhoneNumber;
 use crate::store::NewCall;
@@ -31,6 +33,7 @@ struct Order {
     code: String,
     username: String,
     password: String,
+    options: RequestedOptions,
 }
 
 pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
@@ -53,10 +56,14 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     let id = CallId::generate();
     let number = order.number.e164().to_owned();
     let code = order.code;
+    let (requested, call_config) = (order.options, app.config.call.clone());
     let stored = {
         let id = id.clone();
         app.db
-            .run(move |s| s.insert_call(&NewCall { id: &id, user_id: user.id, number: &number, code: &code }))
+            .run(move |s| {
+                let options = requested.resolve(&s.user_call_defaults(user.id)?, &call_config);
+                s.insert_call(&NewCall { id: &id, user_id: user.id, number: &number, code: &code, options: &options })
+            })
             .await
     };
     if let Err(e) = stored {
@@ -110,7 +117,18 @@ fn check(app: &App, params: &Params) -> Result<Order, String> {
     let number =
         PhoneNumber::parse(number, app.config.phone.default_country).map_err(|e| format!("number {e}"))?;
     check_code(code)?;
-    Ok(Order { number, code: code.to_owned(), username: username.to_owned(), password: password.to_owned() })
+    let language = params.optional("language").map_err(|e| e.to_string())?;
+    let require_keypress = params.optional("require_keypress").map_err(|e| e.to_string())?;
+    let require_keypress = require_keypress.map(parse_require_keypress).transpose().map_err(|e| e.to_string())?;
+    let options =
+        RequestedOptions::check(language, require_keypress, &app.config.call).map_err(|e| e.to_string())?;
+    Ok(Order {
+        number,
+        code: code.to_owned(),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        options,
+    })
 }
 
 /// A code is 4 to 20 ASCII digits, nothing else.

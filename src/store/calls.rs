@@ -8,6 +8,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
+use crate::call::options::CallOptions;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
 
 /// What the HTTP front end stores for a new call.
@@ -20,6 +21,8 @@ pub struct NewCall<'a> {
     pub number: &'a str,
     /// The code to read.
     pub code: &'a str,
+    /// How it is read (resolved from request, user and config).
+    pub options: &'a CallOptions,
 }
 
 /// How a call ended.
@@ -43,7 +46,8 @@ impl CallEnd {
 }
 
 const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
-                            created_at, updated_at, dialed_at, answered_at, ended_at";
+                            created_at, updated_at, dialed_at, answered_at, ended_at, \
+                            language, require_keypress, keys";
 
 fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
     let id: String = row.get(0)?;
@@ -70,6 +74,8 @@ fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, Store
         dialed_at: row.get(12)?,
         answered_at: row.get(13)?,
         ended_at: row.get(14)?,
+        options: CallOptions { language: row.get(15)?, require_keypress: row.get(16)? },
+        keys: row.get(17)?,
     }))
 }
 
@@ -78,10 +84,18 @@ impl Store {
     pub fn insert_call(&mut self, new: &NewCall<'_>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, language, require_keypress)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7)",
         )?;
-        stmt.execute(params![new.id.as_str(), new.user_id, new.number, new.code, now])?;
+        stmt.execute(params![
+            new.id.as_str(),
+            new.user_id,
+            new.number,
+            new.code,
+            now,
+            new.options.language,
+            new.options.require_keypress
+        ])?;
         Ok(())
     }
 
@@ -143,6 +157,15 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Stores the keys the callee pressed (`0-9*#`, in order), as the call
+    /// flow reports them.
+    pub fn record_keys(&mut self, id: &CallId, keys: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE calls SET keys = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id.as_str(), keys, now_ms()])?;
+        Ok(())
+    }
+
     /// Records the hangup cause Asterisk reported. A call that failed for a
     /// reason only known as `system_error` (OriginateResponse Reason 0 came
     /// first) gets the precise reason the cause stands for.
@@ -175,8 +198,20 @@ mod tests {
         let mut s = Store::open_in_memory().unwrap();
         let u = s.add_user("acme1", "h").unwrap();
         let id = CallId::generate();
-        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915" }).unwrap();
+        let options = CallOptions { language: "ur".into(), require_keypress: true };
+        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915", options: &options })
+            .unwrap();
         (s, id)
+    }
+
+    #[test]
+    fn options_and_keys_are_kept() {
+        let (mut s, id) = store_with_call();
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!(c.options, CallOptions { language: "ur".into(), require_keypress: true });
+        assert_eq!(c.keys, "");
+        s.record_keys(&id, "51").unwrap();
+        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
     }
 
     #[test]

@@ -34,6 +34,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_by_user ON calls(user_id, created_at);
     CREATE INDEX calls_by_status ON calls(status);",
+    // 2: per-call language and voicemail-safe mode, the keys the callee
+    // pressed, and users' defaults for both options (NULL = the config's).
+    "ALTER TABLE calls ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE calls ADD COLUMN require_keypress INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN language TEXT;
+    ALTER TABLE users ADD COLUMN require_keypress INTEGER;",
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@
 
 mod calls;
 mod migrations;
+mod user_defaults;
 mod users;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use calls::{CallEnd, NewCall};
+pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
