@@ -233,6 +233,9 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
         cli(&daemon.config, &["user", "set", "acme1", "--require-keypress", "true"], "")
     });
     assert!(ok, "{out} {err}");
+    let (_, list, _) = tokio::task::block_in_place(|| cli(&daemon.config, &["user", "list"], ""));
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with("acme1 ")).unwrap().split_whitespace().collect();
+    assert_eq!(row[1..4], ["yes", "default", "true"], "{list}");
     let id = place_call(&daemon, "03001234567", "4821");
     let commands = agi_session(daemon.agi, &id, None).await;
     assert!(played(&commands).iter().all(|p| !p.starts_with("digits/")), "{commands:?}");
