@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use support::daemon::{Daemon, TempDir, add_user, write_config};
+use support::daemon::{Daemon, TempDir, start_with_user};
 use support::http;
 use support::sandbox::{self, Sandbox, channel_log, unique_number, wait_recording, wait_recording_since};
 use support::wav::{Segment, read_wav, speech_segments};
@@ -21,11 +21,7 @@ const PRESSES_ONE: &str = "03000000049";
 static PRESSES_ONE_LOCK: Mutex<()> = Mutex::new(());
 
 fn start(sandbox: &Sandbox, name: &str, extra: &str) -> (TempDir, Daemon) {
-    let dir = TempDir::new(name);
-    let config = write_config(&dir.0, sandbox.ami, extra);
-    add_user(&config, "acme1", PASSWORD);
-    let daemon = Daemon::start(&config);
-    (dir, daemon)
+    start_with_user(sandbox.ami, name, extra, PASSWORD)
 }
 
 fn seed_call(daemon: &Daemon, number: &str, code: &str, options: &str) -> String {

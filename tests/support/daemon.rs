@@ -75,6 +75,17 @@ pub fn add_user(config: &Path, name: &str, password: &str) {
     assert!(ok, "user add {name} failed: {out} {err}");
 }
 
+/// A daemon on its own temp dir and config (`extra` appended, see
+/// [`write_config`]) talking to AMI at `ami`, with API user `acme1`
+/// whose password is `password`.
+pub fn start_with_user(ami: SocketAddr, name: &str, extra: &str, password: &str) -> (TempDir, Daemon) {
+    let dir = TempDir::new(name);
+    let config = write_config(&dir.0, ami, extra);
+    add_user(&config, "acme1", password);
+    let daemon = Daemon::start(&config);
+    (dir, daemon)
+}
+
 /// `voice-otp call show ID` as key/value pairs.
 pub fn call_show(config: &Path, id: &str) -> std::collections::HashMap<String, String> {
     let (ok, out, err) = cli(config, &["call", "show", id], "");

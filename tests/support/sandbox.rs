@@ -122,16 +122,9 @@ pub fn unique_number() -> String {
 /// Waits for the callee's recording of `number` to exist and stop growing.
 pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> PathBuf {
     let deadline = Instant::now() + timeout;
-    let prefix = format!("{number}-");
     let mut last: Option<(PathBuf, u64)> = None;
     loop {
-        let found = std::fs::read_dir(&sandbox.recordings)
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+        let found = recordings_of(sandbox, number).into_iter().next();
         if let Some(path) = found {
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if let Some((p, s)) = &last {
@@ -151,15 +144,10 @@ pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> Pat
 /// recording per call across runs) and returns it once complete.
 pub fn wait_recording_since(sandbox: &Sandbox, number: &str, since: std::time::SystemTime, timeout: Duration) -> PathBuf {
     let deadline = Instant::now() + timeout;
-    let prefix = format!("{number}-");
     loop {
-        let newest = std::fs::read_dir(&sandbox.recordings)
-            .ok()
+        let newest = recordings_of(sandbox, number)
             .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
             .filter(|(modified, _)| *modified >= since)
             .max();
         // Files appear in the folder only once closed (MixMonitor's move).
@@ -188,4 +176,16 @@ pub fn channel_log(sandbox: &Sandbox, call_id: &str) -> Vec<String> {
     };
     let tag = format!("<{channel}>");
     lines[start..].iter().filter(|l| l.contains(&tag)).map(|l| (*l).to_owned()).collect()
+}
+
+/// The callee's recordings of `number` (`<number>-<uniqueid>.wav`), in no order.
+fn recordings_of(sandbox: &Sandbox, number: &str) -> Vec<PathBuf> {
+    let prefix = format!("{number}-");
+    std::fs::read_dir(&sandbox.recordings)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .collect()
 }
