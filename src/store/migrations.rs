@@ -34,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_by_user ON calls(user_id, created_at);
     CREATE INDEX calls_by_status ON calls(status);",
+    // 2: the per-destination-number quotas count a number's recent calls.
+    "CREATE INDEX calls_by_number ON calls(number, created_at);",
 ];
 
 /// The schema version this build writes.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use calls::{CallEnd, NewCall};
+pub use calls::{CallEnd, NewCall, NumberCalls};
 pub use users::User;
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
@@ -56,6 +56,12 @@ impl Store {
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::init(Connection::open_in_memory()?)
+    }
+
+    /// The raw connection, for tests that need to shape rows by hand.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     fn init(mut conn: Connection) -> Result<Store, StoreError> {
