@@ -38,9 +38,14 @@ impl Drop for TempDir {
 /// A config for tests: ports 0, a temp database, bcrypt cost 4 (fast),
 /// plus `extra` TOML appended (sections must not repeat the ones given here).
 pub fn write_config(dir: &Path, ami: SocketAddr, extra: &str) -> PathBuf {
+    write_config_with_http(dir, ami, "", extra)
+}
+
+/// [`write_config`] with `http_keys` (lines) added to its `[http]` section.
+pub fn write_config_with_http(dir: &Path, ami: SocketAddr, http_keys: &str, extra: &str) -> PathBuf {
     let path = dir.join("voice-otp.toml");
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\n[agi]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"test.db\"\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"test.db\"\n\n\
          [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
         ami.ip(),
         ami.port()
