@@ -1,0 +1,7 @@
+//! `cargo fuzz run agi_codec`: arbitrary bytes from "Asterisk" into the FastAGI decoder.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::agi_codec(data));

@@ -1,0 +1,7 @@
+//! `cargo fuzz run ami_codec`: arbitrary bytes from "Asterisk" into the AMI decoder.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::ami_codec(data));
