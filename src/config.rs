@@ -6,7 +6,7 @@
 //! silently falls back to a default is worse than an error at start-up.
 //! `voice-otp.example.toml` documents every key with its default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What the callee hears and how fast.
     pub call: CallConfig,
+    /// Abuse limits: request rates, per-number quotas, failed logins.
+    pub limits: LimitsConfig,
 }
 
 /// `[http]`
@@ -43,11 +45,30 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body (POST form), in bytes.
     pub max_body_bytes: usize,
+    /// Most client connections served at once; further ones wait in the
+    /// kernel's accept queue until one ends.
+    pub max_connections: usize,
+    /// Time a client has to send a request head, and the longest a
+    /// keep-alive connection may sit idle before its next request.
+    pub header_timeout_secs: u64,
+    /// Time a client has to send a POST body.
+    pub body_timeout_secs: u64,
+    /// Proxies (e.g. the TLS proxy in front) whose `X-Forwarded-For` header
+    /// names the real client for the per-IP login limit. Empty: the TCP peer
+    /// is the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 8192 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 8192,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -97,11 +118,19 @@ pub struct AgiConfig {
     /// URL Asterisk's dialplan connects to, handed over in the channel
     /// variable `VOICE_OTP_AGI`. Empty: `agi://<listen>/otp`.
     pub url: String,
+    /// The only addresses FastAGI connections are accepted from (Asterisk's).
+    /// A FastAGI peer drives live calls and reads codes, so the list may not
+    /// be empty; the default is loopback, where the sandbox Asterisk runs.
+    pub allowed_peers: Vec<IpAddr>,
 }
 
 impl Default for AgiConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 4573)), url: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4573)),
+            url: String::new(),
+            allowed_peers: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)],
+        }
     }
 }
 
@@ -164,11 +193,65 @@ pub struct PhoneConfig {
     /// ISO 3166 country whose national numbers (`03001234567`) are accepted
     /// without a country code.
     pub default_country: Country,
+    /// Toll-fraud guard: countries calls may go to. `None` (the key absent):
+    /// the default country only.
+    pub allowed_countries: Option<Vec<Country>>,
+    /// Toll-fraud guard: E.164 prefixes (`"+4420"`) calls may go to besides
+    /// the allowed countries. `"+"` allows every destination.
+    pub allowed_prefixes: Vec<String>,
 }
 
 impl Default for PhoneConfig {
     fn default() -> Self {
-        Self { default_country: Country::parse("PK").expect("PK is a country") }
+        Self {
+            default_country: Country::parse("PK").expect("PK is a country"),
+            allowed_countries: None,
+            allowed_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl PhoneConfig {
+    /// The countries calls may go to, the default applied.
+    pub fn allowed_countries(&self) -> Vec<Country> {
+        self.allowed_countries.clone().unwrap_or_else(|| vec![self.default_country])
+    }
+}
+
+/// `[limits]`: abuse limits. A count of 0 switches that limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests one API user may make per minute (counted after a
+    /// successful login).
+    pub user_requests_per_minute: u32,
+    /// Calls to one destination number per `number_window_secs`.
+    pub number_calls_per_window: u32,
+    /// The window of `number_calls_per_window`, in seconds (1..=86400).
+    pub number_window_secs: u64,
+    /// Calls to one destination number per 24 hours (counted from the
+    /// stored calls, so a restart does not reset it).
+    pub number_calls_per_day: u32,
+    /// Failed logins per user name per `login_failure_window_secs`; beyond
+    /// it the name is locked out (429) without a password check.
+    pub login_failures_per_user: u32,
+    /// Failed logins per client IP per `login_failure_window_secs`.
+    pub login_failures_per_ip: u32,
+    /// The window (and so the longest lockout) of the failed-login limits.
+    pub login_failure_window_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            user_requests_per_minute: 60,
+            number_calls_per_window: 3,
+            number_window_secs: 600,
+            number_calls_per_day: 10,
+            login_failures_per_user: 5,
+            login_failures_per_ip: 20,
+            login_failure_window_secs: 900,
+        }
     }
 }
 
@@ -358,6 +441,32 @@ impl Config {
         }
         if self.dial.context.is_empty() || self.dial.exten.is_empty() {
             return Err(invalid("dial.context and dial.exten must not be empty".into()));
+        }
+        for prefix in &self.phone.allowed_prefixes {
+            let is_prefix = prefix.strip_prefix('+').is_some_and(|digits| {
+                digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= crate::phone::MAX_E164_DIGITS
+            });
+            if !is_prefix {
+                return Err(invalid(format!(
+                    "phone.allowed_prefixes: `{prefix}` is not an E.164 prefix (\"+\" and up to 15 digits)"
+                )));
+            }
+        }
+        if self.agi.allowed_peers.is_empty() {
+            return Err(invalid("agi.allowed_peers must list at least Asterisk's address".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections must be at least 1".into()));
+        }
+        for (key, secs) in [
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("limits.login_failure_window_secs", self.limits.login_failure_window_secs),
+            ("limits.number_window_secs", self.limits.number_window_secs),
+        ] {
+            if secs == 0 || secs > 86_400 {
+                return Err(invalid(format!("{key} must be 1..=86400, got {secs}")));
+            }
         }
         if self.dial.ring_timeout_secs == 0 || self.dial.ring_timeout_secs > 300 {
             return Err(invalid(format!(

@@ -10,6 +10,8 @@
 //! - [`daemon`]: `serve` - starts and stops every part below.
 //! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API).
 //! - [`auth`]: API users' credentials (bcrypt).
+//! - [`limits`]: abuse limits - failed logins, request rates, per-number
+//!   quotas, the toll-fraud guard.
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
 //! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod limits;
 pub mod phone;
 pub mod sounds;
 pub mod store;

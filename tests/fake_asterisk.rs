@@ -19,7 +19,13 @@ async fn setup(name: &str, script: FakeScript) -> (TempDir, FakeAmi, Daemon) {
     let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
     // Short pauses: these tests look at the order of commands, not at pacing.
-    let config = write_config(&dir.0, fake.addr(), "[call]\nanswer_pause_ms = 10\ndigit_pause_ms = 10\nreading_pause_ms = 10\n");
+    // These tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
+    let config = write_config(
+        &dir.0,
+        fake.addr(),
+        "[call]\nanswer_pause_ms = 10\ndigit_pause_ms = 10\nreading_pause_ms = 10\n\n\
+         [limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n",
+    );
     let daemon = tokio::task::block_in_place(|| {
         add_user(&config, "acme1", PASSWORD);
         Daemon::start(&config)

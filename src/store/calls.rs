@@ -25,6 +25,19 @@ pub struct NewCall<'a> {
     pub options: &'a CallOptions,
 }
 
+/// What [`Store::number_calls_since`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberCalls {
+    /// Calls since the long window's start.
+    pub since: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_since: Option<i64>,
+    /// Calls since the short window's start.
+    pub recent: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_recent: Option<i64>,
+}
+
 /// How a call ended.
 #[derive(Debug, Clone)]
 pub struct CallEnd {
@@ -103,6 +116,27 @@ impl Store {
     pub fn call(&self, id: &CallId) -> Result<Option<Call>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?;
         stmt.query_row([id.as_str()], call_from_row).optional()?.transpose()
+    }
+
+    /// Calls to `number` (E.164) created after `since_ms`, and of those
+    /// after `recent_ms` (`recent_ms >= since_ms`), each with the
+    /// creation time of its oldest call: one pass over the
+    /// `calls_by_number` index, for the per-number quotas.
+    pub fn number_calls_since(
+        &self,
+        number: &str,
+        since_ms: i64,
+        recent_ms: i64,
+    ) -> Result<NumberCalls, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COUNT(*), MIN(created_at),
+                    COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
+             FROM calls WHERE number = ?1 AND created_at > ?2",
+        )?;
+        let counts = stmt.query_row(params![number, since_ms, recent_ms], |r| {
+            Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
+        })?;
+        Ok(counts)
     }
 
     /// Newest calls first, at most `limit`.
@@ -255,6 +289,23 @@ mod tests {
         // The first cause sticks.
         s.record_cause(&id, 16, "Normal Clearing").unwrap();
         assert_eq!(s.call(&id).unwrap().unwrap().cause, Some(17));
+    }
+
+    #[test]
+    fn number_counts_use_the_number_index() {
+        let (s, _) = store_with_call();
+        let plan: String = s
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE number = ?1 AND created_at > ?2",
+                params!["+923001234567", 0],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("calls_by_number"), "{plan}");
+        let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
+        assert_eq!((counts.since, counts.recent), (1, 1));
+        assert_eq!(s.number_calls_since("+923001234568", 0, 0).unwrap().since, 0);
     }
 
     #[test]

@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
     ALTER TABLE users ADD COLUMN language TEXT;
     ALTER TABLE users ADD COLUMN require_keypress INTEGER;",
+    // 3: the per-destination-number quotas count a number's recent calls.
+    "CREATE INDEX calls_by_number ON calls(number, created_at);",
 ];
 
 /// The schema version this build writes.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use calls::{CallEnd, NewCall};
+pub use calls::{CallEnd, NewCall, NumberCalls};
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 
@@ -58,6 +58,12 @@ impl Store {
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::init(Connection::open_in_memory()?)
+    }
+
+    /// The raw connection, for tests that need to shape rows by hand.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     fn init(mut conn: Connection) -> Result<Store, StoreError> {
