@@ -6,6 +6,7 @@
 //! bcrypt runs on the blocking pool: at cost 12 one verify is ~0.2 s of CPU.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::{Db, StoreError, User};
 
@@ -18,6 +19,8 @@ pub const MAX_PASSWORD_BYTES: usize = 71;
 pub struct Authenticator {
     db: Db,
     dummy_hash: Arc<String>,
+    /// bcrypt verifies run so far: what the failed-login limits bound.
+    verifies: Arc<AtomicU64>,
 }
 
 impl Authenticator {
@@ -25,7 +28,12 @@ impl Authenticator {
     pub fn new(db: Db, cost: u32) -> Result<Authenticator, bcrypt::BcryptError> {
         let random: [u8; 16] = rand::random();
         let dummy_hash = bcrypt::hash(random, cost)?;
-        Ok(Authenticator { db, dummy_hash: Arc::new(dummy_hash) })
+        Ok(Authenticator { db, dummy_hash: Arc::new(dummy_hash), verifies: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// How many bcrypt verifies this authenticator has run.
+    pub fn verifies(&self) -> u64 {
+        self.verifies.load(Ordering::Relaxed)
     }
 
     /// The user if `name`/`password` are right and the user is enabled.
@@ -37,6 +45,7 @@ impl Authenticator {
             None => self.dummy_hash.as_ref().clone(),
         };
         let password = password.to_owned();
+        self.verifies.fetch_add(1, Ordering::Relaxed);
         let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?;

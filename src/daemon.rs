@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::call::agi_handler::OtpAgi;
 use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{Db, Store};
 
@@ -41,6 +42,8 @@ pub struct App {
     pub agi_listening: Arc<AtomicBool>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Abuse limits and the toll-fraud guard.
+    pub limits: Limits,
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -101,7 +104,8 @@ impl Daemon {
             .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http.listen, source })?;
         let agi = AgiServer::bind(config.agi.listen)
             .await
-            .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?;
+            .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?
+            .with_allowed_peers(config.agi.allowed_peers.clone());
         let bound = Bound {
             http: http.local_addr().unwrap_or(config.http.listen),
             agi: agi.local_addr().unwrap_or(config.agi.listen),
@@ -144,7 +148,8 @@ impl Daemon {
             shutdown.clone(),
         ));
         tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
-        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics });
+        let limits = Limits::new(&config.limits, &config.phone);
+        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits });
         tracker.spawn(crate::http::serve(http, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })

@@ -16,6 +16,9 @@ const PASSWORD: &str = "correct-horse-9";
 /// Test config: fast webhook retries, loopback receivers allowed.
 const WEBHOOKS: &str = "[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n";
 
+/// For tests that call one number more than `limits.number_calls_per_window` (3) times.
+const NO_NUMBER_QUOTAS: &str = "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
+
 async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon, String) {
     let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
@@ -58,7 +61,9 @@ async fn wait_status(daemon: &Daemon, id: &str, status: &str) -> serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_show_list_and_errors_name_the_field() {
-    let (_dir, fake, daemon, _) = setup("v1-basics", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    // Five calls to one number: its quotas (3 per 10 min) are off here and
+    // tested on their own below.
+    let (_dir, fake, daemon, _) = setup("v1-basics", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, NO_NUMBER_QUOTAS).await;
     let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"03001234567","code":"482915","language":"ur","require_keypress":true}"#));
     assert_eq!(resp.status, 202, "{}", resp.body);
     let call = resp.json();
@@ -66,6 +71,7 @@ async fn create_show_list_and_errors_name_the_field() {
     assert_eq!(resp.header("location"), Some(format!("/v1/calls/{id}").as_str()));
     assert_eq!(call["status"], "queued");
     assert_eq!(call["number"], "+923001234567");
+    assert_eq!((call["language"].as_str(), call["require_keypress"].as_bool()), (Some("ur"), Some(true)));
     assert_eq!(call["links"]["self"], format!("/v1/calls/{id}"));
     assert_eq!(call["links"]["cancel"], format!("/v1/calls/{id}/cancel"));
     assert!(call.get("code").is_none() && !resp.body.contains("482915"), "never the code: {}", resp.body);
@@ -130,6 +136,14 @@ async fn create_show_list_and_errors_name_the_field() {
         assert_eq!(p["status"], status);
         assert_eq!(p["field"].as_str(), field, "{body}: {p}");
         assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    // Option errors name the field and the values that would do.
+    for (body, field, detail) in [
+        (r#"{"number":"03001234567","code":"1234","language":"fr"}"#, "language", "language must be one of: en, ur"),
+        (r#"{"number":"03001234567","code":"1234","require_keypress":1}"#, "require_keypress", "require_keypress must be one of: true, false"),
+    ] {
+        let p = api(&daemon, "POST", "/v1/calls", Some(body)).json();
+        assert_eq!((p["status"].as_u64(), p["field"].as_str(), p["detail"].as_str()), (Some(400), Some(field), Some(detail)), "{p}");
     }
     let resp = api(&daemon, "GET", "/v1/calls?cursor=garbage", None);
     assert_eq!(resp.json()["field"], "cursor");
@@ -305,4 +319,60 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
     assert!(gone, "the 40-day-old call was not purged\n{}", daemon.logs());
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM calls WHERE id = ?1", [&fresh], |r| r.get(0)).unwrap();
     assert_eq!(n, 1, "a fresh call stays");
+}
+
+/// The JSON API passes the seed API's limits, answered as problem+json:
+/// the per-number quota is one count for both front ends, the toll-fraud
+/// guard says 403, the user's request rate and the failed-login lockout
+/// 429 with Retry-After, and no refused request dials anybody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_apis_limits_apply_as_problems() {
+    let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user = 2\n";
+    let busy = FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() };
+    let (_dir, fake, daemon, _) = setup("v1-limits", busy, extra).await;
+    let limited = |resp: &Response, rule: &str| {
+        assert_eq!((resp.status, resp.header("content-type")), (429, Some("application/problem+json")), "{}", resp.body);
+        let p = resp.json();
+        assert_eq!(p["title"], "Too Many Requests");
+        assert!(p["detail"].as_str().is_some_and(|d| d.contains(rule) && !d.starts_with("Too Many")), "{p}");
+        let retry: u64 = resp.header("retry-after").expect("Retry-After").parse().expect("seconds");
+        assert!(retry >= 1, "{retry}");
+    };
+    // Requests 1-3 of the user: the number's three calls per window.
+    for _ in 0..3 {
+        create(&daemon, r#"{"number":"03001234567","code":"1234"}"#);
+    }
+    // 4: the number's quota, whichever front end asks.
+    let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"+923001234567","code":"1234"}"#));
+    limited(&resp, "limits.number_calls_per_window");
+    // 5: the seed API counts the same calls, and the same user's requests.
+    let seed = tokio::task::block_in_place(|| {
+        http::get(daemon.http, &format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password={PASSWORD}"))
+    });
+    assert_eq!(seed.status, 429, "{}", seed.body);
+    assert!(seed.body.contains("limits.number_calls_per_window"), "{}", seed.body);
+    // 6: the toll-fraud guard.
+    let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"+441612345678","code":"1234"}"#));
+    assert_eq!((resp.status, resp.header("content-type")), (403, Some("application/problem+json")), "{}", resp.body);
+    assert!(resp.json()["detail"].as_str().is_some_and(|d| d.contains("phone.allowed_countries")), "{}", resp.body);
+    assert!(resp.header("retry-after").is_none());
+    // 7: over the user's six requests per minute, even to a fresh number.
+    let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"03001234568","code":"1234"}"#));
+    limited(&resp, "limits.user_requests_per_minute");
+    // Another user is not slowed; reading calls is not a request to place one.
+    let resp = api_as(&daemon, "other1", "POST", "/v1/calls", Some(r#"{"number":"03001234568","code":"1234"}"#));
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    assert_eq!(api(&daemon, "GET", "/v1/calls", None).status, 200);
+
+    // Two wrong passwords lock the name: then even the right one gets 429
+    // without a password check.
+    for _ in 0..2 {
+        let resp = tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", "other1", "wrong", None));
+        assert_eq!(resp.status, 401);
+    }
+    limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user");
+
+    assert!(fake.wait_for_count("Originate", 4, Duration::from_secs(10)).await, "{:?}", fake.actions());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.count("Originate"), 4, "three calls of acme1, one of other1: {:?}", fake.actions());
 }

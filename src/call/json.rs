@@ -38,6 +38,10 @@ pub struct CallJson<'a> {
     pub readings: u32,
     /// Keys the callee pressed, in order.
     pub keys: &'a str,
+    /// Language the code is read in.
+    pub language: &'a str,
+    /// Voicemail-safe mode: the code is read only after a key press.
+    pub require_keypress: bool,
     /// Timestamps, RFC 3339 UTC with milliseconds.
     pub created_at: String,
     /// Last change.
@@ -77,6 +81,8 @@ impl Call {
             cause_text: self.cause_text.as_deref(),
             readings: self.readings,
             keys: &self.keys,
+            language: &self.options.language,
+            require_keypress: self.options.require_keypress,
             created_at: format_ms(self.created_at),
             updated_at: format_ms(self.updated_at),
             dialed_at: when(self.dialed_at),

@@ -5,11 +5,14 @@
 //! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
 //! - `json`: the call as the JSON API and webhooks show it.
+//! - `options`: per-call language and voicemail-safe mode, and how a
+//!   request's values, a user's defaults and `[call]` combine.
 
 pub mod agi_handler;
 pub mod dispatcher;
 pub mod flow;
 pub mod json;
+pub mod options;
 
 use std::fmt;
 
@@ -136,6 +139,9 @@ pub enum FailReason {
     HangupBeforeCode,
     /// Asterisk or we failed (AMI down, Originate refused, AGI never came).
     SystemError,
+    /// Voicemail-safe mode: no key after every "press any key" prompt; no
+    /// digit was played.
+    NoKeypress,
 }
 
 impl FailReason {
@@ -149,6 +155,7 @@ impl FailReason {
             FailReason::Congestion => "congestion",
             FailReason::HangupBeforeCode => "hangup_before_code",
             FailReason::SystemError => "system_error",
+            FailReason::NoKeypress => "no_keypress",
         }
     }
 
@@ -218,6 +225,8 @@ pub struct Call {
     pub keys: String,
     /// Where this call's status changes are POSTed; `None`: the user's default.
     pub callback_url: Option<String>,
+    /// Language and voicemail-safe mode the call is read with.
+    pub options: options::CallOptions,
 }
 
 impl Call {

@@ -7,7 +7,13 @@
 //! - `POST /v1/calls/{id}/cancel` -> the canceled call, 409 once answered.
 //!
 //! Credentials are checked before anything else (a stranger learns nothing
-//! about the fields), then the fields, then the database is touched.
+//! about the fields), behind the same failed-login limits as the seed API;
+//! then the fields, then the database is touched. Creating a call goes
+//! through [`super::intake`] like the seed API: the same field checks and
+//! options, request rate, toll-fraud guard (403) and per-number quotas
+//! (429 with `Retry-After`), answered here as problem+json.
+
+use std::net::IpAddr;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
@@ -15,13 +21,14 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::intake::{self, CallOptions, CallOrder};
+use super::intake::{self, CallOrder, FieldError, PlaceError};
 use super::params::Params;
-use super::problem::{bad_field, basic_credentials, problem, unauthorized};
+use super::problem::{bad_field, basic_credentials, problem, refused, unauthorized};
 use super::{HttpResponse, has_media_type, json, read_body};
 use crate::call::json::CallJson;
 use crate::call::{Call, CallId, CallStatus};
 use crate::daemon::App;
+use crate::limits::LoginError;
 use crate::store::{CallCursor, User};
 
 /// Default and largest page size of `GET /v1/calls`.
@@ -73,7 +80,7 @@ impl Endpoint {
     }
 }
 
-pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> HttpResponse {
+pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
     let allowed = matches!(
         (&endpoint, req.method()),
         (Endpoint::Calls, &Method::GET | &Method::POST) | (Endpoint::Call(_), &Method::GET) | (Endpoint::Cancel(_), &Method::POST)
@@ -83,7 +90,7 @@ pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>
         resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(endpoint.allow()));
         return resp;
     }
-    let user = match authenticate(app, &req).await {
+    let user = match authenticate(app, &req, client).await {
         Ok(user) => user,
         Err(resp) => return resp,
     };
@@ -95,15 +102,13 @@ pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>
     }
 }
 
-async fn authenticate(app: &App, req: &Request<Incoming>) -> Result<User, HttpResponse> {
+async fn authenticate(app: &App, req: &Request<Incoming>, client: IpAddr) -> Result<User, HttpResponse> {
     let Some((name, password)) = basic_credentials(req.headers()) else { return Err(unauthorized()) };
-    match app.auth.authenticate(&name, &password).await {
-        Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(unauthorized()),
-        Err(e) => {
-            tracing::error!(error = %e, "authentication failed on a storage error");
-            Err(unavailable())
-        }
+    match intake::login(app, &name, &password, client).await {
+        Ok(user) => Ok(user),
+        Err(LoginError::Unauthorized) => Err(unauthorized()),
+        Err(LoginError::Limited(refusal)) => Err(refused(&refusal)),
+        Err(LoginError::Store(_)) => Err(unavailable()),
     }
 }
 
@@ -119,7 +124,7 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
     if !has_media_type(&req, "application/json") {
         return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None);
     }
-    let body = match read_body(req, app.config.http.max_body_bytes).await {
+    let body = match read_body(req, &app.config.http).await {
         Ok(b) => b,
         Err(e) => return problem(e.status(), &e.to_string(), None),
     };
@@ -132,7 +137,7 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
         let shown: String = unknown.chars().take(64).collect();
         return problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown));
     }
-    let checked = read_order(&fields).and_then(|(order, options)| intake::check(app, order, options));
+    let checked = read_order(&fields).and_then(|order| intake::check(app, order));
     let checked = match checked {
         Ok(c) => c,
         Err(e) => return bad_field(e.field, &e.message),
@@ -145,7 +150,8 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
             }
             resp
         }
-        Err(e) => {
+        Err(PlaceError::Refused(refusal)) => refused(&refusal),
+        Err(PlaceError::Store(e)) => {
             tracing::error!(error = %e, "could not store call");
             unavailable()
         }
@@ -153,28 +159,27 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
 }
 
 /// The typed fields of a create request.
-fn read_order(fields: &Map<String, Value>) -> Result<(CallOrder<'_>, CallOptions), intake::FieldError> {
-    let text = |name: &'static str| -> Result<Option<&str>, intake::FieldError> {
+fn read_order(fields: &Map<String, Value>) -> Result<CallOrder<'_>, FieldError> {
+    let text = |name: &'static str| -> Result<Option<&str>, FieldError> {
         match fields.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Err(intake::FieldError::new(name, format!("{name} is empty"))),
+            Some(Value::String(s)) if s.is_empty() => Err(FieldError::new(name, format!("{name} is empty"))),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(intake::FieldError::new(name, format!("{name} must be a string"))),
+            Some(_) => Err(FieldError::new(name, format!("{name} must be a string"))),
         }
     };
-    let required = |name: &'static str| {
-        text(name)?.ok_or_else(|| intake::FieldError::new(name, format!("{name} is required")))
-    };
+    let required =
+        |name: &'static str| text(name)?.ok_or_else(|| FieldError::new(name, format!("{name} is required")));
     let number = required("number")?;
     let code = required("code")?;
     let callback_url = text("callback_url")?;
-    let language = text("language")?.map(str::to_owned);
+    let language = text("language")?;
     let require_keypress = match fields.get("require_keypress") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(intake::FieldError::new("require_keypress", "require_keypress must be true or false")),
+        Some(_) => return Err(FieldError::new("require_keypress", "require_keypress must be one of: true, false")),
     };
-    Ok((CallOrder { number, code, callback_url }, CallOptions { language, require_keypress }))
+    Ok(CallOrder { number, code, callback_url, language, require_keypress })
 }
 
 /// One of the user's calls, or the reply to give instead (404 for unknown
@@ -302,15 +307,15 @@ mod tests {
     fn create_fields_are_typed_and_named() {
         let map = |v: Value| v.as_object().unwrap().clone();
         let ok = map(serde_json::json!({"number": "03001234567", "code": "1234", "language": "ur", "require_keypress": true}));
-        let (order, options) = read_order(&ok).unwrap();
+        let order = read_order(&ok).unwrap();
         assert_eq!((order.number, order.code, order.callback_url), ("03001234567", "1234", None));
-        assert_eq!(options, CallOptions { language: Some("ur".into()), require_keypress: Some(true) });
+        assert_eq!((order.language, order.require_keypress), (Some("ur"), Some(true)));
         for (body, field, msg) in [
             (serde_json::json!({"code": "1234"}), "number", "number is required"),
             (serde_json::json!({"number": 3001234567u64, "code": "1234"}), "number", "number must be a string"),
             (serde_json::json!({"number": "0300", "code": 1234}), "code", "code must be a string"),
             (serde_json::json!({"number": "0300", "code": ""}), "code", "code is empty"),
-            (serde_json::json!({"number": "0300", "code": "1", "require_keypress": "yes"}), "require_keypress", "require_keypress must be true or false"),
+            (serde_json::json!({"number": "0300", "code": "1", "require_keypress": "yes"}), "require_keypress", "require_keypress must be one of: true, false"),
             (serde_json::json!({"number": "0300", "code": "1", "callback_url": 5}), "callback_url", "callback_url must be a string"),
         ] {
             let err = read_order(&map(body)).unwrap_err();

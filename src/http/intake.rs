@@ -1,10 +1,24 @@
-//! Taking in a new call, shared by the seed API and `POST /v1/calls`:
-//! check the number, the code and the callback URL, store the call, hand it
-//! to the dialler. The two front ends differ only in how they read fields,
-//! authenticate and shape their answers.
+//! Taking in a new call, shared by the seed API and `POST /v1/calls`, so
+//! both pass the same checks and limits in the same order:
+//!
+//! 1. [`check`]: number, code, `language`, `require_keypress`, callback URL
+//!    (cheap, no database);
+//! 2. [`login`]: the failed-login lockout, then the bcrypt verify
+//!    ([`crate::limits::Limits::login`]);
+//! 3. [`place`]: the user's request rate and the toll-fraud guard, then in
+//!    one database step the per-number quotas, the user's call defaults and
+//!    the insert; then the call goes to the dialler.
+//!
+//! The front ends differ only in how they read fields and credentials (the
+//! JSON API authenticates before reading its body) and in how they word
+//! their answers (seed-shaped bodies vs problem+json).
 
+use std::net::IpAddr;
+
+use crate::call::options::{OptionError, RequestedOptions};
 use crate::call::{Call, CallId, now_ms};
 use crate::daemon::App;
+use crate::limits::{LoginError, Refusal};
 use crate::phone::PhoneNumber;
 use crate::store::{NewCall, NewCallLifecycle, StoreError, User};
 use crate::webhook::{WebhookUrl, check_url};
@@ -12,18 +26,8 @@ use crate::webhook::{WebhookUrl, check_url};
 /// Longest and shortest code we read out (the seed allows 20 digits).
 pub const CODE_DIGITS: std::ops::RangeInclusive<usize> = 4..=20;
 
-/// Per-call options of the JSON API. Accepted and type-checked here; what
-/// they do belongs to the call flow (language of the prompts, waiting for a
-/// key press before reading the code).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallOptions {
-    /// Prompt language, e.g. `en`, `ur`.
-    pub language: Option<String>,
-    /// Read the code only after the callee presses a key.
-    pub require_keypress: Option<bool>,
-}
-
-/// A new call as the client asked for it, fields not yet checked.
+/// A new call as the client asked for it, fields not yet checked (only
+/// typed: each front end reads `require_keypress` its own way).
 #[derive(Debug, Clone, Copy)]
 pub struct CallOrder<'a> {
     /// Destination as typed.
@@ -32,6 +36,10 @@ pub struct CallOrder<'a> {
     pub code: &'a str,
     /// Webhook URL for this call.
     pub callback_url: Option<&'a str>,
+    /// The `language` field, if given.
+    pub language: Option<&'a str>,
+    /// The `require_keypress` field, if given.
+    pub require_keypress: Option<bool>,
 }
 
 /// A field the client got wrong: names it, and says how (the message starts
@@ -51,20 +59,28 @@ impl FieldError {
     }
 }
 
+impl From<OptionError> for FieldError {
+    fn from(e: OptionError) -> FieldError {
+        FieldError::new(e.field, e.to_string())
+    }
+}
+
 /// A call whose fields passed every check.
 #[derive(Debug)]
 pub struct CheckedCall {
     number: PhoneNumber,
     code: String,
     callback_url: Option<WebhookUrl>,
-    options: CallOptions,
+    options: RequestedOptions,
 }
 
-/// Checks the fields, in the seed's order (number, code), then the callback URL.
-pub fn check(app: &App, order: CallOrder<'_>, options: CallOptions) -> Result<CheckedCall, FieldError> {
+/// Checks the fields, in the seed's order (number, code, language), then
+/// the callback URL.
+pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError> {
     let number = PhoneNumber::parse(order.number, app.config.phone.default_country)
         .map_err(|e| FieldError::new("number", format!("number {e}")))?;
     check_code(order.code).map_err(|e| FieldError::new("code", e))?;
+    let options = RequestedOptions::check(order.language, order.require_keypress, &app.config.call)?;
     let callback_url = order
         .callback_url
         .map(|url| check_url(url, &app.config.webhooks))
@@ -73,9 +89,39 @@ pub fn check(app: &App, order: CallOrder<'_>, options: CallOptions) -> Result<Ch
     Ok(CheckedCall { number, code: order.code.to_owned(), callback_url, options })
 }
 
-/// Stores the call as `queued` for `user` and hands it to the dialler.
-/// Returns the stored call.
-pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, StoreError> {
+/// Checks credentials behind the failed-login limits of `client` and the
+/// name; logs refusals and storage errors (never the password).
+pub async fn login(app: &App, name: &str, password: &str, client: IpAddr) -> Result<User, LoginError> {
+    let result = app.limits.login(&app.auth, name, password, client).await;
+    match &result {
+        Err(LoginError::Limited(_)) => tracing::warn!(%client, "login refused: failed-login limit"),
+        Err(LoginError::Store(e)) => tracing::error!(error = %e, "authentication failed on a storage error"),
+        Ok(_) | Err(LoginError::Unauthorized) => {}
+    }
+    result
+}
+
+/// Why [`place`] stored no call.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// A limit or the toll-fraud guard refused it (429 or 403).
+    #[error("refused by a limit")]
+    Refused(Refusal),
+    /// The database failed (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// For an authenticated `user`: the request rate and the toll-fraud guard,
+/// then the per-number quotas, the options (request, else the user's
+/// defaults, else `[call]`) and the insert as one database step, so two
+/// requests cannot both take a number's last slot. The stored call then
+/// goes to the dialler and is returned.
+pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, PlaceError> {
+    if let Err(refusal) = app.limits.check_request(user, &call.number) {
+        tracing::warn!(user = %user.name, ?refusal, "request refused by a limit");
+        return Err(PlaceError::Refused(refusal));
+    }
     let id = CallId::generate();
     let user_id = user.id;
     let number = call.number.e164().to_owned();
@@ -83,18 +129,27 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, St
         deadline_at: Some(now_ms() + i64::from(app.config.dial.deadline_secs) * 1000),
         callback_url: call.callback_url.map(|u| u.url),
     };
-    // The options are carried this far for the call flow to use.
-    let _ = &call.options;
+    let (requested, call_config) = (call.options, app.config.call.clone());
+    let quota = app.limits.number_quota();
     let code = call.code;
     let stored = {
         let id = id.clone();
         app.db
             .run(move |s| {
-                s.insert_call_with(&NewCall { id: &id, user_id, number: &number, code: &code }, &life)?;
-                s.call(&id)?.ok_or_else(|| StoreError::Corrupt("call vanished after insert".into()))
+                if let Err(refusal) = quota.check(s, &number, now_ms())? {
+                    return Ok(Err(refusal));
+                }
+                let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);
+                let new = NewCall { id: &id, user_id, number: &number, code: &code, options: &options };
+                s.insert_call_with(&new, &life)?;
+                s.call(&id)?.ok_or_else(|| StoreError::Corrupt("call vanished after insert".into())).map(Ok)
             })
             .await?
     };
+    let stored = stored.map_err(|refusal| {
+        tracing::warn!(user = %user.name, ?refusal, "request refused by a limit");
+        PlaceError::Refused(refusal)
+    })?;
     tracing::info!(call_id = %id, user = %user.name, "call accepted");
     app.dispatcher.submit(id);
     Ok(stored)

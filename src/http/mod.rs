@@ -3,12 +3,18 @@
 //! - `outbound`: the seed API, `/outbound.cgi`;
 //! - `api`: the JSON API, `/v1/calls...`, with `problem` (RFC 9457 replies,
 //!   Basic credentials);
-//! - `intake`: checking and placing a new call, shared by both;
+//! - `intake`: checking, limiting and placing a new call, shared by both;
 //! - `ops`: `/healthz` and `/metrics`;
 //! - `params`: form/query fields.
 //!
 //! Request logs carry method, path and status only: the seed API puts the
 //! password and the code in the query string, so a URI is never logged whole.
+//!
+//! Limits against slow or greedy clients: at most `[http] max_connections`
+//! connections at once (the rest wait in the kernel's queue), a request head
+//! of at most 16 KiB arriving within `header_timeout_secs` (which also ends
+//! idle keep-alive connections), a body within `max_body_bytes` and
+//! `body_timeout_secs`.
 
 mod api;
 pub mod intake;
@@ -18,40 +24,50 @@ mod params;
 mod problem;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::HttpConfig;
 use crate::daemon::App;
+use crate::limits::Refusal;
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// How long a client may take to send its request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// How long a client may take to send the body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown`, then lets requests in
 /// flight finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let connections = Arc::new(Semaphore::new(app.config.http.max_connections));
+    let header_timeout = Duration::from_secs(app.config.http.header_timeout_secs);
     loop {
+        // Take a connection slot first: at the limit, clients wait in the
+        // kernel's accept queue instead of costing us a task each.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -67,6 +83,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         let app = app.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
@@ -74,7 +91,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -91,6 +108,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             }
         });
     }
+    // Closed now, not when the drain below ends: new clients must be
+    // refused at once rather than queue for a server that will not answer.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
 }
@@ -99,11 +119,12 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpRespo
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let client = client_ip(peer.ip(), req.headers(), &app.config.http.trusted_proxies);
     let (route, response) = match path.as_str() {
         "/outbound.cgi" => (
             "/outbound.cgi",
             match method {
-                Method::GET | Method::POST => outbound::handle(app, req).await,
+                Method::GET | Method::POST => outbound::handle(app, req, client).await,
                 _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"), "GET, POST"),
             },
         ),
@@ -114,7 +135,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpRespo
         "/healthz" => ("/healthz", ops::healthz(app).await),
         "/metrics" => ("/metrics", ops::metrics(app).await),
         other => match api::Endpoint::parse(other) {
-            Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req).await),
+            Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req, client).await),
             None if other.starts_with("/v1/") => ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None)),
             None => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
         },
@@ -160,9 +181,11 @@ fn has_media_type<B>(req: &Request<B>, media_type: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
 }
 
-/// Reads a whole request body, at most `limit` bytes, within the body timeout.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
+/// Reads a whole request body, at most `[http] max_body_bytes`, within
+/// `body_timeout_secs`.
+async fn read_body(req: Request<Incoming>, http: &HttpConfig) -> Result<Bytes, BodyError> {
+    let (limit, timeout) = (http.max_body_bytes, Duration::from_secs(http.body_timeout_secs));
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
         Ok(Err(_)) => Err(BodyError::Unreadable),
@@ -190,6 +213,51 @@ pub fn seed_error(status: StatusCode, description: &str) -> HttpResponse {
     seed_reply(status, description, None)
 }
 
+/// The seed-shaped reply to a request a limit refused: 429 with
+/// `Retry-After` (whole seconds, rounded up), or 403.
+pub fn refusal_reply(refusal: &Refusal) -> HttpResponse {
+    match refusal {
+        Refusal::TooMany { description, retry_after } => {
+            with_retry_after(seed_error(StatusCode::TOO_MANY_REQUESTS, description), *retry_after)
+        }
+        Refusal::Forbidden { description } => seed_error(StatusCode::FORBIDDEN, description),
+    }
+}
+
+/// Adds `Retry-After` in whole seconds, rounded up and at least 1 (0 would
+/// invite an immediate retry that is refused again).
+fn with_retry_after(mut resp: HttpResponse, retry_after: Duration) -> HttpResponse {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp
+}
+
+/// The client a request came from: the TCP peer, unless that is a trusted
+/// proxy, in which case the nearest address in `X-Forwarded-For` that is
+/// not itself a trusted proxy (addresses further left are the client's
+/// say-so and could be forged).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let trusted = |ip: &IpAddr| trusted_proxies.contains(&ip.to_canonical());
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else { return peer };
+        hops.extend(value.split(','));
+    }
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted(&ip) => continue,
+            Ok(ip) => return ip.to_canonical(),
+            // A hop we cannot read: the chain is not trustworthy past it.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
 fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
@@ -207,5 +275,52 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.5".parse().unwrap();
+        let trusted = [proxy];
+        // No trusted proxy: the header is ignored.
+        assert_eq!(client_ip(client, &forwarded(&["198.51.100.1"]), &trusted), client);
+        assert_eq!(client_ip(proxy, &forwarded(&["203.0.113.5"]), &[]), proxy);
+        // The rightmost untrusted hop wins; a forged left part is ignored.
+        assert_eq!(client_ip(proxy, &forwarded(&["1.2.3.4, 203.0.113.5"]), &trusted), client);
+        assert_eq!(client_ip(proxy, &forwarded(&["1.2.3.4", "203.0.113.5, 10.0.0.1"]), &trusted), client);
+        // Garbage or no header: the proxy itself.
+        assert_eq!(client_ip(proxy, &forwarded(&["nonsense"]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(mapped, &forwarded(&["203.0.113.5"]), &trusted), client);
+    }
+
+    #[test]
+    fn refusals_become_429_with_retry_after_or_403() {
+        let resp = refusal_reply(&Refusal::TooMany {
+            description: "Too Many Requests: x (limits.y)".into(),
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "2");
+        let resp = refusal_reply(&Refusal::TooMany { description: "x".into(), retry_after: Duration::ZERO });
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+        let resp = refusal_reply(&Refusal::Forbidden { description: "Forbidden: z".into() });
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
     }
 }

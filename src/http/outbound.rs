@@ -1,18 +1,26 @@
-//! `GET|POST /outbound.cgi?number=&code=&username=&password=`: the seed API.
+//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=]`:
+//! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
-//! credentials (401, one bcrypt verify), then the call is stored and only
-//! then answered 200 with its id. Malformed requests never cost a bcrypt
-//! verify and never reach the database or Asterisk. Checking and storing
-//! the call is [`super::intake`], shared with the JSON API.
+//! the failed-login lockout (429) and credentials (401, one bcrypt verify),
+//! then the user's request rate (429) and the toll-fraud guard (403), then
+//! the per-number quotas (429) and storing the call in one step; only then
+//! the 200 with its id. Malformed requests never cost a bcrypt verify and
+//! never reach the database or Asterisk. Checking, limiting and storing the
+//! call is [`super::intake`], shared with the JSON API; this file reads the
+//! form and words seed-shaped answers.
+
+use std::net::IpAddr;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
-use super::intake::{self, CallOptions, CallOrder, CheckedCall};
+use super::intake::{self, CallOrder, CheckedCall, PlaceError};
 use super::params::Params;
-use super::{BodyError, HttpResponse, has_media_type, read_body, seed_error, seed_reply};
+use super::{BodyError, HttpResponse, has_media_type, read_body, refusal_reply, seed_error, seed_reply};
+use crate::call::options::parse_require_keypress;
 use crate::daemon::App;
+use crate::limits::LoginError;
 
 /// What the seed API asks for, checked.
 struct Order {
@@ -21,7 +29,7 @@ struct Order {
     password: String,
 }
 
-pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
+pub(super) async fn handle(app: &App, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
     let params = match read_params(app, req).await {
         Ok(p) => p,
         Err(resp) => return resp,
@@ -30,17 +38,16 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         Ok(o) => o,
         Err(why) => return seed_error(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}")),
     };
-    let user = match app.auth.authenticate(&order.username, &order.password).await {
-        Ok(Some(user)) => user,
-        Ok(None) => return seed_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
-        Err(e) => {
-            tracing::error!(error = %e, "authentication failed on a storage error");
-            return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
-        }
+    let user = match intake::login(app, &order.username, &order.password, client).await {
+        Ok(user) => user,
+        Err(LoginError::Unauthorized) => return seed_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Err(LoginError::Limited(refusal)) => return refusal_reply(&refusal),
+        Err(LoginError::Store(_)) => return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
     };
     match intake::place(app, &user, order.call).await {
         Ok(call) => seed_reply(StatusCode::OK, "OK", Some(call.id.as_str())),
-        Err(e) => {
+        Err(PlaceError::Refused(refusal)) => refusal_reply(&refusal),
+        Err(PlaceError::Store(e)) => {
             tracing::error!(error = %e, "could not store call");
             seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
         }
@@ -58,7 +65,7 @@ async fn read_params(app: &App, req: Request<Incoming>) -> Result<Params, HttpRe
             "Unsupported Media Type: POST a body of type application/x-www-form-urlencoded",
         ));
     }
-    match read_body(req, app.config.http.max_body_bytes).await {
+    match read_body(req, &app.config.http).await {
         Ok(body) => Ok(Params::decode([query.as_slice(), &body])),
         Err(e @ BodyError::TooLarge(_)) => Err(seed_error(e.status(), &format!("Payload Too Large: {e}"))),
         Err(e @ BodyError::Unreadable) => Err(seed_error(e.status(), &format!("Bad Request: {e}"))),
@@ -72,7 +79,10 @@ fn check(app: &App, params: &Params) -> Result<Order, String> {
     let code = params.single("code").map_err(|e| e.to_string())?;
     let username = params.single("username").map_err(|e| e.to_string())?;
     let password = params.single("password").map_err(|e| e.to_string())?;
-    let call = intake::check(app, CallOrder { number, code, callback_url: None }, CallOptions::default())
-        .map_err(|e| e.message)?;
+    let language = params.optional("language").map_err(|e| e.to_string())?;
+    let require_keypress = params.optional("require_keypress").map_err(|e| e.to_string())?;
+    let require_keypress = require_keypress.map(parse_require_keypress).transpose().map_err(|e| e.to_string())?;
+    let order = CallOrder { number, code, callback_url: None, language, require_keypress };
+    let call = intake::check(app, order).map_err(|e| e.message)?;
     Ok(Order { call, username: username.to_owned(), password: password.to_owned() })
 }

@@ -68,15 +68,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn optional_absent_present_repeated_empty() {
+        let p = Params::decode([b"a=1&b=&c=x&c=y".as_slice()]);
+        assert_eq!(p.optional("a"), Ok(Some("1")));
+        assert_eq!(p.optional("b"), Err(ParamError::Empty("b")));
+        assert_eq!(p.optional("c"), Err(ParamError::Repeated("c")));
+        assert_eq!(p.optional("d"), Ok(None));
+    }
+
+    #[test]
     fn single_missing_repeated_empty() {
         let p = Params::decode([b"a=1&b=&c=x&c=y".as_slice()]);
         assert_eq!(p.single("a"), Ok("1"));
         assert_eq!(p.single("b"), Err(ParamError::Empty("b")));
         assert_eq!(p.single("c"), Err(ParamError::Repeated("c")));
         assert_eq!(p.single("d"), Err(ParamError::Missing("d")));
-        assert_eq!(p.optional("d"), Ok(None));
-        assert_eq!(p.optional("a"), Ok(Some("1")));
-        assert_eq!(p.optional("c"), Err(ParamError::Repeated("c")));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! RFC 9457 problem details (`application/problem+json`) for the JSON API,
-//! and HTTP Basic credentials.
+//! including refusals by the abuse limits, and HTTP Basic credentials.
 
 use base64::Engine;
 use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpResponse, json};
+use super::{HttpResponse, json, with_retry_after};
+use crate::limits::Refusal;
 
 /// The realm of `WWW-Authenticate`.
 pub const REALM: &str = "voice-otp";
@@ -36,6 +37,21 @@ pub fn problem(status: StatusCode, detail: &str, field: Option<&str>) -> HttpRes
 /// 400 naming the field.
 pub fn bad_field(field: &str, detail: &str) -> HttpResponse {
     problem(StatusCode::BAD_REQUEST, detail, Some(field))
+}
+
+/// A limit's refusal: 429 with `Retry-After`, or 403 from the toll-fraud
+/// guard. The detail names the configuration key of the rule; the status
+/// words the seed API puts in front of it are the problem's title here.
+pub fn refused(refusal: &Refusal) -> HttpResponse {
+    match refusal {
+        Refusal::TooMany { description, retry_after } => {
+            let detail = description.strip_prefix("Too Many Requests: ").unwrap_or(description);
+            with_retry_after(problem(StatusCode::TOO_MANY_REQUESTS, detail, None), *retry_after)
+        }
+        Refusal::Forbidden { description } => {
+            problem(StatusCode::FORBIDDEN, description.strip_prefix("Forbidden: ").unwrap_or(description), None)
+        }
+    }
 }
 
 /// 401 with the Basic challenge.
@@ -89,5 +105,20 @@ mod tests {
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
         let resp = unauthorized();
         assert_eq!(resp.headers()[WWW_AUTHENTICATE], format!("Basic realm=\"{REALM}\"").as_str());
+    }
+
+    #[test]
+    fn refusals_are_problems_with_retry_after() {
+        let too_many = Refusal::TooMany {
+            description: "Too Many Requests: limit reached (limits.user_requests_per_minute)".into(),
+            retry_after: std::time::Duration::from_millis(2500),
+        };
+        let resp = refused(&too_many);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "3");
+        let resp = refused(&Refusal::Forbidden { description: "Forbidden: destination country XX is not allowed".into() });
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.headers().get(hyper::header::RETRY_AFTER).is_none());
     }
 }

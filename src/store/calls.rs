@@ -8,6 +8,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
+use crate::call::options::CallOptions;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
 
 /// What the HTTP front end stores for a new call.
@@ -20,6 +21,21 @@ pub struct NewCall<'a> {
     pub number: &'a str,
     /// The code to read.
     pub code: &'a str,
+    /// How it is read (resolved from request, user and config).
+    pub options: &'a CallOptions,
+}
+
+/// What [`Store::number_calls_since`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberCalls {
+    /// Calls since the long window's start.
+    pub since: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_since: Option<i64>,
+    /// Calls since the short window's start.
+    pub recent: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_recent: Option<i64>,
 }
 
 /// The lifecycle settings of a new call beyond [`NewCall`].
@@ -78,7 +94,7 @@ const LIVE: &str = "('queued', 'dialing', 'ringing', 'answered')";
 
 pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
                             created_at, updated_at, dialed_at, answered_at, ended_at, ringing_at, deadline_at, keys, \
-                            callback_url";
+                            callback_url, language, require_keypress";
 
 pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
     let id: String = row.get(0)?;
@@ -109,6 +125,7 @@ pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
         deadline_at: row.get(16)?,
         keys: row.get(17)?,
         callback_url: row.get(18)?,
+        options: CallOptions { language: row.get(19)?, require_keypress: row.get(20)? },
     }))
 }
 
@@ -127,16 +144,48 @@ impl Store {
     pub fn insert_call_with(&mut self, new: &NewCall<'_>, life: &NewCallLifecycle) -> Result<(), StoreError> {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7)",
+            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url,
+                                language, require_keypress)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        stmt.execute(params![new.id.as_str(), new.user_id, new.number, new.code, now, life.deadline_at, life.callback_url])?;
+        stmt.execute(params![
+            new.id.as_str(),
+            new.user_id,
+            new.number,
+            new.code,
+            now,
+            life.deadline_at,
+            life.callback_url,
+            new.options.language,
+            new.options.require_keypress
+        ])?;
         Ok(())
     }
 
     /// Reads a call.
     pub fn call(&self, id: &CallId) -> Result<Option<Call>, StoreError> {
         read_call(&self.conn, id)
+    }
+
+    /// Calls to `number` (E.164) created after `since_ms`, and of those
+    /// after `recent_ms` (`recent_ms >= since_ms`), each with the
+    /// creation time of its oldest call: one pass over the
+    /// `calls_by_number` index, for the per-number quotas.
+    pub fn number_calls_since(
+        &self,
+        number: &str,
+        since_ms: i64,
+        recent_ms: i64,
+    ) -> Result<NumberCalls, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COUNT(*), MIN(created_at),
+                    COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
+             FROM calls WHERE number = ?1 AND created_at > ?2",
+        )?;
+        let counts = stmt.query_row(params![number, since_ms, recent_ms], |r| {
+            Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
+        })?;
+        Ok(counts)
     }
 
     /// Newest calls first, at most `limit`.
@@ -274,20 +323,13 @@ impl Store {
         )
     }
 
-    /// Appends a key the callee pressed (`0-9`, `*`, `#`, `A-D`) to a call
-    /// that is not final. False if the call is final or the key is not a
-    /// DTMF key.
-    pub fn record_key(&mut self, id: &CallId, key: char) -> Result<bool, StoreError> {
-        if !matches!(key, '0'..='9' | '*' | '#' | 'A'..='D') {
-            return Ok(false);
-        }
-        let n = self
-            .conn
-            .prepare_cached(&format!(
-                "UPDATE calls SET keys = keys || ?2, updated_at = ?3 WHERE id = ?1 AND status IN {LIVE}"
-            ))?
-            .execute(params![id.as_str(), key.to_string(), now_ms()])?;
-        Ok(n == 1)
+    /// Stores the keys the callee pressed (`0-9*#`, in order), as the call
+    /// flow reports them. A final call keeps the keys it ended with.
+    pub fn record_keys(&mut self, id: &CallId, keys: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!("UPDATE calls SET keys = ?2, updated_at = ?3 WHERE id = ?1 AND status IN {LIVE}"))?
+            .execute(params![id.as_str(), keys, now_ms()])?;
+        Ok(())
     }
 
     /// Records the hangup cause Asterisk reported. A call that failed for a
@@ -348,12 +390,31 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn english() -> CallOptions {
+        CallOptions { language: "en".into(), require_keypress: false }
+    }
+
     fn store_with_call() -> (Store, CallId) {
         let mut s = Store::open_in_memory().unwrap();
         let u = s.add_user("acme1", "h").unwrap();
         let id = CallId::generate();
-        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915" }).unwrap();
+        let options = CallOptions { language: "ur".into(), require_keypress: true };
+        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915", options: &options })
+            .unwrap();
         (s, id)
+    }
+
+    #[test]
+    fn options_and_keys_are_kept() {
+        let (mut s, id) = store_with_call();
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!(c.options, CallOptions { language: "ur".into(), require_keypress: true });
+        assert_eq!(c.keys, "");
+        s.record_keys(&id, "51").unwrap();
+        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
+        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
+        s.record_keys(&id, "9").unwrap();
+        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51", "a final call keeps its keys");
     }
 
     #[test]
@@ -434,7 +495,7 @@ mod tests {
         let u = s.add_user("acme1", "h").unwrap();
         let mk = |s: &mut Store, deadline: i64| {
             let id = CallId::generate();
-            let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234" };
+            let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() };
             s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), callback_url: None }).unwrap();
             id
         };
@@ -451,23 +512,12 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_recorded_while_live_only() {
-        let (mut s, id) = store_with_call();
-        assert!(s.record_key(&id, '1').unwrap());
-        assert!(s.record_key(&id, '#').unwrap());
-        assert!(!s.record_key(&id, 'x').unwrap());
-        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
-        assert!(!s.record_key(&id, '2').unwrap());
-        assert_eq!(s.call(&id).unwrap().unwrap().keys, "1#");
-    }
-
-    #[test]
     fn purge_removes_only_old_final_calls() {
         let (mut s, old) = store_with_call();
         s.finish_call(&old, &CallEnd::failed(FailReason::Busy, None)).unwrap();
         let live = CallId::generate();
         let u = s.user("acme1").unwrap().unwrap();
-        s.insert_call(&NewCall { id: &live, user_id: u.id, number: "+923001234567", code: "1234" }).unwrap();
+        s.insert_call(&NewCall { id: &live, user_id: u.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
         let ended = s.call(&old).unwrap().unwrap().ended_at.unwrap();
         assert_eq!(s.purge_calls(ended).unwrap(), 0, "cutoff is exclusive");
         assert_eq!(s.purge_calls(i64::MAX).unwrap(), 1);
@@ -483,11 +533,11 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..5 {
             let id = CallId::generate();
-            s.insert_call(&NewCall { id: &id, user_id: a.id, number: "+923001234567", code: "1234" }).unwrap();
+            s.insert_call(&NewCall { id: &id, user_id: a.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
             ids.push(id);
         }
         let other = CallId::generate();
-        s.insert_call(&NewCall { id: &other, user_id: b.id, number: "+923001234567", code: "1234" }).unwrap();
+        s.insert_call(&NewCall { id: &other, user_id: b.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
         s.finish_call(&ids[0], &CallEnd::failed(FailReason::Busy, None)).unwrap();
         let mut seen = Vec::new();
         let mut cursor = None;
@@ -506,6 +556,23 @@ mod tests {
         let failed = s.user_calls(a.id, Some(CallStatus::Failed), None, 10).unwrap();
         assert_eq!(failed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ids[0].clone()]);
         assert_eq!(CallCursor::decode("x-y"), None);
+    }
+
+    #[test]
+    fn number_counts_use_the_number_index() {
+        let (s, _) = store_with_call();
+        let plan: String = s
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE number = ?1 AND created_at > ?2",
+                params!["+923001234567", 0],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("calls_by_number"), "{plan}");
+        let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
+        assert_eq!((counts.since, counts.recent), (1, 1));
+        assert_eq!(s.number_calls_since("+923001234568", 0, 0).unwrap().since, 0);
     }
 
     #[test]

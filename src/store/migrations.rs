@@ -34,13 +34,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_by_user ON calls(user_id, created_at);
     CREATE INDEX calls_by_status ON calls(status);",
-    // 2: call lifecycle (ringing, deadline, keys, callbacks), per-user
+    // 2: per-call language and voicemail-safe mode, the keys the callee
+    // pressed, and users' defaults for both options (NULL = the config's).
+    "ALTER TABLE calls ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE calls ADD COLUMN require_keypress INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN language TEXT;
+    ALTER TABLE users ADD COLUMN require_keypress INTEGER;",
+    // 3: the per-destination-number quotas count a number's recent calls.
+    "CREATE INDEX calls_by_number ON calls(number, created_at);",
+    // 4: call lifecycle (ringing, deadline, callbacks), per-user
     // webhook settings and the webhook outbox with every attempt. Existing
     // users get a random webhook secret (`randomblob` is SQLite's CSPRNG);
     // they see it only after rotating it with the CLI.
     "ALTER TABLE calls ADD COLUMN ringing_at INTEGER;
     ALTER TABLE calls ADD COLUMN deadline_at INTEGER;
-    ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
     ALTER TABLE calls ADD COLUMN callback_url TEXT;
     ALTER TABLE users ADD COLUMN webhook_url TEXT;
     ALTER TABLE users ADD COLUMN webhook_secret TEXT;

@@ -8,6 +8,7 @@
 
 mod calls;
 mod migrations;
+mod user_defaults;
 mod users;
 mod webhooks;
 
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle};
+pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
+pub use user_defaults::UserDefaultsChange;
 pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
 pub use users::User;
 
@@ -59,6 +61,12 @@ impl Store {
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::init(Connection::open_in_memory()?)
+    }
+
+    /// The raw connection, for tests that need to shape rows by hand.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     fn init(mut conn: Connection) -> Result<Store, StoreError> {

@@ -244,7 +244,12 @@ impl Store {
 mod tests {
     use super::*;
     use crate::call::CallStatus;
+    use crate::call::options::CallOptions;
     use crate::store::{CallEnd, NewCall, NewCallLifecycle};
+
+    fn english() -> CallOptions {
+        CallOptions { language: "en".into(), require_keypress: false }
+    }
 
     fn setup(default_url: Option<&str>) -> (Store, CallId) {
         let mut s = Store::open_in_memory().unwrap();
@@ -252,7 +257,7 @@ mod tests {
         s.set_webhook_url("acme1", default_url).unwrap();
         let id = CallId::generate();
         s.insert_call_with(
-            &NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915" },
+            &NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915", options: &english() },
             &NewCallLifecycle::default(),
         )
         .unwrap();
@@ -315,7 +320,7 @@ mod tests {
         s.set_webhook_url("acme1", Some("http://default.example/")).unwrap();
         let id2 = CallId::generate();
         let life = NewCallLifecycle { deadline_at: None, callback_url: Some("http://own.example/".into()) };
-        s.insert_call_with(&NewCall { id: &id2, user_id: u.id, number: "+923001234567", code: "1" }, &life).unwrap();
+        s.insert_call_with(&NewCall { id: &id2, user_id: u.id, number: "+923001234567", code: "1", options: &english() }, &life).unwrap();
         s.mark_dialing(&id2).unwrap();
         assert_eq!(s.due_deliveries(i64::MAX, 10).unwrap()[0].url, "http://own.example/");
     }
