@@ -39,6 +39,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Abuse limits: request rates, per-number quotas, failed logins.
     pub limits: LimitsConfig,
+    /// How many calls run at once and how many may wait.
+    pub queue: QueueConfig,
 }
 
 /// `[http]`
@@ -426,6 +428,24 @@ impl CallConfig {
 /// beyond what a callee waits through.
 pub const MAX_CALL_WAIT_MS: u32 = 60_000;
 
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Calls in flight (dialing, ringing or answered) at most: the trunk's
+    /// capacity. Further calls wait in the queue, oldest first.
+    pub max_concurrent_calls: u32,
+    /// Calls waiting to be dialled at most; beyond it requests get 503 with
+    /// Retry-After (e.g. while Asterisk is down).
+    pub max_queued: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { max_concurrent_calls: 10, max_queued: 1000 }
+    }
+}
+
 /// A configuration that could not be loaded; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -527,6 +547,9 @@ impl Config {
                 "dial.ring_timeout_secs must be 1..=300, got {}",
                 self.dial.ring_timeout_secs
             )));
+        }
+        if self.queue.max_concurrent_calls == 0 || self.queue.max_queued == 0 {
+            return Err(invalid("queue.max_concurrent_calls and queue.max_queued must be at least 1".into()));
         }
         if self.dial.deadline_secs == 0 || self.dial.deadline_secs > 86_400 {
             return Err(invalid(format!("dial.deadline_secs must be 1..=86400, got {}", self.dial.deadline_secs)));

@@ -49,6 +49,14 @@ pub enum Refusal {
         /// `Forbidden: ...`, naming the rule.
         description: String,
     },
+    /// The call queue is full (Asterisk down or the trunk saturated for
+    /// long): HTTP 503 with `Retry-After`.
+    QueueFull {
+        /// `Service Unavailable: ...`, naming the limit.
+        description: String,
+        /// A suggested wait before retrying.
+        retry_after: Duration,
+    },
 }
 
 /// Why [`Limits::login`] let nobody in.

@@ -205,18 +205,6 @@ async fn answered_but_no_fastagi_session_is_a_system_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_ami_link_is_a_system_error_naming_ami() {
-    let (_dir, fake, daemon) = setup("ami-down", FakeScript::default()).await;
-    // Asterisk's manager goes away: the call cannot be placed.
-    fake.stop();
-    let id = place_call(&daemon, "03001234567", "482915");
-    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(30)));
-    assert_eq!(call["status"], "failed", "{call:?}");
-    assert_eq!(call["reason"], "system_error");
-    assert!(call["detail"].contains("AMI"), "{call:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_options_reach_the_channel_and_keys_are_kept() {
     let (_dir, _fake, daemon) = setup("options", FakeScript::default()).await;
     // Urdu, and a 1 pressed at "press 1 to hear the code again": a third reading.

@@ -1,10 +1,18 @@
 //! Places stored calls through AMI and turns Asterisk's events into status
 //! changes.
 //!
-//! One task takes queued call ids in order and sends `Originate` (marking the
-//! call `dialing` first, so a crash can never lead to a second Originate of
-//! the same call); a call still queued after its deadline is `expired`
-//! instead. Another follows AMI events: `Newstate` (ringing),
+//! The queue is the database: one task (the dialler) takes the oldest
+//! `queued` call whenever the AMI link is up and fewer than
+//! `[queue] max_concurrent_calls` calls are in flight, and sends `Originate`
+//! - marking the call `dialing` first, so no crash, restart or reconnect can
+//! ever lead to a second Originate of the same call. A call still queued
+//! after its deadline is `expired` instead. While Asterisk is down calls
+//! simply wait. Whenever the link (re)connects, and every
+//! [`RECONCILE_EVERY`] after that, the dialler asks Asterisk (`Status`) about
+//! each call in flight that no live FastAGI session holds: a channel that is
+//! gone - Asterisk restarted, the daemon was killed, events were lost with
+//! the link - ends the call as `failed`/`system_error`; it is never dialled
+//! again. Another task follows AMI events: `Newstate` (ringing),
 //! `OriginateResponse` (answered or not, and why) and `Hangup` (the Q.850
 //! cause), matched to calls by the channel `Uniqueid`, which is the call id
 //! we gave as `ChannelId`. Events of channels that are not ours are dropped
@@ -19,13 +27,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{CallId, CallStatus, FailReason, now_ms};
-use crate::ami::{Action, AmiClient, LinkState, Message, MessageKind};
+use crate::ami::{Action, AmiClient, AmiError, LinkState, Message, MessageKind};
 use crate::config::Config;
 use crate::phone::PhoneNumber;
 use crate::store::{CallEnd, Db};
@@ -33,9 +41,16 @@ use crate::store::{CallEnd, Db};
 /// The channel variable that tells the dialplan where our FastAGI server is.
 pub const AGI_URL_VARIABLE: &str = "VOICE_OTP_AGI";
 
-/// How long an Originate waits for the AMI link to come up before the call
-/// fails (covers a request arriving while the daemon is still logging in).
-const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How often the dialler looks at the queue without being woken (deadlines,
+/// calls finished without an event).
+const DIAL_TICK: Duration = Duration::from_secs(1);
+
+/// How often calls in flight are checked against Asterisk's channels.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// A call originated less than this long ago may not have a channel yet;
+/// the periodic check leaves it alone.
+const FRESH_CALL: Duration = Duration::from_secs(5);
 
 /// How long after a `Hangup` event an answered call may still be claimed by
 /// its FastAGI session before it is declared lost.
@@ -72,19 +87,20 @@ impl LiveCalls {
     }
 }
 
-/// Handle to submit stored calls for dialling.
+/// Handle to the dialler.
 #[derive(Clone)]
 pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<CallId>,
+    wake: Arc<Notify>,
     ami: AmiClient,
 }
 
 impl Dispatcher {
-    /// Hands a stored, `queued` call to the dialler.
+    /// Tells the dialler a call was stored as `queued`. The call itself is
+    /// taken from the database, in order, when its turn comes; the id is
+    /// only logged.
     pub fn submit(&self, id: CallId) {
-        // Only fails once the dialler has stopped (shutdown); the call stays
-        // `queued` in the database.
-        let _ = self.tx.send(id);
+        tracing::debug!(call_id = %id, "queued");
+        self.wake.notify_one();
     }
 
     /// Hangs up a call's channel (after it was canceled). The channel is
@@ -117,12 +133,20 @@ impl Dispatcher {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Dispatcher {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(Inner { config, db, ami: ami.clone(), agi_url, live, tracked: Mutex::new(HashMap::new()) });
+        let wake = Arc::new(Notify::new());
+        let state = Arc::new(Inner {
+            config,
+            db,
+            ami: ami.clone(),
+            agi_url,
+            live,
+            tracked: Mutex::new(HashMap::new()),
+            wake: wake.clone(),
+        });
         let events = state.ami.events();
-        tracker.spawn(dial_loop(state.clone(), rx, shutdown.clone()));
+        tracker.spawn(dial_loop(state.clone(), shutdown.clone()));
         tracker.spawn(event_loop(state, events, shutdown));
-        Dispatcher { tx, ami }
+        Dispatcher { wake, ami }
     }
 }
 
@@ -134,6 +158,8 @@ struct Inner {
     live: LiveCalls,
     /// Calls originated whose last events have not all arrived yet.
     tracked: Mutex<HashMap<CallId, Tracked>>,
+    /// Wakes the dialler: a call was queued or a trunk slot came free.
+    wake: Arc<Notify>,
 }
 
 struct Tracked {
@@ -168,28 +194,144 @@ impl Inner {
             Ok(false) => {}
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }
+        self.wake.notify_one();
+    }
+
+    fn track(&self, id: &CallId) {
+        self.tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| Tracked { since: Instant::now(), cause: None, responded: false, hung_up: false });
     }
 }
 
-async fn dial_loop(state: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CallId>, shutdown: CancellationToken) {
+async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
+    let mut link = state.ami.link_state();
+    // Reconcile on every (re)connection before dialling anything new.
+    let mut reconciled_at: Option<Instant> = None;
     loop {
-        let id = tokio::select! {
+        let connected = *link.borrow_and_update() == LinkState::Connected;
+        if !connected {
+            reconciled_at = None;
+        } else if reconciled_at.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+            let after_connect = reconciled_at.is_none();
+            reconcile(&state, after_connect).await;
+            reconciled_at = Some(Instant::now());
+        }
+        expire_overdue(&state).await;
+        if connected {
+            dial_ready(&state).await;
+        }
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = rx.recv() => match next { Some(id) => id, None => return },
+            _ = state.wake.notified() => {}
+            changed = link.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(DIAL_TICK) => {}
+        }
+    }
+}
+
+/// Dials queued calls, oldest first, while trunk slots are free.
+async fn dial_ready(state: &Inner) {
+    let max = u64::from(state.config.queue.max_concurrent_calls);
+    loop {
+        let next = state
+            .db
+            .run(move |s| Ok(if s.in_flight_count()? < max { s.next_queued(now_ms())? } else { None }))
+            .await;
+        let id = match next {
+            Ok(Some(id)) => id,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the call queue");
+                return;
+            }
         };
         let span = tracing::info_span!("call", call_id = %id);
-        originate(&state, id).instrument(span).await;
+        if !originate(state, id).instrument(span).await {
+            return;
+        }
     }
 }
 
-async fn originate(state: &Inner, id: CallId) {
+async fn expire_overdue(state: &Inner) {
+    match state.db.run(|s| s.expire_overdue(now_ms())).await {
+        Ok(ids) => {
+            for id in ids {
+                tracing::info!(call_id = %id, "call expired before it could be dialled");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not expire overdue calls"),
+    }
+}
+
+/// Checks every call in flight that no FastAGI session of ours holds
+/// against Asterisk's channels; those whose channel is gone fail. Right
+/// after a (re)connection every such call is checked (events may have been
+/// lost with the link, or a previous daemon left them); otherwise only those
+/// older than [`FRESH_CALL`].
+async fn reconcile(state: &Inner, after_connect: bool) {
+    let calls = match state.db.run(|s| s.in_flight()).await {
+        Ok(calls) => calls,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list calls in flight");
+            return;
+        }
+    };
+    let fresh_after = now_ms() - FRESH_CALL.as_millis() as i64;
+    for call in calls {
+        if state.live.contains(&call.id) {
+            continue;
+        }
+        if !after_connect && call.dialed_at.is_some_and(|t| t > fresh_after) {
+            continue;
+        }
+        let span = tracing::info_span!("call", call_id = %call.id);
+        match channel_exists(state, &call.id).instrument(span.clone()).await {
+            Some(true) => state.track(&call.id),
+            Some(false) => {
+                let detail = format!(
+                    "Asterisk has no channel for this {} call any more (Asterisk restarted, or the daemon or its AMI link was down when it ended); not dialled again",
+                    call.status
+                );
+                tracing::warn!(call_id = %call.id, status = %call.status, "call lost: no channel in Asterisk");
+                state.finish(&call.id, CallEnd::failed(FailReason::SystemError, Some(detail))).instrument(span).await;
+            }
+            // The link failed mid-check: the next connection checks again.
+            None => return,
+        }
+    }
+}
+
+/// Asks Asterisk whether the channel whose Uniqueid is `id` exists
+/// (`Status` accepts a Uniqueid where a channel name goes). `None`: no
+/// answer (link trouble).
+async fn channel_exists(state: &Inner, id: &CallId) -> Option<bool> {
+    let action = Action::new("Status").and_then(|a| a.header("Channel", id.as_str())).ok()?;
+    match state.ami.send(action).await {
+        Ok(_) => Some(true),
+        Err(AmiError::Rejected(message)) => {
+            tracing::debug!(%message, "Status: no such channel");
+            Some(false)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask Asterisk about a call in flight");
+            None
+        }
+    }
+}
+
+/// Places one queued call. False when the dialler should stop for now
+/// (the AMI link is down or the database failed).
+async fn originate(state: &Inner, id: CallId) -> bool {
     let lookup = id.clone();
     let call = match state.db.run(move |s| s.call(&lookup)).await {
         Ok(Some(call)) if call.status == CallStatus::Queued => call,
-        Ok(_) => return,
+        Ok(_) => return true,
         Err(e) => {
             tracing::error!(call_id = %id, error = %e, "could not load queued call");
-            return;
+            return false;
         }
     };
     if call.deadline_at.is_some_and(|d| d <= now_ms()) {
@@ -199,7 +341,7 @@ async fn originate(state: &Inner, id: CallId) {
             Ok(false) => {}
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not expire call"),
         }
-        return;
+        return true;
     }
     let dial = &state.config.dial;
     // The stored number was validated on the way in; parsing the E.164 form
@@ -208,7 +350,7 @@ async fn originate(state: &Inner, id: CallId) {
         Ok(n) => n,
         Err(e) => {
             state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(format!("stored number {e}")))).await;
-            return;
+            return true;
         }
     };
     let action = Action::originate(crate::ami::action::Originate {
@@ -225,50 +367,51 @@ async fn originate(state: &Inner, id: CallId) {
         Ok(a) => a,
         Err(e) => {
             state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(format!("originate: {e}")))).await;
-            return;
+            return true;
         }
     };
-    if !wait_connected(&state.ami).await {
-        let detail = "AMI not connected".to_owned();
-        state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
-        return;
-    }
     // Mark before sending: if we die in between, the call is `dialing`
     // without an Originate, which recovery can see - never the reverse.
     let mark = id.clone();
     match state.db.run(move |s| s.mark_dialing(&mark)).await {
         Ok(true) => {}
-        Ok(false) => return,
+        Ok(false) => return true,
         Err(e) => {
             tracing::error!(call_id = %id, error = %e, "could not mark call dialing");
-            return;
+            return false;
         }
     }
-    state.tracked.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        id.clone(),
-        Tracked { since: Instant::now(), cause: None, responded: false, hung_up: false },
-    );
+    state.track(&id);
     tracing::info!(call_id = %id, "originating");
     match state.ami.send(action).await {
-        Ok(resp) if resp.get("Response").is_some_and(|r| r.eq_ignore_ascii_case("Success")) => {}
-        Ok(resp) => {
-            let why = resp.get("Message").unwrap_or("no message").to_owned();
+        Ok(_) => true,
+        Err(AmiError::NotConnected) => {
+            // Provably never written: back in the queue, first in line.
+            state.with_tracked(&id, |t| {
+                t.responded = true;
+                t.hung_up = true;
+            });
+            let back = id.clone();
+            if let Err(e) = state.db.run(move |s| s.requeue(&back)).await {
+                tracing::error!(call_id = %id, error = %e, "could not put the call back in the queue");
+            }
+            tracing::info!(call_id = %id, "AMI link down before the Originate was sent; call queued again");
+            false
+        }
+        Err(AmiError::Rejected(why)) => {
             state.with_tracked(&id, |t| t.responded = true);
             let detail = format!("Originate refused by Asterisk: {why}");
             state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
+            true
         }
         Err(e) => {
-            state.with_tracked(&id, |t| t.responded = true);
-            let detail = format!("Originate failed: {e}");
-            state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
+            // Written, outcome unknown (link lost, no answer in time): the
+            // call stays in flight; its events or the next reconciliation
+            // settle it. Never sent again.
+            tracing::warn!(call_id = %id, error = %e, "Originate sent but not confirmed; waiting for Asterisk's word");
+            state.ami.is_connected()
         }
     }
-}
-
-async fn wait_connected(ami: &AmiClient) -> bool {
-    let mut link = ami.link_state();
-    let connected = tokio::time::timeout(CONNECT_WAIT, link.wait_for(|s| *s == LinkState::Connected)).await;
-    matches!(connected, Ok(Ok(_)))
 }
 
 async fn event_loop(state: Arc<Inner>, mut events: broadcast::Receiver<Arc<Message>>, shutdown: CancellationToken) {
@@ -360,6 +503,8 @@ async fn on_call_event(state: &Arc<Inner>, name: &str, id: CallId, msg: &Message
                 }
             }
             on_hangup(state, id, cause).await;
+            // A trunk slot came free.
+            state.wake.notify_one();
         }
         _ => {}
     }

@@ -115,7 +115,10 @@ enum Stop {
 impl From<AgiError> for Stop {
     fn from(e: AgiError) -> Stop {
         match e {
-            AgiError::HungUp | AgiError::Closed => Stop::HungUp,
+            AgiError::HungUp => Stop::HungUp,
+            // A callee's hang-up always comes with a HANGUP line first; a
+            // connection that just ends means Asterisk (or the network) died.
+            AgiError::Closed => Stop::Error("FastAGI connection closed without HANGUP (Asterisk gone?)".into()),
             other => Stop::Error(other.to_string()),
         }
     }

@@ -131,11 +131,20 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
     };
     let (requested, call_config) = (call.options, app.config.call.clone());
     let quota = app.limits.number_quota();
+    let max_queued = u64::from(app.config.queue.max_queued);
     let code = call.code;
     let stored = {
         let id = id.clone();
         app.db
             .run(move |s| {
+                if s.queued_count()? >= max_queued {
+                    return Ok(Err(Refusal::QueueFull {
+                        description: format!(
+                            "Service Unavailable: {max_queued} calls are waiting to be dialled (queue.max_queued)"
+                        ),
+                        retry_after: QUEUE_FULL_RETRY,
+                    }));
+                }
                 if let Err(refusal) = quota.check(s, &number, now_ms())? {
                     return Ok(Err(refusal));
                 }
@@ -154,6 +163,9 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
     app.dispatcher.submit(id);
     Ok(stored)
 }
+
+/// What a client refused for a full queue is told to wait.
+const QUEUE_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A code is 4 to 20 ASCII digits, nothing else.
 pub fn check_code(code: &str) -> Result<(), String> {

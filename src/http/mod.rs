@@ -214,13 +214,17 @@ pub fn seed_error(status: StatusCode, description: &str) -> HttpResponse {
 }
 
 /// The seed-shaped reply to a request a limit refused: 429 with
-/// `Retry-After` (whole seconds, rounded up), or 403.
+/// `Retry-After` (whole seconds, rounded up), 403, or 503 with
+/// `Retry-After` when the call queue is full.
 pub fn refusal_reply(refusal: &Refusal) -> HttpResponse {
     match refusal {
         Refusal::TooMany { description, retry_after } => {
             with_retry_after(seed_error(StatusCode::TOO_MANY_REQUESTS, description), *retry_after)
         }
         Refusal::Forbidden { description } => seed_error(StatusCode::FORBIDDEN, description),
+        Refusal::QueueFull { description, retry_after } => {
+            with_retry_after(seed_error(StatusCode::SERVICE_UNAVAILABLE, description), *retry_after)
+        }
     }
 }
 

@@ -51,6 +51,10 @@ pub fn refused(refusal: &Refusal) -> HttpResponse {
         Refusal::Forbidden { description } => {
             problem(StatusCode::FORBIDDEN, description.strip_prefix("Forbidden: ").unwrap_or(description), None)
         }
+        Refusal::QueueFull { description, retry_after } => {
+            let detail = description.strip_prefix("Service Unavailable: ").unwrap_or(description);
+            with_retry_after(problem(StatusCode::SERVICE_UNAVAILABLE, detail, None), *retry_after)
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod calls;
 mod migrations;
+mod queue;
 mod user_defaults;
 mod users;
 mod webhooks;
@@ -20,6 +21,7 @@ use rusqlite::Connection;
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
 pub use user_defaults::UserDefaultsChange;
 pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
+pub use queue::InFlight;
 pub use users::User;
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
