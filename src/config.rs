@@ -97,11 +97,18 @@ pub struct AgiConfig {
     /// URL Asterisk's dialplan connects to, handed over in the channel
     /// variable `VOICE_OTP_AGI`. Empty: `agi://<listen>/otp`.
     pub url: String,
+    /// Most FastAGI sessions (answered calls) at once; connections above it
+    /// are closed and Asterisk goes on with the dialplan.
+    pub max_sessions: usize,
 }
 
 impl Default for AgiConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 4573)), url: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4573)),
+            url: String::new(),
+            max_sessions: crate::agi::DEFAULT_MAX_SESSIONS,
+        }
     }
 }
 
@@ -178,11 +185,16 @@ impl Default for PhoneConfig {
 pub struct AuthConfig {
     /// bcrypt cost for passwords set with the CLI (4..=31).
     pub bcrypt_cost: u32,
+    /// How long a verified (user, password) is accepted from memory without
+    /// another bcrypt verify, in seconds. 0: verify every request.
+    pub cache_ttl_secs: u64,
+    /// Most users whose credentials are remembered at once.
+    pub cache_max_users: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { bcrypt_cost: 12 }
+        Self { bcrypt_cost: 12, cache_ttl_secs: 300, cache_max_users: 10_000 }
     }
 }
 
@@ -257,6 +269,9 @@ impl Config {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             return Err(invalid(format!("auth.bcrypt_cost must be 4..=31, got {}", self.auth.bcrypt_cost)));
+        }
+        if self.agi.max_sessions == 0 {
+            return Err(invalid("agi.max_sessions must be at least 1".into()));
         }
         if self.call.readings == 0 || self.call.readings > 10 {
             return Err(invalid(format!("call.readings must be 1..=10, got {}", self.call.readings)));
