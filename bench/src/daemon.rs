@@ -1,0 +1,89 @@
+//! The real `voice-otp` binary, run for a measurement: its own folder,
+//! config, database and ports, users made with its CLI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Child,
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// FastAGI address.
+    pub agi: SocketAddr,
+}
+
+/// A fresh folder with a config: `[ami]` at `ami` (plus `ami_extra` lines
+/// in that section), ports 0, and `extra` TOML sections.
+pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, ami_extra: &str, extra: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("bench folder");
+    let config = dir.join("voice-otp.toml");
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"bench.db\"\n\n\
+         [ami]\nhost = \"{}\"\nport = {}\n{ami_extra}\n\n{extra}\n",
+        ami.ip(),
+        ami.port()
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut child = Command::new(binary)
+        .args(["--config"])
+        .arg(&config)
+        .args(["user", "add", "bench", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run voice-otp user add");
+    child.stdin.take().expect("stdin").write_all(b"bench-password-1\n").expect("password");
+    assert!(child.wait().expect("user add").success(), "voice-otp user add failed");
+    config
+}
+
+/// The password of the user `configure` creates.
+pub const PASSWORD: &str = "bench-password-1";
+
+impl Daemon {
+    /// Starts `voice-otp serve` and waits for its ready line. Logs go to
+    /// `daemon.log` beside the config (at the default level, as deployed).
+    pub fn start(binary: &Path, config: &Path) -> Daemon {
+        let log = std::fs::File::create(config.with_file_name("daemon.log")).expect("daemon log");
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn voice-otp serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+        let addr = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("daemon did not start: {line:?}"))
+        };
+        let (http, agi) = (addr("http="), addr("agi="));
+        Daemon { child, http, agi }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The seed-API request every benchmark sends (as `bench`).
+pub fn seed_target(number: &str) -> String {
+    format!("/outbound.cgi?number={number}&code=482915&username=bench&password={PASSWORD}")
+}
