@@ -15,15 +15,16 @@ pub struct Daemon {
     pub agi: SocketAddr,
 }
 
-/// A fresh folder with a config: `[ami]` at `ami` (plus `ami_extra` lines
-/// in that section), ports 0, and `extra` TOML sections.
-pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, ami_extra: &str, extra: &str) -> PathBuf {
+/// A fresh folder with a config: `[ami]` at `ami`, ports 0, at most
+/// `agi_sessions` FastAGI sessions, and `extra` TOML sections; and the user
+/// `bench` (password [`PASSWORD`]).
+pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize, extra: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench folder");
     let config = dir.join("voice-otp.toml");
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"bench.db\"\n\n\
-         [ami]\nhost = \"{}\"\nport = {}\n{ami_extra}\n\n{extra}\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[agi]\nlisten = \"127.0.0.1:0\"\nmax_sessions = {agi_sessions}\n\n\
+         [database]\npath = \"bench.db\"\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}\n",
         ami.ip(),
         ami.port()
     );

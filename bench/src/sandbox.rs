@@ -57,16 +57,32 @@ impl Sandbox {
     }
 }
 
-/// The two sides' figures.
+/// The two sides' figures, per wave (one wave of each side, back to back).
 pub struct Overhead {
     /// Asterisk + daemon CPU seconds per call, voice-otp reading.
-    pub with_daemon: f64,
+    pub with_daemon: Vec<f64>,
     /// Of which the daemon's.
-    pub daemon_only: f64,
+    pub daemon_only: Vec<f64>,
     /// Asterisk CPU seconds per call, dialplan reading.
-    pub dialplan_only: f64,
+    pub dialplan_only: Vec<f64>,
     /// Calls per side.
     pub calls: usize,
+}
+
+impl Overhead {
+    /// The median of the waves' ratios. The sandbox is shared: other
+    /// people's calls add Asterisk CPU to whichever wave they fall in, so
+    /// each wave is compared with its neighbour and outliers are dropped.
+    pub fn ratio(&self) -> f64 {
+        let mut ratios: Vec<f64> = self.with_daemon.iter().zip(&self.dialplan_only).map(|(a, b)| a / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// The mean of some figures.
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
 }
 
 /// Measures `waves` rounds of `concurrency` calls on each side, alternating
@@ -77,12 +93,13 @@ pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usi
     let asterisk = sandbox.pid();
     let dir = work.join("sandbox");
     let flat = "[call]\nanswer_pause_ms = 0\ndigit_pause_ms = 0\nreading_pause_ms = 0\n\n[auth]\nbcrypt_cost = 4\n";
-    let config = daemon::configure(binary, &dir, sandbox.ami(), "", flat);
+    let config = daemon::configure(binary, &dir, sandbox.ami(), 256, flat);
     let voice_otp = Daemon::start(binary, &config);
     let mut admin = Ami::login(sandbox.ami(), sandbox.get("ami_admin_username"), sandbox.get("ami_admin_secret")).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the daemon logs in to AMI
     let mut numbers = Vec::new();
-    let (mut daemon_side, mut daemon_cpu, mut dialplan_side) = (0.0, 0.0, 0.0);
+    let (mut daemon_side, mut daemon_cpu, mut dialplan_side) = (Vec::new(), Vec::new(), Vec::new());
+    let per_call = |cpu: f64| cpu / concurrency as f64;
     for _ in 0..waves {
         let batch: Vec<String> = (0..concurrency).map(|_| number()).collect();
         let (a0, d0) = (cpu_seconds(asterisk), cpu_seconds(voice_otp.pid()));
@@ -98,26 +115,20 @@ pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usi
         wait_final(binary, &config, &ids).await;
         tokio::time::sleep(Duration::from_secs(1)).await; // callee legs and recordings close
         let (a1, d1) = (cpu_seconds(asterisk), cpu_seconds(voice_otp.pid()));
-        daemon_side += (a1 - a0) + (d1 - d0);
-        daemon_cpu += d1 - d0;
+        daemon_side.push(per_call((a1 - a0) + (d1 - d0)));
+        daemon_cpu.push(per_call(d1 - d0));
         numbers.extend(batch);
 
         let batch: Vec<String> = (0..concurrency).map(|_| number()).collect();
         let a0 = cpu_seconds(asterisk);
         admin.play_all(&batch).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        dialplan_side += cpu_seconds(asterisk) - a0;
+        dialplan_side.push(per_call(cpu_seconds(asterisk) - a0));
         numbers.extend(batch);
     }
     drop(voice_otp);
     remove_recordings(Path::new(sandbox.get("recordings")), &numbers);
-    let calls = concurrency * waves;
-    Overhead {
-        with_daemon: daemon_side / calls as f64,
-        daemon_only: daemon_cpu / calls as f64,
-        dialplan_only: dialplan_side / calls as f64,
-        calls,
-    }
+    Overhead { with_daemon: daemon_side, daemon_only: daemon_cpu, dialplan_only: dialplan_side, calls: concurrency * waves }
 }
 
 /// A national number the sandbox phone answers and records (`_X.`), unique
@@ -217,13 +228,16 @@ impl Ami {
         let deadline = Instant::now() + CALL_LIMIT;
         while !open.is_empty() {
             let msg = tokio::time::timeout_at(deadline, self.message()).await.expect("dialplan calls did not end");
-            if msg.get("Event").is_some_and(|e| e == "Hangup") {
-                if let Some(id) = msg.get("Uniqueid") {
-                    open.remove(id);
+            // Events of everyone's calls come by: only ours count.
+            let Some(id) = msg.get("Uniqueid").filter(|id| open.contains(*id)) else { continue };
+            match msg.get("Event").map(String::as_str) {
+                Some("Hangup") => {
+                    open.remove(&id.clone());
                 }
-            }
-            if msg.get("Event").is_some_and(|e| e == "OriginateResponse") && msg.get("Response").is_some_and(|r| r != "Success") {
-                panic!("sandbox refused a Playback Originate: {msg:?}");
+                Some("OriginateResponse") if msg.get("Response").is_some_and(|r| r != "Success") => {
+                    panic!("sandbox refused a Playback Originate: {msg:?}");
+                }
+                _ => {}
             }
         }
     }
