@@ -354,6 +354,8 @@ mod tests {
     fn out_of_range_values_are_refused() {
         let c = Config::from_toml("[auth]\nbcrypt_cost = 3\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("bcrypt_cost"));
+        let c = Config::from_toml("[agi]\nmax_sessions = 0\n").unwrap();
+        assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("max_sessions"));
         let c = Config::from_toml("[dial]\ncaller_id = \"a\\r\\nAction: Logoff\"\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("caller_id"));
     }

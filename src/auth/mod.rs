@@ -131,13 +131,18 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-    #[tokio::test]
-    async fn right_wrong_unknown_disabled() {
+    /// Users `acme1` (enabled) and `off` (disabled), both with `s3cret-pass`.
+    fn two_users() -> Db {
         let mut store = Store::open_in_memory().unwrap();
         store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
         store.add_user("off", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
         store.set_enabled("off", false).unwrap();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
+        Db::new(store)
+    }
+
+    #[tokio::test]
+    async fn right_wrong_unknown_disabled() {
+        let auth = Authenticator::new(two_users(), 4).unwrap();
         assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
         assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
         assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
@@ -151,9 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn second_request_is_served_from_the_cache() {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        let auth = cached(Db::new(store));
+        let auth = cached(two_users());
         assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
         assert_eq!(auth.bcrypt_verifies(), 1);
         for _ in 0..5 {
@@ -164,11 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_never_remembered() {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        store.add_user("off", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        store.set_enabled("off", false).unwrap();
-        let auth = cached(Db::new(store));
+        let auth = cached(two_users());
         for _ in 0..2 {
             assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
             assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
@@ -219,9 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_first_requests_verify_once_per_core_at_most() {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        let auth = cached(Db::new(store));
+        let auth = cached(two_users());
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let auth = auth.clone();
