@@ -1,5 +1,5 @@
-//! Command line: `serve`, `user ...` and `call ...`. Every command takes
-//! `--config PATH` and works on that config's database.
+//! Command line: `serve`, `user ...`, `call ...` and `sounds check`. Every
+//! command takes `--config PATH` and works on that config's database.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::hash_password;
 use crate::call::CallId;
-use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::call::options::{REQUIRE_KEYPRESS_VALUES, check_language, parse_require_keypress};
+use crate::config::{CallConfig, Config};
+use crate::sounds::{self, DEFAULT_SOUNDS_DIR};
+use crate::store::{Store, StoreError, UserDefaultsChange};
 
 /// Voice OTP: delivers one-time passwords by phone call through Asterisk.
 #[derive(Debug, Parser)]
@@ -37,6 +39,22 @@ pub enum Command {
     /// Look at calls.
     #[command(subcommand)]
     Call(CallCommand),
+    /// Check Asterisk's sounds folder for what calls will play.
+    #[command(subcommand)]
+    Sounds(SoundsCommand),
+}
+
+/// `voice-otp sounds ...`
+#[derive(Debug, Subcommand)]
+pub enum SoundsCommand {
+    /// List every sound each language of [call] languages needs (our prompts
+    /// and digits 0-9) and whether Asterisk has it; exit status 1 if any is
+    /// missing.
+    Check {
+        /// Asterisk's sounds folder (astdatadir/sounds).
+        #[arg(long, value_name = "ASTERISK_SOUNDS_DIR", default_value = DEFAULT_SOUNDS_DIR)]
+        dir: PathBuf,
+    },
 }
 
 /// `voice-otp user ...`
@@ -50,8 +68,21 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List users: name, enabled, created.
+    /// List users: name, enabled, call defaults, created.
     List,
+    /// Set a user's call defaults, used when a request does not say.
+    Set {
+        /// Login name.
+        name: String,
+        /// Default language: one of [call] languages, or `default` for
+        /// [call] default_language.
+        #[arg(long, value_name = "LANG")]
+        language: Option<String>,
+        /// Default voicemail-safe mode: true, false, 1, 0, or `default` for
+        /// [call] require_keypress.
+        #[arg(long, value_name = "BOOL")]
+        require_keypress: Option<String>,
+    },
     /// Set a new password.
     Passwd {
         /// Login name.
@@ -106,6 +137,7 @@ pub fn run(cli: Cli) -> CliResult {
         }
         Command::User(cmd) => user(&config, cmd),
         Command::Call(cmd) => call(&config, cmd),
+        Command::Sounds(SoundsCommand::Check { dir }) => sounds_check(&config.call, &dir),
     }
 }
 
@@ -127,10 +159,23 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             println!("added user {name}");
         }
         UserCommand::List => {
-            println!("{:<32} {:<8} created", "name", "enabled");
+            println!("{:<32} {:<8} {:<10} {:<17} created", "name", "enabled", "language", "require_keypress");
             for u in store.users().map_err(db)? {
-                println!("{:<32} {:<8} {}", u.name, if u.enabled { "yes" } else { "no" }, format_ms(u.created_at));
+                let defaults = store.user_call_defaults(u.id).map_err(db)?;
+                println!(
+                    "{:<32} {:<8} {:<10} {:<17} {}",
+                    u.name,
+                    if u.enabled { "yes" } else { "no" },
+                    defaults.language.as_deref().unwrap_or("default"),
+                    defaults.require_keypress.map_or("default", |k| if k { "true" } else { "false" }),
+                    format_ms(u.created_at)
+                );
             }
+        }
+        UserCommand::Set { name, language, require_keypress } => {
+            let change = defaults_change(&config.call, language.as_deref(), require_keypress.as_deref())?;
+            store.set_user_call_defaults(&name, &change).map_err(db)?;
+            println!("call defaults set for {name}");
         }
         UserCommand::Passwd { name, password_stdin } => {
             if store.user(&name).map_err(db)?.is_none() {
@@ -172,6 +217,9 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
             println!("cause={}", c.cause.map(|c| c.to_string()).unwrap_or_default());
             println!("cause_text={}", opt(c.cause_text));
             println!("readings={}", c.readings);
+            println!("language={}", c.options.language);
+            println!("require_keypress={}", c.options.require_keypress);
+            println!("keys={}", c.keys);
             println!("created_at={}", format_ms(c.created_at));
             println!("dialed_at={}", when(c.dialed_at));
             println!("answered_at={}", when(c.answered_at));
@@ -190,6 +238,53 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
             }
         }
     }
+    Ok(())
+}
+
+/// `user set`'s flags as a change; `default` clears a field.
+fn defaults_change(
+    cfg: &CallConfig,
+    language: Option<&str>,
+    require_keypress: Option<&str>,
+) -> Result<UserDefaultsChange, String> {
+    if language.is_none() && require_keypress.is_none() {
+        return Err("nothing to set: give --language and/or --require-keypress".into());
+    }
+    let language = language
+        .map(|l| match l {
+            "default" => Ok(None),
+            l => check_language(l, cfg).map(Some).map_err(|_| {
+                format!("--language must be one of: {}, default", cfg.languages.join(", "))
+            }),
+        })
+        .transpose()?;
+    let require_keypress = require_keypress
+        .map(|k| match k {
+            "default" => Ok(None),
+            k => parse_require_keypress(k)
+                .map(Some)
+                .map_err(|_| format!("--require-keypress must be one of: {REQUIRE_KEYPRESS_VALUES}, default")),
+        })
+        .transpose()?;
+    Ok(UserDefaultsChange { language, require_keypress })
+}
+
+fn sounds_check(cfg: &CallConfig, dir: &std::path::Path) -> CliResult {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a folder (give Asterisk's sounds folder with --dir)", dir.display()));
+    }
+    let report = sounds::check(dir, cfg);
+    for s in &report {
+        match &s.found {
+            Some(path) => println!("ok      {:<6} {:<24} {}", s.language, s.name, path.display()),
+            None => println!("MISSING {:<6} {:<24} {}", s.language, s.name, dir.join(&s.language).join(&s.name).display()),
+        }
+    }
+    let missing = report.iter().filter(|s| s.found.is_none()).count();
+    if missing > 0 {
+        return Err(format!("{missing} of {} sounds missing in {} (see sounds/README.md)", report.len(), dir.display()));
+    }
+    println!("all {} sounds present for {}", report.len(), cfg.languages.join(", "));
     Ok(())
 }
 
@@ -260,6 +355,18 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn user_set_flags() {
+        let cfg = CallConfig::default();
+        let change = defaults_change(&cfg, Some("ur"), Some("1")).unwrap();
+        assert_eq!(change, UserDefaultsChange { language: Some(Some("ur".into())), require_keypress: Some(Some(true)) });
+        let change = defaults_change(&cfg, Some("default"), None).unwrap();
+        assert_eq!(change, UserDefaultsChange { language: Some(None), require_keypress: None });
+        assert_eq!(defaults_change(&cfg, Some("fr"), None).unwrap_err(), "--language must be one of: en, ur, default");
+        assert!(defaults_change(&cfg, None, Some("yes")).unwrap_err().contains("--require-keypress"));
+        assert!(defaults_change(&cfg, None, None).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! silently falls back to a default is worse than an error at start-up.
 //! `voice-otp.example.toml` documents every key with its default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What the callee hears and how fast.
     pub call: CallConfig,
+    /// Abuse limits: request rates, per-number quotas, failed logins.
+    pub limits: LimitsConfig,
 }
 
 /// `[http]`
@@ -43,11 +45,30 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body (POST form), in bytes.
     pub max_body_bytes: usize,
+    /// Most client connections served at once; further ones wait in the
+    /// kernel's accept queue until one ends.
+    pub max_connections: usize,
+    /// Time a client has to send a request head, and the longest a
+    /// keep-alive connection may sit idle before its next request.
+    pub header_timeout_secs: u64,
+    /// Time a client has to send a POST body.
+    pub body_timeout_secs: u64,
+    /// Proxies (e.g. the TLS proxy in front) whose `X-Forwarded-For` header
+    /// names the real client for the per-IP login limit. Empty: the TCP peer
+    /// is the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 8192 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 8192,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -100,6 +121,10 @@ pub struct AgiConfig {
     /// Most FastAGI sessions (answered calls) at once; connections above it
     /// are closed and Asterisk goes on with the dialplan.
     pub max_sessions: usize,
+    /// The only addresses FastAGI connections are accepted from (Asterisk's).
+    /// A FastAGI peer drives live calls and reads codes, so the list may not
+    /// be empty; the default is loopback, where the sandbox Asterisk runs.
+    pub allowed_peers: Vec<IpAddr>,
 }
 
 impl Default for AgiConfig {
@@ -108,6 +133,7 @@ impl Default for AgiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4573)),
             url: String::new(),
             max_sessions: crate::agi::DEFAULT_MAX_SESSIONS,
+            allowed_peers: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)],
         }
     }
 }
@@ -171,11 +197,65 @@ pub struct PhoneConfig {
     /// ISO 3166 country whose national numbers (`03001234567`) are accepted
     /// without a country code.
     pub default_country: Country,
+    /// Toll-fraud guard: countries calls may go to. `None` (the key absent):
+    /// the default country only.
+    pub allowed_countries: Option<Vec<Country>>,
+    /// Toll-fraud guard: E.164 prefixes (`"+4420"`) calls may go to besides
+    /// the allowed countries. `"+"` allows every destination.
+    pub allowed_prefixes: Vec<String>,
 }
 
 impl Default for PhoneConfig {
     fn default() -> Self {
-        Self { default_country: Country::parse("PK").expect("PK is a country") }
+        Self {
+            default_country: Country::parse("PK").expect("PK is a country"),
+            allowed_countries: None,
+            allowed_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl PhoneConfig {
+    /// The countries calls may go to, the default applied.
+    pub fn allowed_countries(&self) -> Vec<Country> {
+        self.allowed_countries.clone().unwrap_or_else(|| vec![self.default_country])
+    }
+}
+
+/// `[limits]`: abuse limits. A count of 0 switches that limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests one API user may make per minute (counted after a
+    /// successful login).
+    pub user_requests_per_minute: u32,
+    /// Calls to one destination number per `number_window_secs`.
+    pub number_calls_per_window: u32,
+    /// The window of `number_calls_per_window`, in seconds (1..=86400).
+    pub number_window_secs: u64,
+    /// Calls to one destination number per 24 hours (counted from the
+    /// stored calls, so a restart does not reset it).
+    pub number_calls_per_day: u32,
+    /// Failed logins per user name per `login_failure_window_secs`; beyond
+    /// it the name is locked out (429) without a password check.
+    pub login_failures_per_user: u32,
+    /// Failed logins per client IP per `login_failure_window_secs`.
+    pub login_failures_per_ip: u32,
+    /// The window (and so the longest lockout) of the failed-login limits.
+    pub login_failure_window_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            user_requests_per_minute: 60,
+            number_calls_per_window: 3,
+            number_window_secs: 600,
+            number_calls_per_day: 10,
+            login_failures_per_user: 5,
+            login_failures_per_ip: 20,
+            login_failure_window_secs: 900,
+        }
     }
 }
 
@@ -211,13 +291,95 @@ pub struct CallConfig {
     pub reading_pause_ms: u32,
     /// How many times the code is read ("I repeat" between readings).
     pub readings: u32,
+    /// Readings a callee may add by pressing 1 (mid-reading or after "press
+    /// 1 to hear the code again"); 0 never offers a replay.
+    pub max_extra_readings: u32,
+    /// How long to wait for a key after "press 1 to hear the code again".
+    pub replay_wait_ms: u32,
+    /// Languages calls may ask for; each needs its sounds in Asterisk's
+    /// `sounds/<language>/` (`voice-otp sounds check`).
+    pub languages: Vec<String>,
+    /// Language of calls that name none (and whose user has no default).
+    pub default_language: String,
+    /// Voicemail-safe mode for calls and users that do not say: read the
+    /// code only after the callee presses a key.
+    pub require_keypress: bool,
+    /// Voicemail-safe mode: how many times "press any key to hear your
+    /// verification code" is played before giving up (`no_keypress`).
+    pub keypress_prompts: u32,
+    /// Voicemail-safe mode: how long to wait for a key after each prompt.
+    pub keypress_wait_ms: u32,
 }
 
 impl Default for CallConfig {
     fn default() -> Self {
-        Self { answer_pause_ms: 1000, digit_pause_ms: 400, reading_pause_ms: 600, readings: 2 }
+        Self {
+            answer_pause_ms: 1000,
+            digit_pause_ms: 400,
+            reading_pause_ms: 600,
+            readings: 2,
+            max_extra_readings: 3,
+            replay_wait_ms: 5000,
+            languages: vec!["en".into(), "ur".into()],
+            default_language: "en".into(),
+            require_keypress: false,
+            keypress_prompts: 3,
+            keypress_wait_ms: 5000,
+        }
     }
 }
+
+impl CallConfig {
+    /// The `[call]` rules `Config::load` enforces; the message names the key.
+    fn check(&self) -> Result<(), String> {
+        if self.readings == 0 || self.readings > 10 {
+            return Err(format!("call.readings must be 1..=10, got {}", self.readings));
+        }
+        if self.max_extra_readings > 10 {
+            return Err(format!("call.max_extra_readings must be 0..=10, got {}", self.max_extra_readings));
+        }
+        if self.keypress_prompts == 0 || self.keypress_prompts > 10 {
+            return Err(format!("call.keypress_prompts must be 1..=10, got {}", self.keypress_prompts));
+        }
+        for (key, ms) in [
+            ("answer_pause_ms", self.answer_pause_ms),
+            ("digit_pause_ms", self.digit_pause_ms),
+            ("reading_pause_ms", self.reading_pause_ms),
+            ("replay_wait_ms", self.replay_wait_ms),
+            ("keypress_wait_ms", self.keypress_wait_ms),
+        ] {
+            if ms > MAX_CALL_WAIT_MS {
+                return Err(format!("call.{key} must be at most {MAX_CALL_WAIT_MS}, got {ms}"));
+            }
+        }
+        if self.languages.is_empty() {
+            return Err("call.languages must name at least one language".into());
+        }
+        for (i, lang) in self.languages.iter().enumerate() {
+            if !crate::call::options::is_language_name(lang) {
+                return Err(format!(
+                    "call.languages: `{}` is not a language name (1-16 of A-Z a-z 0-9 _ -, as Asterisk's sounds/<language>/)",
+                    lang.escape_debug()
+                ));
+            }
+            if self.languages[..i].contains(lang) {
+                return Err(format!("call.languages names `{lang}` twice"));
+            }
+        }
+        if !self.languages.contains(&self.default_language) {
+            return Err(format!(
+                "call.default_language `{}` is not one of call.languages ({})",
+                self.default_language.escape_debug(),
+                self.languages.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest pause or wait in `[call]`: a minute of silence is already far
+/// beyond what a callee waits through.
+pub const MAX_CALL_WAIT_MS: u32 = 60_000;
 
 /// A configuration that could not be loaded; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -273,9 +435,7 @@ impl Config {
         if self.agi.max_sessions == 0 {
             return Err(invalid("agi.max_sessions must be at least 1".into()));
         }
-        if self.call.readings == 0 || self.call.readings > 10 {
-            return Err(invalid(format!("call.readings must be 1..=10, got {}", self.call.readings)));
-        }
+        self.call.check().map_err(invalid)?;
         for (key, value) in [
             ("dial.context", &self.dial.context),
             ("dial.exten", &self.dial.exten),
@@ -293,6 +453,32 @@ impl Config {
         }
         if self.dial.context.is_empty() || self.dial.exten.is_empty() {
             return Err(invalid("dial.context and dial.exten must not be empty".into()));
+        }
+        for prefix in &self.phone.allowed_prefixes {
+            let is_prefix = prefix.strip_prefix('+').is_some_and(|digits| {
+                digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= crate::phone::MAX_E164_DIGITS
+            });
+            if !is_prefix {
+                return Err(invalid(format!(
+                    "phone.allowed_prefixes: `{prefix}` is not an E.164 prefix (\"+\" and up to 15 digits)"
+                )));
+            }
+        }
+        if self.agi.allowed_peers.is_empty() {
+            return Err(invalid("agi.allowed_peers must list at least Asterisk's address".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections must be at least 1".into()));
+        }
+        for (key, secs) in [
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("limits.login_failure_window_secs", self.limits.login_failure_window_secs),
+            ("limits.number_window_secs", self.limits.number_window_secs),
+        ] {
+            if secs == 0 || secs > 86_400 {
+                return Err(invalid(format!("{key} must be 1..=86400, got {secs}")));
+            }
         }
         if self.dial.ring_timeout_secs == 0 || self.dial.ring_timeout_secs > 300 {
             return Err(invalid(format!(
@@ -358,6 +544,27 @@ mod tests {
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("max_sessions"));
         let c = Config::from_toml("[dial]\ncaller_id = \"a\\r\\nAction: Logoff\"\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("caller_id"));
+    }
+
+    #[test]
+    fn call_section_is_checked() {
+        let refused = [
+            ("[call]\nreadings = 0\n", "call.readings"),
+            ("[call]\nmax_extra_readings = 11\n", "call.max_extra_readings"),
+            ("[call]\nkeypress_prompts = 0\n", "call.keypress_prompts"),
+            ("[call]\nreplay_wait_ms = 600000\n", "call.replay_wait_ms"),
+            ("[call]\nlanguages = []\n", "call.languages"),
+            ("[call]\nlanguages = [\"en\", \"../x\"]\n", "../x"),
+            ("[call]\nlanguages = [\"en\", \"en\"]\n", "twice"),
+            ("[call]\ndefault_language = \"fr\"\n", "call.default_language"),
+        ];
+        for (toml, needle) in refused {
+            let c = Config::from_toml(toml).unwrap();
+            let err = c.checked(Path::new("x")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let c = Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
+        assert!(c.checked(Path::new("x")).is_ok());
     }
 
     #[test]

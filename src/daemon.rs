@@ -16,6 +16,7 @@ use crate::auth::{Authenticator, CredentialCache};
 use crate::call::agi_handler::OtpAgi;
 use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::store::{Db, Store};
 
 /// How long shutdown waits for calls in progress before giving up on them.
@@ -31,6 +32,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Where accepted calls go.
     pub dispatcher: Dispatcher,
+    /// Abuse limits and the toll-fraud guard.
+    pub limits: Limits,
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -97,6 +100,7 @@ impl Daemon {
         let agi = AgiServer::bind(config.agi.listen)
             .await
             .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?
+            .with_allowed_peers(config.agi.allowed_peers.clone())
             .with_max_sessions(config.agi.max_sessions);
         let bound = Bound {
             http: http.local_addr().unwrap_or(config.http.listen),
@@ -119,7 +123,8 @@ impl Daemon {
 
         let handler = OtpAgi::new(db.clone(), live, config.call.clone());
         tracker.spawn(agi.serve(Arc::new(handler), shutdown.clone()));
-        let app = Arc::new(App { config, db, auth, dispatcher });
+        let limits = Limits::new(&config.limits, &config.phone);
+        let app = Arc::new(App { config, db, auth, dispatcher, limits });
         tracker.spawn(crate::http::serve(http, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })

@@ -10,12 +10,15 @@
 //! - [`daemon`]: `serve` - starts and stops every part below.
 //! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API).
 //! - [`auth`]: API users' credentials (bcrypt).
+//! - [`limits`]: abuse limits - failed logins, request rates, per-number
+//!   quotas, the toll-fraud guard.
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
 //! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
 //!   the callee hears and its FastAGI entry point.
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
+//! - [`sounds`]: the sounds the configured languages need in Asterisk.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,5 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod limits;
 pub mod phone;
+pub mod sounds;
 pub mod store;

@@ -51,6 +51,7 @@ impl<'de> Deserialize<'de> for Country {
 pub struct PhoneNumber {
     e164: String,
     national: String,
+    country: Option<Country>,
 }
 
 /// Why a number was refused; the text is shown to the API caller after
@@ -116,7 +117,8 @@ impl PhoneNumber {
         if !e164.starts_with('+') || !e164[1..].bytes().all(|b| b.is_ascii_digit()) || national.is_empty() {
             return Err(NumberError::Invalid);
         }
-        Ok(PhoneNumber { e164, national })
+        let country = parsed.country().id().map(Country);
+        Ok(PhoneNumber { e164, national, country })
     }
 
     /// `+923001234567`
@@ -127,6 +129,12 @@ impl PhoneNumber {
     /// `923001234567`
     pub fn digits(&self) -> &str {
         &self.e164[1..]
+    }
+
+    /// The country the number belongs to by the numbering plan; `None` for
+    /// non-geographic numbers (`+800`, `+881` satellite, ...).
+    pub fn country(&self) -> Option<Country> {
+        self.country
     }
 
     /// `03001234567`: as dialled inside the number's own country.

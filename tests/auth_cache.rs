@@ -24,24 +24,16 @@ fn run_cli(daemon: &Daemon, args: &[&str], stdin: &str) {
     assert!(ok, "{args:?}: {out} {err}");
 }
 
-/// How often the daemon has logged `needle`, once at least `expected` lines
-/// have arrived (its stderr is read by another thread) or 10 s have passed.
 fn logged(daemon: &Daemon, needle: &str, expected: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = daemon.logs().matches(needle).count();
-        if n >= expected || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tokio::task::block_in_place(|| daemon.logged(needle, expected, Duration::from_secs(10)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_changes_while_serving_count_at_once() {
     let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
     let dir = TempDir::new("auth-cache");
-    let config = write_config(&dir.0, fake.addr(), "");
+    // One number is dialled many times: its quotas are tests/abuse_limits.rs's subject.
+    let config = write_config(&dir.0, fake.addr(), "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n");
     let daemon = tokio::task::block_in_place(|| {
         add_user(&config, "acme1", "old-pass-1");
         Daemon::start(&config)

@@ -15,7 +15,8 @@ const PASSWORD: &str = "correct-horse-9";
 async fn setup(name: &str) -> (TempDir, FakeAmi, Daemon) {
     let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
     let dir = TempDir::new(name);
-    let config = write_config(&dir.0, fake.addr(), "");
+    // These tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
+    let config = write_config(&dir.0, fake.addr(), "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n");
     let daemon = tokio::task::block_in_place(|| {
         add_user(&config, "acme1", PASSWORD);
         add_user(&config, "off1", PASSWORD);
@@ -60,6 +61,15 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
         (format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"), 400, "Bad Request: number is not a valid phone number"),
         (format!("/outbound.cgi?number=%FF%FE&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
         ("/outbound.cgi".into(), 400, "Bad Request: number is required"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=fr"), 400, "Bad Request: language must be one of: en, ur"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=UR"), 400, "Bad Request: language must be one of: en, ur"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=../en"), 400, "Bad Request: language must be one of: en, ur"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language="), 400, "Bad Request: language is empty"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=en&language=ur"), 400, "Bad Request: language is given more than once"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress=yes"), 400, "Bad Request: require_keypress must be one of: 1, 0, true, false"),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress="), 400, "Bad Request: require_keypress is empty"),
+        // Field checks come before credentials: a bad option with a bad password is a 400.
+        (format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr"), 400, "Bad Request: language must be one of: en, ur"),
         (seed("03001234567", "482915", "nobody", PASSWORD), 401, "Unauthorized"),
         (seed("03001234567", "482915", "acme1", "wrong-password"), 401, "Unauthorized"),
         (seed("03001234567", "482915", "off1", PASSWORD), 401, "Unauthorized"),

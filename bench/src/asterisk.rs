@@ -43,14 +43,22 @@ pub struct Stats {
 
 /// Listens for AMI on a free loopback port; returns its address.
 pub async fn start_ami(mode: CallMode, playback: Duration) -> (SocketAddr, Arc<Stats>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind scripted AMI");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind scripted AMI");
     let addr = listener.local_addr().expect("AMI address");
     let stats = Arc::new(Stats::default());
     let sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>> = Arc::default();
     let shared = stats.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(ami_session(stream, mode, playback, shared.clone(), sessions.clone()));
+            tokio::spawn(ami_session(
+                stream,
+                mode,
+                playback,
+                shared.clone(),
+                sessions.clone(),
+            ));
         }
     });
     (addr, stats)
@@ -67,7 +75,11 @@ async fn ami_session(
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        if write.write_all(b"Asterisk Call Manager/11.0.0\r\n").await.is_err() {
+        if write
+            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
+            .await
+            .is_err()
+        {
             return;
         }
         while let Some(text) = rx.recv().await {
@@ -86,7 +98,13 @@ async fn ami_session(
             }
             continue;
         }
-        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let action = get("action").to_ascii_lowercase();
         let id = get("actionid");
         match action.as_str() {
@@ -95,7 +113,9 @@ async fn ami_session(
                 sessions.lock().unwrap().push(tx.clone());
             }
             "ping" => {
-                let _ = tx.send(format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 0.0\r\n\r\n"));
+                let _ = tx.send(format!(
+                    "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 0.0\r\n\r\n"
+                ));
             }
             "originate" => {
                 stats.originates.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +127,11 @@ async fn ami_session(
                     .iter()
                     .filter(|(k, _)| k == "variable")
                     .find_map(|(_, v)| v.strip_prefix("VOICE_OTP_AGI=").map(str::to_owned));
-                let call = Call { channel_id, action_id: id, agi };
+                let call = Call {
+                    channel_id,
+                    action_id: id,
+                    agi,
+                };
                 tokio::spawn(call.run(mode, playback, stats.clone(), sessions.clone()));
             }
             "logoff" => {
@@ -115,7 +139,9 @@ async fn ami_session(
                 return;
             }
             _ => {
-                let _ = tx.send(format!("Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"));
+                let _ = tx.send(format!(
+                    "Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"
+                ));
             }
         }
         headers.clear();
@@ -137,7 +163,10 @@ impl Call {
         sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>>,
     ) {
         let broadcast = |text: String| {
-            sessions.lock().unwrap().retain(|s| s.send(text.clone()).is_ok());
+            sessions
+                .lock()
+                .unwrap()
+                .retain(|s| s.send(text.clone()).is_ok());
         };
         let id = &self.channel_id;
         broadcast(format!(
@@ -153,7 +182,11 @@ impl Call {
             Some(addr) => agi_call(addr, id, playback, false).await.ok(),
             None => None,
         };
-        let counter = if end.is_some_and(|e| e.completed) { &stats.completed } else { &stats.failed };
+        let counter = if end.is_some_and(|e| e.completed) {
+            &stats.completed
+        } else {
+            &stats.failed
+        };
         broadcast(format!(
             "Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/carrier-{id}\r\nUniqueid: {id}\r\nLinkedid: {id}\r\n\
              Cause: 16\r\nCause-txt: Normal Clearing\r\n\r\n"
@@ -191,13 +224,23 @@ fn request_block(uniqueid: &str, addr: SocketAddr) -> String {
 /// answers every command (`STREAM FILE` after `playback`, `WAIT FOR DIGIT`
 /// after the shorter of its timeout and `playback`), and hangs up after the
 /// server's `HANGUP`.
-pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, record: bool) -> std::io::Result<AgiEnd> {
+pub async fn agi_call(
+    addr: SocketAddr,
+    uniqueid: &str,
+    playback: Duration,
+    record: bool,
+) -> std::io::Result<AgiEnd> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
-    write.write_all(request_block(uniqueid, addr).as_bytes()).await?;
+    write
+        .write_all(request_block(uniqueid, addr).as_bytes())
+        .await?;
     let mut lines = BufReader::new(read).lines();
-    let mut end = AgiEnd { completed: false, commands: Vec::new() };
+    let mut end = AgiEnd {
+        completed: false,
+        commands: Vec::new(),
+    };
     while let Some(line) = lines.next_line().await? {
         if record {
             end.commands.push(line.clone());
@@ -208,7 +251,12 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
             }
             b"200 result=0 endpos=8000\n"
         } else if let Some(ms) = line.strip_prefix("WAIT FOR DIGIT ") {
-            let wait = ms.trim().parse().map(Duration::from_millis).unwrap_or_default().min(playback);
+            let wait = ms
+                .trim()
+                .parse()
+                .map(Duration::from_millis)
+                .unwrap_or_default()
+                .min(playback);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -217,7 +265,12 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
             write.write_all(b"200 result=1\nHANGUP\n").await?;
             end.completed = true;
             break;
-        } else if line.starts_with("ANSWER") || line.starts_with("SAY DIGITS") || line.starts_with("VERBOSE") {
+        } else if line.starts_with("SET VARIABLE") {
+            b"200 result=1\n"
+        } else if line.starts_with("ANSWER")
+            || line.starts_with("SAY DIGITS")
+            || line.starts_with("VERBOSE")
+        {
             b"200 result=0\n"
         } else {
             b"510 Invalid or unknown command\n"
@@ -232,12 +285,19 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
 /// command has arrived; the connection lives as long as the returned stream.
 pub async fn agi_hold(addr: SocketAddr, uniqueid: &str) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
+    stream
+        .write_all(request_block(uniqueid, addr).as_bytes())
+        .await?;
     let mut buf = [0u8; 256];
     loop {
         stream.readable().await?;
         match stream.try_read(&mut buf) {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a command")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a command",
+                ));
+            }
             Ok(n) if buf[..n].contains(&b'\n') => return Ok(stream),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -249,7 +309,12 @@ pub async fn agi_hold(addr: SocketAddr, uniqueid: &str) -> std::io::Result<TcpSt
 /// Runs `total` sessions against `addr`, `concurrency` at a time, with the
 /// ids `ids[i]`. Returns (completed sessions, seconds, the commands of the
 /// first session).
-pub async fn agi_load(addr: SocketAddr, ids: Arc<Vec<String>>, concurrency: usize, playback: Duration) -> (u64, f64, Vec<String>) {
+pub async fn agi_load(
+    addr: SocketAddr,
+    ids: Arc<Vec<String>>,
+    concurrency: usize,
+    playback: Duration,
+) -> (u64, f64, Vec<String>) {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let first: Arc<Mutex<Vec<String>>> = Arc::default();

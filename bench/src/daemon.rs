@@ -18,13 +18,19 @@ pub struct Daemon {
 /// A fresh folder with a config: `[ami]` at `ami`, ports 0, at most
 /// `agi_sessions` FastAGI sessions, and `extra` TOML sections; and the user
 /// `bench` (password [`PASSWORD`]).
-pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize, extra: &str) -> PathBuf {
+pub fn configure(
+    binary: &Path,
+    dir: &Path,
+    ami: SocketAddr,
+    agi_sessions: usize,
+    extra: &str,
+) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench folder");
     let config = dir.join("voice-otp.toml");
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\n[agi]\nlisten = \"127.0.0.1:0\"\nmax_sessions = {agi_sessions}\n\n\
-         [database]\npath = \"bench.db\"\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}\n",
+         [database]\npath = \"bench.db\"\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{LIMITS_OUT_OF_REACH}\n{extra}\n",
         ami.ip(),
         ami.port()
     );
@@ -37,8 +43,16 @@ pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize
         .stdout(Stdio::null())
         .spawn()
         .expect("run voice-otp user add");
-    child.stdin.take().expect("stdin").write_all(b"bench-password-1\n").expect("password");
-    assert!(child.wait().expect("user add").success(), "voice-otp user add failed");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"bench-password-1\n")
+        .expect("password");
+    assert!(
+        child.wait().expect("user add").success(),
+        "voice-otp user add failed"
+    );
     config
 }
 
@@ -60,7 +74,9 @@ impl Daemon {
             .spawn()
             .expect("spawn voice-otp serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
         let addr = |key: &str| {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(key))
@@ -84,7 +100,19 @@ impl Drop for Daemon {
     }
 }
 
-/// The seed-API request every benchmark sends (as `bench`).
+/// The seed-API request for `number` (as `bench`).
 pub fn seed_target(number: &str) -> String {
     format!("/outbound.cgi?number={number}&code=482915&username=bench&password={PASSWORD}")
 }
+
+/// Seed-API requests, each to its own number, as traffic to many people
+/// looks (and so the per-number quotas never refuse one).
+pub fn seed_targets() -> crate::http_load::Target {
+    std::sync::Arc::new(|n| seed_target(&format!("0300{:07}", n % 10_000_000)))
+}
+
+/// `[limits]` that never refuse the benchmark but still count: each limit
+/// is on (its bookkeeping runs on every request) with a bound out of reach.
+pub const LIMITS_OUT_OF_REACH: &str = "[limits]\nuser_requests_per_minute = 1000000000\n\
+    number_calls_per_window = 1000000000\nnumber_calls_per_day = 1000000000\n\
+    login_failures_per_user = 1000000000\nlogin_failures_per_ip = 1000000000\n";

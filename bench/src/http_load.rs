@@ -43,21 +43,31 @@ impl Outcome {
     /// The `q` quantile of latency in milliseconds (nearest rank).
     pub fn latency_ms(&mut self, q: f64) -> f64 {
         self.latencies_us.sort_unstable();
-        let Some(last) = self.latencies_us.len().checked_sub(1) else { return f64::NAN };
+        let Some(last) = self.latencies_us.len().checked_sub(1) else {
+            return f64::NAN;
+        };
         self.latencies_us[((last as f64) * q).round() as usize] as f64 / 1000.0
     }
 }
 
-/// Runs `connections` clients sending `GET target` (the same target each
-/// time) to `addr` until `stop`.
-pub async fn run(addr: SocketAddr, target: String, connections: usize, stop: Stop, keep_ids: bool) -> Outcome {
-    let request = Arc::new(format!("GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes());
+/// The request target of the `n`th request of a run.
+pub type Target = Arc<dyn Fn(u64) -> String + Send + Sync>;
+
+/// Runs `connections` clients sending `GET target(n)` for the `n`th request
+/// to `addr` until `stop`.
+pub async fn run(
+    addr: SocketAddr,
+    target: Target,
+    connections: usize,
+    stop: Stop,
+    keep_ids: bool,
+) -> Outcome {
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|_| {
-            let (request, sent) = (request.clone(), sent.clone());
-            tokio::spawn(client(addr, request, sent, stop, start, keep_ids))
+            let (target, sent) = (target.clone(), sent.clone());
+            tokio::spawn(client(addr, target, sent, stop, start, keep_ids))
         })
         .collect();
     let mut total = Outcome::default();
@@ -73,15 +83,24 @@ pub async fn run(addr: SocketAddr, target: String, connections: usize, stop: Sto
     total
 }
 
-async fn client(addr: SocketAddr, request: Arc<Vec<u8>>, sent: Arc<AtomicU64>, stop: Stop, start: Instant, keep_ids: bool) -> Outcome {
+async fn client(
+    addr: SocketAddr,
+    target: Target,
+    sent: Arc<AtomicU64>,
+    stop: Stop,
+    start: Instant,
+    keep_ids: bool,
+) -> Outcome {
     let mut out = Outcome::default();
     let mut conn: Option<BufReader<TcpStream>> = None;
     loop {
+        let n = sent.fetch_add(1, Ordering::Relaxed);
         match stop {
-            Stop::Requests(n) if sent.fetch_add(1, Ordering::Relaxed) >= n => return out,
+            Stop::Requests(total) if n >= total => return out,
             Stop::After(d) if start.elapsed() >= d => return out,
             _ => {}
         }
+        let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", target(n));
         if conn.is_none() {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -97,7 +116,7 @@ async fn client(addr: SocketAddr, request: Arc<Vec<u8>>, sent: Arc<AtomicU64>, s
         }
         let stream = conn.as_mut().expect("connected above");
         let t0 = Instant::now();
-        match exchange(stream, &request).await {
+        match exchange(stream, request.as_bytes()).await {
             Ok((status, body)) => {
                 out.latencies_us.push(t0.elapsed().as_micros() as u64);
                 if status == 200 {
@@ -118,11 +137,18 @@ async fn client(addr: SocketAddr, request: Arc<Vec<u8>>, sent: Arc<AtomicU64>, s
 }
 
 /// Writes one request and reads its response (status, body).
-async fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> std::io::Result<(u16, String)> {
+async fn exchange(
+    stream: &mut BufReader<TcpStream>,
+    request: &[u8],
+) -> std::io::Result<(u16, String)> {
     stream.get_mut().write_all(request).await?;
     let mut line = String::new();
     stream.read_line(&mut line).await?;
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut length = 0;
     loop {
         line.clear();

@@ -101,7 +101,7 @@ impl Authenticator {
     }
 
     /// bcrypt verifies run so far (cache hits run none).
-    pub fn bcrypt_verifies(&self) -> u64 {
+    pub fn verifies(&self) -> u64 {
         self.verifies.load(Ordering::Relaxed)
     }
 
@@ -158,11 +158,11 @@ mod tests {
     async fn second_request_is_served_from_the_cache() {
         let auth = cached(two_users());
         assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
-        assert_eq!(auth.bcrypt_verifies(), 1);
+        assert_eq!(auth.verifies(), 1);
         for _ in 0..5 {
             assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
         }
-        assert_eq!(auth.bcrypt_verifies(), 1, "hits must not run bcrypt");
+        assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
     }
 
     #[tokio::test]
@@ -173,11 +173,11 @@ mod tests {
             assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
             assert!(auth.authenticate("off", "s3cret-pass").await.unwrap().is_none());
         }
-        assert_eq!(auth.bcrypt_verifies(), 6, "every failure costs a verify: none was cached");
+        assert_eq!(auth.verifies(), 6, "every failure costs a verify: none was cached");
         // The right password after wrong ones still works (and is cached).
         assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
         assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
-        assert_eq!(auth.bcrypt_verifies(), 7);
+        assert_eq!(auth.verifies(), 7);
     }
 
     /// Changes made through another connection - what the CLI does while the
@@ -192,13 +192,13 @@ mod tests {
         let auth = cached(Db::new(Store::open(&path).unwrap()));
         assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
         assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
-        assert_eq!(auth.bcrypt_verifies(), 1);
+        assert_eq!(auth.verifies(), 1);
 
         cli.set_password("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
         assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_none());
         assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
         assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
-        assert_eq!(auth.bcrypt_verifies(), 3);
+        assert_eq!(auth.verifies(), 3);
 
         cli.set_enabled("acme1", false).unwrap();
         assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
@@ -208,10 +208,10 @@ mod tests {
         cli.remove_user("acme1").unwrap();
         assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
         // Re-created with the same password: a new salt, so a fresh verify.
-        let before = auth.bcrypt_verifies();
+        let before = auth.verifies();
         cli.add_user("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
         assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
-        assert_eq!(auth.bcrypt_verifies(), before + 1);
+        assert_eq!(auth.verifies(), before + 1);
         drop(cli);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -229,7 +229,7 @@ mod tests {
             assert!(t.await.unwrap());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        assert!(auth.bcrypt_verifies() <= cores, "{} verifies for one password", auth.bcrypt_verifies());
+        assert!(auth.verifies() <= cores, "{} verifies for one password", auth.verifies());
     }
 
     #[test]

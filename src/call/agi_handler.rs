@@ -89,10 +89,17 @@ impl OtpAgi {
                 return;
             }
         };
-        tracing::info!(call_id = %id, "reading code");
-        let outcome = flow::read_code(session, &code, &self.call).await;
+        tracing::info!(call_id = %id, language = %call.options.language, require_keypress = call.options.require_keypress, "reading code");
+        let outcome = flow::read_code(session, &code, &self.call, &call.options).await;
+        if !outcome.keys.is_empty() {
+            let (keyed, keys) = (id.clone(), outcome.keys.clone());
+            if let Err(e) = self.db.run(move |s| s.record_keys(&keyed, &keys)).await {
+                tracing::error!(call_id = %id, error = %e, "could not record the keys pressed");
+            }
+        }
         let end = match (&outcome.end, outcome.readings) {
             (_, n) if n >= 1 => CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(n) },
+            (FlowEnd::NoKeypress, _) => CallEnd { readings: Some(0), ..CallEnd::failed(FailReason::NoKeypress, None) },
             (FlowEnd::Error(e), _) => CallEnd {
                 readings: Some(0),
                 ..CallEnd::failed(FailReason::SystemError, Some(format!("call flow: {e}")))
@@ -102,7 +109,7 @@ impl OtpAgi {
         let (status, readings) = (end.status, outcome.readings);
         let finish = id.clone();
         match self.db.run(move |s| s.finish_call(&finish, &end)).await {
-            Ok(_) => tracing::info!(call_id = %id, %status, readings, end = ?outcome.end, "call ended"),
+            Ok(_) => tracing::info!(call_id = %id, %status, readings, keys = %outcome.keys, end = ?outcome.end, "call ended"),
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }
         if outcome.end != FlowEnd::HungUp {

@@ -4,10 +4,13 @@
 //! - `flow`: the script read to the callee, over typed AGI commands.
 //! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
+//! - `options`: per-call language and voicemail-safe mode, and how a
+//!   request's values, a user's defaults and `[call]` combine.
 
 pub mod agi_handler;
 pub mod dispatcher;
 pub mod flow;
+pub mod options;
 
 use std::fmt;
 
@@ -112,6 +115,9 @@ pub enum FailReason {
     HangupBeforeCode,
     /// Asterisk or we failed (AMI down, Originate refused, AGI never came).
     SystemError,
+    /// Voicemail-safe mode: no key after every "press any key" prompt; no
+    /// digit was played.
+    NoKeypress,
 }
 
 impl FailReason {
@@ -125,6 +131,7 @@ impl FailReason {
             FailReason::Congestion => "congestion",
             FailReason::HangupBeforeCode => "hangup_before_code",
             FailReason::SystemError => "system_error",
+            FailReason::NoKeypress => "no_keypress",
         }
     }
 
@@ -186,6 +193,10 @@ pub struct Call {
     pub answered_at: Option<i64>,
     /// When the call reached a final status.
     pub ended_at: Option<i64>,
+    /// Language and voicemail-safe mode the call is read with.
+    pub options: options::CallOptions,
+    /// Keys the callee pressed during the call, in order (`0-9*#`).
+    pub keys: String,
 }
 
 /// Milliseconds since the Unix epoch.

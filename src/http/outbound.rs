@@ -1,10 +1,14 @@
-//! `GET|POST /outbound.cgi?number=&code=&username=&password=`: the seed API.
+//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=]`:
+//! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
-//! credentials (401, one bcrypt verify), then the call is stored and only
-//! then answered 200 with its id. Malformed requests never cost a bcrypt
-//! verify and never reach the database or Asterisk.
+//! the failed-login lockout (429) and credentials (401, one bcrypt verify),
+//! then the user's request rate (429) and the toll-fraud guard (403), then
+//! the per-number quotas (429) and storing the call in one step; only then
+//! the 200 with its id. Malformed requests never cost a bcrypt verify and
+//! never reach the database or Asterisk. The limits are [`crate::limits`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
@@ -13,17 +17,16 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 
 use super::params::Params;
-use super::{HttpResponse, seed_error, seed_reply};
-use crate::call::CallId;
+use super::{HttpResponse, refusal_reply, seed_error, seed_reply};
+use crate::call::options::{RequestedOptions, parse_require_keypress};
+use crate::call::{CallId, now_ms};
 use crate::daemon::App;
+use crate::limits::LoginError;
 use crate::phone::PhoneNumber;
 use crate::store::NewCall;
 
 /// Longest and shortest code we read out (the seed allows 20 digits).
 pub const CODE_DIGITS: std::ops::RangeInclusive<usize> = 4..=20;
-
-/// How long a client may take to send the body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the seed API asks for, checked.
 struct Order {
@@ -31,9 +34,10 @@ struct Order {
     code: String,
     username: String,
     password: String,
+    options: RequestedOptions,
 }
 
-pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
+pub(super) async fn handle(app: &App, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
     let params = match read_params(app, req).await {
         Ok(p) => p,
         Err(resp) => return resp,
@@ -42,26 +46,50 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         Ok(o) => o,
         Err(why) => return seed_error(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}")),
     };
-    let user = match app.auth.authenticate(&order.username, &order.password).await {
-        Ok(Some(user)) => user,
-        Ok(None) => return seed_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
-        Err(e) => {
+    let user = match app.limits.login(&app.auth, &order.username, &order.password, client).await {
+        Ok(user) => user,
+        Err(LoginError::Unauthorized) => return seed_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Err(LoginError::Limited(refusal)) => {
+            tracing::warn!(%client, "login refused: failed-login limit");
+            return refusal_reply(&refusal);
+        }
+        Err(LoginError::Store(e)) => {
             tracing::error!(error = %e, "authentication failed on a storage error");
             return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
         }
     };
+    if let Err(refusal) = app.limits.check_request(&user, &order.number) {
+        tracing::warn!(user = %order.username, ?refusal, "request refused by a limit");
+        return refusal_reply(&refusal);
+    }
     let id = CallId::generate();
     let number = order.number.e164().to_owned();
     let code = order.code;
+    let (requested, call_config) = (order.options, app.config.call.clone());
+    let quota = app.limits.number_quota();
     let stored = {
         let id = id.clone();
         app.db
-            .run(move |s| s.insert_call(&NewCall { id: &id, user_id: user.id, number: &number, code: &code }))
+            .run(move |s| {
+                if let Err(refusal) = quota.check(s, &number, now_ms())? {
+                    return Ok(Err(refusal));
+                }
+                let options = requested.resolve(&s.user_call_defaults(user.id)?, &call_config);
+                s.insert_call(&NewCall { id: &id, user_id: user.id, number: &number, code: &code, options: &options })
+                    .map(Ok)
+            })
             .await
     };
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "could not store call");
-        return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => {
+            tracing::warn!(user = %order.username, ?refusal, "request refused by a limit");
+            return refusal_reply(&refusal);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store call");
+            return seed_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        }
     }
     tracing::info!(call_id = %id, user = %order.username, "call accepted");
     app.dispatcher.submit(id.clone());
@@ -86,7 +114,8 @@ async fn read_params(app: &App, req: Request<Incoming>) -> Result<Params, HttpRe
         ));
     }
     let limit = app.config.http.max_body_bytes;
-    let body = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await;
+    let body_timeout = Duration::from_secs(app.config.http.body_timeout_secs);
+    let body = tokio::time::timeout(body_timeout, Limited::new(req.into_body(), limit).collect()).await;
     match body {
         Ok(Ok(collected)) => {
             let body = collected.to_bytes();
@@ -110,7 +139,18 @@ fn check(app: &App, params: &Params) -> Result<Order, String> {
     let number =
         PhoneNumber::parse(number, app.config.phone.default_country).map_err(|e| format!("number {e}"))?;
     check_code(code)?;
-    Ok(Order { number, code: code.to_owned(), username: username.to_owned(), password: password.to_owned() })
+    let language = params.optional("language").map_err(|e| e.to_string())?;
+    let require_keypress = params.optional("require_keypress").map_err(|e| e.to_string())?;
+    let require_keypress = require_keypress.map(parse_require_keypress).transpose().map_err(|e| e.to_string())?;
+    let options =
+        RequestedOptions::check(language, require_keypress, &app.config.call).map_err(|e| e.to_string())?;
+    Ok(Order {
+        number,
+        code: code.to_owned(),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        options,
+    })
 }
 
 /// A code is 4 to 20 ASCII digits, nothing else.

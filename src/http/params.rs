@@ -53,9 +53,29 @@ impl Params {
     }
 }
 
+impl Params {
+    /// The one non-empty value of an optional `field`, or `None` when it is
+    /// not given at all. Given empty or twice is refused like a required one.
+    pub fn optional(&self, field: &'static str) -> Result<Option<&str>, ParamError> {
+        match self.single(field) {
+            Err(ParamError::Missing(_)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optional_absent_present_repeated_empty() {
+        let p = Params::decode([b"a=1&b=&c=x&c=y".as_slice()]);
+        assert_eq!(p.optional("a"), Ok(Some("1")));
+        assert_eq!(p.optional("b"), Err(ParamError::Empty("b")));
+        assert_eq!(p.optional("c"), Err(ParamError::Repeated("c")));
+        assert_eq!(p.optional("d"), Ok(None));
+    }
 
     #[test]
     fn single_missing_repeated_empty() {

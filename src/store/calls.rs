@@ -8,6 +8,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
+use crate::call::options::CallOptions;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
 
 /// What the HTTP front end stores for a new call.
@@ -20,6 +21,21 @@ pub struct NewCall<'a> {
     pub number: &'a str,
     /// The code to read.
     pub code: &'a str,
+    /// How it is read (resolved from request, user and config).
+    pub options: &'a CallOptions,
+}
+
+/// What [`Store::number_calls_since`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberCalls {
+    /// Calls since the long window's start.
+    pub since: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_since: Option<i64>,
+    /// Calls since the short window's start.
+    pub recent: u32,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_recent: Option<i64>,
 }
 
 /// How a call ended.
@@ -43,7 +59,8 @@ impl CallEnd {
 }
 
 const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
-                            created_at, updated_at, dialed_at, answered_at, ended_at";
+                            created_at, updated_at, dialed_at, answered_at, ended_at, \
+                            language, require_keypress, keys";
 
 fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
     let id: String = row.get(0)?;
@@ -70,6 +87,8 @@ fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, Store
         dialed_at: row.get(12)?,
         answered_at: row.get(13)?,
         ended_at: row.get(14)?,
+        options: CallOptions { language: row.get(15)?, require_keypress: row.get(16)? },
+        keys: row.get(17)?,
     }))
 }
 
@@ -78,10 +97,18 @@ impl Store {
     pub fn insert_call(&mut self, new: &NewCall<'_>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, language, require_keypress)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7)",
         )?;
-        stmt.execute(params![new.id.as_str(), new.user_id, new.number, new.code, now])?;
+        stmt.execute(params![
+            new.id.as_str(),
+            new.user_id,
+            new.number,
+            new.code,
+            now,
+            new.options.language,
+            new.options.require_keypress
+        ])?;
         Ok(())
     }
 
@@ -89,6 +116,27 @@ impl Store {
     pub fn call(&self, id: &CallId) -> Result<Option<Call>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?;
         stmt.query_row([id.as_str()], call_from_row).optional()?.transpose()
+    }
+
+    /// Calls to `number` (E.164) created after `since_ms`, and of those
+    /// after `recent_ms` (`recent_ms >= since_ms`), each with the
+    /// creation time of its oldest call: one pass over the
+    /// `calls_by_number` index, for the per-number quotas.
+    pub fn number_calls_since(
+        &self,
+        number: &str,
+        since_ms: i64,
+        recent_ms: i64,
+    ) -> Result<NumberCalls, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COUNT(*), MIN(created_at),
+                    COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
+             FROM calls WHERE number = ?1 AND created_at > ?2",
+        )?;
+        let counts = stmt.query_row(params![number, since_ms, recent_ms], |r| {
+            Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
+        })?;
+        Ok(counts)
     }
 
     /// Newest calls first, at most `limit`.
@@ -143,6 +191,15 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Stores the keys the callee pressed (`0-9*#`, in order), as the call
+    /// flow reports them.
+    pub fn record_keys(&mut self, id: &CallId, keys: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE calls SET keys = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id.as_str(), keys, now_ms()])?;
+        Ok(())
+    }
+
     /// Records the hangup cause Asterisk reported. A call that failed for a
     /// reason only known as `system_error` (OriginateResponse Reason 0 came
     /// first) gets the precise reason the cause stands for.
@@ -175,8 +232,20 @@ mod tests {
         let mut s = Store::open_in_memory().unwrap();
         let u = s.add_user("acme1", "h").unwrap();
         let id = CallId::generate();
-        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915" }).unwrap();
+        let options = CallOptions { language: "ur".into(), require_keypress: true };
+        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915", options: &options })
+            .unwrap();
         (s, id)
+    }
+
+    #[test]
+    fn options_and_keys_are_kept() {
+        let (mut s, id) = store_with_call();
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!(c.options, CallOptions { language: "ur".into(), require_keypress: true });
+        assert_eq!(c.keys, "");
+        s.record_keys(&id, "51").unwrap();
+        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
     }
 
     #[test]
@@ -220,6 +289,23 @@ mod tests {
         // The first cause sticks.
         s.record_cause(&id, 16, "Normal Clearing").unwrap();
         assert_eq!(s.call(&id).unwrap().unwrap().cause, Some(17));
+    }
+
+    #[test]
+    fn number_counts_use_the_number_index() {
+        let (s, _) = store_with_call();
+        let plan: String = s
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE number = ?1 AND created_at > ?2",
+                params!["+923001234567", 0],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("calls_by_number"), "{plan}");
+        let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
+        assert_eq!((counts.since, counts.recent), (1, 1));
+        assert_eq!(s.number_calls_since("+923001234568", 0, 0).unwrap().since, 0);
     }
 
     #[test]

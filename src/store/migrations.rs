@@ -34,6 +34,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_by_user ON calls(user_id, created_at);
     CREATE INDEX calls_by_status ON calls(status);",
+    // 2: per-call language and voicemail-safe mode, the keys the callee
+    // pressed, and users' defaults for both options (NULL = the config's).
+    "ALTER TABLE calls ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE calls ADD COLUMN require_keypress INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN keys TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN language TEXT;
+    ALTER TABLE users ADD COLUMN require_keypress INTEGER;",
+    // 3: the per-destination-number quotas count a number's recent calls.
+    "CREATE INDEX calls_by_number ON calls(number, created_at);",
 ];
 
 /// The schema version this build writes.

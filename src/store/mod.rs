@@ -7,6 +7,7 @@
 
 mod calls;
 mod migrations;
+mod user_defaults;
 mod users;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -15,7 +16,8 @@ use std::sync::mpsc;
 
 use rusqlite::Connection;
 
-pub use calls::{CallEnd, NewCall};
+pub use calls::{CallEnd, NewCall, NumberCalls};
+pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
@@ -57,6 +59,12 @@ impl Store {
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::init(Connection::open_in_memory()?)
+    }
+
+    /// The raw connection, for tests that need to shape rows by hand.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     fn init(mut conn: Connection) -> Result<Store, StoreError> {

@@ -38,9 +38,14 @@ impl Drop for TempDir {
 /// A config for tests: ports 0, a temp database, bcrypt cost 4 (fast),
 /// plus `extra` TOML appended (sections must not repeat the ones given here).
 pub fn write_config(dir: &Path, ami: SocketAddr, extra: &str) -> PathBuf {
+    write_config_with_http(dir, ami, "", extra)
+}
+
+/// [`write_config`] with `http_keys` (lines) added to its `[http]` section.
+pub fn write_config_with_http(dir: &Path, ami: SocketAddr, http_keys: &str, extra: &str) -> PathBuf {
     let path = dir.join("voice-otp.toml");
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\n[agi]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"test.db\"\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"test.db\"\n\n\
          [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
         ami.ip(),
         ami.port()
@@ -73,6 +78,17 @@ pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) 
 pub fn add_user(config: &Path, name: &str, password: &str) {
     let (ok, out, err) = cli(config, &["user", "add", name, "--password-stdin"], &format!("{password}\n"));
     assert!(ok, "user add {name} failed: {out} {err}");
+}
+
+/// A daemon on its own temp dir and config (`extra` appended, see
+/// [`write_config`]) talking to AMI at `ami`, with API user `acme1`
+/// whose password is `password`.
+pub fn start_with_user(ami: SocketAddr, name: &str, extra: &str, password: &str) -> (TempDir, Daemon) {
+    let dir = TempDir::new(name);
+    let config = write_config(&dir.0, ami, extra);
+    add_user(&config, "acme1", password);
+    let daemon = Daemon::start(&config);
+    (dir, daemon)
 }
 
 /// `voice-otp call show ID` as key/value pairs.
@@ -151,6 +167,21 @@ impl Daemon {
         self.logs.lock().unwrap().clone()
     }
 
+    /// How often the daemon has logged `needle`, once at least `expected`
+    /// such lines have arrived or `timeout` has passed: its stderr is read by
+    /// another thread, so a line logged before an answer may still be on its
+    /// way when the answer is.
+    pub fn logged(&self, needle: &str, expected: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.logs().matches(needle).count();
+            if n >= expected || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `call show` until the call's status is final; returns its fields.
     pub fn wait_final(&self, id: &str, timeout: Duration) -> std::collections::HashMap<String, String> {
         let deadline = Instant::now() + timeout;
@@ -167,7 +198,17 @@ impl Daemon {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits (at most 40 s, beyond the daemon's 30 s drain) for the process to exit.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -6,6 +6,7 @@
 //! - [`sandbox`]: the sandbox Asterisk (scripts/sandbox) and its status.
 //! - [`wav`]: read the sandbox phone's recordings and find the speech in them.
 //! - [`fake_ami`]: a scripted Asterisk Manager Interface server over real TCP.
+//! - [`fake_agi`]: a scripted FastAGI client playing an answered channel.
 //!
 //! Every integration test file is its own crate and uses only part of this,
 //! hence the blanket `dead_code` allowance. The self-tests of `wav` and
@@ -14,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_agi;
 pub mod fake_ami;
 pub mod http;
 pub mod sandbox;

@@ -122,16 +122,9 @@ pub fn unique_number() -> String {
 /// Waits for the callee's recording of `number` to exist and stop growing.
 pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> PathBuf {
     let deadline = Instant::now() + timeout;
-    let prefix = format!("{number}-");
     let mut last: Option<(PathBuf, u64)> = None;
     loop {
-        let found = std::fs::read_dir(&sandbox.recordings)
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+        let found = recordings_of(sandbox, number).into_iter().next();
         if let Some(path) = found {
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if let Some((p, s)) = &last {
@@ -144,4 +137,55 @@ pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> Pat
         assert!(Instant::now() < deadline, "no complete recording for {number} in {:?}", sandbox.recordings);
         std::thread::sleep(Duration::from_millis(700));
     }
+}
+
+/// Waits for the newest recording of `number` that was written after
+/// `since` (numbers with a fixed behaviour, like 03000000049, collect one
+/// recording per call across runs) and returns it once complete.
+pub fn wait_recording_since(sandbox: &Sandbox, number: &str, since: std::time::SystemTime, timeout: Duration) -> PathBuf {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let newest = recordings_of(sandbox, number)
+            .into_iter()
+            .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+            .filter(|(modified, _)| *modified >= since)
+            .max();
+        // Files appear in the folder only once closed (MixMonitor's move).
+        if let Some((_, path)) = newest {
+            if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 44 {
+                return path;
+            }
+        }
+        assert!(Instant::now() < deadline, "no recording for {number} since {since:?} in {:?}", sandbox.recordings);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The lines of Asterisk's log about the channel of call `call_id` (found
+/// through the dialplan's `NoOp(voice-otp: <channel> uniqueid=<id>)`; only
+/// lines after it, as channel names repeat after an Asterisk restart).
+pub fn channel_log(sandbox: &Sandbox, call_id: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(&sandbox.asterisk_log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let marker = format!("uniqueid={call_id}");
+    let Some(start) = lines.iter().position(|l| l.contains(&marker)) else {
+        return Vec::new();
+    };
+    let Some(channel) = lines[start].split("voice-otp: ").nth(1).and_then(|rest| rest.split_whitespace().next()) else {
+        return Vec::new();
+    };
+    let tag = format!("<{channel}>");
+    lines[start..].iter().filter(|l| l.contains(&tag)).map(|l| (*l).to_owned()).collect()
+}
+
+/// The callee's recordings of `number` (`<number>-<uniqueid>.wav`), in no order.
+fn recordings_of(sandbox: &Sandbox, number: &str) -> Vec<PathBuf> {
+    let prefix = format!("{number}-");
+    std::fs::read_dir(&sandbox.recordings)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .collect()
 }

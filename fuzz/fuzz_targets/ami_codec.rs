@@ -1,0 +1,9 @@
+//! `cargo fuzz run ami_codec`: arbitrary bytes from "Asterisk" into the AMI decoder.
+#![no_main]
+
+// Each target uses one of the harness functions.
+#[allow(dead_code)]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::ami_codec(data));

@@ -1,0 +1,342 @@
+//! Hostile or broken peers on every port of the real binary: hundreds of
+//! malformed HTTP requests, garbage on the FastAGI port, garbage from a
+//! scripted AMI server, slow and idle clients. Each must end in a 4xx or a
+//! closed connection, and the daemon must go on serving real calls.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::daemon::{Daemon, TempDir, add_user, write_config_with_http};
+use support::fake_agi;
+use support::fake_ami::{FakeAmi, FakeScript};
+use support::http;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+const PASSWORD: &str = "correct-horse-9";
+
+async fn setup(name: &str, script: FakeScript, http_keys: &str, extra: &str) -> (TempDir, FakeAmi, Daemon) {
+    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let dir = TempDir::new(name);
+    let extra = format!("[call]\nanswer_pause_ms = 10\ndigit_pause_ms = 10\nreading_pause_ms = 10\n\n{extra}");
+    let config = write_config_with_http(&dir.0, fake.addr(), http_keys, &extra);
+    let daemon = tokio::task::block_in_place(|| {
+        add_user(&config, "acme1", PASSWORD);
+        Daemon::start(&config)
+    });
+    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
+    (dir, fake, daemon)
+}
+
+/// One good call end to end: accepted, originated, read over FastAGI, completed.
+async fn good_call(daemon: &Daemon, fake: &FakeAmi, number: &str) {
+    let before = fake.count("Originate");
+    let target = format!("/outbound.cgi?number={number}&code=482915&username=acme1&password={PASSWORD}");
+    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let id = resp.json_field("call_id").expect("call_id");
+    assert!(fake.wait_for_count("Originate", before + 1, Duration::from_secs(20)).await, "no Originate");
+    let commands = fake_agi::answered_call(daemon.agi, &id).await;
+    assert!(commands.iter().any(|c| c.starts_with("STREAM FILE digits/4")), "{commands:?}");
+    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(20)));
+    assert_eq!(call["status"], "completed", "{call:?}");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure replays.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Requests no correct client sends, each complete (so the server has
+/// everything it needs to answer at once).
+fn malformed_requests() -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let close = "Host: t\r\nConnection: close\r\n";
+    // Broken request lines.
+    let lines = [
+        "GET",
+        "GET /outbound.cgi",
+        " GET /outbound.cgi HTTP/1.1",
+        "GET  /outbound.cgi HTTP/1.1",
+        "GET /outbound.cgi HTTP/1.1 extra",
+        "GE\u{7f}T /outbound.cgi HTTP/1.1",
+        "G(T /outbound.cgi HTTP/1.1",
+        "GET /outbound.cgi\tHTTP/1.1",
+        "GET /out bound.cgi HTTP/1.1",
+        "GET \"/outbound.cgi\" HTTP/1.1",
+        "GET /outbound.cgi?a=<b> HTTP/1.1",
+        "GET /\u{1}x HTTP/1.1",
+        "\u{0}\u{0}\u{0}\u{0}",
+        "HTTP/1.1 200 OK",
+        "/outbound.cgi HTTP/1.1",
+        "GET /outbound.cgi HTTP/2.0",
+        "GET /outbound.cgi HTTP/9.9",
+        "GET /outbound.cgi HTTP/1.1x",
+        "GET /outbound.cgi HTTP/1",
+        "PRI * HTTP/2.0",
+    ];
+    for line in lines {
+        out.push(format!("{line}\r\n{close}\r\n").into_bytes());
+    }
+    // Well-formed heads our server refuses: methods, paths, query encodings.
+    for method in ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "BREW", "get", "HEAD"] {
+        out.push(format!("{method} /outbound.cgi HTTP/1.1\r\n{close}\r\n").into_bytes());
+    }
+    for target in [
+        "/", "/outbound", "/outbound.cgi/", "/OUTBOUND.CGI", "/../etc/passwd", "/outbound.cgi%00",
+        "/outbound.cgi?number=%", "/outbound.cgi?number=%zz&code=%", "/outbound.cgi?%%%%", "/outbound.cgi?&&&&=&=",
+        "/outbound.cgi?number=%C0%AF", "/outbound.cgi?code=%0D%0A%0D%0A", "/outbound.cgi?username=%00",
+        "*", "http://evil.example/outbound.cgi", "//outbound.cgi", "/outbound.cgi#frag",
+    ] {
+        out.push(format!("GET {target} HTTP/1.1\r\n{close}\r\n").into_bytes());
+    }
+    // Broken headers.
+    let headers = [
+        "NoColon",
+        "Bad Name: x",
+        ": empty-name",
+        "Name\u{1}: x",
+        "X: a\u{0}b",
+        "X: a\rb",
+        " folded: line",
+        "Content-Length: abc",
+        "Content-Length: -1",
+        "Content-Length: 1, 2",
+        "Content-Length: 99999999999999999999999",
+        "Transfer-Encoding: chunked\r\nContent-Length: 3",
+        "Transfer-Encoding: gzip",
+        "Transfer-Encoding: chunked, gzip",
+        "Content-Length: 3\r\nContent-Length: 4",
+    ];
+    for header in headers {
+        out.push(format!("POST /outbound.cgi HTTP/1.1\r\n{close}{header}\r\n\r\n").into_bytes());
+    }
+    let too_many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    out.push(format!("GET /outbound.cgi HTTP/1.1\r\n{close}{too_many}\r\n").into_bytes());
+    out.push(format!("GET /outbound.cgi HTTP/1.1\r\n{close}X: {}\r\n\r\n", "v".repeat(20_000)).into_bytes());
+    out.push(format!("GET /outbound.cgi?{} HTTP/1.1\r\n{close}\r\n", "a".repeat(20_000)).into_bytes());
+    // Bodies: wrong media types, bad chunking, over the size limit.
+    let form = "application/x-www-form-urlencoded";
+    for (content_type, body) in [
+        ("application/json", "{\"number\":\"03001234567\"}"),
+        ("text/plain", "number=03001234567"),
+        ("multipart/form-data; boundary=x", "--x--"),
+        ("", "number=1"),
+        ("application/x-www-form-urlencoded-evil", "number=1"),
+    ] {
+        out.push(
+            format!("POST /outbound.cgi HTTP/1.1\r\n{close}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .into_bytes(),
+        );
+    }
+    for chunked in ["zz\r\nabc\r\n0\r\n\r\n", "3\r\nabcdef\r\n0\r\n\r\n", "-1\r\n\r\n", "3;\u{0}\r\nabc\r\n0\r\n\r\n"] {
+        out.push(
+            format!("POST /outbound.cgi HTTP/1.1\r\n{close}Content-Type: {form}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}")
+                .into_bytes(),
+        );
+    }
+    let big = "n".repeat(9000);
+    out.push(format!("POST /outbound.cgi HTTP/1.1\r\n{close}Content-Type: {form}\r\nContent-Length: 9000\r\n\r\n{big}").into_bytes());
+    // Well-formed requests with hostile values in every field.
+    for value in ["%27%20OR%201=1--", "%3Cscript%3E", "%0D%0AAction:%20Originate", "%FF%FE%FD", "999999999999999999999", "-1", "0x10"] {
+        for field in ["number", "code", "username", "password"] {
+            let target = format!("/outbound.cgi?number=03001234567&code=4829&username=acme1&password=nope&{field}={value}");
+            out.push(format!("GET {target} HTTP/1.1\r\n{close}\r\n").into_bytes());
+        }
+    }
+    // Noise: binary and printable garbage heads.
+    for seed in 1..=220u64 {
+        let mut bytes = noise(seed, 16 + (seed as usize * 37) % 600);
+        if seed % 2 == 0 {
+            // Printable, space-free: looks like a method that never ends.
+            for b in &mut bytes {
+                *b = b'!' + *b % 90;
+            }
+        }
+        bytes.extend_from_slice(b"\r\n\r\n");
+        out.push(bytes);
+    }
+    out
+}
+
+/// Sends raw bytes, reads the answer; the status code, or `None` if the
+/// server closed without one.
+fn status_of(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = stream.write_all(request);
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_malformed_http_requests_get_4xx_and_the_daemon_stays_healthy() {
+    let (_dir, fake, daemon) = setup("malformed-http", FakeScript::default(), "", "").await;
+    let requests = malformed_requests();
+    assert!(requests.len() >= 300, "{}", requests.len());
+    let answers: Vec<(usize, Option<u16>)> = tokio::task::block_in_place(|| {
+        requests.iter().enumerate().map(|(i, r)| (i, status_of(daemon.http, r))).collect()
+    });
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(_, status)| !status.is_some_and(|s| (400..500).contains(&s)))
+        .map(|(i, status)| format!("{status:?} for {:?}", String::from_utf8_lossy(&requests[*i][..requests[*i].len().min(80)])))
+        .collect();
+    assert!(wrong.is_empty(), "{} not answered 4xx:\n{}", wrong.len(), wrong.join("\n"));
+
+    assert_eq!(fake.count("Originate"), 0, "malformed requests dialled: {:?}", fake.actions());
+    let calls = tokio::task::block_in_place(|| support::daemon::cli(&daemon.config, &["call", "list"], ""));
+    assert!(calls.1.trim().is_empty(), "malformed requests stored calls: {}", calls.1);
+    good_call(&daemon, &fake, "03001234567").await;
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_and_slow_clients_are_cut_off_and_the_connection_cap_holds() {
+    let (_dir, fake, daemon) =
+        setup("slow-http", FakeScript::default(), "max_connections = 2\nheader_timeout_secs = 2\n", "").await;
+    let addr = daemon.http;
+    tokio::task::block_in_place(|| {
+        // A keep-alive client that goes quiet after one answer is closed.
+        let mut idle = TcpStream::connect(addr).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        idle.write_all(b"GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = idle.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+        // read_to_end returned: the server closed the idle connection.
+
+        // Two slow clients fill the cap; a third waits for a slot, and is
+        // served once the slow ones are cut off.
+        let mut slow: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        for s in &mut slow {
+            s.write_all(b"GET /outbound.cgi HTTP/1.1\r\nHo").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let third = http::get(addr, "/nothing");
+        assert_eq!(third.status, 404);
+        for s in &mut slow {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let text = String::from_utf8_lossy(&buf);
+            assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "slow client: {text}");
+        }
+    });
+    good_call(&daemon, &fake, "03001234567").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_fastagi_port_closes_that_connection_only() {
+    let (_dir, fake, daemon) = setup("agi-garbage", FakeScript::default(), "", "").await;
+    let agi = daemon.agi;
+    let mut hostile = Vec::new();
+    for seed in 1..=20u64 {
+        let mut s = tokio::net::TcpStream::connect(agi).await.unwrap();
+        let _ = s.write_all(&noise(seed, 2000)).await;
+        hostile.push(s);
+    }
+    // One endless line, a valid block for no call of ours, a valid block
+    // followed by garbage replies, and a silent peer.
+    let mut endless = tokio::net::TcpStream::connect(agi).await.unwrap();
+    let _ = endless.write_all(&vec![b'a'; 64 * 1024]).await;
+    hostile.push(endless);
+    let mut unknown = tokio::net::TcpStream::connect(agi).await.unwrap();
+    unknown.write_all(fake_agi::request_block(agi, "0123456789abcdef0123456789abcdef").as_bytes()).await.unwrap();
+    let mut unknown = tokio::io::BufReader::new(unknown);
+    let mut unknown_said = String::new();
+    tokio::time::timeout(Duration::from_secs(20), unknown.read_line(&mut unknown_said)).await.unwrap().unwrap();
+    assert_eq!(unknown_said, "HANGUP\n", "an unknown call id is hung up with nothing played");
+    unknown.get_mut().write_all(b"200 result=1\n").await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(20), unknown.read_to_string(&mut rest)).await.unwrap().unwrap();
+    assert_eq!(rest, "", "nothing after the hangup");
+    let silent = tokio::net::TcpStream::connect(agi).await.unwrap();
+    hostile.push(silent);
+
+    // Real calls are served while those connections are open; one of them
+    // answers the first command with garbage.
+    good_call(&daemon, &fake, "03001234567").await;
+    let target = format!("/outbound.cgi?number=03001234568&code=482915&username=acme1&password={PASSWORD}");
+    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
+    let id = resp.json_field("call_id").expect("call_id");
+    let mut liar = tokio::net::TcpStream::connect(agi).await.unwrap();
+    liar.write_all(fake_agi::request_block(agi, &id).as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(20), liar.read(&mut first)).await;
+    liar.write_all(b"\x00\xffnot a reply at all\n").await.unwrap();
+    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(30)));
+    assert_eq!(call["status"], "failed", "{call:?}");
+    assert_eq!(call["reason"], "system_error", "{call:?}");
+
+    // Every hostile connection is closed by the daemon in the end (the
+    // silent one after the request timeout), none is left hanging.
+    for mut s in hostile {
+        let mut buf = vec![0u8; 4096];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a hostile FastAGI connection was left open");
+    }
+    good_call(&daemon, &fake, "03001234569").await;
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fastagi_peers_outside_the_allow_list_are_refused() {
+    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
+    let dir = TempDir::new("agi-peers");
+    let config = write_config_with_http(&dir.0, fake.addr(), "", "");
+    // Only a made-up Asterisk address may connect; the test's client is on loopback.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[agi]\nlisten = \"127.0.0.1:0\"\n",
+        "[agi]\nlisten = \"127.0.0.1:0\"\nallowed_peers = [\"192.0.2.10\"]\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = tokio::task::block_in_place(|| {
+        add_user(&config, "acme1", PASSWORD);
+        Daemon::start(&config)
+    });
+    let target = format!("/outbound.cgi?number=03001234567&code=482915&username=acme1&password={PASSWORD}");
+    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
+    let id = resp.json_field("call_id").expect("call_id");
+    let commands = fake_agi::answered_call(daemon.agi, &id).await;
+    assert!(commands.is_empty(), "a refused peer got commands: {commands:?}");
+    let refused = tokio::task::block_in_place(|| daemon.logged("not allowed", 1, Duration::from_secs(10)));
+    assert_eq!(refused, 1, "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_asterisk_drops_the_ami_link_and_the_daemon_recovers() {
+    let mut garbage = noise(7, 4096);
+    garbage.extend_from_slice(b"\r\n\r\nEvent: Hangup\r\nUniqueid: x\r\n\r\n");
+    // Then a line longer than any AMI frame may be.
+    garbage.extend(std::iter::repeat_n(b'z', 70 * 1024));
+    let script = FakeScript { garbage_after_login: Some(garbage), ..FakeScript::default() };
+    let (_dir, fake, daemon) = setup("ami-garbage", script, "", "").await;
+    // The link is dropped and re-established (garbage again each time).
+    assert!(fake.wait_for_connections(3, Duration::from_secs(30)).await, "the daemon did not reconnect");
+    fake.update_script(|s| s.garbage_after_login = None);
+    let logins = fake.count("Login");
+    assert!(fake.wait_for_count("Login", logins + 1, Duration::from_secs(60)).await, "no clean login");
+    good_call(&daemon, &fake, "03001234567").await;
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
