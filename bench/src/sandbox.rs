@@ -6,7 +6,8 @@
 //! number at a time, and play the same files back to back: intro, the code,
 //! "I repeat", the code, goodbye. With voice-otp, the daemon Originates into
 //! the `[voice-otp]` context and its FastAGI session plays them (the pauses
-//! are set to 0, as Playback has none); without it, the `sandbox-admin` AMI
+//! are set to 0, as Playback has none, and the "press 1 to hear it again"
+//! offer is off, as Playback has no such prompt); without it, the `sandbox-admin` AMI
 //! user Originates the same channel straight into `Playback(a&b&...)`. CPU
 //! seconds come from /proc/<pid>/stat of Asterisk and of the daemon.
 
@@ -113,7 +114,7 @@ pub async fn measure(
     );
     let asterisk = sandbox.pid();
     let dir = work.join("sandbox");
-    let flat = "[call]\nanswer_pause_ms = 0\ndigit_pause_ms = 0\nreading_pause_ms = 0\n\n[auth]\nbcrypt_cost = 4\n";
+    let flat = "[call]\nanswer_pause_ms = 0\ndigit_pause_ms = 0\nreading_pause_ms = 0\nmax_extra_readings = 0\n\n[auth]\nbcrypt_cost = 4\n";
     let config = daemon::configure(binary, &dir, sandbox.ami(), 256, flat);
     let voice_otp = Daemon::start(binary, &config);
     let mut admin = Ami::login(
