@@ -124,6 +124,9 @@ pub struct AgiConfig {
     /// URL Asterisk's dialplan connects to, handed over in the channel
     /// variable `VOICE_OTP_AGI`. Empty: `agi://<listen>/otp`.
     pub url: String,
+    /// Most FastAGI sessions (answered calls) at once; connections above it
+    /// are closed and Asterisk goes on with the dialplan.
+    pub max_sessions: usize,
     /// The only addresses FastAGI connections are accepted from (Asterisk's).
     /// A FastAGI peer drives live calls and reads codes, so the list may not
     /// be empty; the default is loopback, where the sandbox Asterisk runs.
@@ -135,6 +138,7 @@ impl Default for AgiConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4573)),
             url: String::new(),
+            max_sessions: crate::agi::DEFAULT_MAX_SESSIONS,
             allowed_peers: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)],
         }
     }
@@ -271,11 +275,16 @@ impl Default for LimitsConfig {
 pub struct AuthConfig {
     /// bcrypt cost for passwords set with the CLI (4..=31).
     pub bcrypt_cost: u32,
+    /// How long a verified (user, password) is accepted from memory without
+    /// another bcrypt verify, in seconds. 0: verify every request.
+    pub cache_ttl_secs: u64,
+    /// Most users whose credentials are remembered at once.
+    pub cache_max_users: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { bcrypt_cost: 12 }
+        Self { bcrypt_cost: 12, cache_ttl_secs: 300, cache_max_users: 10_000 }
     }
 }
 
@@ -497,6 +506,9 @@ impl Config {
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             return Err(invalid(format!("auth.bcrypt_cost must be 4..=31, got {}", self.auth.bcrypt_cost)));
         }
+        if self.agi.max_sessions == 0 {
+            return Err(invalid("agi.max_sessions must be at least 1".into()));
+        }
         self.call.check().map_err(invalid)?;
         for (key, value) in [
             ("dial.context", &self.dial.context),
@@ -624,6 +636,8 @@ mod tests {
     fn out_of_range_values_are_refused() {
         let c = Config::from_toml("[auth]\nbcrypt_cost = 3\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("bcrypt_cost"));
+        let c = Config::from_toml("[agi]\nmax_sessions = 0\n").unwrap();
+        assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("max_sessions"));
         let c = Config::from_toml("[dial]\ncaller_id = \"a\\r\\nAction: Logoff\"\n").unwrap();
         assert!(c.checked(Path::new("x")).unwrap_err().to_string().contains("caller_id"));
     }

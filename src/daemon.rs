@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agi::AgiServer;
 use crate::ami::{AmiClient, AmiConfig};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, CredentialCache};
 use crate::call::agi_handler::OtpAgi;
 use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
@@ -97,7 +97,12 @@ impl Daemon {
         let store = Store::open(&path)
             .map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
         let db = Db::new(store);
-        let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost).map_err(|e| StartError::Auth(e.to_string()))?;
+        let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost)
+            .map_err(|e| StartError::Auth(e.to_string()))?
+            .with_cache(CredentialCache::new(
+                Duration::from_secs(config.auth.cache_ttl_secs),
+                config.auth.cache_max_users,
+            ));
 
         let http = TcpListener::bind(config.http.listen)
             .await
@@ -105,7 +110,8 @@ impl Daemon {
         let agi = AgiServer::bind(config.agi.listen)
             .await
             .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?
-            .with_allowed_peers(config.agi.allowed_peers.clone());
+            .with_allowed_peers(config.agi.allowed_peers.clone())
+            .with_max_sessions(config.agi.max_sessions);
         let bound = Bound {
             http: http.local_addr().unwrap_or(config.http.listen),
             agi: agi.local_addr().unwrap_or(config.agi.listen),

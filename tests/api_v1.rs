@@ -89,6 +89,8 @@ async fn create_show_list_and_errors_name_the_field() {
     // Listing: newest first, paginated, filtered, per user.
     let mut ids = vec![id.clone()];
     for _ in 0..4 {
+        // "Newest" is to the millisecond: keep creation times apart.
+        tokio::time::sleep(Duration::from_millis(3)).await;
         ids.push(create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();

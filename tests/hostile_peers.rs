@@ -320,7 +320,8 @@ async fn fastagi_peers_outside_the_allow_list_are_refused() {
     let id = resp.json_field("call_id").expect("call_id");
     let commands = fake_agi::answered_call(daemon.agi, &id).await;
     assert!(commands.is_empty(), "a refused peer got commands: {commands:?}");
-    assert!(daemon.logs().contains("not allowed"), "{}", daemon.logs());
+    let refused = tokio::task::block_in_place(|| daemon.logged("not allowed", 1, Duration::from_secs(10)));
+    assert_eq!(refused, 1, "{}", daemon.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

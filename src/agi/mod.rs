@@ -18,5 +18,5 @@ pub mod session;
 
 pub use codec::{AgiCodec, AgiFrame, AgiRequest, Reply};
 pub use command::{Command, CommandError};
-pub use server::{AgiHandler, AgiServer};
+pub use server::{AgiHandler, AgiServer, DEFAULT_MAX_SESSIONS};
 pub use session::{AgiChannel, AgiError, AgiSession};

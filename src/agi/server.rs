@@ -178,10 +178,13 @@ async fn connection<H: AgiHandler>(
         channel = ?request.channel().unwrap_or_default(),
         script = ?request.network_script().unwrap_or_default(),
     );
+    // Debug, not info: the handler logs what the session meant (for
+    // voice-otp, "reading code" and "call ended" with the call id), and two
+    // more lines per call were a visible share of a session's cost.
     async move {
-        tracing::info!("AGI session started");
+        tracing::debug!("AGI session started");
         handler.handle(session).await;
-        tracing::info!("AGI session ended");
+        tracing::debug!("AGI session ended");
     }
     .instrument(span)
     .await;

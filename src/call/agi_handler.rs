@@ -53,10 +53,28 @@ impl OtpAgi {
     }
 
     async fn run_claimed<C: AgiChannel>(&self, id: &CallId, session: &mut C) {
+        // One trip to the database: load the call and, if it is still
+        // waiting to be answered, mark it answered.
         let lookup = id.clone();
-        let call = match self.db.run(move |s| s.call(&lookup)).await {
-            Ok(Some(call)) => call,
-            Ok(None) => {
+        let loaded = self
+            .db
+            .run(move |s| {
+                let call = s.call(&lookup)?;
+                let waiting = call.as_ref().is_some_and(|c| {
+                    matches!(c.status, CallStatus::Queued | CallStatus::Dialing) && c.code.is_some()
+                });
+                let marked = if waiting { s.mark_answered(&lookup).map(|_| ()) } else { Ok(()) };
+                Ok((call, marked))
+            })
+            .await;
+        let call = match loaded {
+            Ok((Some(call), marked)) => {
+                if let Err(e) = marked {
+                    tracing::error!(call_id = %id, error = %e, "could not mark call answered");
+                }
+                call
+            }
+            Ok((None, _)) => {
                 tracing::warn!(call_id = %id, "FastAGI session for an unknown call; hanging up");
                 hang_up(session).await;
                 return;
@@ -75,10 +93,6 @@ impl OtpAgi {
                 return;
             }
         };
-        let mark = id.clone();
-        if let Err(e) = self.db.run(move |s| s.mark_answered(&mark)).await {
-            tracing::error!(call_id = %id, error = %e, "could not mark call answered");
-        }
         tracing::info!(call_id = %id, language = %call.options.language, require_keypress = call.options.require_keypress, "reading code");
         let outcome = flow::read_code(session, &code, &self.call, &call.options).await;
         if !outcome.keys.is_empty() {

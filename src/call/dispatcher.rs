@@ -140,7 +140,7 @@ impl Dispatcher {
             ami: ami.clone(),
             agi_url,
             live,
-            tracked: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(TrackedCalls::default()),
             wake: wake.clone(),
         });
         let events = state.ami.events();
@@ -157,9 +157,18 @@ struct Inner {
     agi_url: String,
     live: LiveCalls,
     /// Calls originated whose last events have not all arrived yet.
-    tracked: Mutex<HashMap<CallId, Tracked>>,
+    tracked: Mutex<TrackedCalls>,
     /// Wakes the dialler: a call was queued or a trunk slot came free.
     wake: Arc<Notify>,
+}
+
+/// How often entries whose closing events never came are swept out.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct TrackedCalls {
+    calls: HashMap<CallId, Tracked>,
+    last_sweep: Option<Instant>,
 }
 
 struct Tracked {
@@ -171,13 +180,23 @@ struct Tracked {
 
 impl Inner {
     fn with_tracked<R>(&self, id: &CallId, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
-        let mut map = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        let r = map.get_mut(id).map(f);
-        // Forget a call once both of its closing events were seen, and any
-        // entry old enough that its events are not coming any more.
-        let max_age = Duration::from_secs(u64::from(self.config.dial.ring_timeout_secs) + 3600);
-        map.retain(|_, t| !(t.responded && t.hung_up) && t.since.elapsed() < max_age);
-        r
+        let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = tracked.calls.get_mut(id)?;
+        let r = f(entry);
+        // Forget a call once both of its closing events were seen.
+        if entry.responded && entry.hung_up {
+            tracked.calls.remove(id);
+        }
+        // And, now and then, any entry old enough that its events are not
+        // coming any more. Not on every event: with thousands of calls in
+        // flight a scan per event made event handling quadratic.
+        let now = Instant::now();
+        if tracked.last_sweep.is_none_or(|at| now - at >= SWEEP_EVERY) {
+            let max_age = Duration::from_secs(u64::from(self.config.dial.ring_timeout_secs) + 3600);
+            tracked.calls.retain(|_, t| now - t.since < max_age);
+            tracked.last_sweep = Some(now);
+        }
+        Some(r)
     }
 
     async fn finish(&self, id: &CallId, end: CallEnd) {
@@ -201,6 +220,7 @@ impl Inner {
         self.tracked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .calls
             .entry(id.clone())
             .or_insert_with(|| Tracked { since: Instant::now(), cause: None, responded: false, hung_up: false });
     }

@@ -81,6 +81,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_attempts_by_delivery ON webhook_attempts(delivery_id);
     CREATE TABLE health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
+    // 5: the dialler takes the oldest queued call on every turn; with a long
+    // queue (Asterisk down, a traffic spike) that must not be a sort.
+    "CREATE INDEX calls_queue ON calls(status, created_at);",
 ];
 
 /// The schema version this build writes.

@@ -137,3 +137,26 @@ mod tests {
         assert_eq!(s.next_queued(0).unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod plan {
+    use super::*;
+
+    /// The dialler's per-turn query walks an index, not the table.
+    #[test]
+    fn next_queued_uses_the_queue_index() {
+        let s = Store::open_in_memory().unwrap();
+        let plan: Vec<String> = s
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
+                 ORDER BY created_at, id LIMIT 1",
+            )
+            .unwrap()
+            .query_map([0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("calls_queue")), "{plan:?}");
+    }
+}

@@ -167,6 +167,21 @@ impl Daemon {
         self.logs.lock().unwrap().clone()
     }
 
+    /// How often the daemon has logged `needle`, once at least `expected`
+    /// such lines have arrived or `timeout` has passed: its stderr is read by
+    /// another thread, so a line logged before an answer may still be on its
+    /// way when the answer is.
+    pub fn logged(&self, needle: &str, expected: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.logs().matches(needle).count();
+            if n >= expected || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `call show` until the call's status is final; returns its fields.
     pub fn wait_final(&self, id: &str, timeout: Duration) -> std::collections::HashMap<String, String> {
         let deadline = Instant::now() + timeout;

@@ -1,0 +1,350 @@
+//! `voice-otp-bench`: measures the release `voice-otp` binary under load and
+//! prints `name=value` lines (run it through `scripts/bench`).
+//!
+//! - [`asterisk`]: the load generator playing Asterisk over real TCP (AMI
+//!   server, FastAGI client).
+//! - [`http_load`]: seed-API clients with latencies.
+//! - [`daemon`]: runs the real binary with its own config and users.
+//! - [`sandbox`]: `sandbox_overhead` on the real sandbox Asterisk.
+//! - [`procfs`]: RSS and CPU time of a process.
+//!
+//! Every comparison is measured within one run, one side right after the
+//! other, so a busy machine slows both alike.
+
+mod asterisk;
+mod daemon;
+mod http_load;
+mod procfs;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::time::Instant;
+
+use asterisk::CallMode;
+use daemon::{Daemon, configure, seed_targets};
+use http_load::Stop;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks voice-otp (see scripts/bench)")]
+struct Args {
+    /// The voice-otp binary to measure (a release build).
+    #[arg(long)]
+    daemon: PathBuf,
+    /// Folder for databases, configs and logs (emptied first).
+    #[arg(long)]
+    work: PathBuf,
+    /// Python with panoramisk installed, for `agi_vs_panoramisk`.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// scripts/sandbox, for `sandbox_overhead` (the sandbox must be up).
+    #[arg(long)]
+    sandbox: Option<PathBuf>,
+    /// Shorter runs (under 5 minutes in all).
+    #[arg(long)]
+    quick: bool,
+    /// Measure only these (comma-separated: auth,http,agi,memory,sandbox).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, what: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == what)
+    }
+
+    fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+fn print(name: &str, value: impl std::fmt::Display) {
+    println!("{name}={value}");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _ = std::fs::remove_dir_all(&args.work);
+    std::fs::create_dir_all(&args.work).expect("work folder");
+    machine();
+    if args.wants("auth") {
+        auth_cache(&args).await;
+    }
+    if args.wants("http") {
+        http_and_calls(&args).await;
+    }
+    if args.wants("agi") {
+        match &args.python {
+            Some(python) => agi_vs_panoramisk(&args, python).await,
+            None => eprintln!("agi_vs_panoramisk skipped: no --python"),
+        }
+    }
+    if args.wants("memory") {
+        agi_memory(&args).await;
+    }
+    if args.wants("sandbox") {
+        match &args.sandbox {
+            Some(script) => {
+                let o = sandbox::measure(
+                    &args.daemon,
+                    &args.work,
+                    script,
+                    args.pick(4, 6),
+                    args.pick(3, 5),
+                )
+                .await;
+                print("sandbox_calls_per_side", o.calls);
+                print(
+                    "sandbox_cpu_s_per_call_dialplan",
+                    format!("{:.4}", sandbox::mean(&o.dialplan_only)),
+                );
+                print(
+                    "sandbox_cpu_s_per_call_with_daemon",
+                    format!("{:.4}", sandbox::mean(&o.with_daemon)),
+                );
+                print(
+                    "sandbox_daemon_cpu_s_per_call",
+                    format!("{:.4}", sandbox::mean(&o.daemon_only)),
+                );
+                print("sandbox_overhead", format!("{:.3}", o.ratio()));
+            }
+            None => eprintln!("sandbox_overhead skipped: no --sandbox"),
+        }
+    }
+}
+
+fn machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    print(
+        "machine_cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    print("machine_cpu", model);
+}
+
+/// Seed requests/s with bcrypt (cost 12) on every request, then with the
+/// credential cache; same load, same scripted Asterisk (calls held).
+async fn auth_cache(args: &Args) {
+    let secs = Duration::from_secs(args.pick(5, 15));
+    let mut rates = Vec::new();
+    for (name, ttl) in [("nocache", 0), ("cache", 300)] {
+        let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
+        let dir = args.work.join(format!("auth-{name}"));
+        let extra = format!("[auth]\nbcrypt_cost = 12\ncache_ttl_secs = {ttl}\n");
+        let config = configure(&args.daemon, &dir, ami, 256, &extra);
+        let voice_otp = Daemon::start(&args.daemon, &config);
+        let out =
+            http_load::run(voice_otp.http, seed_targets(), 16, Stop::After(secs), false).await;
+        print(
+            &format!("auth_{name}_accepted_per_s"),
+            format!("{:.1}", out.accepted_per_s()),
+        );
+        rates.push(out.accepted_per_s());
+    }
+    print("auth_cache_speedup", format!("{:.1}", rates[1] / rates[0]));
+}
+
+/// Seed requests end to end under a full simulated call load: each accepted
+/// request is Originated, answered, read over FastAGI and hung up.
+async fn http_and_calls(args: &Args) {
+    let requests = args.pick(10_000, 50_000);
+    let (ami, stats) = asterisk::start_ami(CallMode::Full, Duration::ZERO).await;
+    let config = configure(&args.daemon, &args.work.join("http"), ami, 4096, "");
+    let voice_otp = Daemon::start(&args.daemon, &config);
+    // One request first, so the figures are the steady state and not the
+    // single bcrypt verify (~0.2 s) the first requests of a user wait for.
+    let warm = http_load::run(voice_otp.http, seed_targets(), 1, Stop::Requests(1), false).await;
+    let cpu_before = procfs::cpu_seconds(voice_otp.pid());
+    let start = Instant::now();
+    let mut out = http_load::run(
+        voice_otp.http,
+        seed_targets(),
+        32,
+        Stop::Requests(requests),
+        false,
+    )
+    .await;
+    print("http_requests", requests);
+    print(
+        "http_accepted_per_s",
+        format!("{:.0}", out.accepted_per_s()),
+    );
+    print("http_p50_ms", format!("{:.2}", out.latency_ms(0.50)));
+    print("http_p99_ms", format!("{:.2}", out.latency_ms(0.99)));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ended = || stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+    let expected = out.accepted + warm.accepted;
+    while ended() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = stats.last_hangup.lock().unwrap().unwrap_or(start);
+    let completed = stats.completed.load(Ordering::Relaxed);
+    print("calls_completed", completed);
+    print(
+        "calls_failed",
+        stats.failed.load(Ordering::Relaxed) + expected.saturating_sub(ended()),
+    );
+    print(
+        "calls_per_s",
+        format!("{:.0}", completed as f64 / (last - start).as_secs_f64()),
+    );
+    // CPU time is what a shared machine cannot blur: the daemon's own cost.
+    let cpu = procfs::cpu_seconds(voice_otp.pid()) - cpu_before;
+    print(
+        "daemon_cpu_ms_per_call",
+        format!("{:.3}", cpu * 1000.0 / completed.max(1) as f64),
+    );
+}
+
+/// Stores `n` calls through the seed API with a scripted Asterisk that
+/// answers but never runs FastAGI; returns their ids.
+async fn held_calls(voice_otp: &Daemon, n: u64) -> Vec<String> {
+    let out = http_load::run(voice_otp.http, seed_targets(), 32, Stop::Requests(n), true).await;
+    assert_eq!(
+        out.call_ids.len() as u64,
+        n,
+        "the daemon refused some seed requests"
+    );
+    out.call_ids
+}
+
+/// FastAGI OTP sessions/s: ours against the panoramisk reference, the same
+/// stored calls, the same load generator, sessions and concurrency.
+async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
+    let sessions = args.pick(1_000, 3_000);
+    let concurrency = 50;
+    let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
+    let config = configure(&args.daemon, &args.work.join("agi"), ami, 4096, "");
+    let voice_otp = Daemon::start(&args.daemon, &config);
+    let ids = Arc::new(held_calls(&voice_otp, sessions).await);
+    tokio::time::sleep(Duration::from_millis(500)).await; // every Originate sent
+    let cpu_before = procfs::cpu_seconds(voice_otp.pid());
+    let (ours_done, ours_secs, ours_flow) =
+        asterisk::agi_load(voice_otp.agi, ids.clone(), concurrency, Duration::ZERO).await;
+    let ours_cpu = procfs::cpu_seconds(voice_otp.pid()) - cpu_before;
+    drop(voice_otp);
+
+    let dir = args.work.join("panoramisk");
+    std::fs::create_dir_all(&dir).expect("panoramisk folder");
+    let ids_file = dir.join("ids");
+    std::fs::write(&ids_file, ids.join("\n")).expect("ids file");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("panoramisk_otp.py");
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir.join("reference.db"))
+        .arg(&ids_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("reference.log")).expect("log"))
+        .spawn()
+        .expect("start the panoramisk reference");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("reference ready line");
+    let addr = line
+        .trim()
+        .strip_prefix("ready agi=")
+        .and_then(|a| a.parse().ok());
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!(
+            "panoramisk reference did not start: {line:?} (see {})",
+            dir.join("reference.log").display()
+        );
+    };
+    let cpu_before = procfs::cpu_seconds(child.id());
+    let (ref_done, ref_secs, ref_flow) =
+        asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
+    let ref_cpu = procfs::cpu_seconds(child.id()) - cpu_before;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let ours = ours_done as f64 / ours_secs;
+    let reference = ref_done as f64 / ref_secs;
+    print("agi_sessions", sessions);
+    print("agi_ours_sessions_per_s", format!("{ours:.0}"));
+    print("agi_panoramisk_sessions_per_s", format!("{reference:.0}"));
+    print("agi_ours_completed", ours_done);
+    print("agi_panoramisk_completed", ref_done);
+    print(
+        "agi_same_flow",
+        if !ours_flow.is_empty() && ours_flow == ref_flow {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    if ours_flow != ref_flow {
+        eprintln!("flows differ:\n ours: {ours_flow:?}\n reference: {ref_flow:?}");
+    }
+    // Server CPU per session: what the load generator sharing the cores
+    // cannot blur.
+    let ours_ms = ours_cpu * 1000.0 / ours_done.max(1) as f64;
+    let ref_ms = ref_cpu * 1000.0 / ref_done.max(1) as f64;
+    print("agi_ours_cpu_ms_per_session", format!("{ours_ms:.3}"));
+    print("agi_panoramisk_cpu_ms_per_session", format!("{ref_ms:.3}"));
+    print("agi_cpu_vs_panoramisk", format!("{:.1}", ref_ms / ours_ms));
+    print("agi_vs_panoramisk", format!("{:.1}", ours / reference));
+}
+
+/// Daemon RSS growth per concurrent FastAGI session, at 5,000 sessions each
+/// waiting on its first command.
+async fn agi_memory(args: &Args) {
+    let sessions: usize = 5_000;
+    let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
+    let config = configure(
+        &args.daemon,
+        &args.work.join("memory"),
+        ami,
+        sessions + 100,
+        "",
+    );
+    let voice_otp = Daemon::start(&args.daemon, &config);
+    let ids = held_calls(&voice_otp, sessions as u64 + 100).await;
+    // Warm-up: a few sessions run to the end so every lazily built piece
+    // (prepared statements, buffers) exists before the baseline.
+    let warm: Vec<String> = ids[..100].to_vec();
+    asterisk::agi_load(voice_otp.agi, Arc::new(warm), 10, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = procfs::rss_bytes(voice_otp.pid());
+    let mut open = Vec::with_capacity(sessions);
+    let mut pending = tokio::task::JoinSet::new();
+    for id in &ids[100..] {
+        let (addr, id) = (voice_otp.agi, id.clone());
+        pending.spawn(async move { asterisk::agi_hold(addr, &id).await });
+        while pending.len() >= 200 {
+            if let Some(Ok(Ok(stream))) = pending.join_next().await {
+                open.push(stream);
+            }
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        if let Ok(Ok(stream)) = done {
+            open.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procfs::rss_bytes(voice_otp.pid());
+    print("agi_open_sessions", open.len());
+    print("agi_rss_before_kib", before / 1024);
+    print("agi_rss_after_kib", after / 1024);
+    print(
+        "agi_bytes_per_session",
+        after.saturating_sub(before) / open.len().max(1) as u64,
+    );
+}

@@ -1,0 +1,241 @@
+//! API user authentication: name + password against the stored bcrypt hash.
+//!
+//! Every outcome the caller sees is the same (`None`): unknown user, wrong
+//! password, disabled user. An unknown user still costs one bcrypt verify
+//! (against a dummy hash) so response time does not tell which names exist.
+//! bcrypt runs on the blocking pool: at cost 12 one verify is ~0.2 s of CPU,
+//! so at most one verify per core runs at a time (a flood of wrong passwords
+//! queues instead of taking every thread), and credentials that passed are
+//! remembered by [`CredentialCache`] for the next requests.
+
+mod cache;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Semaphore;
+
+pub use cache::CredentialCache;
+
+use crate::store::{Db, StoreError, User};
+
+/// bcrypt reads at most 72 bytes including a terminating NUL; we refuse
+/// longer passwords instead of silently ignoring their tail.
+pub const MAX_PASSWORD_BYTES: usize = 71;
+
+/// Checks credentials against the user table.
+#[derive(Clone)]
+pub struct Authenticator {
+    db: Db,
+    dummy_hash: Arc<String>,
+    cache: Arc<CredentialCache>,
+    /// One permit per core: bcrypt verifies allowed to run at once.
+    verifiers: Arc<Semaphore>,
+    verifies: Arc<AtomicU64>,
+}
+
+impl Authenticator {
+    /// `cost` is used for the dummy hash, so unknown users take as long as
+    /// known ones. Remembers nothing until given a cache ([`Self::with_cache`]).
+    pub fn new(db: Db, cost: u32) -> Result<Authenticator, bcrypt::BcryptError> {
+        let random: [u8; 16] = rand::random();
+        let dummy_hash = bcrypt::hash(random, cost)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Authenticator {
+            db,
+            dummy_hash: Arc::new(dummy_hash),
+            cache: Arc::new(CredentialCache::disabled()),
+            verifiers: Arc::new(Semaphore::new(cores)),
+            verifies: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Remembers verified credentials in `cache`.
+    pub fn with_cache(mut self, cache: CredentialCache) -> Authenticator {
+        self.cache = Arc::new(cache);
+        self
+    }
+
+    /// The user if `name`/`password` are right and the user is enabled.
+    ///
+    /// The user row is read on every call, so a password changed, a user
+    /// disabled or removed (by the CLI too) counts from the next request on,
+    /// cache or not. Only a match of an enabled user is remembered.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>, StoreError> {
+        let lookup = name.to_owned();
+        let user = self.db.run(move |s| s.user(&lookup)).await?;
+        if self.remembered(user.as_ref(), password) {
+            tracing::debug!(user = name, "credentials accepted from the cache");
+            return Ok(user);
+        }
+        // Held by the blocking task itself, so a client that goes away does
+        // not free a core that bcrypt is still using.
+        let permit = self.verifiers.clone().acquire_owned().await.map_err(|e| StoreError::Task(e.to_string()))?;
+        // While we queued, a request with the same credentials may have
+        // verified them.
+        if self.remembered(user.as_ref(), password) {
+            return Ok(user);
+        }
+        let (user_name, hash, enabled) = match &user {
+            Some(u) => (u.name.clone(), u.password_hash.clone(), u.enabled),
+            None => (String::new(), self.dummy_hash.as_ref().clone(), false),
+        };
+        let candidate = password.to_owned();
+        let cache = self.cache.clone();
+        self.verifies.fetch_add(1, Ordering::Relaxed);
+        let matches = tokio::task::spawn_blocking(move || {
+            let matches = verify_password(&candidate, &hash);
+            // Remembered before the permit goes, so the requests queued
+            // behind this one with the same credentials find it.
+            if matches && enabled {
+                cache.remember(&user_name, &hash, &candidate);
+            }
+            drop(permit);
+            matches
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let user = user.filter(|u| matches && u.enabled);
+        tracing::debug!(user = name, accepted = user.is_some(), "credentials checked with bcrypt");
+        Ok(user)
+    }
+
+    /// bcrypt verifies run so far (cache hits run none).
+    pub fn verifies(&self) -> u64 {
+        self.verifies.load(Ordering::Relaxed)
+    }
+
+    fn remembered(&self, user: Option<&User>, password: &str) -> bool {
+        user.is_some_and(|u| u.enabled && self.cache.verified(&u.name, &u.password_hash, password))
+    }
+}
+
+/// True if `password` matches `hash`; over-long passwords never match.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    password.len() <= MAX_PASSWORD_BYTES && bcrypt::non_truncating_verify(password, hash).unwrap_or(false)
+}
+
+/// Hashes a new password, refusing what bcrypt could not hold whole.
+pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
+    if password.is_empty() {
+        return Err("password must not be empty".into());
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!("password must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt ignores the rest)"));
+    }
+    bcrypt::non_truncating_hash(password, cost).map_err(|e| format!("cannot hash password: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// Users `acme1` (enabled) and `off` (disabled), both with `s3cret-pass`.
+    fn two_users() -> Db {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
+        store.add_user("off", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
+        store.set_enabled("off", false).unwrap();
+        Db::new(store)
+    }
+
+    #[tokio::test]
+    async fn right_wrong_unknown_disabled() {
+        let auth = Authenticator::new(two_users(), 4).unwrap();
+        assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
+        assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
+        assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
+        assert!(auth.authenticate("off", "s3cret-pass").await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &"s".repeat(100)).await.unwrap().is_none());
+    }
+
+    fn cached(db: Db) -> Authenticator {
+        Authenticator::new(db, 4).unwrap().with_cache(CredentialCache::new(std::time::Duration::from_secs(300), 100))
+    }
+
+    #[tokio::test]
+    async fn second_request_is_served_from_the_cache() {
+        let auth = cached(two_users());
+        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), 1);
+        for _ in 0..5 {
+            assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
+        }
+        assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
+    }
+
+    #[tokio::test]
+    async fn failures_are_never_remembered() {
+        let auth = cached(two_users());
+        for _ in 0..2 {
+            assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
+            assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
+            assert!(auth.authenticate("off", "s3cret-pass").await.unwrap().is_none());
+        }
+        assert_eq!(auth.verifies(), 6, "every failure costs a verify: none was cached");
+        // The right password after wrong ones still works (and is cached).
+        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), 7);
+    }
+
+    /// Changes made through another connection - what the CLI does while the
+    /// daemon runs - count from the next request on.
+    #[tokio::test]
+    async fn passwd_disable_remove_from_another_connection_drop_the_entry() {
+        let dir = std::env::temp_dir().join(format!("voice-otp-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("auth.db");
+        let mut cli = Store::open(&path).unwrap();
+        cli.add_user("acme1", &hash_password("old-pass", 4).unwrap()).unwrap();
+        let auth = cached(Db::new(Store::open(&path).unwrap()));
+        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), 1);
+
+        cli.set_password("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
+        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), 3);
+
+        cli.set_enabled("acme1", false).unwrap();
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
+        cli.set_enabled("acme1", true).unwrap();
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+
+        cli.remove_user("acme1").unwrap();
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
+        // Re-created with the same password: a new salt, so a fresh verify.
+        let before = auth.verifies();
+        cli.add_user("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
+        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), before + 1);
+        drop(cli);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_verify_once_per_core_at_most() {
+        let auth = cached(two_users());
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        assert!(auth.verifies() <= cores, "{} verifies for one password", auth.verifies());
+    }
+
+    #[test]
+    fn refuses_passwords_bcrypt_would_truncate() {
+        assert!(hash_password(&"x".repeat(72), 4).is_err());
+        assert!(hash_password("", 4).is_err());
+        assert!(hash_password(&"x".repeat(71), 4).is_ok());
+    }
+}
