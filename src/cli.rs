@@ -179,7 +179,9 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             let secret = store.rotate_webhook_secret(&name).map_err(db)?;
             println!("added user {name}");
             println!("webhook_secret={secret}");
-            eprintln!("note: the webhook signing secret is shown only now; `user webhook {name} --rotate-secret` makes a new one");
+            eprintln!(
+                "note: the webhook signing secret is shown only now; `user webhook {name} --rotate-secret` makes a new one"
+            );
         }
         UserCommand::List => {
             println!(
@@ -314,9 +316,9 @@ fn defaults_change(
     let language = language
         .map(|l| match l {
             "default" => Ok(None),
-            l => check_language(l, cfg).map(Some).map_err(|_| {
-                format!("--language must be one of: {}, default", cfg.languages.join(", "))
-            }),
+            l => check_language(l, cfg)
+                .map(Some)
+                .map_err(|_| format!("--language must be one of: {}, default", cfg.languages.join(", "))),
         })
         .transpose()?;
     let require_keypress = require_keypress
@@ -338,12 +340,18 @@ fn sounds_check(cfg: &CallConfig, dir: &std::path::Path) -> CliResult {
     for s in &report {
         match &s.found {
             Some(path) => println!("ok      {:<6} {:<24} {}", s.language, s.name, path.display()),
-            None => println!("MISSING {:<6} {:<24} {}", s.language, s.name, dir.join(&s.language).join(&s.name).display()),
+            None => {
+                println!("MISSING {:<6} {:<24} {}", s.language, s.name, dir.join(&s.language).join(&s.name).display())
+            }
         }
     }
     let missing = report.iter().filter(|s| s.found.is_none()).count();
     if missing > 0 {
-        return Err(format!("{missing} of {} sounds missing in {} (see sounds/README.md)", report.len(), dir.display()));
+        return Err(format!(
+            "{missing} of {} sounds missing in {} (see sounds/README.md)",
+            report.len(),
+            dir.display()
+        ));
     }
     println!("all {} sounds present for {}", report.len(), cfg.languages.join(", "));
     Ok(())
@@ -390,12 +398,7 @@ pub fn format_ms(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -422,7 +425,10 @@ mod tests {
     fn user_set_flags() {
         let cfg = CallConfig::default();
         let change = defaults_change(&cfg, Some("ur"), Some("1")).unwrap();
-        assert_eq!(change, UserDefaultsChange { language: Some(Some("ur".into())), require_keypress: Some(Some(true)) });
+        assert_eq!(
+            change,
+            UserDefaultsChange { language: Some(Some("ur".into())), require_keypress: Some(Some(true)) }
+        );
         let change = defaults_change(&cfg, Some("default"), None).unwrap();
         assert_eq!(change, UserDefaultsChange { language: Some(None), require_keypress: None });
         assert_eq!(defaults_change(&cfg, Some("fr"), None).unwrap_err(), "--language must be one of: en, ur, default");

@@ -95,12 +95,7 @@ pub struct AmiConfigSection {
 impl Default for AmiConfigSection {
     fn default() -> Self {
         // The sandbox's AMI user (asterisk-conf/sandbox/manager.conf).
-        Self {
-            host: "127.0.0.1".into(),
-            port: 5038,
-            username: "voice-otp".into(),
-            secret: "voice-otp-sandbox".into(),
-        }
+        Self { host: "127.0.0.1".into(), port: 5038, username: "voice-otp".into(), secret: "voice-otp-sandbox".into() }
     }
 }
 
@@ -484,10 +479,10 @@ impl Config {
             let config = Config::default();
             return config.checked(Path::new("<defaults>"));
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config = Config::from_toml(&text)
-            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config =
+            Config::from_toml(&text).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         if config.database.path.is_relative() {
             if let Some(dir) = path.parent() {
                 config.database.path = dir.join(&config.database.path);
@@ -659,7 +654,8 @@ mod tests {
             let err = c.checked(Path::new("x")).unwrap_err().to_string();
             assert!(err.contains(needle), "{toml}: {err}");
         }
-        let c = Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
+        let c =
+            Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
         assert!(c.checked(Path::new("x")).is_ok());
     }
 

@@ -94,8 +94,8 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let path = config.database.path.clone();
-        let store = Store::open(&path)
-            .map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
+        let store =
+            Store::open(&path).map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
         let db = Db::new(store);
         let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost)
             .map_err(|e| StartError::Auth(e.to_string()))?
@@ -104,9 +104,11 @@ impl Daemon {
                 config.auth.cache_max_users,
             ));
 
-        let http = TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http.listen, source })?;
+        let http = TcpListener::bind(config.http.listen).await.map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http.listen,
+            source,
+        })?;
         let agi = AgiServer::bind(config.agi.listen)
             .await
             .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?

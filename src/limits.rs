@@ -134,16 +134,10 @@ impl Limits {
         let mut by_ip = lock(&self.failures_by_ip);
         let user_key = name.to_owned();
         if let Err(wait) = by_user.check(&user_key, now) {
-            return Err(too_many(
-                "too many failed logins for this user name (limits.login_failures_per_user)",
-                wait,
-            ));
+            return Err(too_many("too many failed logins for this user name (limits.login_failures_per_user)", wait));
         }
         if let Err(wait) = by_ip.check(&client, now) {
-            return Err(too_many(
-                "too many failed logins from this address (limits.login_failures_per_ip)",
-                wait,
-            ));
+            return Err(too_many("too many failed logins from this address (limits.login_failures_per_ip)", wait));
         }
         by_user.record(user_key.clone(), now);
         by_ip.record(client, now);
@@ -229,10 +223,8 @@ impl NumberQuota {
             return Ok(Err(too_many(&description, wait(calls.oldest_recent, window_ms))));
         }
         if self.per_day > 0 && calls.since >= self.per_day {
-            let description = format!(
-                "limit of {} calls per day to this number reached (limits.number_calls_per_day)",
-                self.per_day
-            );
+            let description =
+                format!("limit of {} calls per day to this number reached (limits.number_calls_per_day)", self.per_day);
             return Ok(Err(too_many(&description, wait(calls.oldest_since, day_ms))));
         }
         Ok(Ok(()))
@@ -545,14 +537,18 @@ mod tests {
     #[test]
     fn number_quota_counts_stored_calls_in_both_windows() {
         let (mut store, user) = store_with_user();
-        let quota = limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
-            .number_quota();
+        let quota =
+            limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
+                .number_quota();
         let number = "+923001234567";
         let insert = |store: &mut Store, at: i64| {
             let id = CallId::generate();
             let options = crate::call::options::CallOptions { language: "en".into(), require_keypress: false };
             store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
-            store.conn_for_tests().execute("UPDATE calls SET created_at = ?1 WHERE id = ?2", (at, id.as_str())).unwrap();
+            store
+                .conn_for_tests()
+                .execute("UPDATE calls SET created_at = ?1 WHERE id = ?2", (at, id.as_str()))
+                .unwrap();
         };
         let t = 1_000_000_000_000;
         insert(&mut store, t);

@@ -108,7 +108,11 @@ impl Metrics {
         let agi_sessions = Gauge::default();
         registry.register("agi_sessions_active", "FastAGI sessions reading a code now", agi_sessions.clone());
         let webhooks_pending = Gauge::default();
-        registry.register("webhooks_pending", "Webhook deliveries not yet delivered nor given up", webhooks_pending.clone());
+        registry.register(
+            "webhooks_pending",
+            "Webhook deliveries not yet delivered nor given up",
+            webhooks_pending.clone(),
+        );
         Metrics {
             registry,
             http_requests,

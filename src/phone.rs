@@ -173,9 +173,7 @@ impl NumberTemplate {
             if open > 0 {
                 parts.push(Part::Text(rest[..open].to_owned()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unmatched `{{` in template `{template}`"))?;
+            let close = rest[open..].find('}').ok_or_else(|| format!("unmatched `{{` in template `{template}`"))?;
             let name = &rest[open + 1..open + close];
             parts.push(match name {
                 "e164" => Part::E164,
@@ -239,7 +237,9 @@ mod tests {
 
     #[test]
     fn sandbox_numbers_are_valid() {
-        for n in ["03000000017", "03000000019", "03000000021", "03000000001", "03000000034", "03000000016", "03000000049"] {
+        for n in
+            ["03000000017", "03000000019", "03000000021", "03000000001", "03000000034", "03000000016", "03000000049"]
+        {
             let p = PhoneNumber::parse(n, pk()).unwrap_or_else(|e| panic!("{n}: {e}"));
             assert_eq!(p.national(), n);
         }
@@ -257,8 +257,18 @@ mod tests {
     #[test]
     fn refuses_bad_characters() {
         for input in [
-            "", "+", "00", "0300 1234567", "0300-1234567", "0300123456a", "0300\r\n1234567", "03001234567\n",
-            "+92+3001234567", "(0300)1234567", "０３００１２３４５６７", "tel:+923001234567",
+            "",
+            "+",
+            "00",
+            "0300 1234567",
+            "0300-1234567",
+            "0300123456a",
+            "0300\r\n1234567",
+            "03001234567\n",
+            "+92+3001234567",
+            "(0300)1234567",
+            "０３００１２３４５６７",
+            "tel:+923001234567",
         ] {
             assert_eq!(PhoneNumber::parse(input, pk()), Err(NumberError::Characters), "{input:?}");
         }

@@ -14,13 +14,15 @@ use support::webhook_receiver::Receiver;
 const PASSWORD: &str = "correct-horse-9";
 
 /// Test config: fast webhook retries, loopback receivers allowed.
-const WEBHOOKS: &str = "[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n";
+const WEBHOOKS: &str =
+    "[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n";
 
 /// For tests that call one number more than `limits.number_calls_per_window` (3) times.
 const NO_NUMBER_QUOTAS: &str = "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
 
 async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon, String) {
-    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let fake =
+        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
     let config = write_config(&dir.0, fake.addr(), &format!("{WEBHOOKS}{extra}"));
     let (daemon, secret) = tokio::task::block_in_place(|| {
@@ -63,8 +65,18 @@ async fn wait_status(daemon: &Daemon, id: &str, status: &str) -> serde_json::Val
 async fn create_show_list_and_errors_name_the_field() {
     // Five calls to one number: its quotas (3 per 10 min) are off here and
     // tested on their own below.
-    let (_dir, fake, daemon, _) = setup("v1-basics", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, NO_NUMBER_QUOTAS).await;
-    let resp = api(&daemon, "POST", "/v1/calls", Some(r#"{"number":"03001234567","code":"482915","language":"ur","require_keypress":true}"#));
+    let (_dir, fake, daemon, _) = setup(
+        "v1-basics",
+        FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() },
+        NO_NUMBER_QUOTAS,
+    )
+    .await;
+    let resp = api(
+        &daemon,
+        "POST",
+        "/v1/calls",
+        Some(r#"{"number":"03001234567","code":"482915","language":"ur","require_keypress":true}"#),
+    );
     assert_eq!(resp.status, 202, "{}", resp.body);
     let call = resp.json();
     let id = call["id"].as_str().unwrap().to_owned();
@@ -119,7 +131,12 @@ async fn create_show_list_and_errors_name_the_field() {
         ("POST", r#"{"number":"0300123","code":"1234"}"#, 400, Some("number")),
         ("POST", r#"{"number":"03001234567","code":"12"}"#, 400, Some("code")),
         ("POST", r#"{"number":"03001234567","code":1234}"#, 400, Some("code")),
-        ("POST", r#"{"number":"03001234567","code":"1234","callback_url":"ftp://x.example/"}"#, 400, Some("callback_url")),
+        (
+            "POST",
+            r#"{"number":"03001234567","code":"1234","callback_url":"ftp://x.example/"}"#,
+            400,
+            Some("callback_url"),
+        ),
         ("POST", r#"{"number":"03001234567","code":"1234","require_keypress":"yes"}"#, 400, Some("require_keypress")),
         ("POST", r#"{"number":"03001234567","code":"1234","colour":"red"}"#, 400, Some("colour")),
         ("POST", r#"["number"]"#, 400, None),
@@ -142,17 +159,26 @@ async fn create_show_list_and_errors_name_the_field() {
     // Option errors name the field and the values that would do.
     for (body, field, detail) in [
         (r#"{"number":"03001234567","code":"1234","language":"fr"}"#, "language", "language must be one of: en, ur"),
-        (r#"{"number":"03001234567","code":"1234","require_keypress":1}"#, "require_keypress", "require_keypress must be one of: true, false"),
+        (
+            r#"{"number":"03001234567","code":"1234","require_keypress":1}"#,
+            "require_keypress",
+            "require_keypress must be one of: true, false",
+        ),
     ] {
         let p = api(&daemon, "POST", "/v1/calls", Some(body)).json();
-        assert_eq!((p["status"].as_u64(), p["field"].as_str(), p["detail"].as_str()), (Some(400), Some(field), Some(detail)), "{p}");
+        assert_eq!(
+            (p["status"].as_u64(), p["field"].as_str(), p["detail"].as_str()),
+            (Some(400), Some(field), Some(detail)),
+            "{p}"
+        );
     }
     let resp = api(&daemon, "GET", "/v1/calls?cursor=garbage", None);
     assert_eq!(resp.json()["field"], "cursor");
 
     // Credentials: missing, wrong, unknown - 401 with the challenge.
     for (user, password) in [("acme1", "wrong"), ("ghost", PASSWORD)] {
-        let resp = tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", user, password, None));
+        let resp =
+            tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", user, password, None));
         assert_eq!(resp.status, 401);
         assert_eq!(resp.header("www-authenticate"), Some("Basic realm=\"voice-otp\""));
         assert_eq!(resp.header("content-type"), Some("application/problem+json"));
@@ -161,9 +187,8 @@ async fn create_show_list_and_errors_name_the_field() {
     assert_eq!(resp.status, 401);
     let resp = tokio::task::block_in_place(|| http::send(daemon.http, "POST", "/v1/calls", "text/plain", b"x"));
     assert_eq!(resp.status, 401, "credentials come before the body");
-    let resp = tokio::task::block_in_place(|| {
-        http::with_basic(daemon.http, "DELETE", "/v1/calls", "acme1", PASSWORD, None)
-    });
+    let resp =
+        tokio::task::block_in_place(|| http::with_basic(daemon.http, "DELETE", "/v1/calls", "acme1", PASSWORD, None));
     assert_eq!((resp.status, resp.header("allow")), (405, Some("GET, POST")));
     // The refused requests above placed no call: five good ones, five Originates.
     assert_eq!(fake.count("Originate"), 5);
@@ -171,11 +196,19 @@ async fn create_show_list_and_errors_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
-    let (_dir, fake, daemon, _) = setup("v1-cancel", FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() }, "").await;
+    let (_dir, fake, daemon, _) =
+        setup("v1-cancel", FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() }, "")
+            .await;
     let id = create(&daemon, r#"{"number":"03001234567","code":"482915"}"#)["id"].as_str().unwrap().to_owned();
     wait_status(&daemon, &id, "dialing").await;
-    fake.emit_event(&[("Event", "Newstate"), ("Privilege", "call,all"), ("Channel", "PJSIP/carrier-00000001"),
-        ("ChannelState", "5"), ("ChannelStateDesc", "Ringing"), ("Uniqueid", &id)]);
+    fake.emit_event(&[
+        ("Event", "Newstate"),
+        ("Privilege", "call,all"),
+        ("Channel", "PJSIP/carrier-00000001"),
+        ("ChannelState", "5"),
+        ("ChannelStateDesc", "Ringing"),
+        ("Uniqueid", &id),
+    ]);
     let ringing = wait_status(&daemon, &id, "ringing").await;
     assert!(ringing["ringing_at"].is_string());
     let other = api_as(&daemon, "other1", "POST", &format!("/v1/calls/{id}/cancel"), None);
@@ -186,7 +219,13 @@ async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
     let hangup = fake.wait_for_action("Hangup", Duration::from_secs(10)).await.expect("a Hangup action");
     assert_eq!(hangup.get("Channel"), Some(id.as_str()));
     // Asterisk's late events do not revive it, and a second cancel is a conflict.
-    fake.emit_event(&[("Event", "Hangup"), ("Privilege", "call,all"), ("Uniqueid", &id), ("Cause", "16"), ("Cause-txt", "Normal Clearing")]);
+    fake.emit_event(&[
+        ("Event", "Hangup"),
+        ("Privilege", "call,all"),
+        ("Uniqueid", &id),
+        ("Cause", "16"),
+        ("Cause-txt", "Normal Clearing"),
+    ]);
     let again = api(&daemon, "POST", &format!("/v1/calls/{id}/cancel"), None);
     assert_eq!((again.status, again.header("content-type")), (409, Some("application/problem+json")));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -209,20 +248,31 @@ async fn a_call_not_dialled_before_its_deadline_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_in_order_and_retried_after_failures() {
-    let (_dir, _fake, daemon, secret) = setup("v1-hooks", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    let (_dir, _fake, daemon, secret) =
+        setup("v1-hooks", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "")
+            .await;
     // The receiver fails the first two attempts.
     let receiver = Receiver::start(&[500, 503]);
-    let call = create(&daemon, &format!(r#"{{"number":"03001234567","code":"482915","callback_url":"{}"}}"#, receiver.url("hook")));
+    let call = create(
+        &daemon,
+        &format!(r#"{{"number":"03001234567","code":"482915","callback_url":"{}"}}"#, receiver.url("hook")),
+    );
     let id = call["id"].as_str().unwrap().to_owned();
     let last = tokio::task::block_in_place(|| {
         receiver.wait_for(Duration::from_secs(30), |r| r.answered == 200 && r.json()["status"] == "failed")
     });
     assert_eq!(last.json()["reason"], "busy");
     let all = receiver.received();
-    let statuses: Vec<(String, u16)> = all.iter().map(|r| (r.json()["status"].as_str().unwrap().to_owned(), r.answered)).collect();
+    let statuses: Vec<(String, u16)> =
+        all.iter().map(|r| (r.json()["status"].as_str().unwrap().to_owned(), r.answered)).collect();
     assert_eq!(
         statuses,
-        [("dialing".to_owned(), 500), ("dialing".to_owned(), 503), ("dialing".to_owned(), 200), ("failed".to_owned(), 200)],
+        [
+            ("dialing".to_owned(), 500),
+            ("dialing".to_owned(), 503),
+            ("dialing".to_owned(), 200),
+            ("failed".to_owned(), 200)
+        ],
         "retried, in order, the later change held back"
     );
     for r in &all {
@@ -246,11 +296,14 @@ async fn webhooks_are_signed_in_order_and_retried_after_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_webhooks_survive_a_restart_and_defaults_come_from_the_user() {
-    let (dir, _fake, mut daemon, secret) = setup("v1-restart", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    let (dir, _fake, mut daemon, secret) =
+        setup("v1-restart", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "")
+            .await;
     // Pick a port, then close it: deliveries fail until the receiver exists.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/default");
-    let (ok, out, err) = tokio::task::block_in_place(|| cli(&daemon.config, &["user", "webhook", "acme1", "--url", &url], ""));
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| cli(&daemon.config, &["user", "webhook", "acme1", "--url", &url], ""));
     assert!(ok && out.contains(&url), "{out} {err}");
     let id = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
     wait_status(&daemon, &id, "failed").await;
@@ -262,22 +315,27 @@ async fn pending_webhooks_survive_a_restart_and_defaults_come_from_the_user() {
     let receiver = Receiver::start_on(listener, &[]);
     let config = dir.0.join("voice-otp.toml");
     let _restarted = tokio::task::block_in_place(|| Daemon::start(&config));
-    let failed = tokio::task::block_in_place(|| receiver.wait_for(Duration::from_secs(30), |r| r.json()["status"] == "failed"));
+    let failed =
+        tokio::task::block_in_place(|| receiver.wait_for(Duration::from_secs(30), |r| r.json()["status"] == "failed"));
     assert!(failed.signed_with(&secret));
-    let statuses: Vec<String> = receiver.received().iter().map(|r| r.json()["status"].as_str().unwrap().to_owned()).collect();
+    let statuses: Vec<String> =
+        receiver.received().iter().map(|r| r.json()["status"].as_str().unwrap().to_owned()).collect();
     assert_eq!(statuses, ["dialing", "failed"]);
     drop(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
-    let (dir, _fake, mut first, _) = setup("v1-ops", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    let (dir, _fake, mut first, _) =
+        setup("v1-ops", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
     // A call that ended 40 days ago, put there while the daemon is down:
     // housekeeping runs at start (then every minute) and must remove it.
     tokio::task::block_in_place(|| first.terminate());
     let db = dir.0.join("test.db");
     let old = "0123456789abcdef0123456789abcdef";
-    let forty_days_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64) - 40 * 86_400_000;
+    let forty_days_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        as i64)
+        - 40 * 86_400_000;
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute(
@@ -331,7 +389,12 @@ async fn the_seed_apis_limits_apply_as_problems() {
     let busy = FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() };
     let (_dir, fake, daemon, _) = setup("v1-limits", busy, extra).await;
     let limited = |resp: &Response, rule: &str| {
-        assert_eq!((resp.status, resp.header("content-type")), (429, Some("application/problem+json")), "{}", resp.body);
+        assert_eq!(
+            (resp.status, resp.header("content-type")),
+            (429, Some("application/problem+json")),
+            "{}",
+            resp.body
+        );
         let p = resp.json();
         assert_eq!(p["title"], "Too Many Requests");
         assert!(p["detail"].as_str().is_some_and(|d| d.contains(rule) && !d.starts_with("Too Many")), "{p}");
@@ -347,7 +410,10 @@ async fn the_seed_apis_limits_apply_as_problems() {
     limited(&resp, "limits.number_calls_per_window");
     // 5: the seed API counts the same calls, and the same user's requests.
     let seed = tokio::task::block_in_place(|| {
-        http::get(daemon.http, &format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password={PASSWORD}"))
+        http::get(
+            daemon.http,
+            &format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password={PASSWORD}"),
+        )
     });
     assert_eq!(seed.status, 429, "{}", seed.body);
     assert!(seed.body.contains("limits.number_calls_per_window"), "{}", seed.body);
@@ -367,7 +433,8 @@ async fn the_seed_apis_limits_apply_as_problems() {
     // Two wrong passwords lock the name: then even the right one gets 429
     // without a password check.
     for _ in 0..2 {
-        let resp = tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", "other1", "wrong", None));
+        let resp =
+            tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", "other1", "wrong", None));
         assert_eq!(resp.status, 401);
     }
     limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user");

@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 const PASSWORD: &str = "correct-horse-9";
 
 async fn setup(name: &str, script: FakeScript) -> (TempDir, FakeAmi, Daemon) {
-    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let fake =
+        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
     // Short pauses: these tests look at the order of commands, not at pacing.
     // These tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
@@ -82,7 +83,8 @@ async fn agi_session_pressing(
         commands.push(line.clone());
         if hang_up_after.is_some_and(|n| commands.len() > n) {
             // The channel is gone: Asterisk says HANGUP, then 511 to the command.
-            let _ = write.write_all(b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n").await;
+            let _ =
+                write.write_all(b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n").await;
             continue;
         }
         let reply = match press {
@@ -241,7 +243,8 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
 
     // A key at the first prompt: the code is read.
     let id = place_call(&daemon, "03001234567", "4821");
-    let commands = agi_session_pressing(daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press_any_key", '#'))).await;
+    let commands =
+        agi_session_pressing(daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press_any_key", '#'))).await;
     assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 8);
     let call = final_call(&daemon, &id);
     assert_eq!((call["status"].as_str(), call["keys"].as_str()), ("completed", "#"), "{call:?}");

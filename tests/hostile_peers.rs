@@ -18,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 const PASSWORD: &str = "correct-horse-9";
 
 async fn setup(name: &str, script: FakeScript, http_keys: &str, extra: &str) -> (TempDir, FakeAmi, Daemon) {
-    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let fake =
+        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
     let extra = format!("[call]\nanswer_pause_ms = 10\ndigit_pause_ms = 10\nreading_pause_ms = 10\n\n{extra}");
     let config = write_config_with_http(&dir.0, fake.addr(), http_keys, &extra);
@@ -93,10 +94,23 @@ fn malformed_requests() -> Vec<Vec<u8>> {
         out.push(format!("{method} /outbound.cgi HTTP/1.1\r\n{close}\r\n").into_bytes());
     }
     for target in [
-        "/", "/outbound", "/outbound.cgi/", "/OUTBOUND.CGI", "/../etc/passwd", "/outbound.cgi%00",
-        "/outbound.cgi?number=%", "/outbound.cgi?number=%zz&code=%", "/outbound.cgi?%%%%", "/outbound.cgi?&&&&=&=",
-        "/outbound.cgi?number=%C0%AF", "/outbound.cgi?code=%0D%0A%0D%0A", "/outbound.cgi?username=%00",
-        "*", "http://evil.example/outbound.cgi", "//outbound.cgi", "/outbound.cgi#frag",
+        "/",
+        "/outbound",
+        "/outbound.cgi/",
+        "/OUTBOUND.CGI",
+        "/../etc/passwd",
+        "/outbound.cgi%00",
+        "/outbound.cgi?number=%",
+        "/outbound.cgi?number=%zz&code=%",
+        "/outbound.cgi?%%%%",
+        "/outbound.cgi?&&&&=&=",
+        "/outbound.cgi?number=%C0%AF",
+        "/outbound.cgi?code=%0D%0A%0D%0A",
+        "/outbound.cgi?username=%00",
+        "*",
+        "http://evil.example/outbound.cgi",
+        "//outbound.cgi",
+        "/outbound.cgi#frag",
     ] {
         out.push(format!("GET {target} HTTP/1.1\r\n{close}\r\n").into_bytes());
     }
@@ -146,11 +160,23 @@ fn malformed_requests() -> Vec<Vec<u8>> {
         );
     }
     let big = "n".repeat(9000);
-    out.push(format!("POST /outbound.cgi HTTP/1.1\r\n{close}Content-Type: {form}\r\nContent-Length: 9000\r\n\r\n{big}").into_bytes());
+    out.push(
+        format!("POST /outbound.cgi HTTP/1.1\r\n{close}Content-Type: {form}\r\nContent-Length: 9000\r\n\r\n{big}")
+            .into_bytes(),
+    );
     // Well-formed requests with hostile values in every field.
-    for value in ["%27%20OR%201=1--", "%3Cscript%3E", "%0D%0AAction:%20Originate", "%FF%FE%FD", "999999999999999999999", "-1", "0x10"] {
+    for value in [
+        "%27%20OR%201=1--",
+        "%3Cscript%3E",
+        "%0D%0AAction:%20Originate",
+        "%FF%FE%FD",
+        "999999999999999999999",
+        "-1",
+        "0x10",
+    ] {
         for field in ["number", "code", "username", "password"] {
-            let target = format!("/outbound.cgi?number=03001234567&code=4829&username=acme1&password=nope&{field}={value}");
+            let target =
+                format!("/outbound.cgi?number=03001234567&code=4829&username=acme1&password=nope&{field}={value}");
             out.push(format!("GET {target} HTTP/1.1\r\n{close}\r\n").into_bytes());
         }
     }
@@ -192,7 +218,9 @@ async fn hundreds_of_malformed_http_requests_get_4xx_and_the_daemon_stays_health
     let wrong: Vec<String> = answers
         .iter()
         .filter(|(_, status)| !status.is_some_and(|s| (400..500).contains(&s)))
-        .map(|(i, status)| format!("{status:?} for {:?}", String::from_utf8_lossy(&requests[*i][..requests[*i].len().min(80)])))
+        .map(|(i, status)| {
+            format!("{status:?} for {:?}", String::from_utf8_lossy(&requests[*i][..requests[*i].len().min(80)]))
+        })
         .collect();
     assert!(wrong.is_empty(), "{} not answered 4xx:\n{}", wrong.len(), wrong.join("\n"));
 

@@ -42,34 +42,134 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
         (format!("/outbound.cgi?number=&code=482915{ok_rest}"), 400, "Bad Request: number is empty"),
         (format!("/outbound.cgi?number=03001234567{ok_rest}"), 400, "Bad Request: code is required"),
         (format!("/outbound.cgi?number=03001234567&code={ok_rest}"), 400, "Bad Request: code is empty"),
-        (format!("/outbound.cgi?number=03001234567&code=1234&code=5678{ok_rest}"), 400, "Bad Request: code is given more than once"),
-        (format!("/outbound.cgi?number=03001234567&number=03001234568&code=1234{ok_rest}"), 400, "Bad Request: number is given more than once"),
-        (format!("/outbound.cgi?number=03001234567&code=1234&password={PASSWORD}"), 400, "Bad Request: username is required"),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234&code=5678{ok_rest}"),
+            400,
+            "Bad Request: code is given more than once",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&number=03001234568&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number is given more than once",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234&password={PASSWORD}"),
+            400,
+            "Bad Request: username is required",
+        ),
         ("/outbound.cgi?number=03001234567&code=1234&username=acme1".into(), 400, "Bad Request: password is required"),
-        (format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&username=acme1&password={PASSWORD}"), 400, "Bad Request: username is given more than once"),
-        (format!("/outbound.cgi?number=03001234567&code=123{ok_rest}"), 400, "Bad Request: code must be 4 to 20 digits long"),
-        (format!("/outbound.cgi?number=03001234567&code=123456789012345678901{ok_rest}"), 400, "Bad Request: code must be 4 to 20 digits long"),
-        (format!("/outbound.cgi?number=03001234567&code=12a4{ok_rest}"), 400, "Bad Request: code must contain only digits 0-9"),
-        (format!("/outbound.cgi?number=03001234567&code=1234%0D%0AAction:%20Logoff{ok_rest}"), 400, "Bad Request: code must contain only digits 0-9"),
-        (format!("/outbound.cgi?number=0300%201234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
-        (format!("/outbound.cgi?number=0300+1234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
-        (format!("/outbound.cgi?number=0300123456a&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
-        (format!("/outbound.cgi?number=03001234567%0D%0AAction:%20Originate&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
-        (format!("/outbound.cgi?number=%0A03001234567&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
-        (format!("/outbound.cgi?number=%2B9230012345678901&code=1234{ok_rest}"), 400, "Bad Request: number has more than 15 digits"),
-        (format!("/outbound.cgi?number=0300123&code=1234{ok_rest}"), 400, "Bad Request: number is not a valid phone number"),
-        (format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"), 400, "Bad Request: number is not a valid phone number"),
-        (format!("/outbound.cgi?number=%FF%FE&code=1234{ok_rest}"), 400, "Bad Request: number must contain only digits, optionally prefixed by + or 00"),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&username=acme1&password={PASSWORD}"),
+            400,
+            "Bad Request: username is given more than once",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=123{ok_rest}"),
+            400,
+            "Bad Request: code must be 4 to 20 digits long",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=123456789012345678901{ok_rest}"),
+            400,
+            "Bad Request: code must be 4 to 20 digits long",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=12a4{ok_rest}"),
+            400,
+            "Bad Request: code must contain only digits 0-9",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234%0D%0AAction:%20Logoff{ok_rest}"),
+            400,
+            "Bad Request: code must contain only digits 0-9",
+        ),
+        (
+            format!("/outbound.cgi?number=0300%201234567&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
+        (
+            format!("/outbound.cgi?number=0300+1234567&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
+        (
+            format!("/outbound.cgi?number=0300123456a&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567%0D%0AAction:%20Originate&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
+        (
+            format!("/outbound.cgi?number=%0A03001234567&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
+        (
+            format!("/outbound.cgi?number=%2B9230012345678901&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number has more than 15 digits",
+        ),
+        (
+            format!("/outbound.cgi?number=0300123&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number is not a valid phone number",
+        ),
+        (
+            format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number is not a valid phone number",
+        ),
+        (
+            format!("/outbound.cgi?number=%FF%FE&code=1234{ok_rest}"),
+            400,
+            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+        ),
         ("/outbound.cgi".into(), 400, "Bad Request: number is required"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=fr"), 400, "Bad Request: language must be one of: en, ur"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=UR"), 400, "Bad Request: language must be one of: en, ur"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=../en"), 400, "Bad Request: language must be one of: en, ur"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language="), 400, "Bad Request: language is empty"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=en&language=ur"), 400, "Bad Request: language is given more than once"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress=yes"), 400, "Bad Request: require_keypress must be one of: 1, 0, true, false"),
-        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress="), 400, "Bad Request: require_keypress is empty"),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=fr"),
+            400,
+            "Bad Request: language must be one of: en, ur",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=UR"),
+            400,
+            "Bad Request: language must be one of: en, ur",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=../en"),
+            400,
+            "Bad Request: language must be one of: en, ur",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language="),
+            400,
+            "Bad Request: language is empty",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=en&language=ur"),
+            400,
+            "Bad Request: language is given more than once",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress=yes"),
+            400,
+            "Bad Request: require_keypress must be one of: 1, 0, true, false",
+        ),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress="),
+            400,
+            "Bad Request: require_keypress is empty",
+        ),
         // Field checks come before credentials: a bad option with a bad password is a 400.
-        (format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr"), 400, "Bad Request: language must be one of: en, ur"),
+        (
+            format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr"),
+            400,
+            "Bad Request: language must be one of: en, ur",
+        ),
         (seed("03001234567", "482915", "nobody", PASSWORD), 401, "Unauthorized"),
         (seed("03001234567", "482915", "acme1", "wrong-password"), 401, "Unauthorized"),
         (seed("03001234567", "482915", "off1", PASSWORD), 401, "Unauthorized"),
@@ -97,7 +197,8 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
     assert_eq!(resp.header("allow"), Some("GET, POST"));
     assert_eq!(resp.json_field("response_code").as_deref(), Some("405"));
     let body = format!("number=03001234567&code=1234&username=acme1&password={PASSWORD}");
-    let resp = tokio::task::block_in_place(|| http::send(addr, "POST", "/outbound.cgi", "application/json", body.as_bytes()));
+    let resp =
+        tokio::task::block_in_place(|| http::send(addr, "POST", "/outbound.cgi", "application/json", body.as_bytes()));
     assert_eq!(resp.status, 415);
     assert_eq!(resp.json_field("response_code").as_deref(), Some("415"));
     let big = format!("{body}&pad={}", "x".repeat(9000));
@@ -105,9 +206,7 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json_field("response_code").as_deref(), Some("413"));
     // The same field in the query and in the body is a repeat.
-    let resp = tokio::task::block_in_place(|| {
-        http::post_form(addr, "/outbound.cgi?code=1111", &body)
-    });
+    let resp = tokio::task::block_in_place(|| http::post_form(addr, "/outbound.cgi?code=1111", &body));
     assert_eq!(resp.status, 400);
     assert_eq!(resp.json_field("response_description").as_deref(), Some("Bad Request: code is given more than once"));
     // A request head far over the limit is refused, not buffered.

@@ -18,7 +18,8 @@ const WAIT: Duration = Duration::from_secs(15);
 /// A daemon on a fake AMI; the quotas per number are off (these tests dial
 /// one number many times).
 async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon) {
-    let fake = FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
+    let fake =
+        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
     let dir = TempDir::new(name);
     let config = write_config(&dir.0, fake.addr(), extra);
     let daemon = tokio::task::block_in_place(|| {
@@ -47,7 +48,8 @@ fn originated(fake: &FakeAmi) -> Vec<String> {
 async fn calls_wait_while_ami_is_down_and_are_dialled_once_when_it_is_back() {
     // Wrong credentials: the daemon cannot log in, as if Asterisk were down.
     let script = FakeScript::default();
-    let (_dir, fake, daemon) = setup("ami-down", script, "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n").await;
+    let (_dir, fake, daemon) =
+        setup("ami-down", script, "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n").await;
     fake.update_script(|s| s.secret = "changed".into());
     fake.drop_connections();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -82,7 +84,8 @@ async fn a_call_not_dialled_before_its_deadline_expires() {
 async fn no_more_than_max_concurrent_calls_at_once() {
     // Calls that never end on their own: they hold their trunk slot.
     let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() };
-    let extra = "[queue]\nmax_concurrent_calls = 2\n\n[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
+    let extra =
+        "[queue]\nmax_concurrent_calls = 2\n\n[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
     let (_dir, fake, daemon) = setup("concurrency", script, extra).await;
     let ids: Vec<String> = (0..4).map(|_| place_call(&daemon)).collect();
     assert!(fake.wait_for_count("Originate", 2, WAIT).await);

@@ -178,7 +178,8 @@ fn each_outcome_reads_right_over_the_json_api_and_arrives_signed() {
         daemon.wait_final(id, Duration::from_secs(90));
         let call = http::with_basic(daemon.http, "GET", &format!("/v1/calls/{id}"), "acme1", PASSWORD, None).json();
         assert_eq!((call["status"].as_str(), call["reason"].as_str()), (Some(*status), *reason), "{number}: {call}");
-        let hook = receiver.wait_for(Duration::from_secs(30), |r| r.json()["id"] == id.as_str() && r.json()["status"] == *status);
+        let hook = receiver
+            .wait_for(Duration::from_secs(30), |r| r.json()["id"] == id.as_str() && r.json()["status"] == *status);
         assert!(hook.signed_with(&secret), "{number}: bad signature {hook:?}");
         assert_eq!(hook.json()["reason"].as_str(), *reason, "{number}: {}", hook.body);
     }

@@ -36,10 +36,8 @@ impl AmiTap {
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = TcpStream::connect(upstream) else { continue };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
                     let log = log.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 4096];
@@ -100,7 +98,10 @@ fn a_full_call_at_debug_level_leaks_no_secret() {
     let number = unique_number();
     let id = seed_call(&daemon, &number, &code);
     // A wrong password too, so a failed login is logged as well.
-    let wrong = http::get(daemon.http, &format!("/outbound.cgi?number={number}&code={code}&username=acme1&password=Wrong-{PASSWORD}"));
+    let wrong = http::get(
+        daemon.http,
+        &format!("/outbound.cgi?number={number}&code={code}&username=acme1&password=Wrong-{PASSWORD}"),
+    );
     assert_eq!(wrong.status, 401);
     let call = daemon.wait_final(&id, Duration::from_secs(90));
     assert_eq!(call["status"], "completed", "{call:?}\n{}", daemon.logs());
@@ -180,8 +181,11 @@ fn sigterm_mid_call_lets_the_call_finish_and_refuses_new_clients() {
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     let open: i64 = conn
-        .query_row("SELECT COUNT(*) FROM calls WHERE status NOT IN ('completed', 'failed') OR code IS NOT NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM calls WHERE status NOT IN ('completed', 'failed') OR code IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(open, 0);
 }
-

@@ -26,7 +26,13 @@ fn wait_health(daemon: &Daemon, status: u16, limit: Duration) -> serde_json::Val
         if resp.status == status {
             return resp.json();
         }
-        assert!(Instant::now() < deadline, "/healthz still {} after {limit:?}: {}\n{}", resp.status, resp.body, daemon.logs());
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {} after {limit:?}: {}\n{}",
+            resp.status,
+            resp.body,
+            daemon.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -43,22 +43,14 @@ pub struct Stats {
 
 /// Listens for AMI on a free loopback port; returns its address.
 pub async fn start_ami(mode: CallMode, playback: Duration) -> (SocketAddr, Arc<Stats>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind scripted AMI");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind scripted AMI");
     let addr = listener.local_addr().expect("AMI address");
     let stats = Arc::new(Stats::default());
     let sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>> = Arc::default();
     let shared = stats.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(ami_session(
-                stream,
-                mode,
-                playback,
-                shared.clone(),
-                sessions.clone(),
-            ));
+            tokio::spawn(ami_session(stream, mode, playback, shared.clone(), sessions.clone()));
         }
     });
     (addr, stats)
@@ -75,11 +67,7 @@ async fn ami_session(
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        if write
-            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
-            .await
-            .is_err()
-        {
+        if write.write_all(b"Asterisk Call Manager/11.0.0\r\n").await.is_err() {
             return;
         }
         while let Some(text) = rx.recv().await {
@@ -98,24 +86,17 @@ async fn ami_session(
             }
             continue;
         }
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
         let action = get("action").to_ascii_lowercase();
         let id = get("actionid");
         match action.as_str() {
             "login" => {
-                let _ = tx.send(format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"));
+                let _ =
+                    tx.send(format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"));
                 sessions.lock().unwrap().push(tx.clone());
             }
             "ping" => {
-                let _ = tx.send(format!(
-                    "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 0.0\r\n\r\n"
-                ));
+                let _ = tx.send(format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 0.0\r\n\r\n"));
             }
             "originate" => {
                 stats.originates.fetch_add(1, Ordering::Relaxed);
@@ -127,21 +108,17 @@ async fn ami_session(
                     .iter()
                     .filter(|(k, _)| k == "variable")
                     .find_map(|(_, v)| v.strip_prefix("VOICE_OTP_AGI=").map(str::to_owned));
-                let call = Call {
-                    channel_id,
-                    action_id: id,
-                    agi,
-                };
+                let call = Call { channel_id, action_id: id, agi };
                 tokio::spawn(call.run(mode, playback, stats.clone(), sessions.clone()));
             }
             "logoff" => {
-                let _ = tx.send(format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n\r\n"));
+                let _ = tx
+                    .send(format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n\r\n"));
                 return;
             }
             _ => {
-                let _ = tx.send(format!(
-                    "Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"
-                ));
+                let _ =
+                    tx.send(format!("Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"));
             }
         }
         headers.clear();
@@ -163,10 +140,7 @@ impl Call {
         sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>>,
     ) {
         let broadcast = |text: String| {
-            sessions
-                .lock()
-                .unwrap()
-                .retain(|s| s.send(text.clone()).is_ok());
+            sessions.lock().unwrap().retain(|s| s.send(text.clone()).is_ok());
         };
         let id = &self.channel_id;
         broadcast(format!(
@@ -182,11 +156,7 @@ impl Call {
             Some(addr) => agi_call(addr, id, playback, false).await.ok(),
             None => None,
         };
-        let counter = if end.is_some_and(|e| e.completed) {
-            &stats.completed
-        } else {
-            &stats.failed
-        };
+        let counter = if end.is_some_and(|e| e.completed) { &stats.completed } else { &stats.failed };
         broadcast(format!(
             "Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/carrier-{id}\r\nUniqueid: {id}\r\nLinkedid: {id}\r\n\
              Cause: 16\r\nCause-txt: Normal Clearing\r\n\r\n"
@@ -224,23 +194,13 @@ fn request_block(uniqueid: &str, addr: SocketAddr) -> String {
 /// answers every command (`STREAM FILE` after `playback`, `WAIT FOR DIGIT`
 /// after the shorter of its timeout and `playback`), and hangs up after the
 /// server's `HANGUP`.
-pub async fn agi_call(
-    addr: SocketAddr,
-    uniqueid: &str,
-    playback: Duration,
-    record: bool,
-) -> std::io::Result<AgiEnd> {
+pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, record: bool) -> std::io::Result<AgiEnd> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
-    write
-        .write_all(request_block(uniqueid, addr).as_bytes())
-        .await?;
+    write.write_all(request_block(uniqueid, addr).as_bytes()).await?;
     let mut lines = BufReader::new(read).lines();
-    let mut end = AgiEnd {
-        completed: false,
-        commands: Vec::new(),
-    };
+    let mut end = AgiEnd { completed: false, commands: Vec::new() };
     while let Some(line) = lines.next_line().await? {
         if record {
             end.commands.push(line.clone());
@@ -251,12 +211,7 @@ pub async fn agi_call(
             }
             b"200 result=0 endpos=8000\n"
         } else if let Some(ms) = line.strip_prefix("WAIT FOR DIGIT ") {
-            let wait = ms
-                .trim()
-                .parse()
-                .map(Duration::from_millis)
-                .unwrap_or_default()
-                .min(playback);
+            let wait = ms.trim().parse().map(Duration::from_millis).unwrap_or_default().min(playback);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -267,10 +222,7 @@ pub async fn agi_call(
             break;
         } else if line.starts_with("SET VARIABLE") {
             b"200 result=1\n"
-        } else if line.starts_with("ANSWER")
-            || line.starts_with("SAY DIGITS")
-            || line.starts_with("VERBOSE")
-        {
+        } else if line.starts_with("ANSWER") || line.starts_with("SAY DIGITS") || line.starts_with("VERBOSE") {
             b"200 result=0\n"
         } else {
             b"510 Invalid or unknown command\n"
@@ -285,18 +237,13 @@ pub async fn agi_call(
 /// command has arrived; the connection lives as long as the returned stream.
 pub async fn agi_hold(addr: SocketAddr, uniqueid: &str) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(request_block(uniqueid, addr).as_bytes())
-        .await?;
+    stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
     let mut buf = [0u8; 256];
     loop {
         stream.readable().await?;
         match stream.try_read(&mut buf) {
             Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed before a command",
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a command"));
             }
             Ok(n) if buf[..n].contains(&b'\n') => return Ok(stream),
             Ok(_) => {}

@@ -18,13 +18,7 @@ pub struct Daemon {
 /// A fresh folder with a config: `[ami]` at `ami`, ports 0, at most
 /// `agi_sessions` FastAGI sessions, and `extra` TOML sections; and the user
 /// `bench` (password [`PASSWORD`]).
-pub fn configure(
-    binary: &Path,
-    dir: &Path,
-    ami: SocketAddr,
-    agi_sessions: usize,
-    extra: &str,
-) -> PathBuf {
+pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize, extra: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench folder");
     let config = dir.join("voice-otp.toml");
@@ -43,16 +37,8 @@ pub fn configure(
         .stdout(Stdio::null())
         .spawn()
         .expect("run voice-otp user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"bench-password-1\n")
-        .expect("password");
-    assert!(
-        child.wait().expect("user add").success(),
-        "voice-otp user add failed"
-    );
+    child.stdin.take().expect("stdin").write_all(b"bench-password-1\n").expect("password");
+    assert!(child.wait().expect("user add").success(), "voice-otp user add failed");
     config
 }
 
@@ -74,9 +60,7 @@ impl Daemon {
             .spawn()
             .expect("spawn voice-otp serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
         let addr = |key: &str| {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(key))

@@ -55,13 +55,7 @@ pub type Target = Arc<dyn Fn(u64) -> String + Send + Sync>;
 
 /// Runs `connections` clients sending `GET target(n)` for the `n`th request
 /// to `addr` until `stop`.
-pub async fn run(
-    addr: SocketAddr,
-    target: Target,
-    connections: usize,
-    stop: Stop,
-    keep_ids: bool,
-) -> Outcome {
+pub async fn run(addr: SocketAddr, target: Target, connections: usize, stop: Stop, keep_ids: bool) -> Outcome {
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..connections)
@@ -137,18 +131,11 @@ async fn client(
 }
 
 /// Writes one request and reads its response (status, body).
-async fn exchange(
-    stream: &mut BufReader<TcpStream>,
-    request: &[u8],
-) -> std::io::Result<(u16, String)> {
+async fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> std::io::Result<(u16, String)> {
     stream.get_mut().write_all(request).await?;
     let mut line = String::new();
     stream.read_line(&mut line).await?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut length = 0;
     loop {
         line.clear();

@@ -90,27 +90,11 @@ async fn main() {
     if args.wants("sandbox") {
         match &args.sandbox {
             Some(script) => {
-                let o = sandbox::measure(
-                    &args.daemon,
-                    &args.work,
-                    script,
-                    args.pick(4, 6),
-                    args.pick(3, 5),
-                )
-                .await;
+                let o = sandbox::measure(&args.daemon, &args.work, script, args.pick(4, 6), args.pick(3, 5)).await;
                 print("sandbox_calls_per_side", o.calls);
-                print(
-                    "sandbox_cpu_s_per_call_dialplan",
-                    format!("{:.4}", sandbox::mean(&o.dialplan_only)),
-                );
-                print(
-                    "sandbox_cpu_s_per_call_with_daemon",
-                    format!("{:.4}", sandbox::mean(&o.with_daemon)),
-                );
-                print(
-                    "sandbox_daemon_cpu_s_per_call",
-                    format!("{:.4}", sandbox::mean(&o.daemon_only)),
-                );
+                print("sandbox_cpu_s_per_call_dialplan", format!("{:.4}", sandbox::mean(&o.dialplan_only)));
+                print("sandbox_cpu_s_per_call_with_daemon", format!("{:.4}", sandbox::mean(&o.with_daemon)));
+                print("sandbox_daemon_cpu_s_per_call", format!("{:.4}", sandbox::mean(&o.daemon_only)));
                 print("sandbox_overhead", format!("{:.3}", o.ratio()));
             }
             None => eprintln!("sandbox_overhead skipped: no --sandbox"),
@@ -122,16 +106,9 @@ fn machine() {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
         .unwrap_or_default();
-    print(
-        "machine_cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
+    print("machine_cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
     print("machine_cpu", model);
 }
 
@@ -146,12 +123,8 @@ async fn auth_cache(args: &Args) {
         let extra = format!("[auth]\nbcrypt_cost = 12\ncache_ttl_secs = {ttl}\n");
         let config = configure(&args.daemon, &dir, ami, 256, &extra);
         let voice_otp = Daemon::start(&args.daemon, &config);
-        let out =
-            http_load::run(voice_otp.http, seed_targets(), 16, Stop::After(secs), false).await;
-        print(
-            &format!("auth_{name}_accepted_per_s"),
-            format!("{:.1}", out.accepted_per_s()),
-        );
+        let out = http_load::run(voice_otp.http, seed_targets(), 16, Stop::After(secs), false).await;
+        print(&format!("auth_{name}_accepted_per_s"), format!("{:.1}", out.accepted_per_s()));
         rates.push(out.accepted_per_s());
     }
     print("auth_cache_speedup", format!("{:.1}", rates[1] / rates[0]));
@@ -169,19 +142,9 @@ async fn http_and_calls(args: &Args) {
     let warm = http_load::run(voice_otp.http, seed_targets(), 1, Stop::Requests(1), false).await;
     let cpu_before = procfs::cpu_seconds(voice_otp.pid());
     let start = Instant::now();
-    let mut out = http_load::run(
-        voice_otp.http,
-        seed_targets(),
-        32,
-        Stop::Requests(requests),
-        false,
-    )
-    .await;
+    let mut out = http_load::run(voice_otp.http, seed_targets(), 32, Stop::Requests(requests), false).await;
     print("http_requests", requests);
-    print(
-        "http_accepted_per_s",
-        format!("{:.0}", out.accepted_per_s()),
-    );
+    print("http_accepted_per_s", format!("{:.0}", out.accepted_per_s()));
     print("http_p50_ms", format!("{:.2}", out.latency_ms(0.50)));
     print("http_p99_ms", format!("{:.2}", out.latency_ms(0.99)));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -193,31 +156,18 @@ async fn http_and_calls(args: &Args) {
     let last = stats.last_hangup.lock().unwrap().unwrap_or(start);
     let completed = stats.completed.load(Ordering::Relaxed);
     print("calls_completed", completed);
-    print(
-        "calls_failed",
-        stats.failed.load(Ordering::Relaxed) + expected.saturating_sub(ended()),
-    );
-    print(
-        "calls_per_s",
-        format!("{:.0}", completed as f64 / (last - start).as_secs_f64()),
-    );
+    print("calls_failed", stats.failed.load(Ordering::Relaxed) + expected.saturating_sub(ended()));
+    print("calls_per_s", format!("{:.0}", completed as f64 / (last - start).as_secs_f64()));
     // CPU time is what a shared machine cannot blur: the daemon's own cost.
     let cpu = procfs::cpu_seconds(voice_otp.pid()) - cpu_before;
-    print(
-        "daemon_cpu_ms_per_call",
-        format!("{:.3}", cpu * 1000.0 / completed.max(1) as f64),
-    );
+    print("daemon_cpu_ms_per_call", format!("{:.3}", cpu * 1000.0 / completed.max(1) as f64));
 }
 
 /// Stores `n` calls through the seed API with a scripted Asterisk that
 /// answers but never runs FastAGI; returns their ids.
 async fn held_calls(voice_otp: &Daemon, n: u64) -> Vec<String> {
     let out = http_load::run(voice_otp.http, seed_targets(), 32, Stop::Requests(n), true).await;
-    assert_eq!(
-        out.call_ids.len() as u64,
-        n,
-        "the daemon refused some seed requests"
-    );
+    assert_eq!(out.call_ids.len() as u64, n, "the daemon refused some seed requests");
     out.call_ids
 }
 
@@ -251,25 +201,15 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
         .spawn()
         .expect("start the panoramisk reference");
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("reference ready line");
-    let addr = line
-        .trim()
-        .strip_prefix("ready agi=")
-        .and_then(|a| a.parse().ok());
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("reference ready line");
+    let addr = line.trim().strip_prefix("ready agi=").and_then(|a| a.parse().ok());
     let Some(addr) = addr else {
         let _ = child.kill();
-        panic!(
-            "panoramisk reference did not start: {line:?} (see {})",
-            dir.join("reference.log").display()
-        );
+        panic!("panoramisk reference did not start: {line:?} (see {})", dir.join("reference.log").display());
     };
     let cpu_before = procfs::cpu_seconds(child.id());
-    let (ref_done, ref_secs, ref_flow) =
-        asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
+    let (ref_done, ref_secs, ref_flow) = asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
     let ref_cpu = procfs::cpu_seconds(child.id()) - cpu_before;
     let _ = child.kill();
     let _ = child.wait();
@@ -281,14 +221,7 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     print("agi_panoramisk_sessions_per_s", format!("{reference:.0}"));
     print("agi_ours_completed", ours_done);
     print("agi_panoramisk_completed", ref_done);
-    print(
-        "agi_same_flow",
-        if !ours_flow.is_empty() && ours_flow == ref_flow {
-            "yes"
-        } else {
-            "no"
-        },
-    );
+    print("agi_same_flow", if !ours_flow.is_empty() && ours_flow == ref_flow { "yes" } else { "no" });
     if ours_flow != ref_flow {
         eprintln!("flows differ:\n ours: {ours_flow:?}\n reference: {ref_flow:?}");
     }
@@ -307,13 +240,7 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
 async fn agi_memory(args: &Args) {
     let sessions: usize = 5_000;
     let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
-    let config = configure(
-        &args.daemon,
-        &args.work.join("memory"),
-        ami,
-        sessions + 100,
-        "",
-    );
+    let config = configure(&args.daemon, &args.work.join("memory"), ami, sessions + 100, "");
     let voice_otp = Daemon::start(&args.daemon, &config);
     let ids = held_calls(&voice_otp, sessions as u64 + 100).await;
     // Warm-up: a few sessions run to the end so every lazily built piece
@@ -343,8 +270,5 @@ async fn agi_memory(args: &Args) {
     print("agi_open_sessions", open.len());
     print("agi_rss_before_kib", before / 1024);
     print("agi_rss_after_kib", after / 1024);
-    print(
-        "agi_bytes_per_session",
-        after.saturating_sub(before) / open.len().max(1) as u64,
-    );
+    print("agi_bytes_per_session", after.saturating_sub(before) / open.len().max(1) as u64);
 }

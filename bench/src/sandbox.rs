@@ -36,10 +36,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Runs `script status`.
     pub fn status(script: &Path) -> Sandbox {
-        let out = std::process::Command::new(script)
-            .arg("status")
-            .output()
-            .expect("scripts/sandbox status");
+        let out = std::process::Command::new(script).arg("status").output().expect("scripts/sandbox status");
         let status = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -49,10 +46,7 @@ impl Sandbox {
     }
 
     fn get(&self, key: &str) -> &str {
-        self.status
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("sandbox status has no {key}"))
+        self.status.get(key).map(String::as_str).unwrap_or_else(|| panic!("sandbox status has no {key}"))
     }
 
     fn pid(&self) -> u32 {
@@ -81,12 +75,7 @@ impl Overhead {
     /// people's calls add Asterisk CPU to whichever wave they fall in, so
     /// each wave is compared with its neighbour and outliers are dropped.
     pub fn ratio(&self) -> f64 {
-        let mut ratios: Vec<f64> = self
-            .with_daemon
-            .iter()
-            .zip(&self.dialplan_only)
-            .map(|(a, b)| a / b)
-            .collect();
+        let mut ratios: Vec<f64> = self.with_daemon.iter().zip(&self.dialplan_only).map(|(a, b)| a / b).collect();
         ratios.sort_by(f64::total_cmp);
         ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
     }
@@ -99,30 +88,15 @@ pub fn mean(values: &[f64]) -> f64 {
 
 /// Measures `waves` rounds of `concurrency` calls on each side, alternating
 /// sides so load from others on the machine hits both alike.
-pub async fn measure(
-    binary: &Path,
-    work: &Path,
-    script: &Path,
-    concurrency: usize,
-    waves: usize,
-) -> Overhead {
+pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usize, waves: usize) -> Overhead {
     let sandbox = Sandbox::status(script);
-    assert_eq!(
-        sandbox.get("state"),
-        "running",
-        "the sandbox is not running (scripts/sandbox up)"
-    );
+    assert_eq!(sandbox.get("state"), "running", "the sandbox is not running (scripts/sandbox up)");
     let asterisk = sandbox.pid();
     let dir = work.join("sandbox");
     let flat = "[call]\nanswer_pause_ms = 0\ndigit_pause_ms = 0\nreading_pause_ms = 0\nmax_extra_readings = 0\n\n[auth]\nbcrypt_cost = 4\n";
     let config = daemon::configure(binary, &dir, sandbox.ami(), 256, flat);
     let voice_otp = Daemon::start(binary, &config);
-    let mut admin = Ami::login(
-        sandbox.ami(),
-        sandbox.get("ami_admin_username"),
-        sandbox.get("ami_admin_secret"),
-    )
-    .await;
+    let mut admin = Ami::login(sandbox.ami(), sandbox.get("ami_admin_username"), sandbox.get("ami_admin_secret")).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the daemon logs in to AMI
     let mut numbers = Vec::new();
     let (mut daemon_side, mut daemon_cpu, mut dialplan_side) = (Vec::new(), Vec::new(), Vec::new());
@@ -185,10 +159,7 @@ async fn wait_final(binary: &Path, config: &Path, ids: &[String]) {
     let deadline = Instant::now() + CALL_LIMIT;
     let mut open: HashSet<&String> = ids.iter().collect();
     while !open.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "sandbox calls did not end within {CALL_LIMIT:?}"
-        );
+        assert!(Instant::now() < deadline, "sandbox calls did not end within {CALL_LIMIT:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         open.retain(|id| {
             let out = std::process::Command::new(binary)
@@ -228,30 +199,20 @@ struct Ami {
 
 impl Ami {
     async fn login(addr: SocketAddr, user: &str, secret: &str) -> Ami {
-        let (read, write) = TcpStream::connect(addr)
-            .await
-            .expect("connect to sandbox AMI")
-            .into_split();
-        let mut ami = Ami {
-            lines: BufReader::new(read).lines(),
-            write,
-        };
+        let (read, write) = TcpStream::connect(addr).await.expect("connect to sandbox AMI").into_split();
+        let mut ami = Ami { lines: BufReader::new(read).lines(), write };
         let _banner = ami.lines.next_line().await;
-        ami.send(&format!("Action: Login\r\nActionID: login\r\nUsername: {user}\r\nSecret: {secret}\r\nEvents: call\r\n\r\n"))
-            .await;
+        ami.send(&format!(
+            "Action: Login\r\nActionID: login\r\nUsername: {user}\r\nSecret: {secret}\r\nEvents: call\r\n\r\n"
+        ))
+        .await;
         let reply = ami.message().await;
-        assert!(
-            reply.get("Response").is_some_and(|r| r == "Success"),
-            "sandbox-admin login failed: {reply:?}"
-        );
+        assert!(reply.get("Response").is_some_and(|r| r == "Success"), "sandbox-admin login failed: {reply:?}");
         ami
     }
 
     async fn send(&mut self, text: &str) {
-        self.write
-            .write_all(text.as_bytes())
-            .await
-            .expect("write to sandbox AMI");
+        self.write.write_all(text.as_bytes()).await.expect("write to sandbox AMI");
     }
 
     async fn message(&mut self) -> HashMap<String, String> {
@@ -287,9 +248,7 @@ impl Ami {
         }
         let deadline = Instant::now() + CALL_LIMIT;
         while !open.is_empty() {
-            let msg = tokio::time::timeout_at(deadline, self.message())
-                .await
-                .expect("dialplan calls did not end");
+            let msg = tokio::time::timeout_at(deadline, self.message()).await.expect("dialplan calls did not end");
             // Events of everyone's calls come by: only ours count.
             let Some(id) = msg.get("Uniqueid").filter(|id| open.contains(*id)) else {
                 continue;
@@ -298,9 +257,7 @@ impl Ami {
                 Some("Hangup") => {
                     open.remove(&id.clone());
                 }
-                Some("OriginateResponse")
-                    if msg.get("Response").is_some_and(|r| r != "Success") =>
-                {
+                Some("OriginateResponse") if msg.get("Response").is_some_and(|r| r != "Success") => {
                     panic!("sandbox refused a Playback Originate: {msg:?}");
                 }
                 _ => {}

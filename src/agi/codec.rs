@@ -67,10 +67,7 @@ impl AgiRequest {
     /// The value of the first variable called `name` (the full name, e.g.
     /// `"agi_callerid"`).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// `agi_uniqueid`: the channel's Uniqueid, i.e. the `ChannelId` given to
@@ -97,9 +94,7 @@ impl AgiRequest {
     /// The AGI arguments `agi_arg_1`, `agi_arg_2`, ... in order, up to the
     /// first missing index.
     pub fn args(&self) -> Vec<&str> {
-        (1..)
-            .map_while(|n| self.get(&format!("agi_arg_{n}")))
-            .collect()
+        (1..).map_while(|n| self.get(&format!("agi_arg_{n}"))).collect()
     }
 
     /// Every variable in the order received.
@@ -204,25 +199,15 @@ pub struct AgiCodec {
 
 #[derive(Debug)]
 enum State {
-    Request {
-        vars: Vec<(String, String)>,
-        bytes: usize,
-    },
+    Request { vars: Vec<(String, String)>, bytes: usize },
     Replies,
-    MultiLine {
-        code: u16,
-        text: String,
-        lines: usize,
-    },
+    MultiLine { code: u16, text: String, lines: usize },
     Failed,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State::Request {
-            vars: Vec::new(),
-            bytes: 0,
-        }
+        State::Request { vars: Vec::new(), bytes: 0 }
     }
 }
 
@@ -236,9 +221,7 @@ impl AgiCodec {
     fn next_line(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, AgiCodecError> {
         // Room for a maximal line plus "\r\n"; never search further than that.
         let window = buf.len().min(MAX_LINE_LEN + 2);
-        let found = buf
-            .get(self.scanned..window)
-            .and_then(|s| s.iter().position(|&b| b == b'\n'));
+        let found = buf.get(self.scanned..window).and_then(|s| s.iter().position(|&b| b == b'\n'));
         match found {
             Some(pos) => {
                 let end = self.scanned + pos;
@@ -296,11 +279,7 @@ impl AgiCodec {
                     ReplyLine::Hangup => return Ok(Some(AgiFrame::Hangup)),
                     ReplyLine::Final(reply) => return Ok(Some(AgiFrame::Reply(reply))),
                     ReplyLine::Begin { code, text } => {
-                        self.state = State::MultiLine {
-                            code,
-                            text: text.to_owned(),
-                            lines: 1,
-                        };
+                        self.state = State::MultiLine { code, text: text.to_owned(), lines: 1 };
                     }
                 },
                 State::MultiLine { code, text, lines } => {
@@ -400,22 +379,15 @@ enum ReplyLine<'a> {
 /// `agi_name: value` (the space after the colon is optional; the value may
 /// be empty and may itself contain `": "`).
 fn parse_var(line: &str) -> Option<(&str, &str)> {
-    let name = recognize((
-        tag("agi_"),
-        take_while(|c: char| c.is_ascii_alphanumeric() || c == '_'),
-    ));
-    let parsed: IResult<&str, (&str, char, Option<char>, &str)> =
-        (name, char(':'), opt(char(' ')), rest).parse(line);
+    let name = recognize((tag("agi_"), take_while(|c: char| c.is_ascii_alphanumeric() || c == '_')));
+    let parsed: IResult<&str, (&str, char, Option<char>, &str)> = (name, char(':'), opt(char(' ')), rest).parse(line);
     parsed.ok().map(|(_, (name, _, _, value))| (name, value))
 }
 
 /// Three-digit status code, its separator (`' '`, `'-'` or none at end of
 /// line) and the rest of the line.
 fn status(line: &str) -> IResult<&str, (u16, Option<char>)> {
-    let code = map_res(
-        take_while_m_n(3, 3, |c: char| c.is_ascii_digit()),
-        str::parse::<u16>,
-    );
+    let code = map_res(take_while_m_n(3, 3, |c: char| c.is_ascii_digit()), str::parse::<u16>);
     let sep = opt(nom::branch::alt((char(' '), char('-'))));
     (code, sep).parse(line)
 }
@@ -435,16 +407,10 @@ fn classify(line: &str) -> Result<ReplyLine<'_>, AgiCodecError> {
         return Ok(ReplyLine::Hangup);
     }
     let Ok((text, (code, sep))) = status(line) else {
-        return Err(AgiCodecError::Malformed(format!(
-            "not a reply line: {}",
-            excerpt(line)
-        )));
+        return Err(AgiCodecError::Malformed(format!("not a reply line: {}", excerpt(line))));
     };
     if !(100..=599).contains(&code) || (sep.is_none() && !text.is_empty()) {
-        return Err(AgiCodecError::Malformed(format!(
-            "not a reply line: {}",
-            excerpt(line)
-        )));
+        return Err(AgiCodecError::Malformed(format!("not a reply line: {}", excerpt(line))));
     }
     if sep == Some('-') {
         return Ok(ReplyLine::Begin { code, text });
@@ -452,13 +418,7 @@ fn classify(line: &str) -> Result<ReplyLine<'_>, AgiCodecError> {
     if code == 100 {
         return Ok(ReplyLine::Trying);
     }
-    let mut reply = Reply {
-        code,
-        result: None,
-        data: None,
-        endpos: None,
-        text: text.to_owned(),
-    };
+    let mut reply = Reply { code, result: None, data: None, endpos: None, text: text.to_owned() };
     if code == 200 {
         parse_success(text, &mut reply);
     }
@@ -619,39 +579,25 @@ mod tests {
         let whole = decode_all(session.as_bytes()).unwrap();
         assert_eq!(whole.len(), 5);
         for chunk in [1, 2, 3, 7, 64] {
-            assert_eq!(
-                decode_chunked(session.as_bytes(), chunk).unwrap(),
-                whole,
-                "chunk {chunk}"
-            );
+            assert_eq!(decode_chunked(session.as_bytes(), chunk).unwrap(), whole, "chunk {chunk}");
         }
         let crlf = session.replace('\n', "\r\n");
         for chunk in [1, 5, 4096] {
-            assert_eq!(
-                decode_chunked(crlf.as_bytes(), chunk).unwrap(),
-                whole,
-                "crlf chunk {chunk}"
-            );
+            assert_eq!(decode_chunked(crlf.as_bytes(), chunk).unwrap(), whole, "crlf chunk {chunk}");
         }
     }
 
     #[test]
     fn playback_reply() {
         let r = one_reply("200 result=0 endpos=6560\n");
-        assert_eq!(
-            (r.code, r.result, r.data, r.endpos),
-            (200, Some(0), None, Some(6560))
-        );
+        assert_eq!((r.code, r.result, r.data, r.endpos), (200, Some(0), None, Some(6560)));
         assert_eq!(r.text, "result=0 endpos=6560");
     }
 
     #[test]
     fn variable_reply() {
         let r = one_reply("200 result=1 (value)\n");
-        assert_eq!(
-            (r.result, r.data.as_deref(), r.endpos),
-            (Some(1), Some("value"), None)
-        );
+        assert_eq!((r.result, r.data.as_deref(), r.endpos), (Some(1), Some("value"), None));
         // A value with spaces and parentheses of its own.
         let r = one_reply("200 result=1 (a (b) c)\n");
         assert_eq!(r.data.as_deref(), Some("a (b) c"));
@@ -669,10 +615,7 @@ mod tests {
     #[test]
     fn key_pressed_reply() {
         let r = one_reply("200 result=49 endpos=1234\n");
-        assert_eq!(
-            (r.result, r.endpos, r.digit()),
-            (Some(49), Some(1234), Some('1'))
-        );
+        assert_eq!((r.result, r.endpos, r.digit()), (Some(49), Some(1234), Some('1')));
         assert_eq!(one_reply("200 result=35\n").digit(), Some('#'));
         assert_eq!(one_reply("200 result=0\n").digit(), None);
     }
@@ -694,16 +637,10 @@ mod tests {
     #[test]
     fn error_replies_keep_their_text() {
         let r = one_reply("510 Invalid or unknown command\n");
-        assert_eq!(
-            (r.code, r.text.as_str()),
-            (510, "Invalid or unknown command")
-        );
+        assert_eq!((r.code, r.text.as_str()), (510, "Invalid or unknown command"));
         let r = one_reply("511 Command Not Permitted on a dead channel or intercept routine\n");
         assert_eq!(r.code, 511);
-        assert_eq!(
-            r.text,
-            "Command Not Permitted on a dead channel or intercept routine"
-        );
+        assert_eq!(r.text, "Command Not Permitted on a dead channel or intercept routine");
         let r = one_reply("520 Invalid command syntax.  Proper usage not available.\n");
         assert_eq!(r.code, 520);
     }
@@ -738,18 +675,14 @@ mod tests {
     #[test]
     fn hangup_before_reply_is_its_own_frame() {
         let frames = replies("HANGUP\n511 Command Not Permitted on a dead channel\n").unwrap();
-        assert!(
-            matches!(frames.as_slice(), [AgiFrame::Hangup, AgiFrame::Reply(r)] if r.code == 511)
-        );
+        assert!(matches!(frames.as_slice(), [AgiFrame::Hangup, AgiFrame::Reply(r)] if r.code == 511));
     }
 
     #[test]
     fn non_utf8_is_lossy() {
         let input = b"agi_calleridname: Jos\xe9\n\n200 result=1 (\xff)\n";
         let frames = decode_all(input).unwrap();
-        let AgiFrame::Request(req) = &frames[0] else {
-            panic!()
-        };
+        let AgiFrame::Request(req) = &frames[0] else { panic!() };
         assert_eq!(req.get("agi_calleridname"), Some("Jos\u{fffd}"));
         assert!(matches!(&frames[1], AgiFrame::Reply(r) if r.data.as_deref() == Some("\u{fffd}")));
     }
@@ -765,18 +698,8 @@ mod tests {
         ] {
             assert!(decode_all(bad).is_err(), "{bad:?}");
         }
-        for bad in [
-            "hello\n",
-            "2000 result=0\n",
-            "99 x\n",
-            "600 x\n",
-            "20 result=0\n",
-            "200x\n",
-        ] {
-            assert!(
-                matches!(replies(bad), Err(AgiCodecError::Malformed(_))),
-                "{bad:?}"
-            );
+        for bad in ["hello\n", "2000 result=0\n", "99 x\n", "600 x\n", "20 result=0\n", "200x\n"] {
+            assert!(matches!(replies(bad), Err(AgiCodecError::Malformed(_))), "{bad:?}");
         }
     }
 
@@ -807,28 +730,15 @@ mod tests {
         let ok = format!("agi_x: {}\n\n", "v".repeat(MAX_LINE_LEN - 7));
         assert!(decode_all(ok.as_bytes()).is_ok());
         let long = format!("agi_x: {}\n\n", "v".repeat(MAX_LINE_LEN - 6));
-        assert!(matches!(
-            decode_all(long.as_bytes()),
-            Err(AgiCodecError::LineTooLong)
-        ));
+        assert!(matches!(decode_all(long.as_bytes()), Err(AgiCodecError::LineTooLong)));
     }
 
     #[test]
     fn request_bounds() {
-        let many: String = (0..=MAX_REQUEST_VARS)
-            .map(|n| format!("agi_v{n}: x\n"))
-            .collect();
-        assert!(matches!(
-            decode_all(many.as_bytes()),
-            Err(AgiCodecError::TooManyVars)
-        ));
-        let big: String = (0..20)
-            .map(|n| format!("agi_v{n}: {}\n", "x".repeat(4000)))
-            .collect();
-        assert!(matches!(
-            decode_all(big.as_bytes()),
-            Err(AgiCodecError::RequestTooLarge)
-        ));
+        let many: String = (0..=MAX_REQUEST_VARS).map(|n| format!("agi_v{n}: x\n")).collect();
+        assert!(matches!(decode_all(many.as_bytes()), Err(AgiCodecError::TooManyVars)));
+        let big: String = (0..20).map(|n| format!("agi_v{n}: {}\n", "x".repeat(4000))).collect();
+        assert!(matches!(decode_all(big.as_bytes()), Err(AgiCodecError::RequestTooLarge)));
     }
 
     #[test]
@@ -848,18 +758,9 @@ mod tests {
 
     #[test]
     fn eof_mid_frame_is_truncated() {
-        assert!(matches!(
-            decode_all(b"agi_network: yes\n"),
-            Err(AgiCodecError::Truncated)
-        ));
-        assert!(matches!(
-            replies("200 result=0"),
-            Err(AgiCodecError::Truncated)
-        ));
-        assert!(matches!(
-            replies("520-Invalid\nusage\n"),
-            Err(AgiCodecError::Truncated)
-        ));
+        assert!(matches!(decode_all(b"agi_network: yes\n"), Err(AgiCodecError::Truncated)));
+        assert!(matches!(replies("200 result=0"), Err(AgiCodecError::Truncated)));
+        assert!(matches!(replies("520-Invalid\nusage\n"), Err(AgiCodecError::Truncated)));
         assert!(decode_all(b"").unwrap().is_empty());
         assert!(replies("").unwrap().is_empty());
     }
@@ -879,9 +780,7 @@ mod tests {
         };
         for _ in 0..300 {
             let len = (next() % 4000) as usize;
-            let input: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
+            let input: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
             let mut codec = AgiCodec::new();
             let mut buf = BytesMut::new();
             let mut rest = &input[..];
@@ -906,15 +805,10 @@ mod tests {
     fn encoder_writes_one_line_or_nothing() {
         let mut codec = AgiCodec::new();
         let mut dst = BytesMut::new();
-        codec
-            .encode(&Command::WaitForDigit { timeout_ms: 1500 }, &mut dst)
-            .unwrap();
+        codec.encode(&Command::WaitForDigit { timeout_ms: 1500 }, &mut dst).unwrap();
         assert_eq!(&dst[..], b"WAIT FOR DIGIT 1500\n");
         let bad = Command::GetVariable("X\nHANGUP".into());
-        assert!(matches!(
-            codec.encode(&bad, &mut dst),
-            Err(AgiCodecError::Command(_))
-        ));
+        assert!(matches!(codec.encode(&bad, &mut dst), Err(AgiCodecError::Command(_))));
         assert_eq!(&dst[..], b"WAIT FOR DIGIT 1500\n");
     }
 }

@@ -134,31 +134,15 @@ impl Command {
         let line = match self {
             Command::Answer => "ANSWER".to_owned(),
             Command::Hangup => "HANGUP".to_owned(),
-            Command::StreamFile {
-                file,
-                escape_digits,
-                offset,
-            } => {
-                let mut line = format!(
-                    "STREAM FILE {} {}",
-                    sound_file(file)?,
-                    quote(escape(escape_digits)?)
-                );
+            Command::StreamFile { file, escape_digits, offset } => {
+                let mut line = format!("STREAM FILE {} {}", sound_file(file)?, quote(escape(escape_digits)?));
                 if let Some(offset) = offset {
                     line.push_str(&format!(" {offset}"));
                 }
                 line
             }
-            Command::GetOption {
-                file,
-                escape_digits,
-                timeout_ms,
-            } => {
-                let mut line = format!(
-                    "GET OPTION {} {}",
-                    sound_file(file)?,
-                    quote(escape(escape_digits)?)
-                );
+            Command::GetOption { file, escape_digits, timeout_ms } => {
+                let mut line = format!("GET OPTION {} {}", sound_file(file)?, quote(escape(escape_digits)?));
                 if let Some(ms) = timeout_ms {
                     if *ms > i32::MAX as u32 {
                         return Err(CommandError::OutOfRange("timeout"));
@@ -174,26 +158,19 @@ impl Command {
                 }
                 format!("WAIT FOR DIGIT {timeout_ms}")
             }
-            Command::SayDigits {
-                digits,
-                escape_digits,
-            } => {
-                let ok = (1..=MAX_SAY_DIGITS).contains(&digits.len())
-                    && digits.bytes().all(|b| b.is_ascii_digit());
+            Command::SayDigits { digits, escape_digits } => {
+                let ok = (1..=MAX_SAY_DIGITS).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
                 if !ok {
                     return Err(CommandError::BadDigits);
                 }
                 format!("SAY DIGITS {digits} {}", quote(escape(escape_digits)?))
             }
             Command::GetVariable(name) => format!("GET VARIABLE {}", variable(name)?),
-            Command::SetVariable(name, value) => format!(
-                "SET VARIABLE {} {}",
-                variable(name)?,
-                quote(text("variable value", value)?)
-            ),
+            Command::SetVariable(name, value) => {
+                format!("SET VARIABLE {} {}", variable(name)?, quote(text("variable value", value)?))
+            }
             Command::Exec { app, args } => {
-                let ok =
-                    !app.is_empty() && app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                let ok = !app.is_empty() && app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                 if !ok {
                     return Err(CommandError::BadName("application"));
                 }
@@ -216,56 +193,36 @@ impl Command {
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::SayDigits {
-                digits,
-                escape_digits,
-            } => f
+            Command::SayDigits { digits, escape_digits } => f
                 .debug_struct("SayDigits")
                 .field("digits", &format_args!("<{} redacted>", digits.len()))
                 .field("escape_digits", escape_digits)
                 .finish(),
-            Command::SetVariable(name, _) => f
-                .debug_tuple("SetVariable")
-                .field(name)
-                .field(&format_args!("<redacted>"))
-                .finish(),
-            Command::Exec { app, .. } => f
-                .debug_struct("Exec")
-                .field("app", app)
-                .field("args", &format_args!("<redacted>"))
-                .finish(),
+            Command::SetVariable(name, _) => {
+                f.debug_tuple("SetVariable").field(name).field(&format_args!("<redacted>")).finish()
+            }
+            Command::Exec { app, .. } => {
+                f.debug_struct("Exec").field("app", app).field("args", &format_args!("<redacted>")).finish()
+            }
             Command::Answer => f.write_str("Answer"),
             Command::Hangup => f.write_str("Hangup"),
-            Command::StreamFile {
-                file,
-                escape_digits,
-                offset,
-            } => f
+            Command::StreamFile { file, escape_digits, offset } => f
                 .debug_struct("StreamFile")
                 .field("file", file)
                 .field("escape_digits", escape_digits)
                 .field("offset", offset)
                 .finish(),
-            Command::GetOption {
-                file,
-                escape_digits,
-                timeout_ms,
-            } => f
+            Command::GetOption { file, escape_digits, timeout_ms } => f
                 .debug_struct("GetOption")
                 .field("file", file)
                 .field("escape_digits", escape_digits)
                 .field("timeout_ms", timeout_ms)
                 .finish(),
-            Command::WaitForDigit { timeout_ms } => f
-                .debug_struct("WaitForDigit")
-                .field("timeout_ms", timeout_ms)
-                .finish(),
+            Command::WaitForDigit { timeout_ms } => {
+                f.debug_struct("WaitForDigit").field("timeout_ms", timeout_ms).finish()
+            }
             Command::GetVariable(name) => f.debug_tuple("GetVariable").field(name).finish(),
-            Command::Verbose(message, level) => f
-                .debug_tuple("Verbose")
-                .field(message)
-                .field(level)
-                .finish(),
+            Command::Verbose(message, level) => f.debug_tuple("Verbose").field(message).field(level).finish(),
         }
     }
 }
@@ -294,10 +251,7 @@ fn quote(s: &str) -> String {
 }
 
 fn escape(digits: &str) -> Result<&str, CommandError> {
-    if digits
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
-    {
+    if digits.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#') {
         Ok(digits)
     } else {
         Err(CommandError::BadEscapeDigits)
@@ -310,37 +264,24 @@ fn escape(digits: &str) -> Result<&str, CommandError> {
 fn sound_file(file: &str) -> Result<&str, CommandError> {
     let ok = !file.is_empty()
         && !file.contains("..")
-        && file
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'.' | b'-'));
-    if ok {
-        Ok(file)
-    } else {
-        Err(CommandError::BadFileName)
-    }
+        && file.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'.' | b'-'));
+    if ok { Ok(file) } else { Err(CommandError::BadFileName) }
 }
 
 /// A variable name, optionally a dialplan function call with simple
 /// arguments: `NAME` or `FUNC(arg,arg)`. Written unquoted.
 fn variable(name: &str) -> Result<&str, CommandError> {
-    let ident =
-        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     let ok = match name.split_once('(') {
         None => ident(name),
         Some((func, rest)) => {
             ident(func)
                 && rest.strip_suffix(')').is_some_and(|args| {
-                    args.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b',' | b'.' | b'-' | b':')
-                    })
+                    args.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b',' | b'.' | b'-' | b':'))
                 })
         }
     };
-    if ok {
-        Ok(name)
-    } else {
-        Err(CommandError::BadName("variable"))
-    }
+    if ok { Ok(name) } else { Err(CommandError::BadName("variable")) }
 }
 
 #[cfg(test)]
@@ -397,227 +338,102 @@ mod tests {
         assert_eq!(line(Command::Answer), "ANSWER");
         assert_eq!(line(Command::Hangup), "HANGUP");
         assert_eq!(
-            line(Command::StreamFile {
-                file: "digits/4".into(),
-                escape_digits: "1".into(),
-                offset: None
-            }),
+            line(Command::StreamFile { file: "digits/4".into(), escape_digits: "1".into(), offset: None }),
             r#"STREAM FILE digits/4 "1""#
         );
         assert_eq!(
-            line(Command::StreamFile {
-                file: "otp/intro".into(),
-                escape_digits: "".into(),
-                offset: Some(800)
-            }),
+            line(Command::StreamFile { file: "otp/intro".into(), escape_digits: "".into(), offset: Some(800) }),
             r#"STREAM FILE otp/intro "" 800"#
         );
         assert_eq!(
-            line(Command::GetOption {
-                file: "otp/repeat".into(),
-                escape_digits: "1#".into(),
-                timeout_ms: Some(5000)
-            }),
+            line(Command::GetOption { file: "otp/repeat".into(), escape_digits: "1#".into(), timeout_ms: Some(5000) }),
             r#"GET OPTION otp/repeat "1#" 5000"#
         );
+        assert_eq!(line(Command::WaitForDigit { timeout_ms: 1500 }), "WAIT FOR DIGIT 1500");
+        assert_eq!(line(Command::WaitForDigit { timeout_ms: -1 }), "WAIT FOR DIGIT -1");
         assert_eq!(
-            line(Command::WaitForDigit { timeout_ms: 1500 }),
-            "WAIT FOR DIGIT 1500"
-        );
-        assert_eq!(
-            line(Command::WaitForDigit { timeout_ms: -1 }),
-            "WAIT FOR DIGIT -1"
-        );
-        assert_eq!(
-            line(Command::SayDigits {
-                digits: "4821".into(),
-                escape_digits: "".into()
-            }),
+            line(Command::SayDigits { digits: "4821".into(), escape_digits: "".into() }),
             r#"SAY DIGITS 4821 """#
         );
         assert_eq!(line(Command::GetVariable("X".into())), "GET VARIABLE X");
+        assert_eq!(line(Command::GetVariable("CHANNEL(language)".into())), "GET VARIABLE CHANNEL(language)");
         assert_eq!(
-            line(Command::GetVariable("CHANNEL(language)".into())),
-            "GET VARIABLE CHANNEL(language)"
-        );
-        assert_eq!(
-            line(Command::SetVariable(
-                "OTP_STATUS".into(),
-                r#"said "ok" \o/"#.into()
-            )),
+            line(Command::SetVariable("OTP_STATUS".into(), r#"said "ok" \o/"#.into())),
             r#"SET VARIABLE OTP_STATUS "said \"ok\" \\o/""#
         );
         assert_eq!(
-            line(Command::Exec {
-                app: "Playback".into(),
-                args: "beep,noanswer".into()
-            }),
+            line(Command::Exec { app: "Playback".into(), args: "beep,noanswer".into() }),
             r#"EXEC Playback "beep,noanswer""#
         );
-        assert_eq!(
-            line(Command::Verbose("hello world".into(), 1)),
-            r#"VERBOSE "hello world" 1"#
-        );
+        assert_eq!(line(Command::Verbose("hello world".into(), 1)), r#"VERBOSE "hello world" 1"#);
     }
 
     #[test]
     fn line_breaks_and_control_chars_are_refused() {
-        for evil in [
-            "a\nHANGUP",
-            "a\r",
-            "a\0b",
-            "\u{1b}[2J",
-            "tab\there",
-            "x\u{85}y",
-        ] {
+        for evil in ["a\nHANGUP", "a\r", "a\0b", "\u{1b}[2J", "tab\there", "x\u{85}y"] {
             assert!(matches!(
                 Command::SetVariable("X".into(), evil.into()).to_line(),
                 Err(CommandError::ControlChar(_))
             ));
             assert!(Command::Verbose(evil.into(), 1).to_line().is_err());
-            assert!(
-                Command::Exec {
-                    app: "NoOp".into(),
-                    args: evil.into()
-                }
-                .to_line()
-                .is_err()
-            );
+            assert!(Command::Exec { app: "NoOp".into(), args: evil.into() }.to_line().is_err());
             assert!(Command::GetVariable(evil.into()).to_line().is_err());
-            let play = Command::StreamFile {
-                file: evil.into(),
-                escape_digits: "".into(),
-                offset: None,
-            };
+            let play = Command::StreamFile { file: evil.into(), escape_digits: "".into(), offset: None };
             assert!(play.to_line().is_err());
         }
     }
 
     #[test]
     fn quotes_and_backslashes_cannot_split_an_argument() {
-        for value in [
-            "",
-            "plain",
-            r#"a" HANGUP ""#,
-            r#"\"#,
-            r#"\\""#,
-            r#"x\" y"#,
-            "\"",
-            "  spaced  out  ",
-            "ünïcödé ✓",
-        ] {
+        for value in ["", "plain", r#"a" HANGUP ""#, r#"\"#, r#"\\""#, r#"x\" y"#, "\"", "  spaced  out  ", "ünïcödé ✓"]
+        {
             let l = line(Command::SetVariable("V".into(), value.into()));
             assert!(!l.contains(['\r', '\n', '\0']));
             assert_eq!(
                 asterisk_parse_args(&l),
-                vec![
-                    "SET".to_owned(),
-                    "VARIABLE".into(),
-                    "V".into(),
-                    value.into()
-                ],
+                vec!["SET".to_owned(), "VARIABLE".into(), "V".into(), value.into()],
                 "value {value:?} -> line {l:?}"
             );
         }
-        let l = line(Command::SayDigits {
-            digits: "123".into(),
-            escape_digits: "".into(),
-        });
+        let l = line(Command::SayDigits { digits: "123".into(), escape_digits: "".into() });
         assert_eq!(asterisk_parse_args(&l), vec!["SAY", "DIGITS", "123", ""]);
     }
 
     #[test]
     fn file_names_are_restricted() {
-        let play = |f: &str| {
-            Command::StreamFile {
-                file: f.into(),
-                escape_digits: "".into(),
-                offset: None,
-            }
-            .to_line()
-        };
-        for bad in [
-            "",
-            "../etc/passwd",
-            "otp/../../x",
-            "a b",
-            "a\"b",
-            "digits/4 \"1\"",
-            "x;y",
-            "a\\b",
-            "é",
-        ] {
+        let play = |f: &str| Command::StreamFile { file: f.into(), escape_digits: "".into(), offset: None }.to_line();
+        for bad in ["", "../etc/passwd", "otp/../../x", "a b", "a\"b", "digits/4 \"1\"", "x;y", "a\\b", "é"] {
             assert_eq!(play(bad), Err(CommandError::BadFileName), "{bad:?}");
         }
-        for good in [
-            "digits/4",
-            "otp/intro-en_2",
-            "/var/lib/voice-otp/sounds/x.y",
-        ] {
+        for good in ["digits/4", "otp/intro-en_2", "/var/lib/voice-otp/sounds/x.y"] {
             assert!(play(good).is_ok(), "{good:?}");
         }
     }
 
     #[test]
     fn digits_and_names_are_restricted() {
-        let say = |d: &str, e: &str| {
-            Command::SayDigits {
-                digits: d.into(),
-                escape_digits: e.into(),
-            }
-            .to_line()
-        };
+        let say = |d: &str, e: &str| Command::SayDigits { digits: d.into(), escape_digits: e.into() }.to_line();
         assert_eq!(say("", ""), Err(CommandError::BadDigits));
         assert_eq!(say("12a", ""), Err(CommandError::BadDigits));
         assert_eq!(say("1 2", ""), Err(CommandError::BadDigits));
-        assert_eq!(
-            say(&"1".repeat(MAX_SAY_DIGITS + 1), ""),
-            Err(CommandError::BadDigits)
-        );
+        assert_eq!(say(&"1".repeat(MAX_SAY_DIGITS + 1), ""), Err(CommandError::BadDigits));
         assert_eq!(say("12", "1a"), Err(CommandError::BadEscapeDigits));
         assert_eq!(say("12", "\""), Err(CommandError::BadEscapeDigits));
         assert!(say("12", "0123456789*#").is_ok());
         for bad in ["", "A B", "A\"", "F(x", "F(a b)", "(x)", "F(x)y"] {
-            assert!(
-                Command::GetVariable(bad.into()).to_line().is_err(),
-                "{bad:?}"
-            );
+            assert!(Command::GetVariable(bad.into()).to_line().is_err(), "{bad:?}");
         }
-        assert!(
-            Command::Exec {
-                app: "Sys tem".into(),
-                args: "".into()
-            }
-            .to_line()
-            .is_err()
-        );
-        assert!(
-            Command::Exec {
-                app: "".into(),
-                args: "".into()
-            }
-            .to_line()
-            .is_err()
-        );
+        assert!(Command::Exec { app: "Sys tem".into(), args: "".into() }.to_line().is_err());
+        assert!(Command::Exec { app: "".into(), args: "".into() }.to_line().is_err());
     }
 
     #[test]
     fn numeric_ranges() {
         assert!(Command::WaitForDigit { timeout_ms: -2 }.to_line().is_err());
-        assert!(
-            Command::WaitForDigit {
-                timeout_ms: i64::from(i32::MAX) + 1
-            }
-            .to_line()
-            .is_err()
-        );
+        assert!(Command::WaitForDigit { timeout_ms: i64::from(i32::MAX) + 1 }.to_line().is_err());
         assert!(Command::Verbose("m".into(), 0).to_line().is_err());
         assert!(Command::Verbose("m".into(), 5).to_line().is_err());
-        let opt = Command::GetOption {
-            file: "a".into(),
-            escape_digits: "".into(),
-            timeout_ms: Some(u32::MAX),
-        };
+        let opt = Command::GetOption { file: "a".into(), escape_digits: "".into(), timeout_ms: Some(u32::MAX) };
         assert!(opt.to_line().is_err());
     }
 
@@ -626,10 +442,7 @@ mod tests {
         // Otherwise Asterisk would run the tail past its 2048-byte buffer as
         // a command of its own.
         let tail = format!("{}HANGUP", " ".repeat(2100));
-        assert_eq!(
-            Command::Verbose(tail, 1).to_line(),
-            Err(CommandError::TooLong)
-        );
+        assert_eq!(Command::Verbose(tail, 1).to_line(), Err(CommandError::TooLong));
         let fits = "x".repeat(MAX_COMMAND_LEN - r#"VERBOSE "" 1"#.len());
         assert_eq!(line(Command::Verbose(fits, 1)).len(), MAX_COMMAND_LEN);
     }
@@ -638,15 +451,9 @@ mod tests {
     fn debug_redacts_secrets() {
         let dbg = format!(
             "{:?} {:?} {:?}",
-            Command::SayDigits {
-                digits: "482193".into(),
-                escape_digits: "".into()
-            },
+            Command::SayDigits { digits: "482193".into(), escape_digits: "".into() },
             Command::SetVariable("CODE".into(), "482193".into()),
-            Command::Exec {
-                app: "SayDigits".into(),
-                args: "482193".into()
-            },
+            Command::Exec { app: "SayDigits".into(), args: "482193".into() },
         );
         assert!(!dbg.contains("482193"), "{dbg}");
         assert!(dbg.contains("SayDigits") && dbg.contains("CODE"));
@@ -654,9 +461,7 @@ mod tests {
 
     #[test]
     fn errors_do_not_echo_values() {
-        let err = Command::SetVariable("X".into(), "secret\n".into())
-            .to_line()
-            .unwrap_err();
+        let err = Command::SetVariable("X".into(), "secret\n".into()).to_line().unwrap_err();
         assert!(!err.to_string().contains("secret"));
     }
 }

@@ -138,10 +138,7 @@ impl AgiServer {
         }
         drop(self.listener);
         tracker.close();
-        tracing::info!(
-            sessions = tracker.len(),
-            "AGI server stopped; waiting for sessions to end"
-        );
+        tracing::info!(sessions = tracker.len(), "AGI server stopped; waiting for sessions to end");
         tracker.wait().await;
         tracing::info!("AGI server drained");
     }
@@ -218,10 +215,7 @@ mod tests {
     /// True if the server closes the connection (EOF or reset) in time.
     async fn closed_by_server(stream: &mut TcpStream) -> bool {
         let mut buf = [0u8; 64];
-        matches!(
-            timeout(WAIT, stream.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(timeout(WAIT, stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 
     /// A raw-bytes Asterisk: sends the request block, answers one playback,
@@ -232,38 +226,22 @@ mod tests {
         let mut r = BufReader::new(r);
         w.write_all(REQUEST.as_bytes()).await.unwrap();
         let mut line = String::new();
-        timeout(WAIT, r.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(WAIT, r.read_line(&mut line)).await.unwrap().unwrap();
         assert_eq!(line, "STREAM FILE digits/4 \"1\"\n");
         w.write_all(b"200 result=0 endpos=6560\r\n").await.unwrap();
         line.clear();
-        let n = timeout(WAIT, r.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = timeout(WAIT, r.read_line(&mut line)).await.unwrap().unwrap();
         assert_eq!(n, 0, "expected the session to end, got {line:?}");
     }
 
     /// Handler that plays one file and reports the request and result.
-    fn reporting_handler(
-        tx: mpsc::UnboundedSender<(String, Result<Option<u64>, String>)>,
-    ) -> impl AgiHandler {
+    fn reporting_handler(tx: mpsc::UnboundedSender<(String, Result<Option<u64>, String>)>) -> impl AgiHandler {
         move |mut session: AgiSession| {
             let tx = tx.clone();
             async move {
                 let id = session.request().uniqueid().unwrap_or_default().to_owned();
-                let play = Command::StreamFile {
-                    file: "digits/4".into(),
-                    escape_digits: "1".into(),
-                    offset: None,
-                };
-                let result = session
-                    .run(play)
-                    .await
-                    .map(|r| r.endpos)
-                    .map_err(|e| e.to_string());
+                let play = Command::StreamFile { file: "digits/4".into(), escape_digits: "1".into(), offset: None };
+                let result = session.run(play).await.map(|r| r.endpos).map_err(|e| e.to_string());
                 let _ = tx.send((id, result));
             }
         }
@@ -284,10 +262,8 @@ mod tests {
     #[tokio::test]
     async fn peers_outside_the_allow_list_are_closed() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let server = AgiServer::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .with_allowed_peers(vec!["10.9.9.9".parse().unwrap()]);
+        let server =
+            AgiServer::bind("127.0.0.1:0").await.unwrap().with_allowed_peers(vec!["10.9.9.9".parse().unwrap()]);
         let (addr, token, task) = start(server, reporting_handler(tx)).await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let _ = stream.write_all(REQUEST.as_bytes()).await;
@@ -303,10 +279,7 @@ mod tests {
         let server = AgiServer::bind("127.0.0.1:0")
             .await
             .unwrap()
-            .with_allowed_peers(vec![
-                "10.9.9.9".parse().unwrap(),
-                "127.0.0.1".parse().unwrap(),
-            ]);
+            .with_allowed_peers(vec!["10.9.9.9".parse().unwrap(), "127.0.0.1".parse().unwrap()]);
         let (addr, token, _task) = start(server, reporting_handler(tx)).await;
         asterisk_call(addr).await;
         assert!(timeout(WAIT, rx.recv()).await.unwrap().is_some());
@@ -316,18 +289,12 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_silent_connections_do_not_stall_the_server() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let server = AgiServer::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .with_request_timeout(Duration::from_millis(300));
+        let server = AgiServer::bind("127.0.0.1:0").await.unwrap().with_request_timeout(Duration::from_millis(300));
         let (addr, token, task) = start(server, reporting_handler(tx)).await;
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut garbage = TcpStream::connect(addr).await.unwrap();
-        garbage
-            .write_all(b"\x00\xff\x16\x03\x01GET / HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        garbage.write_all(b"\x00\xff\x16\x03\x01GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut flood = TcpStream::connect(addr).await.unwrap();
         // One endless line: must be cut off at the line limit, not buffered.
         let _ = flood.write_all(&vec![b'a'; 64 * 1024]).await;
@@ -358,10 +325,7 @@ mod tests {
                 }
             }
         };
-        let server = AgiServer::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .with_max_sessions(1);
+        let server = AgiServer::bind("127.0.0.1:0").await.unwrap().with_max_sessions(1);
         let (addr, token, task) = start(server, handler).await;
 
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -396,19 +360,13 @@ mod tests {
         let mut r = BufReader::new(r);
         w.write_all(REQUEST.as_bytes()).await.unwrap();
         let mut line = String::new();
-        timeout(WAIT, r.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(WAIT, r.read_line(&mut line)).await.unwrap().unwrap();
         assert_eq!(line, "ANSWER\n");
 
         token.cancel();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!task.is_finished(), "serve must wait for the live session");
-        assert!(
-            TcpStream::connect(addr).await.is_err(),
-            "listener must be closed"
-        );
+        assert!(TcpStream::connect(addr).await.is_err(), "listener must be closed");
 
         w.write_all(b"200 result=0\n").await.unwrap();
         assert_eq!(timeout(WAIT, done_rx.recv()).await.unwrap(), Some(Ok(200)));
@@ -430,10 +388,7 @@ mod tests {
         let (addr, token, _task) = start(server, App { calls: tx }).await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(REQUEST.as_bytes()).await.unwrap();
-        assert_eq!(
-            timeout(WAIT, rx.recv()).await.unwrap().as_deref(),
-            Some("42")
-        );
+        assert_eq!(timeout(WAIT, rx.recv()).await.unwrap().as_deref(), Some("42"));
         assert!(closed_by_server(&mut stream).await);
         token.cancel();
     }

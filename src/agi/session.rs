@@ -180,11 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
         if self.hung_up && !is_hangup {
             return Err(AgiError::HungUp);
         }
-        let limit = if self.hung_up {
-            self.hangup_grace
-        } else {
-            self.command_timeout
-        };
+        let limit = if self.hung_up { self.hangup_grace } else { self.command_timeout };
         let mut deadline = Instant::now() + limit;
         tracing::trace!(command = cmd.name(), "AGI command");
 
@@ -193,11 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
             Ok(Err(e)) => return Err(self.fail(e)),
             Err(_) => {
                 self.broken = true;
-                return Err(if self.hung_up {
-                    AgiError::HungUp
-                } else {
-                    AgiError::Timeout
-                });
+                return Err(if self.hung_up { AgiError::HungUp } else { AgiError::Timeout });
             }
         }
 
@@ -212,11 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
                 }
                 Err(_) => {
                     self.broken = true;
-                    return Err(if self.hung_up {
-                        AgiError::HungUp
-                    } else {
-                        AgiError::Timeout
-                    });
+                    return Err(if self.hung_up { AgiError::HungUp } else { AgiError::Timeout });
                 }
             };
             match frame {
@@ -254,12 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
         Ok(())
     }
 
-    fn outcome(
-        &mut self,
-        reply: Reply,
-        is_hangup: bool,
-        hangup_seen: bool,
-    ) -> Result<Reply, AgiError> {
+    fn outcome(&mut self, reply: Reply, is_hangup: bool, hangup_seen: bool) -> Result<Reply, AgiError> {
         match reply.code {
             200 if hangup_seen && !is_hangup => Err(AgiError::HungUp),
             200 => Ok(reply),
@@ -281,22 +264,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
 
     /// The error for a connection that is gone.
     fn gone(&self) -> AgiError {
-        if self.hung_up {
-            AgiError::HungUp
-        } else {
-            AgiError::Closed
-        }
+        if self.hung_up { AgiError::HungUp } else { AgiError::Closed }
     }
 }
 
 /// Maps a codec error: a peer that went away is `Closed` (or `HungUp`),
 /// not an I/O fault of ours.
 fn codec_error(e: AgiCodecError, hung_up: bool) -> AgiError {
-    let gone = if hung_up {
-        AgiError::HungUp
-    } else {
-        AgiError::Closed
-    };
+    let gone = if hung_up { AgiError::HungUp } else { AgiError::Closed };
     match e {
         AgiCodecError::Io(e)
             if matches!(
@@ -327,8 +302,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
-    const REQUEST: &[u8] =
-        b"agi_network: yes\nagi_network_script: otp\nagi_channel: PJSIP/carrier-1\n\
+    const REQUEST: &[u8] = b"agi_network: yes\nagi_network_script: otp\nagi_channel: PJSIP/carrier-1\n\
         agi_uniqueid: call-7\nagi_language: en\nagi_arg_1: 42\n\n";
 
     /// Plays Asterisk on the far end of a duplex pipe.
@@ -362,24 +336,12 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let (r, mut w) = tokio::io::split(theirs);
         w.write_all(REQUEST).await.unwrap();
-        let session = AgiSession::accept(ours, Duration::from_secs(5))
-            .await
-            .unwrap();
-        (
-            session,
-            Peer {
-                reader: BufReader::new(r),
-                writer: w,
-            },
-        )
+        let session = AgiSession::accept(ours, Duration::from_secs(5)).await.unwrap();
+        (session, Peer { reader: BufReader::new(r), writer: w })
     }
 
     fn play(file: &str) -> Command {
-        Command::StreamFile {
-            file: file.into(),
-            escape_digits: "1".into(),
-            offset: None,
-        }
+        Command::StreamFile { file: file.into(), escape_digits: "1".into(), offset: None }
     }
 
     #[tokio::test]
@@ -393,23 +355,17 @@ mod tests {
     #[tokio::test]
     async fn accept_rejects_silence_garbage_and_eof() {
         let (ours, _theirs) = tokio::io::duplex(1024);
-        let err = AgiSession::accept(ours, Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = AgiSession::accept(ours, Duration::from_millis(50)).await.unwrap_err();
         assert!(matches!(err, AgiError::Timeout));
 
         let (ours, mut theirs) = tokio::io::duplex(1024);
         theirs.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let err = AgiSession::accept(ours, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = AgiSession::accept(ours, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, AgiError::Protocol(_)), "{err:?}");
 
         let (ours, theirs) = tokio::io::duplex(1024);
         drop(theirs);
-        let err = AgiSession::accept(ours, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = AgiSession::accept(ours, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, AgiError::Closed), "{err:?}");
     }
 
@@ -427,10 +383,7 @@ mod tests {
         });
         let r = session.run(play("digits/4")).await.unwrap();
         assert_eq!((r.result, r.endpos), (Some(0), Some(6560)));
-        let r = session
-            .run(Command::WaitForDigit { timeout_ms: 1500 })
-            .await
-            .unwrap();
+        let r = session.run(Command::WaitForDigit { timeout_ms: 1500 }).await.unwrap();
         assert_eq!(r.digit(), Some('1'));
         // -1 is the caller's to interpret (missing file or hang-up).
         let r = session.run(play("otp/missing")).await.unwrap();
@@ -449,21 +402,12 @@ mod tests {
             peer.send("200 result=1\nHANGUP\n").await;
             assert_eq!(peer.line_within(Duration::from_millis(200)).await, None);
         });
-        assert!(matches!(
-            session.run(play("digits/4")).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(play("digits/4")).await, Err(AgiError::HungUp)));
         assert!(session.hung_up());
-        assert!(matches!(
-            session.run(play("digits/5")).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(play("digits/5")).await, Err(AgiError::HungUp)));
         let r = session.run(Command::Hangup).await.unwrap();
         assert_eq!(r.result, Some(1));
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::HungUp)));
         drop(session);
         peer_task.await.unwrap();
     }
@@ -478,10 +422,7 @@ mod tests {
             peer
         });
         let started = std::time::Instant::now();
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::HungUp)));
         assert!(started.elapsed() < Duration::from_secs(2));
         let _peer = peer_task.await.unwrap();
     }
@@ -491,10 +432,7 @@ mod tests {
         let (mut session, mut peer) = pair().await;
         peer.send("HANGUP\n").await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(matches!(
-            session.run(play("digits/1")).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(play("digits/1")).await, Err(AgiError::HungUp)));
         assert_eq!(peer.line_within(Duration::from_millis(100)).await, None);
     }
 
@@ -503,14 +441,10 @@ mod tests {
         let (mut session, mut peer) = pair().await;
         let peer_task = tokio::spawn(async move {
             peer.expect("ANSWER").await;
-            peer.send("511 Command Not Permitted on a dead channel or intercept routine\n")
-                .await;
+            peer.send("511 Command Not Permitted on a dead channel or intercept routine\n").await;
             peer
         });
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::HungUp)));
         assert!(session.hung_up());
         let _peer = peer_task.await.unwrap();
     }
@@ -522,26 +456,19 @@ mod tests {
             peer.expect("GET VARIABLE X").await;
             peer.send("510 Invalid or unknown command\n").await;
             peer.expect("SAY DIGITS 12 \"\"").await;
-            peer.send("520-Invalid command syntax.  Proper usage follows:\nUsage: SAY DIGITS\n520 End of proper usage.\n")
-                .await;
+            peer.send(
+                "520-Invalid command syntax.  Proper usage follows:\nUsage: SAY DIGITS\n520 End of proper usage.\n",
+            )
+            .await;
             peer.expect("GET VARIABLE X").await;
             peer.send("200 result=1 (v)\n").await;
             peer
         });
-        let err = session
-            .run(Command::GetVariable("X".into()))
-            .await
-            .unwrap_err();
+        let err = session.run(Command::GetVariable("X".into())).await.unwrap_err();
         assert!(matches!(&err, AgiError::UnknownCommand(t) if t == "Invalid or unknown command"));
-        let say = Command::SayDigits {
-            digits: "12".into(),
-            escape_digits: "".into(),
-        };
+        let say = Command::SayDigits { digits: "12".into(), escape_digits: "".into() };
         let err = session.run(say).await.unwrap_err();
-        assert!(
-            matches!(&err, AgiError::Syntax(t) if t.contains("Usage: SAY DIGITS")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, AgiError::Syntax(t) if t.contains("Usage: SAY DIGITS")), "{err:?}");
         // The stream is still in step after both.
         let r = session.run(Command::GetVariable("X".into())).await.unwrap();
         assert_eq!(r.data.as_deref(), Some("v"));
@@ -555,15 +482,9 @@ mod tests {
             peer.expect("ANSWER").await;
             drop(peer);
         });
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::Closed)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::Closed)));
         peer_task.await.unwrap();
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::Closed)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::Closed)));
     }
 
     #[tokio::test]
@@ -574,10 +495,7 @@ mod tests {
             peer.send("HANGUP\n").await;
             drop(peer);
         });
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::HungUp)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::HungUp)));
         peer_task.await.unwrap();
     }
 
@@ -585,17 +503,11 @@ mod tests {
     async fn timeout_poisons_the_session() {
         let (mut session, mut peer) = pair().await;
         session.set_command_timeout(Duration::from_millis(100));
-        assert!(matches!(
-            session.run(play("digits/1")).await,
-            Err(AgiError::Timeout)
-        ));
+        assert!(matches!(session.run(play("digits/1")).await, Err(AgiError::Timeout)));
         peer.expect(r#"STREAM FILE digits/1 "1""#).await;
         // The late reply must not be taken for the next command's.
         peer.send("200 result=0 endpos=10\n").await;
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::Closed)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::Closed)));
         assert_eq!(peer.line_within(Duration::from_millis(100)).await, None);
     }
 
@@ -607,14 +519,8 @@ mod tests {
             peer.send("<html>\n").await;
             peer
         });
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::Protocol(_))
-        ));
-        assert!(matches!(
-            session.run(Command::Answer).await,
-            Err(AgiError::Closed)
-        ));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::Protocol(_))));
+        assert!(matches!(session.run(Command::Answer).await, Err(AgiError::Closed)));
         let _peer = peer_task.await.unwrap();
     }
 
@@ -654,21 +560,12 @@ mod tests {
         impl AgiChannel for Fake {
             async fn run(&mut self, cmd: Command) -> Result<Reply, AgiError> {
                 self.sent.push(cmd.to_line()?);
-                Ok(Reply {
-                    code: 200,
-                    result: Some(0),
-                    data: None,
-                    endpos: None,
-                    text: "result=0".into(),
-                })
+                Ok(Reply { code: 200, result: Some(0), data: None, endpos: None, text: "result=0".into() })
             }
         }
         async fn say_code<C: AgiChannel>(channel: &mut C, code: &str) -> Result<(), AgiError> {
             channel.run(Command::Verbose("code".into(), 3)).await?;
-            let say = Command::SayDigits {
-                digits: code.into(),
-                escape_digits: String::new(),
-            };
+            let say = Command::SayDigits { digits: code.into(), escape_digits: String::new() };
             channel.run(say).await?;
             Ok(())
         }
@@ -679,10 +576,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(
-            fake.sent,
-            vec![r#"VERBOSE "code" 3"#, r#"SAY DIGITS 4821 """#]
-        );
+        assert_eq!(fake.sent, vec![r#"VERBOSE "code" 3"#, r#"SAY DIGITS 4821 """#]);
 
         // The real session satisfies the same bound, Send included, and code
         // generic over its stream can still read the request.

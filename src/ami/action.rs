@@ -140,10 +140,7 @@ impl Action {
     /// user's `read=` permissions allow: the call flow needs
     /// `OriginateResponse` and `Hangup`, which `Events: off` would hide.
     pub fn login(username: &str, secret: &str) -> Result<Action, HeaderError> {
-        Action::builtin("Login")
-            .header("Username", username)?
-            .header("Secret", secret)?
-            .header("Events", "on")
+        Action::builtin("Login").header("Username", username)?.header("Secret", secret)?.header("Events", "on")
     }
 
     /// `Ping`; Asterisk answers `Response: Success` with `Ping: Pong`.
@@ -290,7 +287,18 @@ mod tests {
         let keys: Vec<&str> = a.headers().iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["Async", "ChannelId", "Channel", "Context", "Exten", "Priority", "Timeout", "CallerID", "Variable", "Variable"]
+            [
+                "Async",
+                "ChannelId",
+                "Channel",
+                "Context",
+                "Exten",
+                "Priority",
+                "Timeout",
+                "CallerID",
+                "Variable",
+                "Variable"
+            ]
         );
         assert_eq!(a.headers()[0].1, "true");
         assert_eq!(a.headers()[6].1, "30000");
@@ -337,7 +345,9 @@ mod tests {
 
     #[test]
     fn variable_injection_refused() {
-        for (name, value) in [("A", "1,CALLERID(num)=666"), ("A", "\"x\""), ("A", "x\\"), ("A=B", "1"), ("", "1"), ("A,B", "1")] {
+        for (name, value) in
+            [("A", "1,CALLERID(num)=666"), ("A", "\"x\""), ("A", "x\\"), ("A=B", "1"), ("", "1"), ("A,B", "1")]
+        {
             let o = Originate { variables: vec![(name.into(), value.into())], ..originate() };
             let err = Action::originate(o).expect_err("refused");
             assert!(matches!(err, HeaderError::BadVariable { .. }), "{name:?}={value:?}");

@@ -335,7 +335,9 @@ async fn run(config: AmiConfig, shared: Arc<Shared>, shutdown: CancellationToken
                 match serve(link, &config, &shared, &shutdown).await {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Closed => warn!("AMI link closed by Asterisk"),
-                    SessionEnd::PingTimeout => warn!(timeout = ?config.ping_timeout, "AMI ping unanswered, link declared dead"),
+                    SessionEnd::PingTimeout => {
+                        warn!(timeout = ?config.ping_timeout, "AMI ping unanswered, link declared dead")
+                    }
                     SessionEnd::Failed(error) => warn!(%error, "AMI link failed"),
                 }
                 // Only a link that stayed up for a while resets the backoff,
@@ -369,10 +371,8 @@ async fn connect_and_login(config: &AmiConfig, shared: &Shared) -> Result<Link, 
         // Actions are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let mut link = Link {
-            reader: FramedRead::new(read, AmiCodec::new()),
-            writer: FramedWrite::new(write, AmiCodec::new()),
-        };
+        let mut link =
+            Link { reader: FramedRead::new(read, AmiCodec::new()), writer: FramedWrite::new(write, AmiCodec::new()) };
         match next_frame(&mut link.reader).await? {
             Frame::Banner(banner) if banner.starts_with("Asterisk Call Manager") => {
                 debug!(%banner, "AMI banner");
@@ -502,7 +502,11 @@ async fn serve(link: Link, config: &AmiConfig, shared: &Shared, shutdown: &Cance
 
 /// Writes one action, giving up after `limit` so a peer that stopped reading
 /// cannot stall the connection task.
-async fn write(writer: &mut FramedWrite<OwnedWriteHalf, AmiCodec>, action: &Action, limit: Duration) -> Result<(), AmiError> {
+async fn write(
+    writer: &mut FramedWrite<OwnedWriteHalf, AmiCodec>,
+    action: &Action,
+    limit: Duration,
+) -> Result<(), AmiError> {
     match tokio::time::timeout(limit, writer.send(action)).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(AmiError::Timeout),
@@ -538,11 +542,8 @@ fn route(msg: Message, pending: &mut HashMap<String, Reply>, ping: &mut Option<(
         debug!(action_id = %id, "AMI response for no waiting action (timed out?)");
         return;
     };
-    let result = if refused {
-        Err(AmiError::Rejected(msg.get("Message").unwrap_or("no message").to_owned()))
-    } else {
-        Ok(msg)
-    };
+    let result =
+        if refused { Err(AmiError::Rejected(msg.get("Message").unwrap_or("no message").to_owned())) } else { Ok(msg) };
     let _ = reply.send(result);
 }
 
@@ -663,10 +664,8 @@ mod tests {
         }
 
         async fn expect_action(&mut self, name: &str) -> Headers {
-            let action = tokio::time::timeout(WAIT, self.read_action())
-                .await
-                .expect("action in time")
-                .expect("connection open");
+            let action =
+                tokio::time::timeout(WAIT, self.read_action()).await.expect("action in time").expect("connection open");
             assert_eq!(get(&action, "Action"), name, "{action:?}");
             action
         }

@@ -125,10 +125,7 @@ impl Message {
 
     /// Values of every header named `key`, in wire order.
     pub fn get_all<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> {
-        self.headers
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
     }
 
     /// All headers in wire order, repeated keys included.
@@ -254,11 +251,7 @@ impl Decoder for AmiCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        if self.banner_seen {
-            self.decode_message(src)
-        } else {
-            self.decode_banner(src)
-        }
+        if self.banner_seen { self.decode_message(src) } else { self.decode_banner(src) }
     }
 }
 
@@ -322,11 +315,8 @@ fn line(input: &[u8]) -> IResult<&[u8], &[u8]> {
 
 /// `Key: Value`, split at the first `": "`; failing that, at the first `:`.
 fn header(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
-    alt((
-        separated_pair(take_until(": "), tag(": "), rest),
-        separated_pair(take_until(":"), tag(":"), rest),
-    ))
-    .parse(input)
+    alt((separated_pair(take_until(": "), tag(": "), rest), separated_pair(take_until(":"), tag(":"), rest)))
+        .parse(input)
 }
 
 /// A parsed line: `Some((key, value))`, or `None` for a line with no colon.
@@ -336,9 +326,7 @@ type HeaderLine<'a> = Option<(&'a [u8], &'a [u8])>;
 /// Lines that are not headers come out as `None`.
 fn message(input: &[u8]) -> IResult<&[u8], Vec<HeaderLine<'_>>> {
     terminated(
-        many0(map(verify(line, |l: &[u8]| !l.is_empty()), |l| {
-            header(l).ok().map(|(_, kv)| kv)
-        })),
+        many0(map(verify(line, |l: &[u8]| !l.is_empty()), |l| header(l).ok().map(|(_, kv)| kv))),
         verify(line, |l: &[u8]| l.is_empty()),
     )
     .parse(input)
@@ -349,11 +337,7 @@ fn message(input: &[u8]) -> IResult<&[u8], Vec<HeaderLine<'_>>> {
 /// the result is an empty message, which callers ignore as `Unknown`.
 fn parse_message(raw: &[u8]) -> Message {
     let headers = match message(raw) {
-        Ok((_, lines)) => lines
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (lossy(k), lossy(v)))
-            .collect(),
+        Ok((_, lines)) => lines.into_iter().flatten().map(|(k, v)| (lossy(k), lossy(v))).collect(),
         Err(_) => Vec::new(),
     };
     Message { headers }

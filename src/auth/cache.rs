@@ -32,11 +32,7 @@ impl CredentialCache {
     /// `max_users` disables it: every request is checked with bcrypt.
     pub fn new(ttl: Duration, max_users: usize) -> CredentialCache {
         let enabled = !ttl.is_zero() && max_users > 0;
-        CredentialCache {
-            key: rand::random(),
-            ttl,
-            entries: enabled.then(|| quick_cache::sync::Cache::new(max_users)),
-        }
+        CredentialCache { key: rand::random(), ttl, entries: enabled.then(|| quick_cache::sync::Cache::new(max_users)) }
     }
 
     /// A cache that remembers nothing.

@@ -60,9 +60,9 @@ impl OtpAgi {
             .db
             .run(move |s| {
                 let call = s.call(&lookup)?;
-                let waiting = call.as_ref().is_some_and(|c| {
-                    matches!(c.status, CallStatus::Queued | CallStatus::Dialing) && c.code.is_some()
-                });
+                let waiting = call
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.status, CallStatus::Queued | CallStatus::Dialing) && c.code.is_some());
                 let marked = if waiting { s.mark_answered(&lookup).map(|_| ()) } else { Ok(()) };
                 Ok((call, marked))
             })
@@ -102,7 +102,9 @@ impl OtpAgi {
             }
         }
         let end = match (&outcome.end, outcome.readings) {
-            (_, n) if n >= 1 => CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(n) },
+            (_, n) if n >= 1 => {
+                CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(n) }
+            }
             (FlowEnd::NoKeypress, _) => CallEnd { readings: Some(0), ..CallEnd::failed(FailReason::NoKeypress, None) },
             (FlowEnd::Error(e), _) => CallEnd {
                 readings: Some(0),
@@ -113,7 +115,9 @@ impl OtpAgi {
         let (status, readings) = (end.status, outcome.readings);
         let finish = id.clone();
         match self.db.run(move |s| s.finish_call(&finish, &end)).await {
-            Ok(_) => tracing::info!(call_id = %id, %status, readings, keys = %outcome.keys, end = ?outcome.end, "call ended"),
+            Ok(_) => {
+                tracing::info!(call_id = %id, %status, readings, keys = %outcome.keys, end = ?outcome.end, "call ended")
+            }
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }
         if outcome.end != FlowEnd::HungUp {

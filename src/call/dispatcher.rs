@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::{CallId, CallStatus, FailReason, now_ms};
 use crate::ami::{Action, AmiClient, AmiError, LinkState, Message, MessageKind};
@@ -217,12 +217,12 @@ impl Inner {
     }
 
     fn track(&self, id: &CallId) {
-        self.tracked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .calls
-            .entry(id.clone())
-            .or_insert_with(|| Tracked { since: Instant::now(), cause: None, responded: false, hung_up: false });
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).calls.entry(id.clone()).or_insert_with(|| Tracked {
+            since: Instant::now(),
+            cause: None,
+            responded: false,
+            hung_up: false,
+        });
     }
 }
 
@@ -256,10 +256,8 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
 async fn dial_ready(state: &Inner) {
     let max = u64::from(state.config.queue.max_concurrent_calls);
     loop {
-        let next = state
-            .db
-            .run(move |s| Ok(if s.in_flight_count()? < max { s.next_queued(now_ms())? } else { None }))
-            .await;
+        let next =
+            state.db.run(move |s| Ok(if s.in_flight_count()? < max { s.next_queued(now_ms())? } else { None })).await;
         let id = match next {
             Ok(Some(id)) => id,
             Ok(None) => return,
@@ -544,12 +542,12 @@ async fn on_hangup(state: &Arc<Inner>, id: CallId, cause: Option<u16>) {
             let state = state.clone();
             tokio::spawn(
                 async move {
-                tokio::time::sleep(AGI_GRACE).await;
-                if state.live.contains(&id) {
-                    return;
-                }
-                let detail = "hung up without a FastAGI session (check the dialplan)".to_owned();
-                state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
+                    tokio::time::sleep(AGI_GRACE).await;
+                    if state.live.contains(&id) {
+                        return;
+                    }
+                    let detail = "hung up without a FastAGI session (check the dialplan)".to_owned();
+                    state.finish(&id, CallEnd::failed(FailReason::SystemError, Some(detail))).await;
                 }
                 .in_current_span(),
             );

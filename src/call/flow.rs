@@ -51,7 +51,8 @@ pub enum Prompt {
 
 impl Prompt {
     /// Every prompt, for sound checks.
-    pub const ALL: [Prompt; 5] = [Prompt::Intro, Prompt::Repeat, Prompt::PressOne, Prompt::PressAnyKey, Prompt::Goodbye];
+    pub const ALL: [Prompt; 5] =
+        [Prompt::Intro, Prompt::Repeat, Prompt::PressOne, Prompt::PressAnyKey, Prompt::Goodbye];
 
     /// The sound name Asterisk resolves under `sounds/<language>/`.
     pub fn sound(self) -> &'static str {
@@ -125,7 +126,12 @@ impl From<AgiError> for Stop {
 }
 
 /// Reads `code` (ASCII digits) to the callee on `chan`.
-pub async fn read_code<C: AgiChannel>(chan: &mut C, code: &str, cfg: &CallConfig, options: &CallOptions) -> FlowOutcome {
+pub async fn read_code<C: AgiChannel>(
+    chan: &mut C,
+    code: &str,
+    cfg: &CallConfig,
+    options: &CallOptions,
+) -> FlowOutcome {
     let mut flow = Flow { chan, cfg, code, readings: 0, keys: String::new(), extra_left: cfg.max_extra_readings };
     let end = match flow.script(options).await {
         Ok(end) => end,
@@ -381,7 +387,11 @@ mod tests {
             self
         }
         fn played(&self) -> Vec<&str> {
-            self.sent.iter().filter_map(|c| c.strip_prefix("STREAM FILE ")).map(|c| c.split(' ').next().unwrap()).collect()
+            self.sent
+                .iter()
+                .filter_map(|c| c.strip_prefix("STREAM FILE "))
+                .map(|c| c.split(' ').next().unwrap())
+                .collect()
         }
         fn digits_played(&self) -> usize {
             self.played().iter().filter(|p| p.starts_with("digits/")).count()
@@ -434,10 +444,8 @@ mod tests {
         assert_eq!(chan.sent[0], "SET VARIABLE CHANNEL(language) \"en\"");
         assert_eq!(chan.sent[1], "WAIT FOR DIGIT 1000");
         // A pause before every digit; 1 interrupts digits while replays are left.
-        let before_digits = chan
-            .sent
-            .windows(2)
-            .filter(|w| w[1].starts_with("STREAM FILE digits/") && w[0] == "WAIT FOR DIGIT 400");
+        let before_digits =
+            chan.sent.windows(2).filter(|w| w[1].starts_with("STREAM FILE digits/") && w[0] == "WAIT FOR DIGIT 400");
         assert_eq!(before_digits.count(), 8);
         assert!(chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/")).all(|c| c.ends_with(" \"1\"")));
         // The offer takes any key, then waits for one.
@@ -609,8 +617,12 @@ mod tests {
             let full = full_run("4821", &options, &presses).await;
             // A reading is complete when its last digit has played, unless
             // that digit was the one interrupted by 1 (never the case here).
-            let last_digit: Vec<usize> =
-                full.iter().enumerate().filter(|(_, c)| c.starts_with("STREAM FILE digits/1")).map(|(i, _)| i).collect();
+            let last_digit: Vec<usize> = full
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.starts_with("STREAM FILE digits/1"))
+                .map(|(i, _)| i)
+                .collect();
             for n in 0..full.len() {
                 let mut chan = Scripted::hanging_up_after(n);
                 chan.presses = presses.clone();

@@ -83,7 +83,9 @@ impl Endpoint {
 pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
     let allowed = matches!(
         (&endpoint, req.method()),
-        (Endpoint::Calls, &Method::GET | &Method::POST) | (Endpoint::Call(_), &Method::GET) | (Endpoint::Cancel(_), &Method::POST)
+        (Endpoint::Calls, &Method::GET | &Method::POST)
+            | (Endpoint::Call(_), &Method::GET)
+            | (Endpoint::Cancel(_), &Method::POST)
     );
     if !allowed {
         let mut resp = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", endpoint.allow()), None);
@@ -168,8 +170,7 @@ fn read_order(fields: &Map<String, Value>) -> Result<CallOrder<'_>, FieldError> 
             Some(_) => Err(FieldError::new(name, format!("{name} must be a string"))),
         }
     };
-    let required =
-        |name: &'static str| text(name)?.ok_or_else(|| FieldError::new(name, format!("{name} is required")));
+    let required = |name: &'static str| text(name)?.ok_or_else(|| FieldError::new(name, format!("{name} is required")));
     let number = required("number")?;
     let code = required("code")?;
     let callback_url = text("callback_url")?;
@@ -262,8 +263,7 @@ async fn list(app: &App, user: &User, req: &Request<Incoming>) -> HttpResponse {
         let cursor = match params.optional("cursor").map_err(|e| ("cursor", e.to_string()))? {
             None => None,
             Some(c) => Some(
-                CallCursor::decode(c)
-                    .ok_or_else(|| ("cursor", "cursor is not one this API gave out".to_owned()))?,
+                CallCursor::decode(c).ok_or_else(|| ("cursor", "cursor is not one this API gave out".to_owned()))?,
             ),
         };
         Ok::<_, (&str, String)>((status, limit, cursor))
@@ -284,8 +284,9 @@ async fn list(app: &App, user: &User, req: &Request<Incoming>) -> HttpResponse {
     };
     let more = calls.len() > limit as usize;
     calls.truncate(limit as usize);
-    let next_cursor =
-        more.then(|| calls.last().map(|c| CallCursor { created_at: c.created_at, id: c.id.clone() }.encode())).flatten();
+    let next_cursor = more
+        .then(|| calls.last().map(|c| CallCursor { created_at: c.created_at, id: c.id.clone() }.encode()))
+        .flatten();
     json(StatusCode::OK, &Page { calls: calls.iter().map(Call::to_json).collect(), next_cursor })
 }
 
@@ -306,7 +307,9 @@ mod tests {
     #[test]
     fn create_fields_are_typed_and_named() {
         let map = |v: Value| v.as_object().unwrap().clone();
-        let ok = map(serde_json::json!({"number": "03001234567", "code": "1234", "language": "ur", "require_keypress": true}));
+        let ok = map(
+            serde_json::json!({"number": "03001234567", "code": "1234", "language": "ur", "require_keypress": true}),
+        );
         let order = read_order(&ok).unwrap();
         assert_eq!((order.number, order.code, order.callback_url), ("03001234567", "1234", None));
         assert_eq!((order.language, order.require_keypress), (Some("ur"), Some(true)));
@@ -315,8 +318,16 @@ mod tests {
             (serde_json::json!({"number": 3001234567u64, "code": "1234"}), "number", "number must be a string"),
             (serde_json::json!({"number": "0300", "code": 1234}), "code", "code must be a string"),
             (serde_json::json!({"number": "0300", "code": ""}), "code", "code is empty"),
-            (serde_json::json!({"number": "0300", "code": "1", "require_keypress": "yes"}), "require_keypress", "require_keypress must be one of: true, false"),
-            (serde_json::json!({"number": "0300", "code": "1", "callback_url": 5}), "callback_url", "callback_url must be a string"),
+            (
+                serde_json::json!({"number": "0300", "code": "1", "require_keypress": "yes"}),
+                "require_keypress",
+                "require_keypress must be one of: true, false",
+            ),
+            (
+                serde_json::json!({"number": "0300", "code": "1", "callback_url": 5}),
+                "callback_url",
+                "callback_url must be a string",
+            ),
         ] {
             let err = read_order(&map(body)).unwrap_err();
             assert_eq!((err.field, err.message.as_str()), (field, msg));

@@ -89,10 +89,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
                 async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
             });
             let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEAD_BYTES);
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -136,7 +133,9 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpRespo
         "/metrics" => ("/metrics", ops::metrics(app).await),
         other => match api::Endpoint::parse(other) {
             Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req, client).await),
-            None if other.starts_with("/v1/") => ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None)),
+            None if other.starts_with("/v1/") => {
+                ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None))
+            }
             None => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
         },
     };

@@ -78,9 +78,7 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
     };
     let text = app.metrics.render(&snap);
     let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     resp
 }

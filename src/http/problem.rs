@@ -121,7 +121,8 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "3");
-        let resp = refused(&Refusal::Forbidden { description: "Forbidden: destination country XX is not allowed".into() });
+        let resp =
+            refused(&Refusal::Forbidden { description: "Forbidden: destination country XX is not allowed".into() });
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(hyper::header::RETRY_AFTER).is_none());
     }

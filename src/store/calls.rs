@@ -171,12 +171,7 @@ impl Store {
     /// after `recent_ms` (`recent_ms >= since_ms`), each with the
     /// creation time of its oldest call: one pass over the
     /// `calls_by_number` index, for the per-number quotas.
-    pub fn number_calls_since(
-        &self,
-        number: &str,
-        since_ms: i64,
-        recent_ms: i64,
-    ) -> Result<NumberCalls, StoreError> {
+    pub fn number_calls_since(&self, number: &str, since_ms: i64, recent_ms: i64) -> Result<NumberCalls, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT COUNT(*), MIN(created_at),
                     COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
@@ -279,7 +274,14 @@ impl Store {
                                   code = NULL, ended_at = ?6, updated_at = ?6
                  WHERE id = ?1 AND status IN {LIVE}"
             ),
-            params![id.as_str(), end.status.as_str(), end.reason.map(FailReason::as_str), end.detail, end.readings, now_ms()],
+            params![
+                id.as_str(),
+                end.status.as_str(),
+                end.reason.map(FailReason::as_str),
+                end.detail,
+                end.readings,
+                now_ms()
+            ],
         )
     }
 
@@ -517,7 +519,14 @@ mod tests {
         s.finish_call(&old, &CallEnd::failed(FailReason::Busy, None)).unwrap();
         let live = CallId::generate();
         let u = s.user("acme1").unwrap().unwrap();
-        s.insert_call(&NewCall { id: &live, user_id: u.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
+        s.insert_call(&NewCall {
+            id: &live,
+            user_id: u.id,
+            number: "+923001234567",
+            code: "1234",
+            options: &english(),
+        })
+        .unwrap();
         let ended = s.call(&old).unwrap().unwrap().ended_at.unwrap();
         assert_eq!(s.purge_calls(ended).unwrap(), 0, "cutoff is exclusive");
         assert_eq!(s.purge_calls(i64::MAX).unwrap(), 1);
@@ -533,11 +542,25 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..5 {
             let id = CallId::generate();
-            s.insert_call(&NewCall { id: &id, user_id: a.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
+            s.insert_call(&NewCall {
+                id: &id,
+                user_id: a.id,
+                number: "+923001234567",
+                code: "1234",
+                options: &english(),
+            })
+            .unwrap();
             ids.push(id);
         }
         let other = CallId::generate();
-        s.insert_call(&NewCall { id: &other, user_id: b.id, number: "+923001234567", code: "1234", options: &english() }).unwrap();
+        s.insert_call(&NewCall {
+            id: &other,
+            user_id: b.id,
+            number: "+923001234567",
+            code: "1234",
+            options: &english(),
+        })
+        .unwrap();
         s.finish_call(&ids[0], &CallEnd::failed(FailReason::Busy, None)).unwrap();
         let mut seen = Vec::new();
         let mut cursor = None;

@@ -20,10 +20,10 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
-pub use user_defaults::UserDefaultsChange;
-pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
 pub use queue::InFlight;
+pub use user_defaults::UserDefaultsChange;
 pub use users::User;
+pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
 #[derive(Debug, thiserror::Error)]

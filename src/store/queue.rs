@@ -38,7 +38,10 @@ impl Store {
 
     /// How many calls wait to be dialled.
     pub fn queued_count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT COUNT(*) FROM calls WHERE status = 'queued'")?.query_row([], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM calls WHERE status = 'queued'")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Calls between Originate and their end: what occupies the trunk.

@@ -161,7 +161,12 @@ impl Store {
     }
 
     /// Records one attempt and its verdict in one transaction.
-    pub fn record_attempt(&mut self, delivery: i64, attempt: &Attempt, verdict: AttemptVerdict) -> Result<(), StoreError> {
+    pub fn record_attempt(
+        &mut self,
+        delivery: i64,
+        attempt: &Attempt,
+        verdict: AttemptVerdict,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         tx.prepare_cached(
@@ -202,11 +207,12 @@ impl Store {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let mut tries = self.conn.prepare_cached(
-            "SELECT at, http_status, error FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY id",
-        )?;
+        let mut tries = self
+            .conn
+            .prepare_cached("SELECT at, http_status, error FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY id")?;
         for rec in &mut records {
-            rec.tries = tries.query_map([rec.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            rec.tries =
+                tries.query_map([rec.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
         }
         Ok(records)
     }
@@ -320,7 +326,11 @@ mod tests {
         s.set_webhook_url("acme1", Some("http://default.example/")).unwrap();
         let id2 = CallId::generate();
         let life = NewCallLifecycle { deadline_at: None, callback_url: Some("http://own.example/".into()) };
-        s.insert_call_with(&NewCall { id: &id2, user_id: u.id, number: "+923001234567", code: "1", options: &english() }, &life).unwrap();
+        s.insert_call_with(
+            &NewCall { id: &id2, user_id: u.id, number: "+923001234567", code: "1", options: &english() },
+            &life,
+        )
+        .unwrap();
         s.mark_dialing(&id2).unwrap();
         assert_eq!(s.due_deliveries(i64::MAX, 10).unwrap()[0].url, "http://own.example/");
     }

@@ -82,14 +82,15 @@ async fn attempt(db: Db, policy: Arc<WebhooksConfig>, metrics: Arc<Metrics>, d: 
         Ok(status) if (200..300).contains(&status) => {
             (Attempt { http_status: Some(status), error: None, duration_ms }, AttemptVerdict::Delivered)
         }
-        Ok(status) => (
-            Attempt { http_status: Some(status), error: None, duration_ms },
-            retry_or_give_up(attempts, &policy),
-        ),
+        Ok(status) => {
+            (Attempt { http_status: Some(status), error: None, duration_ms }, retry_or_give_up(attempts, &policy))
+        }
         Err(Failure::Transient(e)) => {
             (Attempt { http_status: None, error: Some(e), duration_ms }, retry_or_give_up(attempts, &policy))
         }
-        Err(Failure::Permanent(e)) => (Attempt { http_status: None, error: Some(e), duration_ms }, AttemptVerdict::GiveUp),
+        Err(Failure::Permanent(e)) => {
+            (Attempt { http_status: None, error: Some(e), duration_ms }, AttemptVerdict::GiveUp)
+        }
     };
     let outcome = match verdict {
         AttemptVerdict::Delivered => "delivered",
@@ -181,7 +182,8 @@ async fn post(url: &WebhookUrl, policy: &WebhooksConfig, request: Request<Full<B
             Err(e) => last = Some(format!("connect {addr}: {e}")),
         }
     }
-    let stream = stream.ok_or_else(|| Failure::Transient(last.unwrap_or_else(|| format!("{} has no address", url.host))))?;
+    let stream =
+        stream.ok_or_else(|| Failure::Transient(last.unwrap_or_else(|| format!("{} has no address", url.host))))?;
     if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| Failure::Permanent(format!("TLS server name {}: {e}", url.host)))?;
@@ -230,7 +232,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let p = WebhooksConfig { retry_initial_secs: 5, retry_max_secs: 60, max_attempts: 4, ..WebhooksConfig::default() };
+        let p =
+            WebhooksConfig { retry_initial_secs: 5, retry_max_secs: 60, max_attempts: 4, ..WebhooksConfig::default() };
         let delays: Vec<u64> = (1..=6).map(|n| retry_delay(n, &p).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
         assert_eq!(retry_delay(200, &p).as_secs(), 60, "no overflow");

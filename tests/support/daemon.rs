@@ -95,10 +95,7 @@ pub fn start_with_user(ami: SocketAddr, name: &str, extra: &str, password: &str)
 pub fn call_show(config: &Path, id: &str) -> std::collections::HashMap<String, String> {
     let (ok, out, err) = cli(config, &["call", "show", id], "");
     assert!(ok, "call show {id} failed: {out} {err}");
-    out.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
 /// A running daemon; killed on drop. Its stderr (logs) is collected.

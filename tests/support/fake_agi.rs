@@ -24,7 +24,8 @@ pub async fn answered_call(agi: SocketAddr, uniqueid: &str) -> Vec<String> {
     write.write_all(request_block(agi, uniqueid).as_bytes()).await.expect("send request block");
     let mut commands = Vec::new();
     while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
-        let reply: &[u8] = if line.starts_with("STREAM FILE") { b"200 result=0 endpos=4000\n" } else { b"200 result=0\n" };
+        let reply: &[u8] =
+            if line.starts_with("STREAM FILE") { b"200 result=0 endpos=4000\n" } else { b"200 result=0\n" };
         let hangup = line == "HANGUP";
         commands.push(line);
         if write.write_all(reply).await.is_err() || hangup {

@@ -73,11 +73,7 @@ impl OriginateOutcome {
         Self::fail(0, 34, "Circuit/channel congestion")
     }
     fn fail(reason: u8, cause: u16, cause_txt: &str) -> Self {
-        Self::Fail {
-            reason,
-            cause,
-            cause_txt: cause_txt.to_string(),
-        }
+        Self::Fail { reason, cause, cause_txt: cause_txt.to_string() }
     }
 }
 
@@ -121,11 +117,7 @@ impl Default for FakeScript {
 impl FakeScript {
     /// The default script with these credentials.
     pub fn with_credentials(username: &str, secret: &str) -> Self {
-        Self {
-            username: username.to_string(),
-            secret: secret.to_string(),
-            ..Self::default()
-        }
+        Self { username: username.to_string(), secret: secret.to_string(), ..Self::default() }
     }
 }
 
@@ -146,18 +138,11 @@ pub struct ReceivedAction {
 impl ReceivedAction {
     /// First value of header `key` (case-insensitive, like Asterisk).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
     }
     /// Every value of header `key`, in order (e.g. repeated `Variable`).
     pub fn get_all(&self, key: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str()).collect()
     }
     /// Whether this is action `name` (case-insensitive).
     pub fn is(&self, name: &str) -> bool {
@@ -260,9 +245,7 @@ impl FakeAmi {
     ///
     /// Panics (a test-setup failure) if the port cannot be bound.
     pub async fn start(script: FakeScript) -> FakeAmi {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("fake AMI: bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("fake AMI: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake AMI: local_addr");
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -287,14 +270,7 @@ impl FakeAmi {
                     }
                     st.accepted += 1;
                     let id = st.accepted;
-                    st.sessions.insert(
-                        id,
-                        SessionEntry {
-                            out: tx.clone(),
-                            events: None,
-                            task: None,
-                        },
-                    );
+                    st.sessions.insert(id, SessionEntry { out: tx.clone(), events: None, task: None });
                     id
                 };
                 let task = tokio::spawn(run_session(accept_shared.clone(), id, stream, tx, rx));
@@ -304,11 +280,7 @@ impl FakeAmi {
                 accept_shared.bump();
             }
         });
-        FakeAmi {
-            addr,
-            shared,
-            accept_task,
-        }
+        FakeAmi { addr, shared, accept_task }
     }
 
     /// The address to point voice-otp's AMI client at.
@@ -323,42 +295,27 @@ impl FakeAmi {
 
     /// How many actions named `name` (case-insensitive) were received.
     pub fn count(&self, name: &str) -> usize {
-        lock(&self.shared.state)
-            .actions
-            .iter()
-            .filter(|a| a.is(name))
-            .count()
+        lock(&self.shared.state).actions.iter().filter(|a| a.is(name)).count()
     }
 
     /// The first action named `name` received (already, or within `timeout`).
     pub async fn wait_for_action(&self, name: &str, timeout: Duration) -> Option<ReceivedAction> {
-        self.wait_until(timeout, |st| {
-            st.actions.iter().find(|a| a.is(name)).cloned()
-        })
-        .await
+        self.wait_until(timeout, |st| st.actions.iter().find(|a| a.is(name)).cloned()).await
     }
 
     /// Waits until at least `n` actions named `name` were received; false on timeout.
     pub async fn wait_for_count(&self, name: &str, n: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |st| {
-            (st.actions.iter().filter(|a| a.is(name)).count() >= n).then_some(())
-        })
-        .await
-        .is_some()
-    }
-
-    /// Waits until at least `n` connections were accepted in all; false on timeout.
-    pub async fn wait_for_connections(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |st| (st.accepted >= n).then_some(()))
+        self.wait_until(timeout, |st| (st.actions.iter().filter(|a| a.is(name)).count() >= n).then_some(()))
             .await
             .is_some()
     }
 
-    async fn wait_until<T>(
-        &self,
-        timeout: Duration,
-        mut check: impl FnMut(&State) -> Option<T>,
-    ) -> Option<T> {
+    /// Waits until at least `n` connections were accepted in all; false on timeout.
+    pub async fn wait_for_connections(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |st| (st.accepted >= n).then_some(())).await.is_some()
+    }
+
+    async fn wait_until<T>(&self, timeout: Duration, mut check: impl FnMut(&State) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + timeout;
         // Subscribe before checking so a change in between is not missed.
         let mut rx = self.shared.changed.subscribe();
@@ -396,10 +353,7 @@ impl FakeAmi {
             .unwrap_or("call")
             .trim()
             .to_ascii_lowercase();
-        let owned: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let owned: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.shared.broadcast(&class, &encode(&owned))
     }
 
@@ -407,11 +361,7 @@ impl FakeAmi {
     /// network cut). Queued but unsent output is lost. New connections are
     /// still accepted.
     pub fn drop_connections(&self) {
-        let sessions: Vec<SessionEntry> = lock(&self.shared.state)
-            .sessions
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions: Vec<SessionEntry> = lock(&self.shared.state).sessions.drain().map(|(_, s)| s).collect();
         for s in sessions {
             if let Some(task) = s.task {
                 task.abort();
@@ -464,10 +414,7 @@ async fn run_session(
     tx: mpsc::UnboundedSender<Vec<u8>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
-    let _guard = SessionGuard {
-        shared: shared.clone(),
-        id,
-    };
+    let _guard = SessionGuard { shared: shared.clone(), id };
     if stream.write_all(BANNER.as_bytes()).await.is_err() {
         return;
     }
@@ -536,11 +483,7 @@ async fn handle_message(
     tx: &mpsc::UnboundedSender<Vec<u8>>,
     headers: Vec<(String, String)>,
 ) -> Next {
-    let action = ReceivedAction {
-        name: header(&headers, "Action").unwrap_or("").to_string(),
-        headers,
-        session: id,
-    };
+    let action = ReceivedAction { name: header(&headers, "Action").unwrap_or("").to_string(), headers, session: id };
     let logged_in = {
         let mut st = lock(&shared.state);
         st.actions.push(action.clone());
@@ -555,10 +498,7 @@ async fn handle_message(
     let name = action.name.to_ascii_lowercase();
 
     if name.is_empty() {
-        reply(&[
-            ("Response", "Error"),
-            ("Message", "Missing action in request"),
-        ]);
+        reply(&[("Response", "Error"), ("Message", "Missing action in request")]);
         return Next::Continue;
     }
     if !logged_in && !matches!(name.as_str(), "login" | "logoff" | "challenge") {
@@ -568,10 +508,7 @@ async fn handle_message(
     match name.as_str() {
         "login" => {
             if logged_in {
-                reply(&[
-                    ("Response", "Success"),
-                    ("Message", "Already authenticated"),
-                ]);
+                reply(&[("Response", "Success"), ("Message", "Already authenticated")]);
                 return Next::Continue;
             }
             let ok = action.get("Username") == Some(script.username.as_str())
@@ -587,10 +524,7 @@ async fn handle_message(
             if let Some(s) = lock(&shared.state).sessions.get_mut(&id) {
                 s.events = Some(filter);
             }
-            reply(&[
-                ("Response", "Success"),
-                ("Message", "Authentication accepted"),
-            ]);
+            reply(&[("Response", "Success"), ("Message", "Authentication accepted")]);
             if let Some(garbage) = script.garbage_after_login {
                 let _ = tx.send(garbage);
             }
@@ -606,21 +540,14 @@ async fn handle_message(
             shared.bump();
         }
         "logoff" => {
-            reply(&[
-                ("Response", "Goodbye"),
-                ("Message", "Thanks for all the fish."),
-            ]);
+            reply(&[("Response", "Goodbye"), ("Message", "Thanks for all the fish.")]);
             return Next::Close;
         }
         "ping" => {
             if !script.ignore_pings {
                 let now = unix_now();
                 let ts = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-                reply(&[
-                    ("Response", "Success"),
-                    ("Ping", "Pong"),
-                    ("Timestamp", &ts),
-                ]);
+                reply(&[("Response", "Success"), ("Ping", "Pong"), ("Timestamp", &ts)]);
             }
         }
         "originate" => originate(shared, tx, &action, action_id.as_deref(), script),
@@ -660,13 +587,8 @@ fn originate(
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let fields: &[(&str, &str)] = match outcome {
-                OriginateOutcome::Answer => &[
-                    ("Response", "Success"),
-                    ("Message", "Originate successfully queued"),
-                ],
-                OriginateOutcome::Fail { .. } => {
-                    &[("Response", "Error"), ("Message", "Originate failed")]
-                }
+                OriginateOutcome::Answer => &[("Response", "Success"), ("Message", "Originate successfully queued")],
+                OriginateOutcome::Fail { .. } => &[("Response", "Error"), ("Message", "Originate failed")],
                 OriginateOutcome::Silent => return,
             };
             let _ = tx.send(response(action_id.as_deref(), fields));
@@ -674,34 +596,20 @@ fn originate(
         return;
     }
 
-    let _ = tx.send(response(
-        action_id.as_deref(),
-        &[
-            ("Response", "Success"),
-            ("Message", "Originate successfully queued"),
-        ],
-    ));
+    let _ = tx
+        .send(response(action_id.as_deref(), &[("Response", "Success"), ("Message", "Originate successfully queued")]));
     let shared = shared.clone();
     let ctx = |k: &str| action.get(k).unwrap_or("").to_string();
-    let (context, exten, app, data) = (
-        ctx("Context"),
-        ctx("Exten"),
-        ctx("Application"),
-        ctx("Data"),
-    );
+    let (context, exten, app, data) = (ctx("Context"), ctx("Exten"), ctx("Application"), ctx("Data"));
     let (cid_num, cid_name) = split_callerid(action.get("CallerID").unwrap_or(""));
     // Asterisk names the created channel "<tech>/<endpoint>-<seq>"; the exact
     // name does not matter, only that it differs from the dial string.
     let tech = dial.split('/').next().unwrap_or("PJSIP").to_string();
-    let chan_name = format!(
-        "{tech}/fake-{:08x}",
-        shared.unique_seq.fetch_add(1, Ordering::Relaxed)
-    );
+    let chan_name = format!("{tech}/fake-{:08x}", shared.unique_seq.fetch_add(1, Ordering::Relaxed));
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let response_event = |resp: &str, reason: &str| {
-            let mut f: Vec<(&str, &str)> =
-                vec![("Event", "OriginateResponse"), ("Privilege", "call,all")];
+            let mut f: Vec<(&str, &str)> = vec![("Event", "OriginateResponse"), ("Privilege", "call,all")];
             if let Some(id) = action_id.as_deref() {
                 f.push(("ActionID", id));
             }
@@ -745,15 +653,8 @@ fn originate(
                     shared.broadcast("call", &hangup_event("6", "Up", "16", "Normal Clearing"));
                 }
             }
-            OriginateOutcome::Fail {
-                reason,
-                cause,
-                cause_txt,
-            } => {
-                shared.broadcast(
-                    "call",
-                    &hangup_event("0", "Down", &cause.to_string(), &cause_txt),
-                );
+            OriginateOutcome::Fail { reason, cause, cause_txt } => {
+                shared.broadcast("call", &hangup_event("0", "Down", &cause.to_string(), &cause_txt));
                 shared.broadcast("call", &response_event("Failure", &reason.to_string()));
             }
             OriginateOutcome::Silent => {}
@@ -762,27 +663,18 @@ fn originate(
 }
 
 fn header<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
 }
 
 /// Asterisk's ast_true().
 fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "yes" | "true" | "y" | "t" | "1" | "on"
-    )
+    matches!(v.trim().to_ascii_lowercase().as_str(), "yes" | "true" | "y" | "t" | "1" | "on")
 }
 
 /// `"Name" <123>` -> ("123", "Name"); a bare number -> (number, "").
 pub(super) fn split_callerid(cid: &str) -> (String, String) {
     match (cid.find('<'), cid.rfind('>')) {
-        (Some(a), Some(b)) if a < b => (
-            cid[a + 1..b].to_string(),
-            cid[..a].trim().trim_matches('"').to_string(),
-        ),
+        (Some(a), Some(b)) if a < b => (cid[a + 1..b].to_string(), cid[..a].trim().trim_matches('"').to_string()),
         _ => (cid.trim().to_string(), String::new()),
     }
 }
@@ -791,9 +683,7 @@ pub(super) fn split_callerid(cid: &str) -> (String, String) {
 /// the rest (Asterisk's astman_send_response order).
 fn response(action_id: Option<&str>, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut all: Vec<(&str, &str)> = Vec::with_capacity(fields.len() + 1);
-    let (first, rest) = fields
-        .split_first()
-        .map_or((None, fields), |(f, r)| (Some(*f), r));
+    let (first, rest) = fields.split_first().map_or((None, fields), |(f, r)| (Some(*f), r));
     all.extend(first);
     if let Some(id) = action_id {
         all.push(("ActionID", id));
@@ -815,15 +705,10 @@ fn encode_pairs(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 fn encode(fields: &[(String, String)]) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     encode_pairs(&pairs)
 }
 
 fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }

@@ -21,10 +21,7 @@ impl Client {
     async fn connect(ami: &FakeAmi) -> (Client, String) {
         let stream = TcpStream::connect(ami.addr()).await.unwrap();
         let (rd, wr) = stream.into_split();
-        let mut c = Client {
-            rd: BufReader::new(rd),
-            wr,
-        };
+        let mut c = Client { rd: BufReader::new(rd), wr };
         let mut banner = String::new();
         c.rd.read_line(&mut banner).await.unwrap();
         (c, banner)
@@ -41,9 +38,7 @@ impl Client {
                 if self.rd.read_line(&mut line).await.ok()? == 0 {
                     return None;
                 }
-                let line = line
-                    .strip_suffix("\r\n")
-                    .expect("fake AMI line without CRLF");
+                let line = line.strip_suffix("\r\n").expect("fake AMI line without CRLF");
                 if line.is_empty() {
                     return Some(msg);
                 }
@@ -56,26 +51,18 @@ impl Client {
         .flatten()
     }
     async fn login(&mut self, user: &str, secret: &str) -> Vec<(String, String)> {
-        self.send(&format!(
-            "Action: Login\r\nActionID: l1\r\nUsername: {user}\r\nSecret: {secret}\r\n\r\n"
-        ))
-        .await;
+        self.send(&format!("Action: Login\r\nActionID: l1\r\nUsername: {user}\r\nSecret: {secret}\r\n\r\n")).await;
         self.recv().await.expect("login response")
     }
     /// Whether the server closed the connection (EOF) within `within`.
     async fn closed_within(&mut self, within: Duration) -> bool {
         let mut sink = Vec::new();
-        matches!(
-            tokio::time::timeout(within, self.rd.read_to_end(&mut sink)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(within, self.rd.read_to_end(&mut sink)).await, Ok(Ok(_)))
     }
 }
 
 fn get<'a>(msg: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    msg.iter()
-        .find(|(key, _)| key == k)
-        .map(|(_, v)| v.as_str())
+    msg.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
 }
 
 #[tokio::test]
@@ -105,17 +92,10 @@ async fn login_failure_waits_then_closes() {
     let (mut c, _) = Client::connect(&ami).await;
     let t0 = std::time::Instant::now();
     let r = c.login("u", "wrong").await;
-    assert!(
-        t0.elapsed() >= Duration::from_millis(950),
-        "answered after {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(950), "answered after {:?}", t0.elapsed());
     assert_eq!(get(&r, "Response"), Some("Error"));
     assert_eq!(get(&r, "Message"), Some("Authentication failed"));
-    assert!(
-        c.closed_within(Duration::from_secs(2)).await,
-        "session not closed"
-    );
+    assert!(c.closed_within(Duration::from_secs(2)).await, "session not closed");
     assert_eq!(ami.actions()[0].get("secret"), Some("wrong"));
 }
 
@@ -132,17 +112,9 @@ async fn actions_before_login_are_denied_and_unknown_ones_rejected() {
     c.send("Action: CoreShowChannels\r\n\r\n").await;
     let r = c.recv().await.unwrap();
     assert_eq!(get(&r, "Response"), Some("Error"));
-    assert!(
-        get(&r, "Message")
-            .unwrap()
-            .starts_with("Invalid/unknown command"),
-        "{r:?}"
-    );
+    assert!(get(&r, "Message").unwrap().starts_with("Invalid/unknown command"), "{r:?}");
     c.send("Foo: bar\r\n\r\n").await;
-    assert_eq!(
-        get(&c.recv().await.unwrap(), "Message"),
-        Some("Missing action in request")
-    );
+    assert_eq!(get(&c.recv().await.unwrap(), "Message"), Some("Missing action in request"));
     assert_eq!(ami.count(""), 1, "action-less message recorded");
 }
 
@@ -157,10 +129,7 @@ async fn ping_pong_and_ignored_pings() {
     assert_eq!(get(&r, "Response"), Some("Success"));
     assert_eq!(get(&r, "Ping"), Some("Pong"));
     assert_eq!(get(&r, "ActionID"), Some("7"));
-    assert!(
-        get(&r, "Timestamp").is_some_and(|t| t.contains('.')),
-        "{r:?}"
-    );
+    assert!(get(&r, "Timestamp").is_some_and(|t| t.contains('.')), "{r:?}");
 
     ami.update_script(|s| s.ignore_pings = true);
     c.send("Action: Ping\r\nActionID: 8\r\n\r\n").await;
@@ -171,10 +140,7 @@ async fn ping_pong_and_ignored_pings() {
 
 #[tokio::test]
 async fn originate_answer_sends_response_then_event() {
-    let script = FakeScript {
-        hangup_after_answer: Some(Duration::from_millis(50)),
-        ..FakeScript::default()
-    };
+    let script = FakeScript { hangup_after_answer: Some(Duration::from_millis(50)), ..FakeScript::default() };
     let ami = FakeAmi::start(script).await;
     let (mut c, _) = Client::connect(&ami).await;
     c.login("voiceotp", "secret").await;
@@ -201,10 +167,7 @@ async fn originate_answer_sends_response_then_event() {
     assert_eq!(get(&hup, "Event"), Some("Hangup"));
     assert_eq!(get(&hup, "Cause"), Some("16"));
 
-    let o = ami
-        .wait_for_action("originate", T)
-        .await
-        .expect("originate recorded");
+    let o = ami.wait_for_action("originate", T).await.expect("originate recorded");
     assert_eq!(o.get_all("Variable"), vec!["OTP_ID=42", "LANG=en"]);
     assert_eq!(o.get("channelid"), Some("call-42"));
     assert_eq!(o.session, 1);
@@ -228,11 +191,7 @@ async fn originate_failure_sends_hangup_then_failure_after_delay() {
         .await;
     assert_eq!(get(&c.recv().await.unwrap(), "Response"), Some("Success"));
     let hup = c.recv().await.unwrap();
-    assert!(
-        t0.elapsed() >= Duration::from_millis(190),
-        "outcome came after {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(190), "outcome came after {:?}", t0.elapsed());
     assert_eq!(get(&hup, "Event"), Some("Hangup"));
     assert_eq!(get(&hup, "Uniqueid"), Some("c-2"));
     assert_eq!(get(&hup, "Cause"), Some("17"));
@@ -246,38 +205,22 @@ async fn originate_failure_sends_hangup_then_failure_after_delay() {
 
 #[tokio::test]
 async fn silent_and_synchronous_originates() {
-    let script = FakeScript {
-        originate_outcome: OriginateOutcome::Silent,
-        ..FakeScript::default()
-    };
+    let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() };
     let ami = FakeAmi::start(script).await;
     let (mut c, _) = Client::connect(&ami).await;
     c.login("voiceotp", "secret").await;
     c.recv().await.unwrap();
-    c.send("Action: Originate\r\nAsync: true\r\nChannel: PJSIP/1@carrier\r\n\r\n")
-        .await;
-    assert_eq!(
-        get(&c.recv().await.unwrap(), "Message"),
-        Some("Originate successfully queued")
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), c.recv())
-            .await
-            .is_err()
-    );
+    c.send("Action: Originate\r\nAsync: true\r\nChannel: PJSIP/1@carrier\r\n\r\n").await;
+    assert_eq!(get(&c.recv().await.unwrap(), "Message"), Some("Originate successfully queued"));
+    assert!(tokio::time::timeout(Duration::from_millis(300), c.recv()).await.is_err());
 
     // Without Async the only reply is the verdict.
     ami.update_script(|s| s.originate_outcome = OriginateOutcome::congestion());
-    c.send("Action: Originate\r\nActionID: s1\r\nChannel: PJSIP/1@carrier\r\n\r\n")
-        .await;
+    c.send("Action: Originate\r\nActionID: s1\r\nChannel: PJSIP/1@carrier\r\n\r\n").await;
     let r = c.recv().await.unwrap();
     assert_eq!(get(&r, "Response"), Some("Error"));
     assert_eq!(get(&r, "Message"), Some("Originate failed"));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), c.recv())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), c.recv()).await.is_err());
     assert_eq!(ami.count("Originate"), 2);
 }
 
@@ -292,53 +235,36 @@ async fn events_reach_logged_in_sessions_only_and_respect_events_off() {
     a.recv().await.unwrap();
     b.login("voiceotp", "secret").await;
     b.recv().await.unwrap();
-    quiet
-        .send("Action: Login\r\nUsername: voiceotp\r\nSecret: secret\r\nEvents: off\r\n\r\n")
-        .await;
+    quiet.send("Action: Login\r\nUsername: voiceotp\r\nSecret: secret\r\nEvents: off\r\n\r\n").await;
     quiet.recv().await.unwrap();
     assert!(ami.wait_for_connections(4, T).await);
-    let sent = ami.emit_event(&[
-        ("Event", "Newstate"),
-        ("Uniqueid", "u1"),
-        ("ChannelStateDesc", "Ringing"),
-    ]);
+    let sent = ami.emit_event(&[("Event", "Newstate"), ("Uniqueid", "u1"), ("ChannelStateDesc", "Ringing")]);
     assert_eq!(sent, 2);
     for c in [&mut a, &mut b] {
         let ev = c.recv().await.unwrap();
         assert_eq!(get(&ev, "Event"), Some("Newstate"));
         assert_eq!(get(&ev, "ChannelStateDesc"), Some("Ringing"));
     }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), quiet.recv())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(200), quiet.recv()).await.is_err());
 }
 
 #[tokio::test]
 async fn garbage_after_login_and_framing() {
-    let script = FakeScript {
-        garbage_after_login: Some(b"\x00\xffnot ami\r\n\r\n".to_vec()),
-        ..FakeScript::default()
-    };
+    let script = FakeScript { garbage_after_login: Some(b"\x00\xffnot ami\r\n\r\n".to_vec()), ..FakeScript::default() };
     let ami = FakeAmi::start(script).await;
     let (mut c, _) = Client::connect(&ami).await;
     // One message split across writes, with lower-case keys and no space after ':'.
     c.send("action:login\r\nusername: voiceotp\r").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     c.send("\nsecret:secret\r\n\r\n").await;
-    c.send("Action: Ping\r\nX: a\nAction: Originate\r\n\r\n")
-        .await; // bare LF is not a line end
+    c.send("Action: Ping\r\nX: a\nAction: Originate\r\n\r\n").await; // bare LF is not a line end
     let mut resp = Vec::new();
     c.rd.read_until(b'\n', &mut resp).await.unwrap();
     assert_eq!(resp, b"Response: Success\r\n");
     let mut rest = vec![0u8; 64];
     let mut got = Vec::new();
     while !got.windows(7).any(|w| w == b"not ami") {
-        let n = tokio::time::timeout(T, c.rd.read(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::time::timeout(T, c.rd.read(&mut rest)).await.unwrap().unwrap();
         assert!(n > 0, "EOF before garbage");
         got.extend_from_slice(&rest[..n]);
     }
@@ -356,21 +282,12 @@ async fn drop_connections_closes_sessions_and_reconnect_works() {
     c.login("voiceotp", "secret").await;
     assert!(ami.wait_for_connections(1, T).await);
     ami.drop_connections();
-    assert!(
-        c.closed_within(T).await,
-        "session still open after drop_connections"
-    );
+    assert!(c.closed_within(T).await, "session still open after drop_connections");
     assert_eq!(ami.live_connections(), 0);
     let (mut c2, _) = Client::connect(&ami).await;
-    assert_eq!(
-        get(&c2.login("voiceotp", "secret").await, "Response"),
-        Some("Success")
-    );
+    assert_eq!(get(&c2.login("voiceotp", "secret").await, "Response"), Some("Success"));
     assert_eq!(ami.connections(), 2);
-    assert_eq!(
-        ami.actions().iter().map(|a| a.session).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(ami.actions().iter().map(|a| a.session).collect::<Vec<_>>(), vec![1, 2]);
 
     c2.send("Action: Logoff\r\n\r\n").await;
     c2.recv().await.unwrap(); // FullyBooted
@@ -386,33 +303,25 @@ async fn drop_connections_closes_sessions_and_reconnect_works() {
 #[tokio::test]
 async fn wait_for_action_times_out_and_sees_late_actions() {
     let ami = FakeAmi::start(FakeScript::default()).await;
-    assert!(
-        ami.wait_for_action("Originate", Duration::from_millis(100))
-            .await
-            .is_none()
-    );
+    assert!(ami.wait_for_action("Originate", Duration::from_millis(100)).await.is_none());
     let addr = ami.addr();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"Action: Login\r\nUsername: voiceotp\r\nSecret: secret\r\n\r\nAction: Originate\r\nAsync: 1\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(
+            b"Action: Login\r\nUsername: voiceotp\r\nSecret: secret\r\n\r\nAction: Originate\r\nAsync: 1\r\n\r\n",
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
-    let o = ami
-        .wait_for_action("ORIGINATE", T)
-        .await
-        .expect("late originate seen");
+    let o = ami.wait_for_action("ORIGINATE", T).await.expect("late originate seen");
     assert_eq!(o.get("Async"), Some("1"));
 }
 
 #[test]
 fn callerid_and_event_filter_parsing() {
-    assert_eq!(
-        split_callerid("\"OTP\" <1000>"),
-        ("1000".into(), "OTP".into())
-    );
+    assert_eq!(split_callerid("\"OTP\" <1000>"), ("1000".into(), "OTP".into()));
     assert_eq!(split_callerid("1000"), ("1000".into(), "".into()));
     assert_eq!(split_callerid("<>"), ("".into(), "".into()));
     assert!(EventFilter::parse(Some("call,system")).wants("call"));

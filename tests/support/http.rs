@@ -58,11 +58,19 @@ pub fn send(addr: SocketAddr, method: &str, target: &str, content_type: &str, bo
 }
 
 /// `METHOD target` with HTTP Basic credentials and, if given, a JSON body.
-pub fn with_basic(addr: SocketAddr, method: &str, target: &str, user: &str, password: &str, json: Option<&str>) -> Response {
+pub fn with_basic(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    user: &str,
+    password: &str,
+    json: Option<&str>,
+) -> Response {
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let body = json.unwrap_or("");
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {token}\r\n");
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {token}\r\n");
     if json.is_some() {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }

@@ -142,7 +142,12 @@ pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> Pat
 /// Waits for the newest recording of `number` that was written after
 /// `since` (numbers with a fixed behaviour, like 03000000049, collect one
 /// recording per call across runs) and returns it once complete.
-pub fn wait_recording_since(sandbox: &Sandbox, number: &str, since: std::time::SystemTime, timeout: Duration) -> PathBuf {
+pub fn wait_recording_since(
+    sandbox: &Sandbox,
+    number: &str,
+    since: std::time::SystemTime,
+    timeout: Duration,
+) -> PathBuf {
     let deadline = Instant::now() + timeout;
     loop {
         let newest = recordings_of(sandbox, number)

@@ -72,21 +72,13 @@ impl Segment {
 /// tag 49), other than 16 bits, other than one channel, or a sample rate of 0.
 pub fn read_wav(path: &Path) -> io::Result<Wav> {
     let bytes = std::fs::read(path)?;
-    parse_wav(&bytes).map_err(|msg| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {msg}", path.display()),
-        )
-    })
+    parse_wav(&bytes).map_err(|msg| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", path.display())))
 }
 
 /// Parses WAV bytes; the error is a human-readable reason (no path).
 pub fn parse_wav(bytes: &[u8]) -> Result<Wav, String> {
     if bytes.len() < 12 {
-        return Err(format!(
-            "too short for a RIFF header ({} bytes)",
-            bytes.len()
-        ));
+        return Err(format!("too short for a RIFF header ({} bytes)", bytes.len()));
     }
     if &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err("not a RIFF/WAVE file".to_string());
@@ -97,12 +89,7 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Wav, String> {
     let mut data: Option<&[u8]> = None;
     while pos + 8 <= bytes.len() {
         let id = &bytes[pos..pos + 4];
-        let size = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]);
+        let size = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
         let body_start = pos + 8;
         let rest = bytes.len() - body_start;
         if id == b"data" {
@@ -117,29 +104,19 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Wav, String> {
             // A chunk other than data cannot be "still being written"; stop
             // walking and report below what is missing.
             if id == b"fmt " {
-                return Err(format!(
-                    "fmt chunk truncated ({size} bytes declared, {rest} present)"
-                ));
+                return Err(format!("fmt chunk truncated ({size} bytes declared, {rest} present)"));
             }
             break;
         } else if id == b"fmt " {
             format = Some(parse_fmt(&bytes[body_start..body_start + size as usize])?);
         }
         // Chunks are padded to an even length.
-        pos = body_start
-            .saturating_add(size as usize)
-            .saturating_add(size as usize & 1);
+        pos = body_start.saturating_add(size as usize).saturating_add(size as usize & 1);
     }
     let (sample_rate, _channels) = format.ok_or("no fmt chunk")?;
     let data = data.ok_or("no data chunk")?;
-    let samples = data
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    Ok(Wav {
-        sample_rate,
-        samples,
-    })
+    let samples = data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    Ok(Wav { sample_rate, samples })
 }
 
 fn parse_fmt(fmt: &[u8]) -> Result<(u32, u16), String> {
@@ -164,9 +141,7 @@ fn parse_fmt(fmt: &[u8]) -> Result<(u32, u16), String> {
             49 => " (GSM 6.10, Asterisk's `WAV` format)",
             _ => "",
         };
-        return Err(format!(
-            "unsupported WAV format tag {tag}{name}; expected PCM (1) 16-bit mono"
-        ));
+        return Err(format!("unsupported WAV format tag {tag}{name}; expected PCM (1) 16-bit mono"));
     }
     if bits != 16 {
         return Err(format!("unsupported {bits}-bit PCM; expected 16-bit mono"));

@@ -28,17 +28,12 @@ fn ms(n: u32) -> usize {
 
 fn tone(len_ms: u32, freq: f64, amp: f64) -> Vec<i16> {
     (0..ms(len_ms))
-        .map(|i| {
-            (amp * 32767.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin())
-                as i16
-        })
+        .map(|i| (amp * 32767.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin()) as i16)
         .collect()
 }
 
 fn noise(len_ms: u32, amp: f64, rng: &mut Rng) -> Vec<i16> {
-    (0..ms(len_ms))
-        .map(|_| (amp * 32767.0 * rng.unit()) as i16)
-        .collect()
+    (0..ms(len_ms)).map(|_| (amp * 32767.0 * rng.unit()) as i16).collect()
 }
 
 fn silence(len_ms: u32) -> Vec<i16> {
@@ -53,10 +48,7 @@ fn mix(signal: &mut [i16], bg: &[i16]) {
 }
 
 fn wav(samples: Vec<i16>) -> Wav {
-    Wav {
-        sample_rate: RATE,
-        samples,
-    }
+    Wav { sample_rate: RATE, samples }
 }
 
 /// `bursts` of (burst ms, following gap ms) after `lead` ms of silence.
@@ -74,10 +66,7 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 }
 
 fn assert_near(actual: u32, expected: u32, tol: u32, what: &str) {
-    assert!(
-        actual.abs_diff(expected) <= tol,
-        "{what}: got {actual} ms, expected {expected} ± {tol} ms"
-    );
+    assert!(actual.abs_diff(expected) <= tol, "{what}: got {actual} ms, expected {expected} ± {tol} ms");
 }
 
 #[test]
@@ -101,10 +90,7 @@ fn tone_bursts_are_counted_with_their_lengths() {
     for (seg, &(b, g)) in segs.iter().zip(&parts) {
         assert_near(seg.start_ms, t, 20, "start");
         assert_near(seg.len_ms(), b, 20, "length");
-        assert!(
-            (seg.peak_dbfs - (-13.5)).abs() < 1.0,
-            "0.3 sine is about -13.5 dBFS: {seg:?}"
-        );
+        assert!((seg.peak_dbfs - (-13.5)).abs() < 1.0, "0.3 sine is about -13.5 dBFS: {seg:?}");
         t += b + g;
     }
     assert_near(total_speech_ms(&segs), 1550, 80, "total");
@@ -113,24 +99,14 @@ fn tone_bursts_are_counted_with_their_lengths() {
 #[test]
 fn noise_bursts_over_background_noise() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let parts = [
-        (300, 300),
-        (300, 300),
-        (300, 300),
-        (300, 300),
-        (300, 300),
-        (300, 1000),
-    ];
+    let parts = [(300, 300), (300, 300), (300, 300), (300, 300), (300, 300), (300, 1000)];
     let mut samples = bursts(800, &parts, &mut |n| noise(n, 0.2, &mut Rng(n as u64 + 7)));
     // Background hiss at about -65 dBFS RMS, like comfort noise.
     let bg = noise(10_000, 0.001, &mut rng);
     mix(&mut samples, &bg);
     let segs = speech_segments(&wav(samples));
     assert_eq!(segs.len(), 6, "{segs:?}");
-    assert!(
-        segs.iter().all(|s| s.len_ms().abs_diff(300) <= 20),
-        "{segs:?}"
-    );
+    assert!(segs.iter().all(|s| s.len_ms().abs_diff(300) <= 20), "{segs:?}");
 }
 
 #[test]
@@ -138,9 +114,7 @@ fn loud_background_raises_the_threshold() {
     // Hiss at about -40 dBFS is above the absolute floor: the noise-floor
     // estimate must keep it from being one long "speech" segment.
     let mut rng = Rng(42);
-    let mut samples = bursts(1000, &[(400, 400), (400, 400), (400, 1000)], &mut |n| {
-        tone(n, 700.0, 0.5)
-    });
+    let mut samples = bursts(1000, &[(400, 400), (400, 400), (400, 1000)], &mut |n| tone(n, 700.0, 0.5));
     let bg = noise(10_000, 0.017, &mut rng);
     mix(&mut samples, &bg);
     let segs = speech_segments(&wav(samples));
@@ -150,9 +124,7 @@ fn loud_background_raises_the_threshold() {
 #[test]
 fn short_gaps_inside_a_word_are_bridged() {
     // A "word" with a 80 ms closure inside, then a real 300 ms pause.
-    let samples = bursts(500, &[(200, 80), (100, 300), (250, 500)], &mut |n| {
-        tone(n, 300.0, 0.3)
-    });
+    let samples = bursts(500, &[(200, 80), (100, 300), (250, 500)], &mut |n| tone(n, 300.0, 0.3));
     let segs = speech_segments(&wav(samples));
     assert_eq!(segs.len(), 2, "{segs:?}");
     assert_near(segs[0].len_ms(), 380, 20, "bridged word");
@@ -188,13 +160,7 @@ fn silent_and_near_silent_files_have_no_speech() {
     let wobble: Vec<i16> = (0..ms(3000)).map(|_| (rng.unit() * 8.0) as i16).collect();
     assert!(speech_segments(&wav(wobble)).is_empty());
     assert!(speech_segments(&wav(Vec::new())).is_empty());
-    assert!(
-        speech_segments(&Wav {
-            sample_rate: 0,
-            samples: vec![1000; 100]
-        })
-        .is_empty()
-    );
+    assert!(speech_segments(&Wav { sample_rate: 0, samples: vec![1000; 100] }).is_empty());
 }
 
 #[test]
@@ -252,9 +218,7 @@ fn extensible_pcm_is_accepted() {
     fmt.extend_from_slice(&22u16.to_le_bytes()); // cbSize
     fmt.extend_from_slice(&16u16.to_le_bytes()); // valid bits
     fmt.extend_from_slice(&4u32.to_le_bytes()); // channel mask
-    fmt.extend_from_slice(&[
-        1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71,
-    ]);
+    fmt.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71]);
     let mut out = b[..12].to_vec();
     out.extend_from_slice(b"fmt ");
     out.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
@@ -281,26 +245,10 @@ fn unsupported_formats_give_clear_errors() {
     assert!(e.contains("mu-law"), "{e}");
 
     assert!(parse_wav(b"RIFF").unwrap_err().contains("too short"));
-    assert!(
-        parse_wav(b"RIFF\0\0\0\0WAVX")
-            .unwrap_err()
-            .contains("not a RIFF/WAVE")
-    );
-    assert!(
-        parse_wav(b"RIFF\0\0\0\0WAVE")
-            .unwrap_err()
-            .contains("no fmt chunk")
-    );
-    assert!(
-        parse_wav(&base[..36])
-            .unwrap_err()
-            .contains("no data chunk")
-    );
-    assert!(
-        parse_wav(&base[..30])
-            .unwrap_err()
-            .contains("fmt chunk truncated")
-    );
+    assert!(parse_wav(b"RIFF\0\0\0\0WAVX").unwrap_err().contains("not a RIFF/WAVE"));
+    assert!(parse_wav(b"RIFF\0\0\0\0WAVE").unwrap_err().contains("no fmt chunk"));
+    assert!(parse_wav(&base[..36]).unwrap_err().contains("no data chunk"));
+    assert!(parse_wav(&base[..30]).unwrap_err().contains("fmt chunk truncated"));
 
     // Through read_wav the error is InvalidData and names the file.
     let path = temp_path("stereo.wav");
@@ -311,8 +259,5 @@ fn unsupported_formats_give_clear_errors() {
     std::fs::remove_file(&path).ok();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("stereo.wav"), "{err}");
-    assert_eq!(
-        read_wav(&temp_path("missing.wav")).unwrap_err().kind(),
-        io::ErrorKind::NotFound
-    );
+    assert_eq!(read_wav(&temp_path("missing.wav")).unwrap_err().kind(), io::ErrorKind::NotFound);
 }
