@@ -1,15 +1,19 @@
 //! `sandbox_overhead`: what reading a code through voice-otp costs on the
-//! real sandbox Asterisk, against Asterisk's dialplan reading the same
-//! sounds by itself.
+//! real sandbox Asterisk, against Asterisk's dialplan reading the same code
+//! the same way by itself.
 //!
 //! Both sides place the same number of calls to the sandbox phone, the same
-//! number at a time, and play the same files back to back: intro, the code,
-//! "I repeat", the code, goodbye. With voice-otp, the daemon Originates into
-//! the `[voice-otp]` context and its FastAGI session plays them (the pauses
-//! are set to 0, as Playback has none, and the "press 1 to hear it again"
-//! offer is off, as Playback has no such prompt); without it, the `sandbox-admin` AMI
-//! user Originates the same channel straight into `Playback(a&b&...)`. CPU
-//! seconds come from /proc/<pid>/stat of Asterisk and of the daemon.
+//! number at a time, and read the code with the daemon's default pacing:
+//! 1 s after answer, intro, each digit after 0.4 s, 0.6 s and "I repeat",
+//! the code again, 0.6 s and goodbye. With voice-otp, the daemon (default
+//! `[call]` settings) Originates into the `[voice-otp]` context and its
+//! FastAGI session plays them; without it, the `voice-otp` AMI user
+//! Originates the same channel into the sandbox's `[sandbox-read-code]`
+//! context, whose `Wait()`s and `Playback()`s do the same with the code in
+//! a channel variable. The one setting changed is `max_extra_readings = 0`:
+//! the dialplan makes no "press 1 to hear it again" offer, so the daemon
+//! must not either. CPU seconds come from /proc/<pid>/stat of Asterisk and
+//! of the daemon.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -93,10 +97,11 @@ pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usi
     assert_eq!(sandbox.get("state"), "running", "the sandbox is not running (scripts/sandbox up)");
     let asterisk = sandbox.pid();
     let dir = work.join("sandbox");
-    let flat = "[call]\nanswer_pause_ms = 0\ndigit_pause_ms = 0\nreading_pause_ms = 0\nmax_extra_readings = 0\n\n[auth]\nbcrypt_cost = 4\n";
-    let config = daemon::configure(binary, &dir, sandbox.ami(), 256, flat);
+    // Default pacing; no replay offer, as the dialplan baseline has none.
+    let no_offer = "[call]\nmax_extra_readings = 0\n\n[auth]\nbcrypt_cost = 4\n";
+    let config = daemon::configure(binary, &dir, sandbox.ami(), 256, no_offer);
     let voice_otp = Daemon::start(binary, &config);
-    let mut admin = Ami::login(sandbox.ami(), sandbox.get("ami_admin_username"), sandbox.get("ami_admin_secret")).await;
+    let mut ami = Ami::login(sandbox.ami(), sandbox.get("ami_username"), sandbox.get("ami_secret")).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the daemon logs in to AMI
     let mut numbers = Vec::new();
     let (mut daemon_side, mut daemon_cpu, mut dialplan_side) = (Vec::new(), Vec::new(), Vec::new());
@@ -132,7 +137,7 @@ pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usi
 
         let batch: Vec<String> = (0..concurrency).map(|_| number()).collect();
         let a0 = cpu_seconds(asterisk);
-        admin.play_all(&batch).await;
+        ami.read_code_all(&batch).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         dialplan_side.push(per_call(cpu_seconds(asterisk) - a0));
         numbers.extend(batch);
@@ -191,7 +196,8 @@ fn remove_recordings(dir: &Path, numbers: &[String]) {
     }
 }
 
-/// A minimal AMI session as the `sandbox-admin` user.
+/// A minimal AMI session as the `voice-otp` user (Originate into a context
+/// needs only its `originate` right; `call` events show the Hangups).
 struct Ami {
     lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
     write: tokio::net::tcp::OwnedWriteHalf,
@@ -207,7 +213,7 @@ impl Ami {
         ))
         .await;
         let reply = ami.message().await;
-        assert!(reply.get("Response").is_some_and(|r| r == "Success"), "sandbox-admin login failed: {reply:?}");
+        assert!(reply.get("Response").is_some_and(|r| r == "Success"), "sandbox AMI login as {user} failed: {reply:?}");
         ami
     }
 
@@ -232,16 +238,18 @@ impl Ami {
         panic!("sandbox AMI closed");
     }
 
-    /// Originates one Playback call per number at once and waits for all
+    /// Originates one call per number at once into `[sandbox-read-code]`,
+    /// which reads [`CODE`] (a fixed bench code, so it may go in a channel
+    /// variable; the daemon never puts real codes there), and waits for all
     /// their Hangup events.
-    async fn play_all(&mut self, numbers: &[String]) {
-        let sounds = playback_list(CODE);
+    async fn read_code_all(&mut self, numbers: &[String]) {
         let mut open = HashSet::new();
         for (i, n) in numbers.iter().enumerate() {
             let id = format!("{:032x}", rand::random::<u128>());
             self.send(&format!(
-                "Action: Originate\r\nActionID: bench-{i}\r\nChannel: PJSIP/{n}@carrier\r\nApplication: Playback\r\n\
-                 Data: {sounds}\r\nTimeout: 30000\r\nChannelId: {id}\r\nAsync: true\r\n\r\n"
+                "Action: Originate\r\nActionID: bench-{i}\r\nChannel: PJSIP/{n}@carrier\r\n\
+                 Context: sandbox-read-code\r\nExten: s\r\nPriority: 1\r\nVariable: CODE={CODE}\r\n\
+                 Timeout: 30000\r\nChannelId: {id}\r\nAsync: true\r\n\r\n"
             ))
             .await;
             open.insert(id);
@@ -258,18 +266,10 @@ impl Ami {
                     open.remove(&id.clone());
                 }
                 Some("OriginateResponse") if msg.get("Response").is_some_and(|r| r != "Success") => {
-                    panic!("sandbox refused a Playback Originate: {msg:?}");
+                    panic!("sandbox refused a dialplan Originate: {msg:?}");
                 }
                 _ => {}
             }
         }
     }
-}
-
-/// `voice-otp/intro&digits/4&...&voice-otp/repeat&...&voice-otp/goodbye`:
-/// what voice-otp's flow plays with two readings.
-fn playback_list(code: &str) -> String {
-    let digits: Vec<String> = code.chars().map(|d| format!("digits/{d}")).collect();
-    let digits = digits.join("&");
-    format!("voice-otp/intro&{digits}&voice-otp/repeat&{digits}&voice-otp/goodbye")
 }
