@@ -23,13 +23,15 @@ pub struct InFlight {
 }
 
 impl Store {
-    /// The oldest queued call still within its deadline at `now`.
+    /// The oldest queued call still within its deadline at `now`. Calls
+    /// stored in the same millisecond go in the order they were stored
+    /// (`rowid`), so the queue is first in, first out.
     pub fn next_queued(&self, now: i64) -> Result<Option<CallId>, StoreError> {
         let id: Option<String> = self
             .conn
             .prepare_cached(
                 "SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
-                 ORDER BY created_at, id LIMIT 1",
+                 ORDER BY created_at, rowid LIMIT 1",
             )?
             .query_row([now], |r| r.get(0))
             .optional()?;
@@ -126,6 +128,16 @@ mod tests {
     }
 
     #[test]
+    fn same_millisecond_calls_leave_in_arrival_order() {
+        let (mut s, u) = store();
+        let ids: Vec<CallId> = (0..20).map(|_| add(&mut s, u, 100, None)).collect();
+        for id in &ids {
+            assert_eq!(s.next_queued(0).unwrap().as_ref(), Some(id));
+            s.mark_dialing(id).unwrap();
+        }
+    }
+
+    #[test]
     fn requeue_only_from_dialing() {
         let (mut s, u) = store();
         let id = add(&mut s, u, 100, None);
@@ -153,7 +165,7 @@ mod plan {
             .conn
             .prepare(
                 "EXPLAIN QUERY PLAN SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
-                 ORDER BY created_at, id LIMIT 1",
+                 ORDER BY created_at, rowid LIMIT 1",
             )
             .unwrap()
             .query_map([0], |r| r.get::<_, String>(3))
