@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{CallId, CallStatus, FailReason, now_ms};
+use super::{Call, CallId, CallStatus, FailReason, now_ms};
 use crate::ami::{Action, AmiClient, AmiError, LinkState, Message, MessageKind};
 use crate::config::Config;
 use crate::phone::PhoneNumber;
@@ -230,6 +230,9 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
     let mut link = state.ami.link_state();
     // Reconcile on every (re)connection before dialling anything new.
     let mut reconciled_at: Option<Instant> = None;
+    // Expiry is a scan of the queue: once per tick, not on every wake-up
+    // (there is one per call queued or ended).
+    let mut expired_at: Option<Instant> = None;
     loop {
         let connected = *link.borrow_and_update() == LinkState::Connected;
         if !connected {
@@ -239,7 +242,10 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
             reconcile(&state, after_connect).await;
             reconciled_at = Some(Instant::now());
         }
-        expire_overdue(&state).await;
+        if expired_at.is_none_or(|t| t.elapsed() >= DIAL_TICK) {
+            expire_overdue(&state).await;
+            expired_at = Some(Instant::now());
+        }
         if connected {
             dial_ready(&state).await;
         }
@@ -256,18 +262,30 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
 async fn dial_ready(state: &Inner) {
     let max = u64::from(state.config.queue.max_concurrent_calls);
     loop {
-        let next =
-            state.db.run(move |s| Ok(if s.in_flight_count()? < max { s.next_queued(now_ms())? } else { None })).await;
-        let id = match next {
-            Ok(Some(id)) => id,
+        // One database trip: a free slot, the oldest queued call (deadlines
+        // already filtered out), and its row.
+        let next = state
+            .db
+            .run(move |s| {
+                if s.in_flight_count()? >= max {
+                    return Ok(None);
+                }
+                match s.next_queued(now_ms())? {
+                    Some(id) => s.call(&id),
+                    None => Ok(None),
+                }
+            })
+            .await;
+        let call = match next {
+            Ok(Some(call)) => call,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the call queue");
                 return;
             }
         };
-        let span = tracing::info_span!("call", call_id = %id);
-        if !originate(state, id).instrument(span).await {
+        let span = tracing::info_span!("call", call_id = %call.id);
+        if !originate(state, call).instrument(span).await {
             return;
         }
     }
@@ -342,25 +360,8 @@ async fn channel_exists(state: &Inner, id: &CallId) -> Option<bool> {
 
 /// Places one queued call. False when the dialler should stop for now
 /// (the AMI link is down or the database failed).
-async fn originate(state: &Inner, id: CallId) -> bool {
-    let lookup = id.clone();
-    let call = match state.db.run(move |s| s.call(&lookup)).await {
-        Ok(Some(call)) if call.status == CallStatus::Queued => call,
-        Ok(_) => return true,
-        Err(e) => {
-            tracing::error!(call_id = %id, error = %e, "could not load queued call");
-            return false;
-        }
-    };
-    if call.deadline_at.is_some_and(|d| d <= now_ms()) {
-        let expire = id.clone();
-        match state.db.run(move |s| s.expire_call(&expire, now_ms())).await {
-            Ok(true) => tracing::info!(call_id = %id, "call expired before it could be dialled"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(call_id = %id, error = %e, "could not expire call"),
-        }
-        return true;
-    }
+async fn originate(state: &Inner, call: Call) -> bool {
+    let id = call.id.clone();
     let dial = &state.config.dial;
     // The stored number was validated on the way in; parsing the E.164 form
     // again cannot fail unless the row was edited by hand.
