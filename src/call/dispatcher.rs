@@ -261,29 +261,41 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
 /// Dials queued calls, oldest first, while trunk slots are free.
 async fn dial_ready(state: &Inner) {
     let max = u64::from(state.config.queue.max_concurrent_calls);
+    // Free trunk slots, counted once per pass and then kept here: calls that
+    // end meanwhile wake the loop again, so undercounting costs nothing.
+    let mut free: Option<u64> = None;
     loop {
-        // One database trip: a free slot, the oldest queued call (deadlines
-        // already filtered out), and its row.
+        // One database trip: the oldest queued call (deadlines already
+        // filtered out), a free slot for it, and its row. The queue is
+        // looked at first: every call that ends wakes this loop, and most
+        // often nothing waits, so counting the calls in flight would be
+        // wasted work.
+        let known = free;
         let next = state
             .db
             .run(move |s| {
-                if s.in_flight_count()? >= max {
+                let Some(id) = s.next_queued(now_ms())? else {
+                    return Ok(None);
+                };
+                let free = match known {
+                    Some(n) => n,
+                    None => max.saturating_sub(s.in_flight_count()?),
+                };
+                if free == 0 {
                     return Ok(None);
                 }
-                match s.next_queued(now_ms())? {
-                    Some(id) => s.call(&id),
-                    None => Ok(None),
-                }
+                Ok(s.call(&id)?.map(|call| (call, free)))
             })
             .await;
-        let call = match next {
-            Ok(Some(call)) => call,
+        let (call, slots) = match next {
+            Ok(Some(next)) => next,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the call queue");
                 return;
             }
         };
+        free = Some(slots - 1);
         let span = tracing::info_span!("call", call_id = %call.id);
         if !originate(state, call).instrument(span).await {
             return;
