@@ -13,6 +13,7 @@
 
 mod asterisk;
 mod daemon;
+mod floor;
 mod http_load;
 mod procfs;
 mod sandbox;
@@ -47,6 +48,10 @@ struct Args {
     /// Shorter runs (under 5 minutes in all).
     #[arg(long)]
     quick: bool,
+    /// Internal: serve as the floor FastAGI server with the commands in FILE
+    /// (see `floor.rs`); `agi_vs_panoramisk` runs it.
+    #[arg(long, value_name = "FILE", hide = true)]
+    floor_server: Option<PathBuf>,
     /// Measure only these (comma-separated: auth,http,agi,memory,sandbox).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -69,6 +74,9 @@ fn print(name: &str, value: impl std::fmt::Display) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(script) = &args.floor_server {
+        return floor::serve(script).await;
+    }
     let _ = std::fs::remove_dir_all(&args.work);
     std::fs::create_dir_all(&args.work).expect("work folder");
     machine();
@@ -171,20 +179,91 @@ async fn held_calls(voice_otp: &Daemon, n: u64) -> Vec<String> {
     out.call_ids
 }
 
+/// One FastAGI server under the AGI load: sessions/s and CPU per session
+/// of the server and of the load generator.
+struct AgiRun {
+    done: u64,
+    per_s: f64,
+    server_ms: f64,
+    generator_ms: f64,
+    flow: Vec<String>,
+}
+
+impl AgiRun {
+    async fn measure(server_pid: u32, addr: std::net::SocketAddr, ids: Arc<Vec<String>>, concurrency: usize) -> AgiRun {
+        let server_before = procfs::cpu_seconds(server_pid);
+        let generator_before = procfs::cpu_seconds(std::process::id());
+        let (done, secs, flow) = asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
+        let per_session = |cpu: f64| cpu * 1000.0 / done.max(1) as f64;
+        AgiRun {
+            done,
+            per_s: done as f64 / secs,
+            server_ms: per_session(procfs::cpu_seconds(server_pid) - server_before),
+            generator_ms: per_session(procfs::cpu_seconds(std::process::id()) - generator_before),
+            flow,
+        }
+    }
+
+    fn print(&self, name: &str) {
+        print(&format!("agi_{name}_sessions_per_s"), format!("{:.0}", self.per_s));
+        print(&format!("agi_{name}_completed"), self.done);
+        print(&format!("agi_{name}_cpu_ms_per_session"), format!("{:.3}", self.server_ms));
+        print(&format!("agi_{name}_generator_cpu_ms_per_session"), format!("{:.3}", self.generator_ms));
+    }
+}
+
+/// A server process that prints `ready agi=ADDR` once listening; killed on drop.
+struct AgiServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl AgiServer {
+    fn start(what: &str, command: &mut std::process::Command, log: &std::path::Path) -> AgiServer {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the {what}: {e}"));
+        let mut line = String::new();
+        let _ =
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line);
+        match line.trim().strip_prefix("ready agi=").and_then(|a| a.parse().ok()) {
+            Some(addr) => AgiServer { child, addr },
+            None => {
+                let _ = child.kill();
+                panic!("the {what} did not start: {line:?} (see {})", log.display());
+            }
+        }
+    }
+}
+
+impl Drop for AgiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// FastAGI OTP sessions/s: ours against the panoramisk reference, the same
-/// stored calls, the same load generator, sessions and concurrency.
+/// stored calls, the same load generator, sessions and concurrency. The
+/// floor server (see `floor.rs`) sends the same commands with no work at
+/// all: its rate is the most any server can reach on this machine, so
+/// `agi_floor_vs_panoramisk` bounds what `agi_vs_panoramisk` can be here.
 async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
-    let sessions = args.pick(1_000, 3_000);
+    let sessions: u64 = args.pick(1_000, 3_000);
     let concurrency = 50;
-    let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
+    let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
     let config = configure(&args.daemon, &args.work.join("agi"), ami, 4096, "");
     let voice_otp = Daemon::start(&args.daemon, &config);
     let ids = Arc::new(held_calls(&voice_otp, sessions).await);
-    tokio::time::sleep(Duration::from_millis(500)).await; // every Originate sent
-    let cpu_before = procfs::cpu_seconds(voice_otp.pid());
-    let (ours_done, ours_secs, ours_flow) =
-        asterisk::agi_load(voice_otp.agi, ids.clone(), concurrency, Duration::ZERO).await;
-    let ours_cpu = procfs::cpu_seconds(voice_otp.pid()) - cpu_before;
+    // Every call dialled (and so `answered` once its session starts) before
+    // the clock starts: the measurement is of FastAGI, not of the dialler.
+    while stats.originates.load(Ordering::Relaxed) < sessions {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ours = AgiRun::measure(voice_otp.pid(), voice_otp.agi, ids.clone(), concurrency).await;
     drop(voice_otp);
 
     let dir = args.work.join("panoramisk");
@@ -192,47 +271,49 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     let ids_file = dir.join("ids");
     std::fs::write(&ids_file, ids.join("\n")).expect("ids file");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("panoramisk_otp.py");
-    let mut child = std::process::Command::new(python)
-        .arg(&script)
-        .arg(dir.join("reference.db"))
-        .arg(&ids_file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("reference.log")).expect("log"))
-        .spawn()
-        .expect("start the panoramisk reference");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
-        .expect("reference ready line");
-    let addr = line.trim().strip_prefix("ready agi=").and_then(|a| a.parse().ok());
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("panoramisk reference did not start: {line:?} (see {})", dir.join("reference.log").display());
-    };
-    let cpu_before = procfs::cpu_seconds(child.id());
-    let (ref_done, ref_secs, ref_flow) = asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
-    let ref_cpu = procfs::cpu_seconds(child.id()) - cpu_before;
-    let _ = child.kill();
-    let _ = child.wait();
+    let reference = AgiServer::start(
+        "panoramisk reference",
+        std::process::Command::new(python).arg(&script).arg(dir.join("reference.db")).arg(&ids_file),
+        &dir.join("reference.log"),
+    );
+    let panoramisk = AgiRun::measure(reference.child.id(), reference.addr, ids.clone(), concurrency).await;
+    drop(reference);
 
-    let ours = ours_done as f64 / ours_secs;
-    let reference = ref_done as f64 / ref_secs;
+    let dir = args.work.join("floor");
+    std::fs::create_dir_all(&dir).expect("floor folder");
+    let commands = dir.join("commands");
+    std::fs::write(&commands, ours.flow.join("\n")).expect("floor commands");
+    let me = std::env::current_exe().expect("own path");
+    let floor_server = AgiServer::start(
+        "floor server",
+        std::process::Command::new(me)
+            .arg("--floor-server")
+            .arg(&commands)
+            .arg("--daemon")
+            .arg(&args.daemon)
+            .arg("--work")
+            .arg(&dir),
+        &dir.join("floor.log"),
+    );
+    let floor = AgiRun::measure(floor_server.child.id(), floor_server.addr, ids, concurrency).await;
+    drop(floor_server);
+
     print("agi_sessions", sessions);
-    print("agi_ours_sessions_per_s", format!("{ours:.0}"));
-    print("agi_panoramisk_sessions_per_s", format!("{reference:.0}"));
-    print("agi_ours_completed", ours_done);
-    print("agi_panoramisk_completed", ref_done);
-    print("agi_same_flow", if !ours_flow.is_empty() && ours_flow == ref_flow { "yes" } else { "no" });
-    if ours_flow != ref_flow {
-        eprintln!("flows differ:\n ours: {ours_flow:?}\n reference: {ref_flow:?}");
+    print("agi_concurrency", concurrency);
+    ours.print("ours");
+    panoramisk.print("panoramisk");
+    floor.print("floor");
+    let same = !ours.flow.is_empty() && ours.flow == panoramisk.flow && ours.flow == floor.flow;
+    print("agi_same_flow", if same { "yes" } else { "no" });
+    if !same {
+        eprintln!("flows differ:\n ours: {:?}\n reference: {:?}\n floor: {:?}", ours.flow, panoramisk.flow, floor.flow);
     }
     // Server CPU per session: what the load generator sharing the cores
     // cannot blur.
-    let ours_ms = ours_cpu * 1000.0 / ours_done.max(1) as f64;
-    let ref_ms = ref_cpu * 1000.0 / ref_done.max(1) as f64;
-    print("agi_ours_cpu_ms_per_session", format!("{ours_ms:.3}"));
-    print("agi_panoramisk_cpu_ms_per_session", format!("{ref_ms:.3}"));
-    print("agi_cpu_vs_panoramisk", format!("{:.1}", ref_ms / ours_ms));
-    print("agi_vs_panoramisk", format!("{:.1}", ours / reference));
+    print("agi_cpu_vs_panoramisk", format!("{:.1}", panoramisk.server_ms / ours.server_ms));
+    print("agi_floor_vs_panoramisk", format!("{:.1}", floor.per_s / panoramisk.per_s));
+    print("agi_ours_vs_floor", format!("{:.2}", ours.per_s / floor.per_s));
+    print("agi_vs_panoramisk", format!("{:.1}", ours.per_s / panoramisk.per_s));
 }
 
 /// Daemon RSS growth per concurrent FastAGI session, at 5,000 sessions each
