@@ -599,6 +599,27 @@ mod tests {
     }
 
     #[test]
+    fn status_lookups_use_the_queue_index() {
+        let (s, _) = store_with_call();
+        for sql in [
+            "SELECT COUNT(*) FROM calls WHERE status = 'queued'",
+            "SELECT COUNT(*) FROM calls WHERE status IN ('dialing', 'ringing', 'answered')",
+        ] {
+            let plan: String = s.conn.query_row(&format!("EXPLAIN QUERY PLAN {sql}"), [], |r| r.get(3)).unwrap();
+            assert!(plan.contains("calls_queue"), "{sql}: {plan}");
+        }
+        let indexes: Vec<String> = s
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!indexes.iter().any(|i| i == "calls_by_status"), "{indexes:?}");
+    }
+
+    #[test]
     fn unknown_call_is_none() {
         let (s, _) = store_with_call();
         assert!(s.call(&CallId::generate()).unwrap().is_none());
