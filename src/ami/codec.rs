@@ -10,7 +10,9 @@
 //! Decoding runs in two steps. A linear scan finds where a message ends and
 //! enforces the size and header-count bounds while bytes trickle in (it
 //! remembers how far it got, so a message fed byte by byte is not rescanned).
-//! Then a `nom` grammar parses the complete message.
+//! Then a `nom` grammar parses the complete message. A message costs two
+//! allocations however many headers it has: its text, copied once, and the
+//! list of where each key and value lies in it.
 //!
 //! Choices worth knowing:
 //! - A line is split at its first `": "`; a line with a colon but no `": "`
@@ -29,7 +31,7 @@ use nom::branch::alt;
 use nom::bytes::complete::{tag, take_till, take_until};
 use nom::character::complete::char;
 use nom::combinator::{map, rest, verify};
-use nom::multi::many0;
+use nom::multi::fold_many0;
 use nom::sequence::{separated_pair, terminated};
 use nom::{IResult, Parser};
 use tokio_util::codec::{Decoder, Encoder};
@@ -48,10 +50,19 @@ pub const DEFAULT_MAX_HEADERS: usize = 4096;
 /// One AMI message: an ordered list of headers.
 ///
 /// A list rather than a map because keys repeat (`ChanVariable`, `Variable`,
-/// `Output`) and their order carries meaning.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Output`) and their order carries meaning. Keys and values are slices of
+/// one text, so decoding allocates per message, not per header.
+#[derive(Clone, Default)]
 pub struct Message {
-    headers: Vec<(String, String)>,
+    text: String,
+    fields: Vec<Field>,
+}
+
+/// Where one header's key and value lie in [`Message::text`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Field {
+    key: (usize, usize),
+    value: (usize, usize),
 }
 
 /// What a [`Message`] is, judged by its first `Event` or `Response` header.
@@ -114,7 +125,28 @@ pub struct AmiCodec {
 impl Message {
     /// Builds a message from headers in wire order.
     pub fn new(headers: Vec<(String, String)>) -> Self {
-        Message { headers }
+        let mut text = String::new();
+        let mut fields = Vec::with_capacity(headers.len());
+        let push = |text: &mut String, part: &str| {
+            let start = text.len();
+            text.push_str(part);
+            (start, text.len())
+        };
+        for (key, value) in &headers {
+            let key = push(&mut text, key);
+            text.push_str(": ");
+            let value = push(&mut text, value);
+            text.push('\n');
+            fields.push(Field { key, value });
+        }
+        Message { text, fields }
+    }
+
+    fn slice(&self, (start, end): (usize, usize)) -> &str {
+        // Ranges come from the parser and end at ASCII delimiters, so they
+        // are always on character boundaries; `get` keeps that from ever
+        // becoming a panic.
+        self.text.get(start..end).unwrap_or_default()
     }
 
     /// Value of the first header named `key` (ASCII case-insensitive, as
@@ -125,12 +157,12 @@ impl Message {
 
     /// Values of every header named `key`, in wire order.
     pub fn get_all<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> {
-        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+        self.headers().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
     }
 
     /// All headers in wire order, repeated keys included.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|f| (self.slice(f.key), self.slice(f.value)))
     }
 
     /// Classifies the message. `Event` is looked at first because some events
@@ -150,6 +182,20 @@ impl Message {
     /// `OriginateResponse` event) to the action that caused it.
     pub fn action_id(&self) -> Option<&str> {
         self.get("ActionID")
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for Message {}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.headers()).finish()
     }
 }
 
@@ -227,8 +273,9 @@ impl AmiCodec {
             }
             if blank {
                 let raw = src.split_to(end);
+                let lines = self.lines;
                 self.reset_scan();
-                return Ok(Some(Frame::Message(parse_message(&raw))));
+                return Ok(Some(Frame::Message(parse_message(&raw, lines))));
             }
             self.lines += 1;
             if self.lines > self.max_headers {
@@ -319,14 +366,26 @@ fn header(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
         .parse(input)
 }
 
-/// A parsed line: `Some((key, value))`, or `None` for a line with no colon.
-type HeaderLine<'a> = Option<(&'a [u8], &'a [u8])>;
-
 /// A whole message: non-blank lines, then the blank line that closes it.
-/// Lines that are not headers come out as `None`.
-fn message(input: &[u8]) -> IResult<&[u8], Vec<HeaderLine<'_>>> {
+/// Lines that are not headers are skipped; the others come out as where
+/// their key and value lie in `input`. `lines` sizes the list up front.
+fn message(input: &[u8], lines: usize) -> IResult<&[u8], Vec<Field>> {
+    let base = input.as_ptr() as usize;
+    let at = move |part: &[u8]| {
+        let start = (part.as_ptr() as usize).saturating_sub(base);
+        (start, start + part.len())
+    };
     terminated(
-        many0(map(verify(line, |l: &[u8]| !l.is_empty()), |l| header(l).ok().map(|(_, kv)| kv))),
+        fold_many0(
+            map(verify(line, |l: &[u8]| !l.is_empty()), |l| header(l).ok().map(|(_, kv)| kv)),
+            move || Vec::with_capacity(lines),
+            move |mut fields, kv| {
+                if let Some((key, value)) = kv {
+                    fields.push(Field { key: at(key), value: at(value) });
+                }
+                fields
+            },
+        ),
         verify(line, |l: &[u8]| l.is_empty()),
     )
     .parse(input)
@@ -335,12 +394,12 @@ fn message(input: &[u8]) -> IResult<&[u8], Vec<HeaderLine<'_>>> {
 /// Parses a frame the scanner has already delimited (non-blank lines ending
 /// in a blank line). The grammar cannot fail on such input; should it ever,
 /// the result is an empty message, which callers ignore as `Unknown`.
-fn parse_message(raw: &[u8]) -> Message {
-    let headers = match message(raw) {
-        Ok((_, lines)) => lines.into_iter().flatten().map(|(k, v)| (lossy(k), lossy(v))).collect(),
-        Err(_) => Vec::new(),
-    };
-    Message { headers }
+fn parse_message(raw: &[u8], lines: usize) -> Message {
+    let text = lossy(raw);
+    match message(text.as_bytes(), lines) {
+        Ok((_, fields)) => Message { text, fields },
+        Err(_) => Message::default(),
+    }
 }
 
 #[cfg(test)]
@@ -452,8 +511,8 @@ mod tests {
         let all: Vec<&str> = m.get_all("ChanVariable").collect();
         assert_eq!(all, ["A=1", "B=2", "C=3"]);
         assert_eq!(m.get("CHANVARIABLE"), Some("A=1"));
-        assert_eq!(m.headers().len(), 5);
-        assert_eq!(m.headers()[3], ("ChanVariable".into(), "B=2".into()));
+        assert_eq!(m.headers().count(), 5);
+        assert_eq!(m.headers().nth(3), Some(("ChanVariable", "B=2")));
     }
 
     #[test]
