@@ -233,6 +233,7 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
     // Expiry is a scan of the queue: once per tick, not on every wake-up
     // (there is one per call queued or ended).
     let mut expired_at: Option<Instant> = None;
+    let mut free = FreeSlots::default();
     loop {
         let connected = *link.borrow_and_update() == LinkState::Connected;
         if !connected {
@@ -247,7 +248,7 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
             expired_at = Some(Instant::now());
         }
         if connected {
-            dial_ready(&state).await;
+            dial_ready(&state, &mut free).await;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -258,44 +259,79 @@ async fn dial_loop(state: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
+/// Free trunk slots as the dial loop knows them, kept between passes.
+///
+/// Counting the calls in flight is a scan of them, so it is done only when
+/// the estimate runs out: every Originate takes one slot off it, and calls
+/// that end are not added back (only the dialler puts calls in flight, so
+/// the estimate can only be too low, never let more than
+/// `max_concurrent_calls` out). When it reaches 0 with calls waiting, a
+/// count - of at most `max_concurrent_calls` rows - finds the freed slots.
+#[derive(Default)]
+struct FreeSlots(Option<u64>);
+
+/// What the queue holds for the dialler.
+enum Next {
+    /// Nothing waits.
+    Empty,
+    /// Calls wait but every trunk slot is taken.
+    Full,
+    /// The oldest waiting call, now marked `dialing`, and the free slots
+    /// counting it.
+    Call(Call, u64),
+    /// The call moved on between the two reads (cannot happen with one
+    /// database thread, but costs nothing to handle): look again.
+    Moved,
+}
+
 /// Dials queued calls, oldest first, while trunk slots are free.
-async fn dial_ready(state: &Inner) {
+async fn dial_ready(state: &Inner, free: &mut FreeSlots) {
     let max = u64::from(state.config.queue.max_concurrent_calls);
-    // Free trunk slots, counted once per pass and then kept here: calls that
-    // end meanwhile wake the loop again, so undercounting costs nothing.
-    let mut free: Option<u64> = None;
     loop {
         // One database trip: the oldest queued call (deadlines already
-        // filtered out), a free slot for it, and its row. The queue is
-        // looked at first: every call that ends wakes this loop, and most
-        // often nothing waits, so counting the calls in flight would be
-        // wasted work.
-        let known = free;
+        // filtered out), a free slot for it, its row, and the mark
+        // `dialing`. The queue is looked at first: every call that ends
+        // wakes this loop, and most often nothing waits.
+        //
+        // Marked before the Originate is written: if we die in between, the
+        // call is `dialing` without an Originate, which recovery can see -
+        // never the reverse.
+        let known = free.0.filter(|&n| n > 0);
         let next = state
             .db
             .run(move |s| {
                 let Some(id) = s.next_queued(now_ms())? else {
-                    return Ok(None);
+                    return Ok(Next::Empty);
                 };
-                let free = match known {
+                let slots = match known {
                     Some(n) => n,
                     None => max.saturating_sub(s.in_flight_count()?),
                 };
-                if free == 0 {
-                    return Ok(None);
+                if slots == 0 {
+                    return Ok(Next::Full);
                 }
-                Ok(s.call(&id)?.map(|call| (call, free)))
+                let Some(call) = s.call(&id)? else {
+                    return Ok(Next::Moved);
+                };
+                Ok(if s.mark_dialing(&id)? { Next::Call(call, slots) } else { Next::Moved })
             })
             .await;
-        let (call, slots) = match next {
-            Ok(Some(next)) => next,
-            Ok(None) => return,
+        let call = match next {
+            Ok(Next::Call(call, slots)) => {
+                free.0 = Some(slots - 1);
+                call
+            }
+            Ok(Next::Full) => {
+                free.0 = Some(0);
+                return;
+            }
+            Ok(Next::Empty) => return,
+            Ok(Next::Moved) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the call queue");
                 return;
             }
         };
-        free = Some(slots - 1);
         let span = tracing::info_span!("call", call_id = %call.id);
         if !originate(state, call).instrument(span).await {
             return;
@@ -370,8 +406,8 @@ async fn channel_exists(state: &Inner, id: &CallId) -> Option<bool> {
     }
 }
 
-/// Places one queued call. False when the dialler should stop for now
-/// (the AMI link is down or the database failed).
+/// Sends the Originate for a call just marked `dialing`. False when the
+/// dialler should stop for now (the AMI link is down).
 async fn originate(state: &Inner, call: Call) -> bool {
     let id = call.id.clone();
     let dial = &state.config.dial;
@@ -401,17 +437,6 @@ async fn originate(state: &Inner, call: Call) -> bool {
             return true;
         }
     };
-    // Mark before sending: if we die in between, the call is `dialing`
-    // without an Originate, which recovery can see - never the reverse.
-    let mark = id.clone();
-    match state.db.run(move |s| s.mark_dialing(&mark)).await {
-        Ok(true) => {}
-        Ok(false) => return true,
-        Err(e) => {
-            tracing::error!(call_id = %id, error = %e, "could not mark call dialing");
-            return false;
-        }
-    }
     state.track(&id);
     tracing::info!(call_id = %id, "originating");
     match state.ami.send(action).await {
