@@ -87,6 +87,19 @@ const MIGRATIONS: &[&str] = &[
     // 6: calls_queue (status, created_at) serves every lookup by status, so
     // calls_by_status only cost a page write on each status change.
     "DROP INDEX calls_by_status;",
+    // 7: the number of queued calls, kept by triggers. Every request checks
+    // it against `[queue] max_queued`; counting the queue instead grew with
+    // the queue, just when it is long (Asterisk down, a traffic spike).
+    // Only changes into or out of `queued` touch it.
+    "CREATE TABLE queue_size (id INTEGER PRIMARY KEY CHECK (id = 1), queued INTEGER NOT NULL);
+    INSERT INTO queue_size (id, queued) SELECT 1, COUNT(*) FROM calls WHERE status = 'queued';
+    CREATE TRIGGER queue_size_insert AFTER INSERT ON calls WHEN new.status = 'queued'
+    BEGIN UPDATE queue_size SET queued = queued + 1 WHERE id = 1; END;
+    CREATE TRIGGER queue_size_delete AFTER DELETE ON calls WHEN old.status = 'queued'
+    BEGIN UPDATE queue_size SET queued = queued - 1 WHERE id = 1; END;
+    CREATE TRIGGER queue_size_update AFTER UPDATE OF status ON calls
+        WHEN (old.status = 'queued') <> (new.status = 'queued')
+    BEGIN UPDATE queue_size SET queued = queued + (new.status = 'queued') - (old.status = 'queued') WHERE id = 1; END;",
 ];
 
 /// The schema version this build writes.
