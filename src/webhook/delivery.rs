@@ -1,6 +1,6 @@
 //! The outbox worker: takes due deliveries from the database, POSTs them,
 //! records each attempt, and schedules retries with capped exponential
-//! backoff until `max_attempts`.
+//! backoff (each wait a random 50-100% of it) until `max_attempts`.
 //!
 //! Delivery is at least once: a delivery whose attempt was cut short by a
 //! shutdown is sent again after the restart (same `X-Voice-OTP-Delivery`).
@@ -120,11 +120,18 @@ pub fn retry_delay(attempts: u32, policy: &WebhooksConfig) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// What is actually waited: a random 50-100% of `delay`, so that the
+/// deliveries that failed together (a receiver down for a while) do not all
+/// come back in the same second.
+pub fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 fn retry_or_give_up(attempts: u32, policy: &WebhooksConfig) -> AttemptVerdict {
     if attempts >= policy.max_attempts {
         AttemptVerdict::GiveUp
     } else {
-        AttemptVerdict::RetryAt(now_ms() + retry_delay(attempts, policy).as_millis() as i64)
+        AttemptVerdict::RetryAt(now_ms() + jittered(retry_delay(attempts, policy)).as_millis() as i64)
     }
 }
 
@@ -237,8 +244,23 @@ mod tests {
         let delays: Vec<u64> = (1..=6).map(|n| retry_delay(n, &p).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
         assert_eq!(retry_delay(200, &p).as_secs(), 60, "no overflow");
-        assert!(matches!(retry_or_give_up(3, &p), AttemptVerdict::RetryAt(_)));
+        let before = now_ms();
+        let AttemptVerdict::RetryAt(at) = retry_or_give_up(3, &p) else { panic!("no retry") };
+        assert!(
+            (before + 10_000..=now_ms() + 20_000).contains(&at),
+            "20 s backoff, jittered to 10-20 s: {}",
+            at - before
+        );
         assert_eq!(retry_or_give_up(4, &p), AttemptVerdict::GiveUp);
+    }
+
+    #[test]
+    fn jitter_spreads_retries_over_the_upper_half() {
+        let delay = Duration::from_secs(100);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(delay)).collect();
+        assert!(waits.iter().all(|w| (Duration::from_secs(50)..=delay).contains(w)), "{waits:?}");
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "spread, not one fixed value: {} distinct", distinct.len());
     }
 
     #[test]
