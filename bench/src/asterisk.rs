@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -194,42 +194,58 @@ fn request_block(uniqueid: &str, addr: SocketAddr) -> String {
 /// answers every command (`STREAM FILE` after `playback`, `WAIT FOR DIGIT`
 /// after the shorter of its timeout and `playback`), and hangs up after the
 /// server's `HANGUP`.
+///
+/// Lean on purpose, since it shares the cores with the server measured: one
+/// socket, one fixed buffer, commands looked at in place, one read and one
+/// write per command.
 pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, record: bool) -> std::io::Result<AgiEnd> {
-    let stream = TcpStream::connect(addr).await?;
+    let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(request_block(uniqueid, addr).as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
+    stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
     let mut end = AgiEnd { completed: false, commands: Vec::new() };
-    while let Some(line) = lines.next_line().await? {
-        if record {
-            end.commands.push(line.clone());
+    let mut buf = [0u8; 2048];
+    let mut filled = 0;
+    loop {
+        while let Some(newline) = buf[..filled].iter().position(|&b| b == b'\n') {
+            let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
+            if record {
+                end.commands.push(String::from_utf8_lossy(line).into_owned());
+            }
+            let reply: &[u8] = if line.starts_with(b"STREAM FILE") {
+                if !playback.is_zero() {
+                    tokio::time::sleep(playback).await;
+                }
+                b"200 result=0 endpos=8000\n"
+            } else if let Some(ms) = line.strip_prefix(b"WAIT FOR DIGIT ") {
+                let ms = std::str::from_utf8(ms).ok().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
+                let wait = Duration::from_millis(ms).min(playback);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                b"200 result=0\n"
+            } else if line == b"HANGUP" {
+                stream.write_all(b"200 result=1\nHANGUP\n").await?;
+                end.completed = true;
+                return Ok(end);
+            } else if line.starts_with(b"SET VARIABLE") {
+                b"200 result=1\n"
+            } else if line.starts_with(b"ANSWER") || line.starts_with(b"SAY DIGITS") || line.starts_with(b"VERBOSE") {
+                b"200 result=0\n"
+            } else {
+                b"510 Invalid or unknown command\n"
+            };
+            stream.write_all(reply).await?;
+            buf.copy_within(newline + 1..filled, 0);
+            filled -= newline + 1;
         }
-        let reply: &[u8] = if line.starts_with("STREAM FILE") {
-            if !playback.is_zero() {
-                tokio::time::sleep(playback).await;
-            }
-            b"200 result=0 endpos=8000\n"
-        } else if let Some(ms) = line.strip_prefix("WAIT FOR DIGIT ") {
-            let wait = ms.trim().parse().map(Duration::from_millis).unwrap_or_default().min(playback);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            b"200 result=0\n"
-        } else if line == "HANGUP" {
-            write.write_all(b"200 result=1\nHANGUP\n").await?;
-            end.completed = true;
-            break;
-        } else if line.starts_with("SET VARIABLE") {
-            b"200 result=1\n"
-        } else if line.starts_with("ANSWER") || line.starts_with("SAY DIGITS") || line.starts_with("VERBOSE") {
-            b"200 result=0\n"
-        } else {
-            b"510 Invalid or unknown command\n"
-        };
-        write.write_all(reply).await?;
+        if filled == buf.len() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "command line too long"));
+        }
+        match stream.read(&mut buf[filled..]).await? {
+            0 => return Ok(end),
+            n => filled += n,
+        }
     }
-    Ok(end)
 }
 
 /// Opens a session and keeps it open without answering its first command,

@@ -52,6 +52,9 @@ struct Args {
     /// (see `floor.rs`); `agi_vs_panoramisk` runs it.
     #[arg(long, value_name = "FILE", hide = true)]
     floor_server: Option<PathBuf>,
+    /// FastAGI sessions open at a time in `agi_vs_panoramisk`.
+    #[arg(long, default_value_t = 50)]
+    agi_concurrency: usize,
     /// Measure only these (comma-separated: auth,http,agi,memory,sandbox).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -252,7 +255,7 @@ impl Drop for AgiServer {
 /// `agi_floor_vs_panoramisk` bounds what `agi_vs_panoramisk` can be here.
 async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     let sessions: u64 = args.pick(1_000, 3_000);
-    let concurrency = 50;
+    let concurrency = args.agi_concurrency;
     let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
     let config = configure(&args.daemon, &args.work.join("agi"), ami, 4096, "");
     let voice_otp = Daemon::start(&args.daemon, &config);
