@@ -285,7 +285,7 @@ enum Next {
 }
 
 /// Dials queued calls, oldest first, while trunk slots are free.
-async fn dial_ready(state: &Inner, free: &mut FreeSlots) {
+async fn dial_ready(state: &Arc<Inner>, free: &mut FreeSlots) {
     let max = u64::from(state.config.queue.max_concurrent_calls);
     loop {
         // One database trip: the oldest queued call (deadlines already
@@ -297,6 +297,7 @@ async fn dial_ready(state: &Inner, free: &mut FreeSlots) {
         // call is `dialing` without an Originate, which recovery can see -
         // never the reverse.
         let known = free.0.filter(|&n| n > 0);
+        let tracker = state.clone();
         let next = state
             .db
             .run(move |s| {
@@ -313,6 +314,9 @@ async fn dial_ready(state: &Inner, free: &mut FreeSlots) {
                 let Some(call) = s.call(&id)? else {
                     return Ok(Next::Moved);
                 };
+                // Tracked before `dialing` is committed: once anyone can see
+                // the call dialing, its channel's events are followed.
+                tracker.track(&id);
                 Ok(if s.mark_dialing(&id)? { Next::Call(call, slots) } else { Next::Moved })
             })
             .await;
@@ -437,7 +441,6 @@ async fn originate(state: &Inner, call: Call) -> bool {
             return true;
         }
     };
-    state.track(&id);
     tracing::info!(call_id = %id, "originating");
     match state.ami.send(action).await {
         Ok(_) => true,
