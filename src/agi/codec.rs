@@ -392,9 +392,12 @@ impl Encoder<&Command> for AgiCodec {
     /// Writes the command's validated line and `\n`. An invalid command
     /// leaves `dst` untouched.
     fn encode(&mut self, cmd: &Command, dst: &mut BytesMut) -> Result<(), AgiCodecError> {
-        let line = cmd.to_line()?;
-        dst.reserve(line.len() + 1);
-        dst.put_slice(line.as_bytes());
+        // Written in place; on an error the partial line is cut off again.
+        let start = dst.len();
+        if let Err(e) = cmd.write_line(dst) {
+            dst.truncate(start);
+            return Err(e.into());
+        }
         dst.put_u8(b'\n');
         Ok(())
     }
@@ -845,8 +848,15 @@ mod tests {
         let mut dst = BytesMut::new();
         codec.encode(&Command::WaitForDigit { timeout_ms: 1500 }, &mut dst).unwrap();
         assert_eq!(&dst[..], b"WAIT FOR DIGIT 1500\n");
-        let bad = Command::GetVariable("X\nHANGUP".into());
-        assert!(matches!(codec.encode(&bad, &mut dst), Err(AgiCodecError::Command(_))));
-        assert_eq!(&dst[..], b"WAIT FOR DIGIT 1500\n");
+        // Refused before anything is written, half-way through the line,
+        // and once the whole line turns out too long: nothing stays behind.
+        for bad in [
+            Command::GetVariable("X\nHANGUP".into()),
+            Command::SetVariable("X".into(), "a\nHANGUP".into()),
+            Command::SetVariable("X".into(), "y".repeat(crate::agi::command::MAX_COMMAND_LEN)),
+        ] {
+            assert!(matches!(codec.encode(&bad, &mut dst), Err(AgiCodecError::Command(_))), "{bad:?}");
+            assert_eq!(&dst[..], b"WAIT FOR DIGIT 1500\n");
+        }
     }
 }

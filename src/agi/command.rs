@@ -131,62 +131,133 @@ impl Command {
 
     /// The validated command line, without its trailing `\n`.
     pub fn to_line(&self) -> Result<String, CommandError> {
-        let line = match self {
-            Command::Answer => "ANSWER".to_owned(),
-            Command::Hangup => "HANGUP".to_owned(),
+        let mut line = String::new();
+        self.write_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Checks the command as [`to_line`](Self::to_line) would, without
+    /// building the line.
+    pub fn check(&self) -> Result<(), CommandError> {
+        self.write_line(&mut Discard)
+    }
+
+    /// Writes the validated command line, without its trailing `\n`, to
+    /// `out` (the encoder writes straight into the send buffer). On an
+    /// error `out` may hold part of the line: the caller drops it.
+    pub fn write_line<W: fmt::Write>(&self, out: &mut W) -> Result<(), CommandError> {
+        let mut w = Counted { out, len: 0 };
+        self.write_parts(&mut w).map_err(|e| match e {
+            Written::Invalid(e) => e,
+            // Our writers (String, BytesMut, the counter) never fail; a
+            // failing one can only mean the line could not be built whole.
+            Written::Fmt => CommandError::TooLong,
+        })?;
+        if w.len > MAX_COMMAND_LEN {
+            return Err(CommandError::TooLong);
+        }
+        Ok(())
+    }
+
+    fn write_parts<W: fmt::Write>(&self, w: &mut W) -> Result<(), Written> {
+        match self {
+            Command::Answer => w.write_str("ANSWER")?,
+            Command::Hangup => w.write_str("HANGUP")?,
             Command::StreamFile { file, escape_digits, offset } => {
-                let mut line = format!("STREAM FILE {} {}", sound_file(file)?, quote(escape(escape_digits)?));
+                write!(w, "STREAM FILE {} ", sound_file(file)?)?;
+                write_quoted(w, escape(escape_digits)?)?;
                 if let Some(offset) = offset {
-                    line.push_str(&format!(" {offset}"));
+                    write!(w, " {offset}")?;
                 }
-                line
             }
             Command::GetOption { file, escape_digits, timeout_ms } => {
-                let mut line = format!("GET OPTION {} {}", sound_file(file)?, quote(escape(escape_digits)?));
+                write!(w, "GET OPTION {} ", sound_file(file)?)?;
+                write_quoted(w, escape(escape_digits)?)?;
                 if let Some(ms) = timeout_ms {
                     if *ms > i32::MAX as u32 {
-                        return Err(CommandError::OutOfRange("timeout"));
+                        return Err(CommandError::OutOfRange("timeout").into());
                     }
-                    line.push_str(&format!(" {ms}"));
+                    write!(w, " {ms}")?;
                 }
-                line
             }
             Command::WaitForDigit { timeout_ms } => {
                 // Asterisk scans the timeout as a C int.
                 if !(-1..=i64::from(i32::MAX)).contains(timeout_ms) {
-                    return Err(CommandError::OutOfRange("timeout"));
+                    return Err(CommandError::OutOfRange("timeout").into());
                 }
-                format!("WAIT FOR DIGIT {timeout_ms}")
+                write!(w, "WAIT FOR DIGIT {timeout_ms}")?;
             }
             Command::SayDigits { digits, escape_digits } => {
                 let ok = (1..=MAX_SAY_DIGITS).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
                 if !ok {
-                    return Err(CommandError::BadDigits);
+                    return Err(CommandError::BadDigits.into());
                 }
-                format!("SAY DIGITS {digits} {}", quote(escape(escape_digits)?))
+                write!(w, "SAY DIGITS {digits} ")?;
+                write_quoted(w, escape(escape_digits)?)?;
             }
-            Command::GetVariable(name) => format!("GET VARIABLE {}", variable(name)?),
+            Command::GetVariable(name) => write!(w, "GET VARIABLE {}", variable(name)?)?,
             Command::SetVariable(name, value) => {
-                format!("SET VARIABLE {} {}", variable(name)?, quote(text("variable value", value)?))
+                write!(w, "SET VARIABLE {} ", variable(name)?)?;
+                write_quoted(w, text("variable value", value)?)?;
             }
             Command::Exec { app, args } => {
                 let ok = !app.is_empty() && app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                 if !ok {
-                    return Err(CommandError::BadName("application"));
+                    return Err(CommandError::BadName("application").into());
                 }
-                format!("EXEC {app} {}", quote(text("application arguments", args)?))
+                write!(w, "EXEC {app} ")?;
+                write_quoted(w, text("application arguments", args)?)?;
             }
             Command::Verbose(message, level) => {
                 if !(1..=4).contains(level) {
-                    return Err(CommandError::OutOfRange("verbose level"));
+                    return Err(CommandError::OutOfRange("verbose level").into());
                 }
-                format!("VERBOSE {} {level}", quote(text("message", message)?))
+                w.write_str("VERBOSE ")?;
+                write_quoted(w, text("message", message)?)?;
+                write!(w, " {level}")?;
             }
-        };
-        if line.len() > MAX_COMMAND_LEN {
-            return Err(CommandError::TooLong);
         }
-        Ok(line)
+        Ok(())
+    }
+}
+
+/// Why writing a line stopped.
+enum Written {
+    Invalid(CommandError),
+    Fmt,
+}
+
+impl From<CommandError> for Written {
+    fn from(e: CommandError) -> Self {
+        Written::Invalid(e)
+    }
+}
+
+impl From<fmt::Error> for Written {
+    fn from(_: fmt::Error) -> Self {
+        Written::Fmt
+    }
+}
+
+/// Passes writes through and counts the bytes.
+struct Counted<'a, W> {
+    out: &'a mut W,
+    len: usize,
+}
+
+impl<W: fmt::Write> fmt::Write for Counted<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.len += s.len();
+        self.out.write_str(s)
+    }
+}
+
+/// Writes nothing: for checking a command without building its line.
+struct Discard;
+
+impl fmt::Write for Discard {
+    fn write_str(&mut self, _: &str) -> fmt::Result {
+        Ok(())
     }
 }
 
@@ -227,7 +298,7 @@ impl fmt::Debug for Command {
     }
 }
 
-/// Free text: anything printable; quoted by [`quote`] afterwards.
+/// Free text: anything printable; quoted by [`write_quoted`] afterwards.
 fn text<'a>(field: &'static str, s: &'a str) -> Result<&'a str, CommandError> {
     if s.chars().any(char::is_control) {
         return Err(CommandError::ControlChar(field));
@@ -237,17 +308,17 @@ fn text<'a>(field: &'static str, s: &'a str) -> Result<&'a str, CommandError> {
 
 /// Wraps `s` in double quotes, escaping `"` and `\` so Asterisk's parser
 /// hands it back as exactly one argument, unchanged.
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
+fn write_quoted<W: fmt::Write>(w: &mut W, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    let mut rest = s;
+    while let Some(at) = rest.find(['"', '\\']) {
+        w.write_str(&rest[..at])?;
+        w.write_char('\\')?;
+        w.write_str(&rest[at..at + 1])?;
+        rest = &rest[at + 1..];
     }
-    out.push('"');
-    out
+    w.write_str(rest)?;
+    w.write_char('"')
 }
 
 fn escape(digits: &str) -> Result<&str, CommandError> {
@@ -263,7 +334,7 @@ fn escape(digits: &str) -> Result<&str, CommandError> {
 /// absolute paths stay allowed for prompts installed elsewhere.
 fn sound_file(file: &str) -> Result<&str, CommandError> {
     let ok = !file.is_empty()
-        && !file.contains("..")
+        && !file.as_bytes().windows(2).any(|w| w == b"..")
         && file.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'.' | b'-'));
     if ok { Ok(file) } else { Err(CommandError::BadFileName) }
 }

@@ -171,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
     /// `Err(Closed)` (or `HungUp`): a late reply can no longer be matched.
     pub async fn run(&mut self, cmd: Command) -> Result<Reply, AgiError> {
         // Validate first: an invalid command must not even look at the wire.
-        cmd.to_line()?;
+        cmd.check()?;
         if self.broken {
             return Err(self.gone());
         }
