@@ -47,7 +47,7 @@ pub enum Command {
 /// `voice-otp sounds ...`
 #[derive(Debug, Subcommand)]
 pub enum SoundsCommand {
-    /// List every sound each language of [call] languages needs (our prompts
+    /// List every sound each language of `[call] languages` needs (our prompts
     /// and digits 0-9) and whether Asterisk has it; exit status 1 if any is
     /// missing.
     Check {
@@ -74,12 +74,12 @@ pub enum UserCommand {
     Set {
         /// Login name.
         name: String,
-        /// Default language: one of [call] languages, or `default` for
-        /// [call] default_language.
+        /// Default language: one of `[call] languages`, or `default`
+        /// for `[call] default_language`.
         #[arg(long, value_name = "LANG")]
         language: Option<String>,
-        /// Default voicemail-safe mode: true, false, 1, 0, or `default` for
-        /// [call] require_keypress.
+        /// Default voicemail-safe mode: true, false, 1, 0, or `default`
+        /// for `[call] require_keypress`.
         #[arg(long, value_name = "BOOL")]
         require_keypress: Option<String>,
     },

@@ -483,10 +483,10 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config =
             Config::from_toml(&text).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
-        if config.database.path.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.database.path = dir.join(&config.database.path);
-            }
+        if config.database.path.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.database.path = dir.join(&config.database.path);
         }
         config.checked(path)
     }

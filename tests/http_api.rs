@@ -166,7 +166,7 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
         ),
         // Field checks come before credentials: a bad option with a bad password is a 400.
         (
-            format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr"),
+            "/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr".to_string(),
             400,
             "Bad Request: language must be one of: en, ur",
         ),

@@ -146,10 +146,10 @@ async fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> std::io:
         if header.is_empty() {
             break;
         }
-        if let Some((k, v)) = header.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
+        if let Some((k, v)) = header.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
         }
     }
     let mut body = vec![0; length];

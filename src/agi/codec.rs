@@ -506,10 +506,10 @@ fn parse_success(text: &str, reply: &mut Reply) {
         }
     }
     let middle = tail.trim_start_matches(' ');
-    if let Some(inner) = middle.strip_prefix('(') {
-        if let Some(close) = inner.rfind(')') {
-            reply.data = Some(inner[..close].to_owned());
-        }
+    if let Some(inner) = middle.strip_prefix('(')
+        && let Some(close) = inner.rfind(')')
+    {
+        reply.data = Some(inner[..close].to_owned());
     }
 }
 

@@ -69,7 +69,7 @@ impl Prompt {
 /// Every sound a call in one language plays: our prompts and the ten digits.
 pub fn sounds_needed() -> Vec<String> {
     let mut names: Vec<String> = Prompt::ALL.iter().map(|p| p.sound().to_owned()).collect();
-    names.extend((0..=9).map(|d| digit_sound(d)));
+    names.extend((0..=9).map(digit_sound));
     names
 }
 
@@ -597,6 +597,10 @@ mod tests {
     }
 
     /// Every command of a run, as a list, for the hang-up sweep.
+    /// Keys pressed in a scripted run: (command prefix, how many of those
+    /// commands pass first, key).
+    type Presses = Vec<(&'static str, usize, char)>;
+
     async fn full_run(code: &str, options: &CallOptions, presses: &[(&'static str, usize, char)]) -> Vec<String> {
         let mut chan = Scripted::new();
         chan.presses = presses.to_vec();
@@ -607,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn hang_up_at_every_step_is_reported_with_the_readings_done() {
         // Plain, keypress mode, a restart mid-reading and a replay at the offer.
-        let scenarios: [(CallOptions, Vec<(&'static str, usize, char)>); 4] = [
+        let scenarios: [(CallOptions, Presses); 4] = [
             (en(), vec![]),
             (keypress(), vec![("WAIT FOR DIGIT 5000", 0, '5')]),
             (en(), vec![("STREAM FILE digits/", 2, '1')]),

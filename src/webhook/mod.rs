@@ -77,10 +77,11 @@ pub fn check_url(url: &str, policy: &WebhooksConfig) -> Result<WebhookUrl, Strin
     if !policy.allow_hosts.is_empty() && !policy.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
         return Err(format!("host {host} is not in the allowed webhook hosts"));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        if policy.deny_private && !is_public(ip) {
-            return Err(format!("host {host} is not a public address"));
-        }
+    if let Ok(ip) = host.parse::<IpAddr>()
+        && policy.deny_private
+        && !is_public(ip)
+    {
+        return Err(format!("host {host} is not a public address"));
     }
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());

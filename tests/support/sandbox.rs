@@ -127,10 +127,12 @@ pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> Pat
         let found = recordings_of(sandbox, number).into_iter().next();
         if let Some(path) = found {
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if let Some((p, s)) = &last {
-                if *p == path && *s == size && size > 44 {
-                    return path;
-                }
+            if let Some((p, s)) = &last
+                && *p == path
+                && *s == size
+                && size > 44
+            {
+                return path;
             }
             last = Some((path, size));
         }
@@ -156,10 +158,10 @@ pub fn wait_recording_since(
             .filter(|(modified, _)| *modified >= since)
             .max();
         // Files appear in the folder only once closed (MixMonitor's move).
-        if let Some((_, path)) = newest {
-            if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 44 {
-                return path;
-            }
+        if let Some((_, path)) = newest
+            && std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 44
+        {
+            return path;
         }
         assert!(Instant::now() < deadline, "no recording for {number} since {since:?} in {:?}", sandbox.recordings);
         std::thread::sleep(Duration::from_millis(500));
