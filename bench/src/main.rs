@@ -266,7 +266,9 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let db_before = procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db");
     let ours = AgiRun::measure(voice_otp.pid(), voice_otp.agi, ids.clone(), concurrency).await;
+    let db_ms = (procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db") - db_before) * 1000.0 / ours.done.max(1) as f64;
     drop(voice_otp);
 
     let dir = args.work.join("panoramisk");
@@ -304,6 +306,7 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     print("agi_sessions", sessions);
     print("agi_concurrency", concurrency);
     ours.print("ours");
+    print("agi_ours_db_thread_cpu_ms_per_session", format!("{db_ms:.3}"));
     panoramisk.print("panoramisk");
     floor.print("floor");
     let same = !ours.flow.is_empty() && ours.flow == panoramisk.flow && ours.flow == floor.flow;
