@@ -268,7 +268,8 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let db_before = procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db");
     let ours = AgiRun::measure(voice_otp.pid(), voice_otp.agi, ids.clone(), concurrency).await;
-    let db_ms = (procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db") - db_before) * 1000.0 / ours.done.max(1) as f64;
+    let db_ms =
+        (procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db") - db_before) * 1000.0 / ours.done.max(1) as f64;
     drop(voice_otp);
 
     let dir = args.work.join("panoramisk");

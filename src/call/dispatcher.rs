@@ -5,9 +5,9 @@
 //! `queued` call whenever the AMI link is up and fewer than
 //! `[queue] max_concurrent_calls` calls are in flight, and sends
 //! `Originate`, marking the call `dialing` first, so no crash, restart or
-//! reconnect can ever lead to a second Originate of the same call. A call still queued
-//! after its deadline is `expired` instead. While Asterisk is down calls
-//! simply wait. Whenever the link (re)connects, and every
+//! reconnect can ever lead to a second Originate of the same call. A call
+//! still queued after its deadline is `expired` instead. While Asterisk is
+//! down calls simply wait. Whenever the link (re)connects, and every
 //! [`RECONCILE_EVERY`] after that, the dialler asks Asterisk (`Status`) about
 //! each call in flight that no live FastAGI session holds: a channel that is
 //! gone - Asterisk restarted, the daemon was killed, events were lost with

@@ -359,6 +359,10 @@ mod tests {
     use crate::agi::Reply;
     use std::collections::VecDeque;
 
+    /// Keys a scripted callee presses: (command prefix, which of the
+    /// matching commands (0-based), key).
+    type Presses = Vec<(&'static str, usize, char)>;
+
     /// A scripted Asterisk: records every command, answers from a list of
     /// outcomes, presses keys on chosen commands; when the list runs out
     /// every command succeeds with nothing pressed.
@@ -366,8 +370,7 @@ mod tests {
         sent: Vec<String>,
         answers: VecDeque<Result<Reply, AgiError>>,
         hang_up_after: Option<usize>,
-        /// (command prefix, which of the matching commands (0-based), key)
-        presses: Vec<(&'static str, usize, char)>,
+        presses: Presses,
     }
 
     fn ok(result: i64) -> Result<Reply, AgiError> {
@@ -597,10 +600,6 @@ mod tests {
     }
 
     /// Every command of a run, as a list, for the hang-up sweep.
-    /// Keys pressed in a scripted run: (command prefix, how many of those
-    /// commands pass first, key).
-    type Presses = Vec<(&'static str, usize, char)>;
-
     async fn full_run(code: &str, options: &CallOptions, presses: &[(&'static str, usize, char)]) -> Vec<String> {
         let mut chan = Scripted::new();
         chan.presses = presses.to_vec();
