@@ -180,6 +180,10 @@ pub struct DialConfig {
     /// A call not dialled within this many seconds of its request is
     /// `expired` instead (a late code is useless and confusing).
     pub deadline_secs: u32,
+    /// SIP header that carries the call id on the outgoing INVITE of a
+    /// `PJSIP/` channel (`PJSIP_HEADER(add,...)`), so the far side, SIP
+    /// traces and the sandbox's recordings can name the call. Empty: none.
+    pub call_id_header: String,
 }
 
 impl Default for DialConfig {
@@ -191,6 +195,7 @@ impl Default for DialConfig {
             caller_id: String::new(),
             ring_timeout_secs: 30,
             deadline_secs: 300,
+            call_id_header: "X-Voice-OTP-Call".into(),
         }
     }
 }
@@ -519,6 +524,13 @@ impl Config {
         }
         if self.ami.secret.chars().any(|c| c.is_control()) {
             return Err(invalid("ami.secret must not contain control characters".into()));
+        }
+        let header = &self.dial.call_id_header;
+        if header.len() > 64 || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(invalid(format!(
+                "dial.call_id_header must be a SIP header name (at most 64 of A-Z a-z 0-9 -), got {:?}",
+                header
+            )));
         }
         if self.dial.context.is_empty() || self.dial.exten.is_empty() {
             return Err(invalid("dial.context and dial.exten must not be empty".into()));

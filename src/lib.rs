@@ -22,6 +22,8 @@
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
+//! - [`secret`]: [`secret::Secret`], the one type for secrets in memory
+//!   (redacted in `Debug`, compared in constant time).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +39,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod phone;
+pub mod secret;
 pub mod sounds;
 pub mod store;
 pub mod webhook;

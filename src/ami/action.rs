@@ -254,8 +254,22 @@ fn check_variable(name: &str, value: &str) -> Result<(), HeaderError> {
         return bad("'=' in name");
     }
     let special = |c: char| matches!(c, ',' | '"' | '\\' | '\r' | '\n' | '\0');
-    if name.contains(special) {
-        return bad("',', '\"', '\\', CR, LF or NUL in name");
+    // A function's arguments, as in `PJSIP_HEADER(add,X-Voice-OTP-Call)`:
+    // Asterisk splits a `Variable` header at commas outside parentheses
+    // only, so commas inside balanced parentheses of the name are safe.
+    let mut depth = 0u32;
+    for c in name.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => return bad("unbalanced parentheses in name"),
+            ')' => depth -= 1,
+            ',' if depth > 0 => {}
+            c if special(c) => return bad("',' outside parentheses, '\"', '\\', CR, LF or NUL in name"),
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return bad("unbalanced parentheses in name");
     }
     if value.contains(special) {
         return bad("',', '\"', '\\', CR, LF or NUL in value");
@@ -345,14 +359,31 @@ mod tests {
 
     #[test]
     fn variable_injection_refused() {
-        for (name, value) in
-            [("A", "1,CALLERID(num)=666"), ("A", "\"x\""), ("A", "x\\"), ("A=B", "1"), ("", "1"), ("A,B", "1")]
-        {
+        for (name, value) in [
+            ("A", "1,CALLERID(num)=666"),
+            ("A", "\"x\""),
+            ("A", "x\\"),
+            ("A=B", "1"),
+            ("", "1"),
+            ("A,B", "1"),
+            ("F(a,b", "1"),
+            ("F(a),b", "1"),
+            ("F(a))", "1"),
+            ("F(a,\"b\")", "1"),
+        ] {
             let o = Originate { variables: vec![(name.into(), value.into())], ..originate() };
             let err = Action::originate(o).expect_err("refused");
             assert!(matches!(err, HeaderError::BadVariable { .. }), "{name:?}={value:?}");
             assert!(!err.to_string().contains("666"), "value leaked: {err}");
         }
+    }
+
+    #[test]
+    fn function_arguments_in_names_are_allowed() {
+        let o =
+            Originate { variables: vec![("PJSIP_HEADER(add,X-Voice-OTP-Call)".into(), "9f1c".into())], ..originate() };
+        let a = Action::originate(o).expect("commas inside parentheses are not split by Asterisk");
+        assert_eq!(a.headers().last().unwrap().1, "PJSIP_HEADER(add,X-Voice-OTP-Call)=9f1c");
     }
 
     #[test]

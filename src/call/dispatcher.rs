@@ -428,15 +428,20 @@ async fn originate(state: &Inner, call: Call) -> bool {
             return true;
         }
     };
+    let channel = dial.channel.render(&number);
+    let mut variables = vec![(AGI_URL_VARIABLE.to_owned(), state.agi_url.clone())];
+    if !dial.call_id_header.is_empty() && channel.starts_with("PJSIP/") {
+        variables.push((format!("PJSIP_HEADER(add,{})", dial.call_id_header), id.as_str().to_owned()));
+    }
     let action = Action::originate(crate::ami::action::Originate {
-        channel: dial.channel.render(&number),
+        channel,
         context: dial.context.clone(),
         exten: dial.exten.clone(),
         priority: 1,
         timeout_ms: u64::from(dial.ring_timeout_secs) * 1000,
         caller_id: (!dial.caller_id.is_empty()).then(|| dial.caller_id.clone()),
         channel_id: id.as_str().to_owned(),
-        variables: vec![(AGI_URL_VARIABLE.to_owned(), state.agi_url.clone())],
+        variables,
     });
     let action = match action {
         Ok(a) => a,
