@@ -2,15 +2,18 @@
 
 Runs the same flow as voice-otp's FastAGI side with its default [call]
 settings, command for command: look the call up in SQLite (WAL) by
-agi_uniqueid, mark it answered, set the language, pause, intro, the digits
+agi_uniqueid, check the channel's FastAGI token (GET VARIABLE, a hash
+compared with the stored one), mark it answered, set the language, pause, intro, the digits
 with pauses, "I repeat", the digits again, "press 1 to hear it again",
-goodbye, record the end (code erased), HANGUP. It is what a small Python service would do with
+goodbye, record the end (code erased), EXEC Hangup 16. It is what a small Python service would do with
 panoramisk; the benchmark drives it with the same load generator as ours.
 
-Usage: panoramisk_otp.py DB IDS_FILE   (prints "ready agi=HOST:PORT")
+Usage: panoramisk_otp.py DB IDS_FILE   (lines "ID TOKEN"; prints "ready agi=HOST:PORT")
 """
 
 import asyncio
+import hashlib
+import hmac
 import sqlite3
 import sys
 import time
@@ -27,18 +30,23 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-def open_db(path, ids):
+def token_hash(token):
+    return hashlib.sha256(token.encode()).digest()
+
+
+def open_db(path, calls):
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(
         "CREATE TABLE IF NOT EXISTS calls (id TEXT PRIMARY KEY, code TEXT, status TEXT NOT NULL,"
-        " readings INTEGER NOT NULL DEFAULT 0, answered_at INTEGER, ended_at INTEGER, updated_at INTEGER)"
+        " readings INTEGER NOT NULL DEFAULT 0, answered_at INTEGER, ended_at INTEGER, updated_at INTEGER,"
+        " token_hash BLOB)"
     )
     db.execute("BEGIN")
     db.executemany(
-        "INSERT OR REPLACE INTO calls (id, code, status, updated_at) VALUES (?, ?, 'dialing', ?)",
-        [(i, CODE, now_ms()) for i in ids],
+        "INSERT OR REPLACE INTO calls (id, code, status, updated_at, token_hash) VALUES (?, ?, 'dialing', ?, ?)",
+        [(i, CODE, now_ms(), token_hash(t)) for i, t in calls],
     )
     db.execute("COMMIT")
     return db
@@ -131,14 +139,18 @@ class Flow:
 def make_handler(db):
     async def otp(request):
         call_id = request.headers.get("agi_uniqueid", "")
+        reply = await request.send_command("GET VARIABLE VOICE_OTP_TOKEN")
+        result = reply.get("result", ("0", ""))
+        token = result[1] if len(result) > 1 and result[0] == "1" else ""
         row = db.execute(
-            "SELECT code FROM calls WHERE id = ? AND status IN ('queued', 'dialing', 'answered')", (call_id,)
+            "SELECT code, token_hash FROM calls WHERE id = ? AND status IN ('dialing', 'ringing', 'answered')",
+            (call_id,),
         ).fetchone()
-        if row is None or row[0] is None:
-            await request.send_command("HANGUP")
+        if row is None or row[0] is None or not hmac.compare_digest(row[1] or b"", token_hash(token)):
+            await request.send_command('EXEC Hangup "16"')
             return
         db.execute(
-            "UPDATE calls SET status = 'answered', answered_at = ?, updated_at = ? WHERE id = ? AND status IN ('queued', 'dialing')",
+            "UPDATE calls SET status = 'answered', answered_at = ?, updated_at = ? WHERE id = ? AND status IN ('dialing', 'ringing')",
             (now_ms(), now_ms(), call_id),
         )
         flow = Flow(request, row[0])
@@ -151,7 +163,7 @@ def make_handler(db):
             "UPDATE calls SET status = ?, readings = ?, code = NULL, ended_at = ?, updated_at = ? WHERE id = ?",
             (status, flow.readings, now_ms(), now_ms(), call_id),
         )
-        await request.send_command("HANGUP")
+        await request.send_command('EXEC Hangup "16"')
 
     return otp
 
@@ -159,8 +171,8 @@ def make_handler(db):
 async def main():
     db_path, ids_path = sys.argv[1], sys.argv[2]
     with open(ids_path) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    db = open_db(db_path, ids)
+        calls = [line.split() for line in f if line.strip()]
+    db = open_db(db_path, calls)
     app = fast_agi.Application()
     app.add_route("otp", make_handler(db))
     server = await asyncio.start_server(app.handler, "127.0.0.1", 0)

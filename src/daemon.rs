@@ -140,7 +140,8 @@ impl Daemon {
             shutdown.clone(),
         );
 
-        let handler = OtpAgi::new(db.clone(), live.clone(), config.call.clone());
+        let metrics = Arc::new(Metrics::new());
+        let handler = OtpAgi::new(db.clone(), live.clone(), config.call.clone(), metrics.clone());
         let agi_listening = Arc::new(AtomicBool::new(true));
         let serving = agi_listening.clone();
         let agi_shutdown = shutdown.clone();
@@ -148,7 +149,6 @@ impl Daemon {
             agi.serve(Arc::new(handler), agi_shutdown).await;
             serving.store(false, Ordering::Relaxed);
         });
-        let metrics = Arc::new(Metrics::new());
         tracker.spawn(crate::webhook::delivery::run(
             db.clone(),
             config.webhooks.clone(),

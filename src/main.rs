@@ -1,5 +1,7 @@
 //! The `voice-otp` binary: parse the command line, set up logging, run.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -8,6 +10,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("VOICE_OTP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: journald, files and
+        // pipes get plain `key=value` text that grep and parsers read.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match voice_otp::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

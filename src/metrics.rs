@@ -42,6 +42,52 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+/// Why a FastAGI session was hung up with nothing played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusedSession {
+    /// `agi_uniqueid` is not a call id of ours.
+    NotOurs,
+    /// No call has that id.
+    UnknownCall,
+    /// The channel carries no FastAGI token.
+    NoToken,
+    /// The token is not the one this call's Originate carried.
+    WrongToken,
+    /// The call was never dialled or is over.
+    NotInFlight,
+    /// Another session already serves the call.
+    Duplicate,
+}
+
+impl RefusedSession {
+    /// Every reason, so each series exists from the start (at 0).
+    pub const ALL: [RefusedSession; 6] = [
+        RefusedSession::NotOurs,
+        RefusedSession::UnknownCall,
+        RefusedSession::NoToken,
+        RefusedSession::WrongToken,
+        RefusedSession::NotInFlight,
+        RefusedSession::Duplicate,
+    ];
+
+    /// The label value and log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedSession::NotOurs => "not_ours",
+            RefusedSession::UnknownCall => "unknown_call",
+            RefusedSession::NoToken => "no_token",
+            RefusedSession::WrongToken => "wrong_token",
+            RefusedSession::NotInFlight => "not_in_flight",
+            RefusedSession::Duplicate => "duplicate",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -68,6 +114,7 @@ pub struct Metrics {
     ami_reconnects: Counter,
     agi_sessions: Gauge,
     webhooks_pending: Gauge,
+    agi_refused: Family<ReasonLabels, Counter>,
     /// Scrapes update gauges then encode; one at a time.
     scrape: Mutex<()>,
 }
@@ -113,8 +160,18 @@ impl Metrics {
             "Webhook deliveries not yet delivered nor given up",
             webhooks_pending.clone(),
         );
+        let agi_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "agi_sessions_refused",
+            "FastAGI sessions hung up with nothing played, by reason (impostors, stale or duplicate sessions)",
+            agi_refused.clone(),
+        );
+        for why in RefusedSession::ALL {
+            let _ = agi_refused.get_or_create(&ReasonLabels { reason: why.as_str() });
+        }
         Metrics {
             registry,
+            agi_refused,
             http_requests,
             http_duration,
             webhook_attempts,
@@ -132,6 +189,11 @@ impl Metrics {
         let labels = HttpLabels { method: method.to_owned(), route: route.to_owned(), status: status.to_string() };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    }
+
+    /// Counts one FastAGI session refused.
+    pub fn agi_session_refused(&self, why: RefusedSession) {
+        self.agi_refused.get_or_create(&ReasonLabels { reason: why.as_str() }).inc();
     }
 
     /// Counts one webhook attempt.

@@ -7,7 +7,10 @@ mod support;
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::fake_agi;
 use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
 use support::http;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -52,18 +55,38 @@ fn stored_code(daemon: &Daemon, id: &str) -> Option<String> {
     conn.query_row("SELECT code FROM calls WHERE id = ?1", [id], |r| r.get(0)).unwrap()
 }
 
-/// Plays Asterisk's side of a FastAGI session: sends the request block for
-/// `uniqueid`, answers every command with `200 result=0`, and after
-/// `hang_up_after` commands sends `HANGUP` instead. Returns the commands.
-async fn agi_session(agi: std::net::SocketAddr, uniqueid: &str, hang_up_after: Option<usize>) -> Vec<String> {
-    agi_session_pressing(agi, uniqueid, hang_up_after, None).await
+/// Plays Asterisk's side of a FastAGI session on the channel the daemon
+/// originated for call `uniqueid`: sends the request block, answers the
+/// token question with the token that call's Originate carried (none for a
+/// call never originated), every other command with `200 result=0`, and
+/// after `hang_up_after` commands sends `HANGUP` instead. Returns the
+/// commands after the token question, which it checks came first.
+async fn agi_session(fake: &FakeAmi, agi: SocketAddr, uniqueid: &str, hang_up_after: Option<usize>) -> Vec<String> {
+    agi_session_pressing(fake, agi, uniqueid, hang_up_after, None).await
 }
 
 /// [`agi_session`], where the callee presses `key` in reply to the first
 /// command starting with `prefix` (Asterisk answers the key's ASCII code).
 async fn agi_session_pressing(
-    agi: std::net::SocketAddr,
+    fake: &FakeAmi,
+    agi: SocketAddr,
     uniqueid: &str,
+    hang_up_after: Option<usize>,
+    press: Option<(&str, char)>,
+) -> Vec<String> {
+    let token = fake.wait_agi_token(uniqueid, Duration::from_secs(10)).await;
+    assert!(token.is_some(), "no Originate for {uniqueid}");
+    let commands = raw_agi_session(agi, uniqueid, token.as_deref(), hang_up_after.map(|n| n + 1), press).await;
+    assert_eq!(commands.first().map(String::as_str), Some(fake_agi::ASK_TOKEN), "the token comes first: {commands:?}");
+    commands[1..].to_vec()
+}
+
+/// A FastAGI session on a channel carrying `token` (a real one, a forged
+/// one or none); returns every command the daemon sent.
+async fn raw_agi_session(
+    agi: SocketAddr,
+    uniqueid: &str,
+    token: Option<&str>,
     hang_up_after: Option<usize>,
     press: Option<(&str, char)>,
 ) -> Vec<String> {
@@ -88,6 +111,7 @@ async fn agi_session_pressing(
             continue;
         }
         let reply = match press {
+            _ if line == fake_agi::ASK_TOKEN => fake_agi::token_reply(token),
             Some((prefix, key)) if line.starts_with(prefix) => {
                 press = None;
                 format!("200 result={} endpos=2000\n", key as u32)
@@ -98,7 +122,7 @@ async fn agi_session_pressing(
         if write.write_all(reply.as_bytes()).await.is_err() {
             break;
         }
-        if line == "HANGUP" {
+        if fake_agi::is_hangup(&line) {
             let _ = write.write_all(b"HANGUP\n").await;
             break;
         }
@@ -134,11 +158,11 @@ async fn failures_end_with_the_reason_the_hangup_cause_gives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_call_hears_the_code_twice_over_fastagi() {
-    let (_dir, _fake, daemon) = setup("answered", FakeScript::default()).await;
+    let (_dir, fake, daemon) = setup("answered", FakeScript::default()).await;
     let id = place_call(&daemon, "03001234567", "482915");
     // While the call is live the code is stored, for the FastAGI session.
     assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"));
-    let commands = agi_session(daemon.agi, &id, None).await;
+    let commands = agi_session(&fake, daemon.agi, &id, None).await;
     assert_eq!(commands[0], "SET VARIABLE CHANNEL(language) \"en\"");
     assert_eq!(commands[1], "WAIT FOR DIGIT 10");
     let mut expected = vec!["voice-otp/intro"];
@@ -148,7 +172,7 @@ async fn an_answered_call_hears_the_code_twice_over_fastagi() {
     expected.extend(digits);
     expected.extend(["voice-otp/press1", "voice-otp/goodbye"]);
     assert_eq!(played(&commands), expected);
-    assert_eq!(commands.last().map(String::as_str), Some("HANGUP"));
+    assert_eq!(commands.last().map(String::as_str), Some("EXEC Hangup \"16\""));
     let call = final_call(&daemon, &id);
     assert_eq!(call["status"], "completed", "{call:?}");
     assert_eq!(call["readings"], "2");
@@ -158,26 +182,97 @@ async fn an_answered_call_hears_the_code_twice_over_fastagi() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_finished_calls_are_hung_up_with_nothing_played() {
-    let (_dir, _fake, daemon) = setup("unknown", FakeScript::default()).await;
-    for uniqueid in ["1700000000.42", "0123456789abcdef0123456789abcdef", ""] {
-        let commands = agi_session(daemon.agi, uniqueid, None).await;
-        assert_eq!(commands, ["HANGUP"], "uniqueid {uniqueid:?}");
+    let (_dir, fake, daemon) = setup("unknown", FakeScript::default()).await;
+    let hang_up = "EXEC Hangup \"16\"";
+    // Not a call id of ours: hung up at once, not even asked for a token.
+    for uniqueid in ["1700000000.42", ""] {
+        let commands = raw_agi_session(daemon.agi, uniqueid, Some("x"), None, None).await;
+        assert_eq!(commands, [hang_up], "uniqueid {uniqueid:?}");
     }
-    // A call that already ended: a second session gets nothing either.
+    // A well-formed id of no call: asked for its token, then hung up.
+    let commands = raw_agi_session(daemon.agi, "0123456789abcdef0123456789abcdef", Some("x"), None, None).await;
+    assert_eq!(commands, [fake_agi::ASK_TOKEN, hang_up]);
+    // A call that already ended: a second session with its very token gets
+    // nothing either.
     let id = place_call(&daemon, "03001234567", "482915");
-    let first = agi_session(daemon.agi, &id, None).await;
+    let first = agi_session(&fake, daemon.agi, &id, None).await;
     assert_eq!(played(&first).len(), 16);
     final_call(&daemon, &id);
-    let again = agi_session(daemon.agi, &id, None).await;
-    assert_eq!(again, ["HANGUP"]);
+    let again = agi_session(&fake, daemon.agi, &id, None).await;
+    assert_eq!(again, [hang_up]);
+}
+
+/// Issue 10, attack 1, with a scripted Asterisk: a local process that knows
+/// the call id but not the token gets nothing played, leaves the call as it
+/// was, and the real channel's session then reads the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
+    let (_dir, fake, daemon) = setup("impostor", FakeScript::default()).await;
+    let id = place_call(&daemon, "03001234567", "482915");
+    assert!(fake.wait_for_action("Originate", Duration::from_secs(10)).await.is_some());
+    let real = fake.agi_token(&id).expect("the Originate carries a token");
+    assert_eq!(real.len(), 32, "128 random bits in hex");
+    let forged = "0".repeat(32);
+    let before = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    for token in [None, Some(""), Some(forged.as_str()), Some(&real[..31])] {
+        let commands = raw_agi_session(daemon.agi, &id, token, None, None).await;
+        assert_eq!(commands, [fake_agi::ASK_TOKEN, "EXEC Hangup \"16\""], "token {token:?}");
+    }
+    let refused = tokio::task::block_in_place(|| daemon.logged("FastAGI session refused", 4, Duration::from_secs(10)));
+    assert_eq!(refused, 4, "each impostor is logged:\n{}", daemon.logs());
+    let logs = daemon.logs();
+    assert!(logs.contains("peer=127.0.0.1"), "with the peer address:\n{logs}");
+    assert!(!logs.contains(&real), "the token is never logged");
+    let after = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    assert_eq!(before, after, "the impostors changed nothing");
+    assert!(!["completed", "failed"].contains(&after["status"].as_str()), "{after:?}");
+    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"), "the code is still there");
+    let metrics = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics"));
+    assert!(
+        metrics.body.contains("voice_otp_agi_sessions_refused_total{reason=\"wrong_token\"} 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics.body.contains("voice_otp_agi_sessions_refused_total{reason=\"no_token\"} 2"), "{}", metrics.body);
+
+    // The real channel, answered now, hears the whole code.
+    let commands = agi_session(&fake, daemon.agi, &id, None).await;
+    assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 12, "{commands:?}");
+    let call = final_call(&daemon, &id);
+    assert_eq!(call["status"], "completed", "{call:?}");
+}
+
+/// A call never dialled (still queued: here, the AMI link never came up)
+/// cannot be read, whatever the peer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_is_never_served() {
+    // An AMI that refuses the daemon's login: nothing is ever dialled.
+    let fake = FakeAmi::start(FakeScript::with_credentials("someone-else", "not-ours")).await;
+    let dir = TempDir::new("queued-impostor");
+    let config = write_config(&dir.0, fake.addr(), "");
+    let daemon = tokio::task::block_in_place(|| {
+        add_user(&config, "acme1", PASSWORD);
+        Daemon::start(&config)
+    });
+    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await);
+    let id = place_call(&daemon, "03001234567", "482915");
+    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    assert_eq!(call["status"], "queued", "{call:?}");
+    for token in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let commands = raw_agi_session(daemon.agi, &id, token, None, None).await;
+        assert_eq!(commands, [fake_agi::ASK_TOKEN, "EXEC Hangup \"16\""], "token {token:?}");
+    }
+    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    assert_eq!(call["status"], "queued", "{call:?}");
+    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_up_before_one_full_reading_fails_the_call() {
-    let (_dir, _fake, daemon) = setup("early-hangup", FakeScript::default()).await;
+    let (_dir, fake, daemon) = setup("early-hangup", FakeScript::default()).await;
     let id = place_call(&daemon, "03001234567", "482915");
     // Language, pause, intro, pause, then at the first digit the callee hangs up.
-    let commands = agi_session(daemon.agi, &id, Some(4)).await;
+    let commands = agi_session(&fake, daemon.agi, &id, Some(4)).await;
     assert_eq!(commands.len(), 5, "nothing after the hang-up but its reply: {commands:?}");
     let call = final_call(&daemon, &id);
     assert_eq!(call["status"], "failed", "{call:?}");
@@ -187,7 +282,7 @@ async fn hanging_up_before_one_full_reading_fails_the_call() {
     // After one full reading, a hang-up still counts as delivered.
     let id = place_call(&daemon, "03001234567", "482915");
     // Language, pause, intro, 6 x (pause, digit), pause: hang-up at "I repeat".
-    let commands = agi_session(daemon.agi, &id, Some(3 + 2 * 6 + 1)).await;
+    let commands = agi_session(&fake, daemon.agi, &id, Some(3 + 2 * 6 + 1)).await;
     assert!(played(&commands).contains(&"voice-otp/repeat"));
     let call = final_call(&daemon, &id);
     assert_eq!(call["status"], "completed", "{call:?}");
@@ -208,7 +303,7 @@ async fn answered_but_no_fastagi_session_is_a_system_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_options_reach_the_channel_and_keys_are_kept() {
-    let (_dir, _fake, daemon) = setup("options", FakeScript::default()).await;
+    let (_dir, fake, daemon) = setup("options", FakeScript::default()).await;
     // Urdu, and a 1 pressed at "press 1 to hear the code again": a third reading.
     let target = format!(
         "/outbound.cgi?number=03001234567&code=4821&username=acme1&password={PASSWORD}&language=ur&require_keypress=0"
@@ -216,7 +311,8 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
     let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
     assert_eq!(resp.status, 200, "{}", resp.body);
     let id = resp.json_field("call_id").unwrap();
-    let commands = agi_session_pressing(daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press1", '1'))).await;
+    let commands =
+        agi_session_pressing(&fake, daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press1", '1'))).await;
     assert_eq!(commands[0], "SET VARIABLE CHANNEL(language) \"ur\"");
     assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 12);
     let call = final_call(&daemon, &id);
@@ -233,7 +329,7 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
     let row: Vec<&str> = list.lines().find(|l| l.starts_with("acme1 ")).unwrap().split_whitespace().collect();
     assert_eq!(row[1..4], ["yes", "default", "true"], "{list}");
     let id = place_call(&daemon, "03001234567", "4821");
-    let commands = agi_session(daemon.agi, &id, None).await;
+    let commands = agi_session(&fake, daemon.agi, &id, None).await;
     assert!(played(&commands).iter().all(|p| !p.starts_with("digits/")), "{commands:?}");
     assert_eq!(played(&commands).iter().filter(|p| **p == "voice-otp/press_any_key").count(), 3);
     let call = final_call(&daemon, &id);
@@ -244,8 +340,78 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
     // A key at the first prompt: the code is read.
     let id = place_call(&daemon, "03001234567", "4821");
     let commands =
-        agi_session_pressing(daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press_any_key", '#'))).await;
+        agi_session_pressing(&fake, daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press_any_key", '#'))).await;
     assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 8);
     let call = final_call(&daemon, &id);
     assert_eq!((call["status"].as_str(), call["keys"].as_str()), ("completed", "#"), "{call:?}");
+}
+
+/// Review item 5: a call that shows `ringing` when its FastAGI session
+/// arrives is marked answered (with its time): it can no longer be
+/// canceled mid-reading, and the channel's later Hangup does not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ringing_call_answered_over_fastagi_is_answered() {
+    let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() };
+    let (_dir, fake, daemon) = setup("ringing-answer", script).await;
+    let id = place_call(&daemon, "03001234567", "482915");
+    let token = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("an Originate");
+    fake.emit_event(&[
+        ("Event", "Newstate"),
+        ("Privilege", "call,all"),
+        ("Channel", "PJSIP/carrier-00000001"),
+        ("ChannelState", "5"),
+        ("ChannelStateDesc", "Ringing"),
+        ("Uniqueid", &id),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id))["status"] != "ringing" {
+        assert!(std::time::Instant::now() < deadline, "never ringing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The session starts (no OriginateResponse yet: Asterisk sends it late)
+    // and holds at its first flow command, as during a long playback.
+    let stream = TcpStream::connect(daemon.agi).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(fake_agi::request_block(daemon.agi, &id).as_bytes()).await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some(fake_agi::ASK_TOKEN));
+    write.write_all(fake_agi::token_reply(Some(&token)).as_bytes()).await.unwrap();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.starts_with("SET VARIABLE CHANNEL(language)"), "{first}");
+    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    assert_eq!(call["status"], "answered", "{call:?}");
+    assert!(!call["answered_at"].is_empty(), "{call:?}");
+    let cancel = tokio::task::block_in_place(|| {
+        http::with_basic(daemon.http, "POST", &format!("/v1/calls/{id}/cancel"), "acme1", PASSWORD, None)
+    });
+    assert_eq!(cancel.status, 409, "no cancel mid-reading: {}", cancel.body);
+    // The rest of the flow, then Asterisk's Hangup of the channel.
+    write.write_all(b"200 result=1\n").await.unwrap();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        let reply = if line.starts_with("STREAM FILE") { "200 result=0 endpos=4000\n" } else { "200 result=0\n" };
+        write.write_all(reply.as_bytes()).await.unwrap();
+        if fake_agi::is_hangup(&line) {
+            break;
+        }
+    }
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["readings"].as_str()), ("completed", "2"), "{call:?}");
+    fake.emit_event(&[
+        ("Event", "Hangup"),
+        ("Privilege", "call,all"),
+        ("Uniqueid", &id),
+        ("Cause", "16"),
+        ("Cause-txt", "Normal Clearing"),
+    ]);
+    // The event is handled once its cause is on record; it leaves the call completed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+        if call["cause"] == "16" {
+            break call;
+        }
+        assert!(std::time::Instant::now() < deadline, "the Hangup's cause never recorded: {call:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((call["status"].as_str(), call["cause_text"].as_str()), ("completed", "Normal Clearing"), "{call:?}");
 }

@@ -244,7 +244,13 @@ async fn a_good_request_is_stored_then_originated_without_the_code() {
     assert!(originate.get("Async").is_some_and(|v| v.eq_ignore_ascii_case("true")));
     assert!(originate.get("ActionID").is_some());
     let agi_var = format!("VOICE_OTP_AGI=agi://{}/otp", daemon.agi);
-    assert_eq!(originate.get_all("Variable"), vec![agi_var.as_str()]);
+    let variables = originate.get_all("Variable");
+    assert_eq!(variables.len(), 3, "{variables:?}");
+    assert_eq!(variables[0], agi_var);
+    // The FastAGI token: fresh random hex, different for every dial.
+    let token = originate.variable("VOICE_OTP_TOKEN").expect("a FastAGI token");
+    assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    assert_eq!(variables[2], format!("PJSIP_HEADER(add,X-Voice-OTP-Call)={call_id}"));
 
     // POST form works the same; other number forms normalise to one number.
     for number in ["%2B923001234567", "00923001234567", "923001234567", "3001234567"] {
@@ -253,9 +259,12 @@ async fn a_good_request_is_stored_then_originated_without_the_code() {
         assert_eq!(resp.status, 200, "{number}: {}", resp.body);
     }
     assert!(fake.wait_for_count("Originate", 5, Duration::from_secs(10)).await);
+    let mut tokens = std::collections::HashSet::new();
     for action in fake.actions().iter().filter(|a| a.is("Originate")) {
         assert_eq!(action.get("Channel"), Some("PJSIP/03001234567@carrier"));
+        tokens.insert(action.variable("VOICE_OTP_TOKEN").expect("token").to_owned());
     }
+    assert_eq!(tokens.len(), 5, "one token per dial");
 
     // The code and the password are in no AMI header and no log line.
     for action in fake.actions() {

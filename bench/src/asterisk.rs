@@ -8,6 +8,7 @@
 //! Written for throughput, not for checking: plain line handling, no
 //! assertions (the product's tests hold the protocol details).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,16 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// When the last `Hangup` event was sent.
     pub last_hangup: Mutex<Option<Instant>>,
+    /// Each originated channel's FastAGI token (`VOICE_OTP_TOKEN`), by
+    /// ChannelId: what the channel answers when the server asks for it.
+    pub tokens: Mutex<HashMap<String, String>>,
+}
+
+impl Stats {
+    /// The token of channel `id` ("" if it was never originated).
+    pub fn token(&self, id: &str) -> String {
+        self.tokens.lock().unwrap().get(id).cloned().unwrap_or_default()
+    }
 }
 
 /// Listens for AMI on a free loopback port; returns its address.
@@ -104,11 +115,16 @@ async fn ami_session(
                     "Response: Success\r\nActionID: {id}\r\nMessage: Originate successfully queued\r\n\r\n"
                 ));
                 let channel_id = get("channelid");
-                let agi = headers
-                    .iter()
-                    .filter(|(k, _)| k == "variable")
-                    .find_map(|(_, v)| v.strip_prefix("VOICE_OTP_AGI=").map(str::to_owned));
-                let call = Call { channel_id, action_id: id, agi };
+                let variable = |name: &str| {
+                    headers
+                        .iter()
+                        .filter(|(k, _)| k == "variable")
+                        .find_map(|(_, v)| v.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+                };
+                let agi = variable("VOICE_OTP_AGI");
+                let token = variable("VOICE_OTP_TOKEN").unwrap_or_default();
+                stats.tokens.lock().unwrap().insert(channel_id.clone(), token.clone());
+                let call = Call { channel_id, action_id: id, agi, token };
                 tokio::spawn(call.run(mode, playback, stats.clone(), sessions.clone()));
             }
             "logoff" => {
@@ -129,6 +145,7 @@ struct Call {
     channel_id: String,
     action_id: String,
     agi: Option<String>,
+    token: String,
 }
 
 impl Call {
@@ -153,7 +170,7 @@ impl Call {
             return;
         }
         let end = match self.agi.as_deref().and_then(agi_address) {
-            Some(addr) => agi_call(addr, id, playback, false).await.ok(),
+            Some(addr) => agi_call(addr, id, &self.token, playback, false).await.ok(),
             None => None,
         };
         let counter = if end.is_some_and(|e| e.completed) { &stats.completed } else { &stats.failed };
@@ -190,15 +207,22 @@ fn request_block(uniqueid: &str, addr: SocketAddr) -> String {
     )
 }
 
-/// Plays Asterisk's side of one FastAGI session: sends the request block,
-/// answers every command (`STREAM FILE` after `playback`, `WAIT FOR DIGIT`
+/// Plays Asterisk's side of one FastAGI session on a channel carrying
+/// `token`: sends the request block, answers the token question, every command (`STREAM FILE` after `playback`, `WAIT FOR DIGIT`
 /// after the shorter of its timeout and `playback`), and hangs up after the
 /// server's `HANGUP`.
 ///
 /// Lean on purpose, since it shares the cores with the server measured: one
 /// socket, one fixed buffer, commands looked at in place, one read and one
 /// write per command.
-pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, record: bool) -> std::io::Result<AgiEnd> {
+pub async fn agi_call(
+    addr: SocketAddr,
+    uniqueid: &str,
+    token: &str,
+    playback: Duration,
+    record: bool,
+) -> std::io::Result<AgiEnd> {
+    let token_reply = format!("200 result=1 ({token})\n");
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
@@ -211,7 +235,9 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
             if record {
                 end.commands.push(String::from_utf8_lossy(line).into_owned());
             }
-            let reply: &[u8] = if line.starts_with(b"STREAM FILE") {
+            let reply: &[u8] = if line == b"GET VARIABLE VOICE_OTP_TOKEN" {
+                token_reply.as_bytes()
+            } else if line.starts_with(b"STREAM FILE") {
                 if !playback.is_zero() {
                     tokio::time::sleep(playback).await;
                 }
@@ -223,8 +249,8 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
                     tokio::time::sleep(wait).await;
                 }
                 b"200 result=0\n"
-            } else if line == b"HANGUP" {
-                stream.write_all(b"200 result=1\nHANGUP\n").await?;
+            } else if line == b"HANGUP" || line.starts_with(b"EXEC Hangup") {
+                stream.write_all(b"200 result=-1\nHANGUP\n").await?;
                 end.completed = true;
                 return Ok(end);
             } else if line.starts_with(b"SET VARIABLE") {
@@ -248,18 +274,24 @@ pub async fn agi_call(addr: SocketAddr, uniqueid: &str, playback: Duration, reco
     }
 }
 
-/// Opens a session and keeps it open without answering its first command,
-/// like a channel whose first playback never ends. Resolves once that
-/// command has arrived; the connection lives as long as the returned stream.
-pub async fn agi_hold(addr: SocketAddr, uniqueid: &str) -> std::io::Result<TcpStream> {
+/// Opens a session, answers the token question and keeps the session open
+/// without answering its first flow command, like a channel whose first
+/// playback never ends. Resolves once that command has arrived; the
+/// connection lives as long as the returned stream.
+pub async fn agi_hold(addr: SocketAddr, uniqueid: &str, token: &str) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
     let mut buf = [0u8; 256];
+    let mut asked = false;
     loop {
         stream.readable().await?;
         match stream.try_read(&mut buf) {
             Ok(0) => {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a command"));
+            }
+            Ok(n) if buf[..n].contains(&b'\n') && !asked => {
+                asked = true;
+                stream.write_all(format!("200 result=1 ({token})\n").as_bytes()).await?;
             }
             Ok(n) if buf[..n].contains(&b'\n') => return Ok(stream),
             Ok(_) => {}
@@ -270,11 +302,11 @@ pub async fn agi_hold(addr: SocketAddr, uniqueid: &str) -> std::io::Result<TcpSt
 }
 
 /// Runs `total` sessions against `addr`, `concurrency` at a time, with the
-/// ids `ids[i]`. Returns (completed sessions, seconds, the commands of the
-/// first session).
+/// (id, token) pairs `calls[i]`. Returns (completed sessions, seconds, the
+/// commands of the first session).
 pub async fn agi_load(
     addr: SocketAddr,
-    ids: Arc<Vec<String>>,
+    ids: Arc<Vec<(String, String)>>,
     concurrency: usize,
     playback: Duration,
 ) -> (u64, f64, Vec<String>) {
@@ -288,8 +320,8 @@ pub async fn agi_load(
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(id) = ids.get(i) else { return };
-                    if let Ok(end) = agi_call(addr, id, playback, i == 0).await {
+                    let Some((id, token)) = ids.get(i) else { return };
+                    if let Ok(end) = agi_call(addr, id, token, playback, i == 0).await {
                         if end.completed {
                             done.fetch_add(1, Ordering::Relaxed);
                         }

@@ -193,7 +193,12 @@ struct AgiRun {
 }
 
 impl AgiRun {
-    async fn measure(server_pid: u32, addr: std::net::SocketAddr, ids: Arc<Vec<String>>, concurrency: usize) -> AgiRun {
+    async fn measure(
+        server_pid: u32,
+        addr: std::net::SocketAddr,
+        ids: Arc<Vec<(String, String)>>,
+        concurrency: usize,
+    ) -> AgiRun {
         let server_before = procfs::cpu_seconds(server_pid);
         let generator_before = procfs::cpu_seconds(std::process::id());
         let (done, secs, flow) = asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
@@ -259,13 +264,15 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
     let config = configure(&args.daemon, &args.work.join("agi"), ami, 4096, "");
     let voice_otp = Daemon::start(&args.daemon, &config);
-    let ids = Arc::new(held_calls(&voice_otp, sessions).await);
+    let ids = held_calls(&voice_otp, sessions).await;
     // Every call dialled (and so `answered` once its session starts) before
     // the clock starts: the measurement is of FastAGI, not of the dialler.
     while stats.originates.load(Ordering::Relaxed) < sessions {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Arc<Vec<(String, String)>> =
+        Arc::new(ids.into_iter().map(|id| (stats.token(&id), id)).map(|(t, id)| (id, t)).collect());
     let db_before = procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db");
     let ours = AgiRun::measure(voice_otp.pid(), voice_otp.agi, ids.clone(), concurrency).await;
     let db_ms =
@@ -275,7 +282,8 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     let dir = args.work.join("panoramisk");
     std::fs::create_dir_all(&dir).expect("panoramisk folder");
     let ids_file = dir.join("ids");
-    std::fs::write(&ids_file, ids.join("\n")).expect("ids file");
+    let lines: Vec<String> = ids.iter().map(|(id, token)| format!("{id} {token}")).collect();
+    std::fs::write(&ids_file, lines.join("\n")).expect("ids file");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("panoramisk_otp.py");
     let reference = AgiServer::start(
         "panoramisk reference",
@@ -327,21 +335,25 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
 /// waiting on its first command.
 async fn agi_memory(args: &Args) {
     let sessions: usize = 5_000;
-    let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
+    let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
     let config = configure(&args.daemon, &args.work.join("memory"), ami, sessions + 100, "");
     let voice_otp = Daemon::start(&args.daemon, &config);
     let ids = held_calls(&voice_otp, sessions as u64 + 100).await;
+    while stats.originates.load(Ordering::Relaxed) < ids.len() as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<(String, String)> = ids.into_iter().map(|id| (stats.token(&id), id)).map(|(t, id)| (id, t)).collect();
     // Warm-up: a few sessions run to the end so every lazily built piece
     // (prepared statements, buffers) exists before the baseline.
-    let warm: Vec<String> = ids[..100].to_vec();
+    let warm: Vec<(String, String)> = ids[..100].to_vec();
     asterisk::agi_load(voice_otp.agi, Arc::new(warm), 10, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = procfs::rss_bytes(voice_otp.pid());
     let mut open = Vec::with_capacity(sessions);
     let mut pending = tokio::task::JoinSet::new();
-    for id in &ids[100..] {
-        let (addr, id) = (voice_otp.agi, id.clone());
-        pending.spawn(async move { asterisk::agi_hold(addr, &id).await });
+    for (id, token) in &ids[100..] {
+        let (addr, id, token) = (voice_otp.agi, id.clone(), token.clone());
+        pending.spawn(async move { asterisk::agi_hold(addr, &id, &token).await });
         while pending.len() >= 200 {
             if let Some(Ok(Ok(stream))) = pending.join_next().await {
                 open.push(stream);

@@ -1,21 +1,35 @@
-//! An answered call arrives on FastAGI: find it, read the code, record how
-//! it went.
+//! An answered call arrives on FastAGI: prove it is our channel, read the
+//! code, record how it went.
 //!
-//! The channel's `agi_uniqueid` is the call id (we set it as `ChannelId` on
-//! Originate). A connection naming no live call of ours - unknown id, a call
-//! already finished, a second session for the same call - is hung up with
-//! nothing played.
+//! The channel's `agi_uniqueid` names the call (we set it as `ChannelId` on
+//! Originate), but a call id is no secret and the FastAGI port is open to
+//! every local process. So before anything is played the session must
+//! answer `GET VARIABLE VOICE_OTP_TOKEN` with the token this dial's
+//! Originate carried ([`super::token`]), and the call must be in flight
+//! (dialled, not final). A session that fails - no call id of ours, no or a
+//! wrong token, a call never dialled or already over, a second session for
+//! a call - is hung up with nothing played, logged with the peer address
+//! (the server's span) and counted in `voice_otp_agi_sessions_refused_total`.
+//! The real call is untouched by such a session: it keeps its status and
+//! its code, and when it is answered it hears the code.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::dispatcher::LiveCalls;
+use super::dispatcher::{Claim, LiveCalls};
 use super::flow::{self, FlowEnd};
-use super::{CallId, CallStatus, FailReason};
+use super::token::{TOKEN_VARIABLE, TokenHash};
+use super::{Call, CallId, CallStatus, FailReason};
 use crate::agi::{AgiChannel, AgiSession, Command};
 use crate::config::CallConfig;
-use crate::store::{CallEnd, Db};
+use crate::metrics::{Metrics, RefusedSession};
+use crate::store::{CallEnd, Db, TokenCheck};
+
+/// How long the peer has to answer `GET VARIABLE` with the token. Asterisk
+/// answers at once; an impostor that stalls must not hold a session slot.
+const TOKEN_WAIT: Duration = Duration::from_secs(5);
 
 /// What a FastAGI session needs from the daemon.
 #[derive(Clone)]
@@ -23,12 +37,22 @@ pub struct OtpAgi {
     db: Db,
     live: LiveCalls,
     call: Arc<CallConfig>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a session was served or not, decided in one database trip.
+enum Admission {
+    /// Token right, call in flight, claimed for this session, marked
+    /// answered.
+    Serve(Box<Call>, Claim),
+    /// Refused: hang up, play nothing.
+    Refuse(RefusedSession),
 }
 
 impl OtpAgi {
     /// Builds the handler.
-    pub fn new(db: Db, live: LiveCalls, call: CallConfig) -> OtpAgi {
-        OtpAgi { db, live, call: Arc::new(call) }
+    pub fn new(db: Db, live: LiveCalls, call: CallConfig, metrics: Arc<Metrics>) -> OtpAgi {
+        OtpAgi { db, live, call: Arc::new(call), metrics }
     }
 
     /// Runs one FastAGI session to its end.
@@ -37,46 +61,60 @@ impl OtpAgi {
         AgiSession<S>: AgiChannel,
     {
         let Some(id) = session.request().uniqueid().and_then(CallId::parse) else {
-            tracing::warn!("FastAGI session without a call id of ours; hanging up");
-            hang_up(&mut session).await;
+            self.refuse(&mut session, RefusedSession::NotOurs).await;
             return;
         };
-        if !self.live.claim(&id) {
-            tracing::warn!(call_id = %id, "second FastAGI session for a call; hanging up");
-            hang_up(&mut session).await;
-            return;
-        }
         // Every log line of the session, the flow's included, names the call.
         let span = tracing::info_span!("call", call_id = %id);
-        self.run_claimed(&id, &mut session).instrument(span).await;
-        self.live.release(&id);
+        self.run(&id, &mut session).instrument(span).await;
     }
 
-    async fn run_claimed<C: AgiChannel>(&self, id: &CallId, session: &mut C) {
-        // One trip to the database: load the call and, if it is still
-        // waiting to be answered, mark it answered.
-        let lookup = id.clone();
-        let loaded = self
+    async fn run<C: AgiChannel>(&self, id: &CallId, session: &mut C) {
+        let presented = match read_token(session).await {
+            Ok(Some(token)) => TokenHash::of(&token),
+            Ok(None) => {
+                self.refuse(session, RefusedSession::NoToken).await;
+                return;
+            }
+            Err(why) => {
+                // Stalled or broken: the stream cannot be trusted for a HANGUP.
+                tracing::warn!(call_id = %id, %why, "FastAGI session refused: no token read");
+                self.metrics.agi_session_refused(RefusedSession::NoToken);
+                return;
+            }
+        };
+        let (lookup, live) = (id.clone(), self.live.clone());
+        // One trip: the token is checked before the call is claimed, so a
+        // session with a wrong token never holds the claim that the real
+        // channel's session needs.
+        let admitted = self
             .db
             .run(move |s| {
-                let call = s.call(&lookup)?;
-                let waiting = call
-                    .as_ref()
-                    .is_some_and(|c| matches!(c.status, CallStatus::Queued | CallStatus::Dialing) && c.code.is_some());
-                let marked = if waiting { s.mark_answered(&lookup).map(|_| ()) } else { Ok(()) };
-                Ok((call, marked))
+                let status = match s.check_agi_token(&lookup, &presented)? {
+                    TokenCheck::Valid(status) => status,
+                    TokenCheck::UnknownCall => return Ok(Admission::Refuse(RefusedSession::UnknownCall)),
+                    TokenCheck::NotInFlight(_) => return Ok(Admission::Refuse(RefusedSession::NotInFlight)),
+                    TokenCheck::WrongToken => return Ok(Admission::Refuse(RefusedSession::WrongToken)),
+                };
+                let Some(claim) = live.claim(&lookup) else {
+                    return Ok(Admission::Refuse(RefusedSession::Duplicate));
+                };
+                if status != CallStatus::Answered
+                    && let Err(e) = s.mark_answered(&lookup)
+                {
+                    // Reading the code matters more than the mark.
+                    tracing::error!(call_id = %lookup, error = %e, "could not mark call answered");
+                }
+                match s.call(&lookup)? {
+                    Some(call) => Ok(Admission::Serve(Box::new(call), claim)),
+                    None => Ok(Admission::Refuse(RefusedSession::UnknownCall)),
+                }
             })
             .await;
-        let call = match loaded {
-            Ok((Some(call), marked)) => {
-                if let Err(e) = marked {
-                    tracing::error!(call_id = %id, error = %e, "could not mark call answered");
-                }
-                call
-            }
-            Ok((None, _)) => {
-                tracing::warn!(call_id = %id, "FastAGI session for an unknown call; hanging up");
-                hang_up(session).await;
+        let (call, claim) = match admitted {
+            Ok(Admission::Serve(call, claim)) => (call, claim),
+            Ok(Admission::Refuse(why)) => {
+                self.refuse(session, why).await;
                 return;
             }
             Err(e) => {
@@ -85,13 +123,16 @@ impl OtpAgi {
                 return;
             }
         };
-        let code = match (call.status, call.code) {
-            (CallStatus::Queued | CallStatus::Dialing | CallStatus::Ringing | CallStatus::Answered, Some(code)) => code,
-            _ => {
-                tracing::warn!(call_id = %id, status = %call.status, "FastAGI session for a finished call; hanging up");
-                hang_up(session).await;
-                return;
-            }
+        self.serve(id, *call, session).await;
+        drop(claim);
+    }
+
+    async fn serve<C: AgiChannel>(&self, id: &CallId, call: Call, session: &mut C) {
+        let Some(code) = call.code else {
+            // In flight always has its code; a hand-edited row may not.
+            tracing::error!(call_id = %id, status = %call.status, "call in flight without a code; hanging up");
+            hang_up(session).await;
+            return;
         };
         tracing::info!(call_id = %id, language = %call.options.language, require_keypress = call.options.require_keypress, "reading code");
         let outcome = flow::read_code(session, &code, &self.call, &call.options).await;
@@ -124,11 +165,34 @@ impl OtpAgi {
             hang_up(session).await;
         }
     }
+
+    /// Hangs up a session that may not be served, with nothing played.
+    async fn refuse<C: AgiChannel>(&self, session: &mut C, why: RefusedSession) {
+        tracing::warn!(reason = why.as_str(), "FastAGI session refused; hanging up with nothing played");
+        self.metrics.agi_session_refused(why);
+        hang_up(session).await;
+    }
 }
 
+/// The token the channel carries, if any. `Err` when the peer did not
+/// answer in time or the session broke.
+async fn read_token<C: AgiChannel>(session: &mut C) -> Result<Option<String>, String> {
+    let asked = session.run(Command::GetVariable(TOKEN_VARIABLE.to_owned()));
+    match tokio::time::timeout(TOKEN_WAIT, asked).await {
+        Err(_) => Err(format!("no answer to GET VARIABLE within {TOKEN_WAIT:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(reply)) if reply.result == Some(1) => Ok(reply.data.filter(|t| !t.is_empty())),
+        Ok(Ok(_)) => Ok(None),
+    }
+}
+
+/// Ends the call with Q.850 cause 16, normal clearing. `EXEC Hangup 16`
+/// rather than the AGI `HANGUP` command: that one leaves the channel's
+/// cause at 0, so the AMI `Hangup` event of every call we ended ourselves
+/// carried no cause to record.
 async fn hang_up<C: AgiChannel>(session: &mut C) {
     // The channel may be gone already; nothing to do about an error here.
-    let _ = session.run(Command::Hangup).await;
+    let _ = session.run(Command::Exec { app: "Hangup".into(), args: "16".into() }).await;
 }
 
 impl crate::agi::AgiHandler for OtpAgi {

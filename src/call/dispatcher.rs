@@ -32,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{Call, CallId, CallStatus, FailReason, now_ms};
+use super::{Call, CallId, CallStatus, FailReason, now_ms, token};
 use crate::ami::{Action, AmiClient, AmiError, LinkState, Message, MessageKind};
 use crate::config::Config;
 use crate::phone::PhoneNumber;
+use crate::secret::Secret;
 use crate::store::{CallEnd, Db};
 
 /// The channel variable that tells the dialplan where our FastAGI server is.
@@ -66,14 +67,13 @@ const HANGUP_WAIT: Duration = Duration::from_secs(2);
 pub struct LiveCalls(Arc<Mutex<HashSet<CallId>>>);
 
 impl LiveCalls {
-    /// Claims `id` for a FastAGI session; false if another session has it.
-    pub fn claim(&self, id: &CallId) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone())
-    }
-
-    /// Releases a claim.
-    pub fn release(&self, id: &CallId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    /// Claims `id` for a FastAGI session; `None` if another session has it.
+    /// The claim lasts as long as the returned guard: however the session
+    /// ends - returning, an error, a panic in its task - it is released, so
+    /// reconciliation never skips a call forever for a session long gone.
+    pub fn claim(&self, id: &CallId) -> Option<Claim> {
+        let fresh = self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+        fresh.then(|| Claim { live: self.clone(), id: id.clone() })
     }
 
     /// True while a session runs for `id`.
@@ -84,6 +84,18 @@ impl LiveCalls {
     /// How many FastAGI sessions are reading a code right now.
     pub fn count(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A FastAGI session's hold on its call (see [`LiveCalls::claim`]).
+pub struct Claim {
+    live: LiveCalls,
+    id: CallId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.live.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }
 
@@ -302,6 +314,9 @@ async fn dial_ready(state: &Arc<Inner>, free: &mut FreeSlots) {
         // never the reverse.
         let known = free.0.filter(|&n| n > 0);
         let tracker = state.clone();
+        // A fresh token per dial: a call requeued after a failed write gets
+        // a new one, and the old one is worth nothing.
+        let (token, token_hash) = token::generate();
         let next = state
             .db
             .run(move |s| {
@@ -321,7 +336,7 @@ async fn dial_ready(state: &Arc<Inner>, free: &mut FreeSlots) {
                 // Tracked before `dialing` is committed: once anyone can see
                 // the call dialing, its channel's events are followed.
                 tracker.track(&id);
-                Ok(if s.mark_dialing(&id)? { Next::Call(call, slots) } else { Next::Moved })
+                Ok(if s.mark_dialing_with(&id, &token_hash)? { Next::Call(call, slots) } else { Next::Moved })
             })
             .await;
         let call = match next {
@@ -341,7 +356,7 @@ async fn dial_ready(state: &Arc<Inner>, free: &mut FreeSlots) {
             }
         };
         let span = tracing::info_span!("call", call_id = %call.id);
-        if !originate(state, call).instrument(span).await {
+        if !originate(state, call, token).instrument(span).await {
             return;
         }
     }
@@ -414,9 +429,10 @@ async fn channel_exists(state: &Inner, id: &CallId) -> Option<bool> {
     }
 }
 
-/// Sends the Originate for a call just marked `dialing`. False when the
-/// dialler should stop for now (the AMI link is down).
-async fn originate(state: &Inner, call: Call) -> bool {
+/// Sends the Originate for a call just marked `dialing`, with the FastAGI
+/// `token` whose hash was stored with that mark. False when the dialler
+/// should stop for now (the AMI link is down).
+async fn originate(state: &Inner, call: Call, token: Secret) -> bool {
     let id = call.id.clone();
     let dial = &state.config.dial;
     // The stored number was validated on the way in; parsing the E.164 form
@@ -429,7 +445,10 @@ async fn originate(state: &Inner, call: Call) -> bool {
         }
     };
     let channel = dial.channel.render(&number);
-    let mut variables = vec![(AGI_URL_VARIABLE.to_owned(), state.agi_url.clone())];
+    let mut variables = vec![
+        (AGI_URL_VARIABLE.to_owned(), state.agi_url.clone()),
+        (token::TOKEN_VARIABLE.to_owned(), token.expose().to_owned()),
+    ];
     if !dial.call_id_header.is_empty() && channel.starts_with("PJSIP/") {
         variables.push((format!("PJSIP_HEADER(add,{})", dial.call_id_header), id.as_str().to_owned()));
     }

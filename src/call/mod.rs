@@ -5,6 +5,7 @@
 //! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
 //! - `json`: the call as the JSON API and webhooks show it.
+//! - `token`: the per-dial FastAGI token that proves a session is our channel.
 //! - `options`: per-call language and voicemail-safe mode, and how a
 //!   request's values, a user's defaults and `[call]` combine.
 
@@ -13,6 +14,7 @@ pub mod dispatcher;
 pub mod flow;
 pub mod json;
 pub mod options;
+pub mod token;
 
 use std::fmt;
 

@@ -9,6 +9,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 use crate::call::options::CallOptions;
+use crate::call::token::TokenHash;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
 
 /// What the HTTP front end stores for a new call.
@@ -45,6 +46,19 @@ pub struct NewCallLifecycle {
     pub deadline_at: Option<i64>,
     /// This call's webhook URL (already checked); `None`: the user's default.
     pub callback_url: Option<String>,
+}
+
+/// What [`Store::check_agi_token`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The token is this dial's; the call is in flight with this status.
+    Valid(CallStatus),
+    /// No call has this id.
+    UnknownCall,
+    /// The call is not in flight: never dialled (`queued`) or final.
+    NotInFlight(CallStatus),
+    /// The call is in flight but the token is missing or not its own.
+    WrongToken,
 }
 
 /// How a call ended.
@@ -233,14 +247,42 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// `queued` -> `dialing`. False if the call had moved on already.
-    pub fn mark_dialing(&mut self, id: &CallId) -> Result<bool, StoreError> {
+    /// `queued` -> `dialing`, keeping the hash of the FastAGI token sent
+    /// with this dial's Originate. False if the call had moved on already.
+    pub fn mark_dialing_with(&mut self, id: &CallId, token: &TokenHash) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2
+            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3
              WHERE id = ?1 AND status = 'queued'",
-            params![id.as_str(), now_ms()],
+            params![id.as_str(), now_ms(), &token.0[..]],
         )
+    }
+
+    /// [`Store::mark_dialing_with`] with the hash of the token `"test-token"`, for tests.
+    #[cfg(test)]
+    pub(crate) fn mark_dialing(&mut self, id: &CallId) -> Result<bool, StoreError> {
+        self.mark_dialing_with(id, &TokenHash::of("test-token"))
+    }
+
+    /// Whether a FastAGI session presenting a token with hash `presented`
+    /// may serve call `id`: it must be in flight (dialled, not final) and
+    /// the token must be the one its Originate carried. Reads only.
+    pub fn check_agi_token(&self, id: &CallId, presented: &TokenHash) -> Result<TokenCheck, StoreError> {
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached("SELECT status, agi_token_hash FROM calls WHERE id = ?1")?
+            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((status, stored)) = row else { return Ok(TokenCheck::UnknownCall) };
+        let status =
+            CallStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?;
+        if !matches!(status, CallStatus::Dialing | CallStatus::Ringing | CallStatus::Answered) {
+            return Ok(TokenCheck::NotInFlight(status));
+        }
+        Ok(match stored {
+            Some(stored) if presented.matches(&stored) => TokenCheck::Valid(status),
+            _ => TokenCheck::WrongToken,
+        })
     }
 
     /// `dialing` -> `ringing`. False if not dialing (already answered, ...).
@@ -253,12 +295,13 @@ impl Store {
         )
     }
 
-    /// `queued`/`dialing`/`ringing` -> `answered`. False if already answered or final.
+    /// `dialing`/`ringing` -> `answered`. False if not in one of those
+    /// (never dialled, already answered, or final).
     pub fn mark_answered(&mut self, id: &CallId) -> Result<bool, StoreError> {
         self.transition(
             id,
             "UPDATE calls SET status = 'answered', answered_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND status IN ('queued', 'dialing', 'ringing')",
+             WHERE id = ?1 AND status IN ('dialing', 'ringing')",
             params![id.as_str(), now_ms()],
         )
     }
@@ -271,7 +314,7 @@ impl Store {
             id,
             &format!(
                 "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
-                                  code = NULL, ended_at = ?6, updated_at = ?6
+                                  code = NULL, agi_token_hash = NULL, ended_at = ?6, updated_at = ?6
                  WHERE id = ?1 AND status IN {LIVE}"
             ),
             params![
@@ -290,7 +333,7 @@ impl Store {
     pub fn expire_call(&mut self, id: &CallId, now: i64) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'expired', code = NULL, ended_at = ?2, updated_at = ?2
+            "UPDATE calls SET status = 'expired', code = NULL, agi_token_hash = NULL, ended_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?2",
             params![id.as_str(), now],
         )
@@ -319,7 +362,7 @@ impl Store {
     pub fn cancel_call(&mut self, id: &CallId) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'canceled', code = NULL, ended_at = ?2, updated_at = ?2
+            "UPDATE calls SET status = 'canceled', code = NULL, agi_token_hash = NULL, ended_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status IN ('queued', 'dialing', 'ringing')",
             params![id.as_str(), now_ms()],
         )
@@ -487,8 +530,54 @@ mod tests {
         assert_eq!((c.status, c.code), (CallStatus::Canceled, None));
         assert!(!s.mark_answered(&id).unwrap(), "a canceled call cannot be answered");
         let (mut s, id) = store_with_call();
+        assert!(!s.mark_answered(&id).unwrap(), "a call never dialled cannot be answered");
+        s.mark_dialing(&id).unwrap();
         s.mark_answered(&id).unwrap();
         assert!(!s.cancel_call(&id).unwrap());
+    }
+
+    /// Review item 5: a call that shows `ringing` when it is answered
+    /// becomes `answered`, with its time, and can no longer be canceled.
+    #[test]
+    fn a_ringing_call_is_answered() {
+        let (mut s, id) = store_with_call();
+        s.mark_dialing(&id).unwrap();
+        s.mark_ringing(&id).unwrap();
+        assert!(s.mark_answered(&id).unwrap());
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!(c.status, CallStatus::Answered);
+        assert!(c.answered_at.is_some());
+        assert!(!s.cancel_call(&id).unwrap(), "no cancel once answered");
+    }
+
+    /// Only a dialled, live call with its own token passes; nothing but the
+    /// status is read, and a final call or a requeued one loses its token.
+    #[test]
+    fn fastagi_tokens_admit_only_the_dialled_call() {
+        let (mut s, id) = store_with_call();
+        let right = TokenHash::of("right-token");
+        let wrong = TokenHash::of("wrong-token");
+        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
+        assert_eq!(s.check_agi_token(&CallId::generate(), &right).unwrap(), TokenCheck::UnknownCall);
+        s.mark_dialing_with(&id, &right).unwrap();
+        assert_eq!(s.check_agi_token(&id, &wrong).unwrap(), TokenCheck::WrongToken);
+        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Dialing));
+        assert_eq!(s.call(&id).unwrap().unwrap().status, CallStatus::Dialing, "checking changes nothing");
+        s.mark_ringing(&id).unwrap();
+        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Ringing));
+        // Requeued (the Originate never left): the old token is void.
+        let (mut s2, id2) = store_with_call();
+        s2.mark_dialing_with(&id2, &right).unwrap();
+        s2.requeue(&id2).unwrap();
+        assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
+        s2.mark_dialing_with(&id2, &wrong).unwrap();
+        assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::WrongToken);
+        // Final: refused, and the hash is gone with the code.
+        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
+        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Failed));
+        let hash: Option<Vec<u8>> =
+            s.conn.query_row("SELECT agi_token_hash FROM calls WHERE id = ?1", [id.as_str()], |r| r.get(0)).unwrap();
+        assert_eq!(hash, None);
     }
 
     #[test]

@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER queue_size_update AFTER UPDATE OF status ON calls
         WHEN (old.status = 'queued') <> (new.status = 'queued')
     BEGIN UPDATE queue_size SET queued = queued + (new.status = 'queued') - (old.status = 'queued') WHERE id = 1; END;",
+    // 8: the BLAKE3 hash of the per-dial FastAGI token (call::token). A
+    // FastAGI session must present the token to be served; calls dialled
+    // before this migration have none and cannot be (they are long over).
+    "ALTER TABLE calls ADD COLUMN agi_token_hash BLOB;",
 ];
 
 /// The schema version this build writes.

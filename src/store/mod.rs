@@ -19,7 +19,7 @@ use std::sync::mpsc;
 
 use rusqlite::Connection;
 
-pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
+pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, TokenCheck};
 pub use queue::InFlight;
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;

@@ -77,7 +77,7 @@ impl Store {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE calls SET status = 'queued', dialed_at = NULL, updated_at = ?2
+                "UPDATE calls SET status = 'queued', dialed_at = NULL, agi_token_hash = NULL, updated_at = ?2
                  WHERE id = ?1 AND status = 'dialing'",
             )?
             .execute(params![id.as_str(), now_ms()])?;

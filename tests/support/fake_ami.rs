@@ -148,6 +148,10 @@ impl ReceivedAction {
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
     }
+    /// The value of channel variable `name` set by this Originate, if any.
+    pub fn variable(&self, name: &str) -> Option<&str> {
+        self.get_all("Variable").into_iter().find_map(|v| v.strip_prefix(name)?.strip_prefix('='))
+    }
 }
 
 /// A running fake AMI server on `127.0.0.1`. Stops when dropped.
@@ -291,6 +295,29 @@ impl FakeAmi {
     /// Every message received so far, in arrival order, across connections.
     pub fn actions(&self) -> Vec<ReceivedAction> {
         lock(&self.shared.state).actions.clone()
+    }
+
+    /// The FastAGI token (`VOICE_OTP_TOKEN`) the Originate of call `id`
+    /// carried: what the real channel would answer to `GET VARIABLE`.
+    pub fn agi_token(&self, id: &str) -> Option<String> {
+        let actions = self.actions();
+        let originate = actions.iter().find(|a| a.is("Originate") && a.get("ChannelId") == Some(id))?;
+        originate.variable("VOICE_OTP_TOKEN").map(str::to_owned)
+    }
+
+    /// [`FakeAmi::agi_token`], waiting up to `timeout` for that Originate
+    /// (the daemon dials after it answered the request).
+    pub async fn wait_agi_token(&self, id: &str, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(token) = self.agi_token(id) {
+                return Some(token);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// How many actions named `name` (case-insensitive) were received.
