@@ -12,6 +12,7 @@ use crate::call::options::{REQUIRE_KEYPRESS_VALUES, check_language, parse_requir
 use crate::config::{CallConfig, Config};
 use crate::sounds::{self, DEFAULT_SOUNDS_DIR};
 use crate::store::{Store, StoreError, UserDefaultsChange};
+use crate::time::format_ms;
 
 /// Voice OTP: delivers one-time passwords by phone call through Asterisk.
 #[derive(Debug, Parser)]
@@ -382,35 +383,9 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
     Ok(first)
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date crate.
-pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-from-civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_ms(1_795_651_200_123), "2026-11-26T00:00:00.123Z");
-        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
 
     #[test]
     fn names() {

@@ -22,6 +22,7 @@
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
+//! - [`time`]: timestamps - Unix ms stored, RFC 3339 UTC shown (jiff).
 //! - [`secret`]: [`secret::Secret`], the one type for secrets in memory
 //!   (redacted in `Debug`, compared in constant time).
 
@@ -42,4 +43,5 @@ pub mod phone;
 pub mod secret;
 pub mod sounds;
 pub mod store;
+pub mod time;
 pub mod webhook;

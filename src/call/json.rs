@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::Call;
-use crate::cli::format_ms;
+use crate::time::format_ms;
 
 /// Where a call lives in the API (relative URLs).
 #[derive(Debug, Serialize)]

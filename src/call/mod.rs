@@ -245,10 +245,8 @@ impl Call {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (see [`crate::time`]).
+pub use crate::time::now_ms;
 
 #[cfg(test)]
 mod tests {
