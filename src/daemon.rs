@@ -189,7 +189,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Periodic chores, first run at start: expire queued calls past their
-/// deadline, purge final calls older than `[retention] days` (0: never).
+/// deadline, empty the WAL of old page images, purge final calls older
+/// than `[retention] days` (0: never).
 async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) {
     loop {
         let now = crate::call::now_ms();
@@ -200,6 +201,10 @@ async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) 
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not expire overdue calls"),
+        }
+        // Old page images in the WAL may hold codes erased since.
+        if let Err(e) = db.run(|s| s.scrub()).await {
+            tracing::error!(error = %e, "could not checkpoint the database");
         }
         if retention_days > 0 {
             let cutoff = now - i64::from(retention_days) * 86_400_000;

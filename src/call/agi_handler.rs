@@ -135,7 +135,7 @@ impl OtpAgi {
             return;
         };
         tracing::info!(call_id = %id, language = %call.options.language, require_keypress = call.options.require_keypress, "reading code");
-        let outcome = flow::read_code(session, &code, &self.call, &call.options).await;
+        let outcome = flow::read_code(session, code.expose(), &self.call, &call.options).await;
         if !outcome.keys.is_empty() {
             let (keyed, keys) = (id.clone(), outcome.keys.clone());
             if let Err(e) = self.db.run(move |s| s.record_keys(&keyed, &keys)).await {

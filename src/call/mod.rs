@@ -20,6 +20,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::secret::Secret;
+
 /// An unguessable call identifier: 128 random bits as 32 lowercase hex
 /// digits. It is also the Asterisk channel's `Uniqueid` (`ChannelId` on
 /// Originate), so AMI events and the FastAGI session name the call directly.
@@ -195,8 +197,8 @@ pub struct Call {
     pub user_id: Option<i64>,
     /// Destination in E.164.
     pub number: String,
-    /// The code; erased when the call ends. Never logged.
-    pub code: Option<String>,
+    /// The code; erased when the call ends. Redacted in `Debug`.
+    pub code: Option<Secret>,
     /// Current status.
     pub status: CallStatus,
     /// Why it failed, for `failed` calls.

@@ -11,6 +11,7 @@ use super::{Store, StoreError};
 use crate::call::options::CallOptions;
 use crate::call::token::TokenHash;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
+use crate::secret::Secret;
 
 /// What the HTTP front end stores for a new call.
 pub struct NewCall<'a> {
@@ -123,7 +124,7 @@ pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
         id,
         user_id: row.get(1)?,
         number: row.get(2)?,
-        code: row.get(3)?,
+        code: row.get::<_, Option<String>>(3)?.map(Secret::new),
         status,
         reason: row.get(5)?,
         detail: row.get(6)?,
@@ -467,7 +468,8 @@ mod tests {
         let (mut s, id) = store_with_call();
         let c = s.call(&id).unwrap().unwrap();
         assert_eq!(c.status, CallStatus::Queued);
-        assert_eq!(c.code.as_deref(), Some("482915"));
+        assert_eq!(c.code.as_ref().map(Secret::expose), Some("482915"));
+        assert!(!format!("{c:?}").contains("482915"), "Debug of a call never shows its code");
         assert!(s.mark_dialing(&id).unwrap());
         assert!(!s.mark_dialing(&id).unwrap());
         assert!(s.mark_answered(&id).unwrap());
