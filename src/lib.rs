@@ -17,6 +17,8 @@
 //!   quotas, the toll-fraud guard.
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
+//! - [`verify`]: verifications - generated codes (derived, never stored),
+//!   checks with attempts and expiry.
 //! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
 //!   the callee hears and its FastAGI entry point.
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
@@ -44,4 +46,5 @@ pub mod secret;
 pub mod sounds;
 pub mod store;
 pub mod time;
+pub mod verify;
 pub mod webhook;

@@ -104,6 +104,30 @@ const MIGRATIONS: &[&str] = &[
     // FastAGI session must present the token to be served; calls dialled
     // before this migration have none and cannot be (they are long over).
     "ALTER TABLE calls ADD COLUMN agi_token_hash BLOB;",
+    // 9: verifications (verify/): the code is derived from the salt and the
+    // daemon's key file, never stored; the salt is erased with the final
+    // status. A call placed for a verification names it.
+    "CREATE TABLE verifications (
+        id            TEXT PRIMARY KEY,
+        user_id       INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        number        TEXT NOT NULL,
+        code_length   INTEGER NOT NULL,
+        salt          BLOB,
+        status        TEXT NOT NULL,
+        failed_checks INTEGER NOT NULL DEFAULT 0,
+        sends         INTEGER NOT NULL DEFAULT 0,
+        language      TEXT NOT NULL,
+        callback_url  TEXT,
+        last_call_id  TEXT,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        ended_at      INTEGER
+    );
+    CREATE INDEX verifications_pending ON verifications(user_id, number, status, created_at);
+    CREATE INDEX verifications_expiry ON verifications(status, expires_at);
+    CREATE INDEX verifications_by_end ON verifications(ended_at);
+    ALTER TABLE calls ADD COLUMN verification_id TEXT;",
 ];
 
 /// The schema version this build writes.

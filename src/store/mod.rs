@@ -11,6 +11,7 @@ mod migrations;
 mod queue;
 mod user_defaults;
 mod users;
+mod verifications;
 mod webhooks;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +24,7 @@ pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, Tok
 pub use queue::InFlight;
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
+pub use verifications::{CheckOutcome, NewVerification};
 pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
