@@ -3,14 +3,17 @@
 //! user's secret.
 //!
 //! - this file: the signature and which destinations are allowed;
-//! - `delivery`: the outbox worker (retries with capped exponential backoff,
-//!   every attempt recorded) and the HTTP(S) POST itself.
+//! - `outbox`: the worker that runs attempts side by side, as soon as they
+//!   are due, within caps per host, per user and overall;
+//! - `delivery`: one attempt - the HTTP(S) POST - and the retry schedule
+//!   (capped exponential backoff, every attempt recorded).
 //!
 //! Signature: header `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>`
 //! where `<hex>` is HMAC-SHA256 with the user's secret over
 //! `"<t>.<raw body>"`. The timestamp lets receivers refuse replays.
 
 pub mod delivery;
+pub mod outbox;
 
 use std::net::IpAddr;
 
