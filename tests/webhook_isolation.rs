@@ -83,8 +83,8 @@ async fn a_receiver_that_never_answers_holds_up_only_its_own_user() {
         assert!(a_calls.iter().any(|id| r.json()["id"] == id.as_str()), "not one of A's calls: {}", r.body);
         assert_eq!(r.json()["status"], "dialing", "a later change went ahead of a pending one: {}", r.body);
     }
-    // A's third delivery is older than B's, so B's went out only because
-    // A's cap held it back, not because it was already started.
+    // A's third delivery was due before B's: had A's cap not held it, it
+    // would have been started before B's were.
     assert_eq!(hung.len(), 2, "{hung:#?}");
     assert_eq!(hung_now.len(), 2, "max_concurrent_per_user = 2 held: {hung_now:#?}");
     drop(daemon);

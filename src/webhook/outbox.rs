@@ -489,7 +489,10 @@ mod tests {
         assert_eq!(slots.release(7), Freed::default(), "twice is harmless");
         assert_eq!(slots.verdict(&window[2]), Verdict::Start);
         assert!(slots.room_for(&DueScope::User(Some(1))) && slots.room_for(&DueScope::Host("a.example".into())));
-        assert!(!slots.room_for(&DueScope::User(Some(9))) || slots.user_count(Some(9)) == 0);
+        assert!(slots.room_for(&DueScope::User(Some(9))), "a user with nothing in progress");
+        let mut one_slot = Slots::new(Caps { global: 1, per_host: 1, per_user: 1 });
+        one_slot.take(1, Some(1), "a.example");
+        assert!(!one_slot.room_for(&DueScope::User(Some(2))), "no overall slot: no room anywhere");
         assert_eq!(slots.in_flight.len(), 2);
         slots.release(2);
         slots.release(6);
