@@ -356,6 +356,14 @@ pub struct WebhooksConfig {
     pub retry_initial_secs: u32,
     /// ...up to this cap.
     pub retry_max_secs: u32,
+    /// Delivery attempts in progress at once, all destinations together.
+    pub max_concurrent: u32,
+    /// Attempts in progress at once to one destination host (as named in
+    /// the URL).
+    pub max_concurrent_per_host: u32,
+    /// Attempts in progress at once for one user's calls. Below the per-host
+    /// cap, so one user whose receiver hangs cannot fill a shared host's slots.
+    pub max_concurrent_per_user: u32,
 }
 
 impl Default for WebhooksConfig {
@@ -367,6 +375,9 @@ impl Default for WebhooksConfig {
             max_attempts: 15,
             retry_initial_secs: 5,
             retry_max_secs: 900,
+            max_concurrent: 64,
+            max_concurrent_per_host: 8,
+            max_concurrent_per_user: 4,
         }
     }
 }
@@ -583,6 +594,15 @@ impl Config {
         if w.retry_initial_secs == 0 || w.retry_max_secs < w.retry_initial_secs {
             return Err(invalid("webhooks.retry_initial_secs must be >= 1 and <= webhooks.retry_max_secs".into()));
         }
+        for (key, n) in [
+            ("webhooks.max_concurrent", w.max_concurrent),
+            ("webhooks.max_concurrent_per_host", w.max_concurrent_per_host),
+            ("webhooks.max_concurrent_per_user", w.max_concurrent_per_user),
+        ] {
+            if !(1..=1024).contains(&n) {
+                return Err(invalid(format!("{key} must be 1..=1024, got {n}")));
+            }
+        }
         if let Some(bad) = w.allow_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ':', '@', ' '])) {
             return Err(invalid(format!("webhooks.allow_hosts: {bad:?} is not a host name")));
         }
@@ -668,6 +688,23 @@ mod tests {
         }
         let c =
             Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
+        assert!(c.checked(Path::new("x")).is_ok());
+    }
+
+    #[test]
+    fn webhook_caps_are_checked() {
+        for (toml, needle) in [
+            ("[webhooks]\nmax_concurrent = 0\n", "webhooks.max_concurrent must be 1..=1024, got 0"),
+            ("[webhooks]\nmax_concurrent_per_host = 1025\n", "webhooks.max_concurrent_per_host"),
+            ("[webhooks]\nmax_concurrent_per_user = 0\n", "webhooks.max_concurrent_per_user"),
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            let err = c.checked(Path::new("x")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let c = Config::default();
+        let w = &c.webhooks;
+        assert_eq!((w.max_concurrent, w.max_concurrent_per_host, w.max_concurrent_per_user), (64, 8, 4));
         assert!(c.checked(Path::new("x")).is_ok());
     }
 

@@ -128,6 +128,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX verifications_expiry ON verifications(status, expires_at);
     CREATE INDEX verifications_by_end ON verifications(ended_at);
     ALTER TABLE calls ADD COLUMN verification_id TEXT;",
+    // 10: deliveries run side by side, with caps per destination host and per
+    // user. When a slot of a host or user frees, the outbox looks up that
+    // host's or user's due deliveries directly instead of walking everyone's
+    // (a hung receiver's backlog would make that walk grow). Rows from before
+    // have no host; the worker fills it in at start.
+    "ALTER TABLE webhook_deliveries ADD COLUMN host TEXT;
+    CREATE INDEX webhook_deliveries_pending_by_user ON webhook_deliveries(user_id, next_attempt_at)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+    CREATE INDEX webhook_deliveries_pending_by_host ON webhook_deliveries(host, next_attempt_at)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;",
 ];
 
 /// The schema version this build writes.

@@ -25,7 +25,9 @@ pub use queue::InFlight;
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 pub use verifications::{CheckOutcome, NewVerification};
-pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
+pub use webhooks::{
+    Attempt, AttemptVerdict, Delivery, DeliveryRecord, DueRef, DueScope, OutboxPosition, destination_host,
+};
 
 /// A storage failure. Callers map it to a 5xx; the text names no secret.
 #[derive(Debug, thiserror::Error)]

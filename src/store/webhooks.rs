@@ -1,10 +1,13 @@
 //! The webhook outbox: one row per status change to announce, written in
 //! the same transaction as the change itself, and every delivery attempt.
 //!
-//! A delivery is due when its `next_attempt_at` has come and no older
-//! delivery of the same call is still pending, so a receiver sees a call's
-//! statuses in order even across retries. Per-user settings (default URL,
-//! signing secret) live on the `users` row.
+//! A delivery is due when its `next_attempt_at` has come; it may start only
+//! when no older delivery of the same call is still pending, so a receiver
+//! sees a call's statuses in order even across retries. The worker finds due
+//! work in windows over the pending indexes, in (`next_attempt_at`, id)
+//! order, from a position it keeps, or by destination host, user or call
+//! (see `webhook::outbox`): never by walking finished history. Per-user
+//! settings (default URL, signing secret) live on the `users` row.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -19,8 +22,14 @@ pub struct Delivery {
     pub id: i64,
     /// The call it is about.
     pub call_id: String,
+    /// The user whose call it is (`None`: the user was deleted).
+    pub user_id: Option<i64>,
     /// Destination.
     pub url: String,
+    /// The destination's host, the per-host cap's key (see [`destination_host`]).
+    pub host: String,
+    /// When it became (or becomes) due, Unix ms: its place in the outbox.
+    pub next_attempt_at: i64,
     /// The call status it announces.
     pub status: String,
     /// The call JSON at the time of the change.
@@ -36,10 +45,70 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("id", &self.id)
             .field("call_id", &self.call_id)
+            .field("user_id", &self.user_id)
+            .field("host", &self.host)
             .field("status", &self.status)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
+}
+
+/// A place in the outbox's order of due work: (`next_attempt_at`, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutboxPosition {
+    /// `next_attempt_at`, Unix ms.
+    pub at: i64,
+    /// Row id, which orders deliveries due in the same millisecond.
+    pub id: i64,
+}
+
+impl OutboxPosition {
+    /// The position just before this one: a scan after it sees this row
+    /// again (ids are integers, so no row lies in between).
+    pub fn just_before(self) -> OutboxPosition {
+        OutboxPosition { at: self.at, id: self.id - 1 }
+    }
+}
+
+/// Which due deliveries a window looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DueScope {
+    /// All of them.
+    All,
+    /// One user's (`None`: deliveries of deleted users).
+    User(Option<i64>),
+    /// Those to one destination host.
+    Host(String),
+    /// One call's.
+    Call(String),
+}
+
+/// A due delivery as a window shows it: what deciding whether it may start
+/// takes, without its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRef {
+    /// Its place in the order.
+    pub position: OutboxPosition,
+    /// The call it is about.
+    pub call_id: String,
+    /// The user whose call it is.
+    pub user_id: Option<i64>,
+    /// The destination's host.
+    pub host: String,
+    /// An older delivery of the same call is still pending: it must wait.
+    pub behind_earlier: bool,
+}
+
+/// The per-host cap's key of a destination URL: its host, lower-case,
+/// without IPv6 brackets - the host `webhook::check_url` names. Empty for a
+/// URL that does not parse (its attempt then fails for good at once).
+pub fn destination_host(url: &str) -> String {
+    url.parse::<hyper::Uri>()
+        .ok()
+        .and_then(|uri| {
+            uri.authority().map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        })
+        .unwrap_or_default()
 }
 
 /// What one attempt produced.
@@ -100,11 +169,12 @@ pub(super) fn enqueue_call_change(conn: &Connection, id: &CallId) -> Result<(), 
     let Some(call) = read_call(conn, id)? else { return Ok(()) };
     let body = serde_json::to_string(&call.to_json()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let now = now_ms();
+    let host = destination_host(&url);
     conn.prepare_cached(
-        "INSERT INTO webhook_deliveries (call_id, user_id, url, status, body, created_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        "INSERT INTO webhook_deliveries (call_id, user_id, url, host, status, body, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?
-    .execute(params![id.as_str(), call.user_id, url, call.status.as_str(), body, now])?;
+    .execute(params![id.as_str(), call.user_id, url, host, call.status.as_str(), body, now])?;
     Ok(())
 }
 
@@ -114,40 +184,124 @@ fn new_secret() -> String {
 }
 
 impl Store {
-    /// Deliveries due at `now`, oldest first, at most one pending per call.
-    pub fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.id, d.call_id, d.url, d.status, d.body, d.attempts, u.webhook_secret
-             FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
-             WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= ?1
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                               WHERE e.call_id = d.call_id AND e.id < d.id
-                                 AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
-             ORDER BY d.id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![now, limit], |r| {
-            Ok(Delivery {
-                id: r.get(0)?,
-                call_id: r.get(1)?,
-                url: r.get(2)?,
-                status: r.get(3)?,
-                body: r.get(4)?,
-                attempts: r.get(5)?,
-                secret: r.get(6)?,
+    /// At most `window` deliveries of `scope` due at `now`, in outbox order,
+    /// after `after` (`None`: from the first). Each query walks one of the
+    /// pending partial indexes, so its cost is the window, whatever the
+    /// history.
+    pub fn due_window(
+        &self,
+        now: i64,
+        scope: &DueScope,
+        after: Option<OutboxPosition>,
+        window: u32,
+    ) -> Result<Vec<DueRef>, StoreError> {
+        // The scope picks the index: the range on its leading column(s) then
+        // reads rows already in (next_attempt_at, id) order.
+        let (index, filter) = match scope {
+            DueScope::All => ("webhook_deliveries_pending", "?5 IS NULL"),
+            DueScope::User(_) => ("webhook_deliveries_pending_by_user", "d.user_id IS ?5"),
+            DueScope::Host(_) => ("webhook_deliveries_pending_by_host", "d.host = ?5"),
+            DueScope::Call(_) => ("webhook_deliveries_by_call", "d.call_id = ?5"),
+        };
+        let sql = format!(
+            "SELECT d.id, d.next_attempt_at, d.call_id, d.user_id, d.host, CASE WHEN d.host IS NULL THEN d.url END,
+                    EXISTS (SELECT 1 FROM webhook_deliveries e
+                            WHERE e.call_id = d.call_id AND e.id < d.id
+                              AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
+             FROM webhook_deliveries d INDEXED BY {index}
+             WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND {filter}
+               AND d.next_attempt_at <= ?1 AND (d.next_attempt_at, d.id) > (?2, ?3)
+             ORDER BY d.next_attempt_at, d.id LIMIT ?4"
+        );
+        let key: rusqlite::types::Value = match scope {
+            DueScope::All => rusqlite::types::Value::Null,
+            DueScope::User(user) => user.map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Integer),
+            DueScope::Host(host) => rusqlite::types::Value::Text(host.clone()),
+            DueScope::Call(call) => rusqlite::types::Value::Text(call.clone()),
+        };
+        let after = after.unwrap_or(OutboxPosition { at: i64::MIN, id: i64::MIN });
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![now, after.at, after.id, window, key], |r| {
+            let host: Option<String> = r.get(4)?;
+            let url: Option<String> = r.get(5)?;
+            Ok(DueRef {
+                position: OutboxPosition { at: r.get(1)?, id: r.get(0)? },
+                call_id: r.get(2)?,
+                user_id: r.get(3)?,
+                host: host.unwrap_or_else(|| destination_host(url.as_deref().unwrap_or_default())),
+                behind_earlier: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// When the next pending delivery is due (Unix ms), if any.
-    pub fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+    /// The pending deliveries among `ids`, in the order given, ready to send.
+    pub fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.id, d.call_id, d.user_id, d.url, d.host, d.next_attempt_at, d.status, d.body, d.attempts,
+                    u.webhook_secret
+             FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
+             WHERE d.id = ?1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL",
+        )?;
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let row = stmt
+                .query_row([id], |r| {
+                    let url: String = r.get(3)?;
+                    let host: Option<String> = r.get(4)?;
+                    Ok(Delivery {
+                        id: r.get(0)?,
+                        call_id: r.get(1)?,
+                        user_id: r.get(2)?,
+                        host: host.unwrap_or_else(|| destination_host(&url)),
+                        url,
+                        next_attempt_at: r.get(5)?,
+                        status: r.get(6)?,
+                        body: r.get(7)?,
+                        attempts: r.get(8)?,
+                        secret: r.get(9)?,
+                    })
+                })
+                .optional()?;
+            found.extend(row);
+        }
+        Ok(found)
+    }
+
+    /// When the next pending delivery not yet due at `now` becomes due
+    /// (Unix ms), if any. Deliveries already due and waiting (for a slot, or
+    /// behind an earlier one) are not counted: their turn comes when an
+    /// attempt ends, not at a time.
+    pub fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
         let at = self
             .conn
             .prepare_cached(
-                "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE delivered_at IS NULL AND gave_up_at IS NULL",
+                "SELECT MIN(next_attempt_at) FROM webhook_deliveries
+                 WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at > ?1",
             )?
-            .query_row([], |r| r.get(0))?;
+            .query_row([now], |r| r.get(0))?;
         Ok(at)
+    }
+
+    /// Sets the host of pending deliveries queued before hosts were
+    /// recorded (schema 10), so lookups by host find them. Returns how many.
+    pub fn fill_delivery_hosts(&mut self) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let missing: Vec<(i64, String)> = tx
+            .prepare(
+                "SELECT id, url FROM webhook_deliveries
+                 WHERE delivered_at IS NULL AND gave_up_at IS NULL AND host IS NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        {
+            let mut set = tx.prepare("UPDATE webhook_deliveries SET host = ?2 WHERE id = ?1")?;
+            for (id, url) in &missing {
+                set.execute(params![id, destination_host(url)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(missing.len())
     }
 
     /// Deliveries not yet delivered nor given up.
@@ -271,9 +425,30 @@ mod tests {
         (s, id)
     }
 
+    /// A new call of `user` with `callback_url`, moved to `dialing` (one delivery).
+    fn dialing_call(s: &mut Store, user: &str, callback_url: &str) -> CallId {
+        let u = s.user(user).unwrap().unwrap();
+        let id = CallId::generate();
+        let life = NewCallLifecycle { deadline_at: None, callback_url: Some(callback_url.into()) };
+        s.insert_call_with(
+            &NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() },
+            &life,
+        )
+        .unwrap();
+        s.mark_dialing(&id).unwrap();
+        id
+    }
+
+    /// What may start now, oldest first: due and not behind an earlier one.
+    fn startable(s: &Store, now: i64) -> Vec<Delivery> {
+        let due = s.due_window(now, &DueScope::All, None, 100).unwrap();
+        let ids: Vec<i64> = due.iter().filter(|d| !d.behind_earlier).map(|d| d.position.id).collect();
+        s.deliveries(&ids).unwrap()
+    }
+
     #[test]
     fn every_status_change_is_queued_in_order_without_the_code() {
-        let (mut s, id) = setup(Some("http://hooks.example/a"));
+        let (mut s, id) = setup(Some("http://Hooks.Example:8080/a"));
         s.mark_dialing(&id).unwrap();
         s.mark_ringing(&id).unwrap();
         s.mark_answered(&id).unwrap();
@@ -281,16 +456,22 @@ mod tests {
         s.finish_call(&id, &end).unwrap();
         // Refused transitions queue nothing.
         s.mark_answered(&id).unwrap();
-        let due = s.due_deliveries(i64::MAX, 10).unwrap();
-        assert_eq!(due.len(), 1, "one at a time per call");
-        assert_eq!(due[0].status, "dialing");
-        assert!(!due[0].body.contains("482915"));
-        let json: serde_json::Value = serde_json::from_str(&due[0].body).unwrap();
+        let due = s.due_window(i64::MAX, &DueScope::All, None, 10).unwrap();
+        assert_eq!(due.len(), 4);
+        let waiting: Vec<bool> = due.iter().map(|d| d.behind_earlier).collect();
+        assert_eq!(waiting, [false, true, true, true], "one at a time per call");
+        assert!(due.iter().all(|d| d.host == "hooks.example" && d.call_id == id.as_str()));
+        let ready = startable(&s, i64::MAX);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].status, "dialing");
+        assert_eq!(ready[0].host, "hooks.example");
+        assert!(!ready[0].body.contains("482915"));
+        let json: serde_json::Value = serde_json::from_str(&ready[0].body).unwrap();
         assert_eq!(json["status"], "dialing");
         assert_eq!(json["id"], id.as_str());
-        assert_eq!(due[0].secret.as_ref().map(String::len), Some(64));
+        assert_eq!(ready[0].secret.as_ref().map(String::len), Some(64));
         let mut order = Vec::new();
-        while let Some(d) = s.due_deliveries(i64::MAX, 10).unwrap().into_iter().next() {
+        while let Some(d) = startable(&s, i64::MAX).into_iter().next() {
             order.push(d.status.clone());
             let ok = Attempt { http_status: Some(204), error: None, duration_ms: 1 };
             s.record_attempt(d.id, &ok, AttemptVerdict::Delivered).unwrap();
@@ -304,15 +485,17 @@ mod tests {
         let (mut s, id) = setup(Some("http://hooks.example/a"));
         s.mark_dialing(&id).unwrap();
         s.finish_call(&id, &CallEnd::failed(crate::call::FailReason::Busy, None)).unwrap();
-        let first = s.due_deliveries(i64::MAX, 10).unwrap().remove(0);
+        let first = startable(&s, i64::MAX).remove(0);
         let failed = Attempt { http_status: Some(500), error: None, duration_ms: 3 };
-        s.record_attempt(first.id, &failed, AttemptVerdict::RetryAt(5_000)).unwrap();
-        assert!(s.due_deliveries(4_999, 10).unwrap().is_empty(), "the failed one waits, and the next waits for it");
-        assert_eq!(s.next_delivery_at().unwrap(), Some(5_000));
-        let again = s.due_deliveries(5_000, 10).unwrap();
-        assert_eq!((again[0].id, again[0].attempts), (first.id, 1));
+        let later = first.next_attempt_at + 5_000;
+        s.record_attempt(first.id, &failed, AttemptVerdict::RetryAt(later)).unwrap();
+        assert!(startable(&s, later - 1).is_empty(), "the failed one waits, and the next waits for it");
+        assert_eq!(s.next_due_after(later - 1).unwrap(), Some(later));
+        assert_eq!(s.next_due_after(later).unwrap(), None, "only what is not due yet");
+        let again = startable(&s, later);
+        assert_eq!((again[0].id, again[0].attempts, again[0].next_attempt_at), (first.id, 1, later));
         s.record_attempt(first.id, &failed, AttemptVerdict::GiveUp).unwrap();
-        assert_eq!(s.due_deliveries(i64::MAX, 10).unwrap()[0].status, "failed");
+        assert_eq!(startable(&s, i64::MAX)[0].status, "failed");
         let records = s.call_deliveries(&id).unwrap();
         assert_eq!(records[0].tries.len(), 2);
         assert!(records[0].gave_up_at.is_some());
@@ -323,17 +506,9 @@ mod tests {
         let (mut s, id) = setup(None);
         s.mark_dialing(&id).unwrap();
         assert_eq!(s.pending_deliveries().unwrap(), 0);
-        let u = s.user("acme1").unwrap().unwrap();
         s.set_webhook_url("acme1", Some("http://default.example/")).unwrap();
-        let id2 = CallId::generate();
-        let life = NewCallLifecycle { deadline_at: None, callback_url: Some("http://own.example/".into()) };
-        s.insert_call_with(
-            &NewCall { id: &id2, user_id: u.id, number: "+923001234567", code: "1", options: &english() },
-            &life,
-        )
-        .unwrap();
-        s.mark_dialing(&id2).unwrap();
-        assert_eq!(s.due_deliveries(i64::MAX, 10).unwrap()[0].url, "http://own.example/");
+        dialing_call(&mut s, "acme1", "http://own.example/");
+        assert_eq!(startable(&s, i64::MAX)[0].url, "http://own.example/");
     }
 
     #[test]
@@ -343,9 +518,123 @@ mod tests {
         let after = s.rotate_webhook_secret("acme1").unwrap();
         assert_ne!(before, after);
         s.mark_dialing(&id).unwrap();
-        let d = s.due_deliveries(i64::MAX, 1).unwrap().remove(0);
+        let d = startable(&s, i64::MAX).remove(0);
         assert_eq!(d.secret.as_deref(), Some(after.as_str()));
         assert!(!format!("{d:?}").contains(&after));
         assert!(s.rotate_webhook_secret("ghost").is_err());
+    }
+
+    #[test]
+    fn windows_page_in_order_and_scopes_select() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.add_user("a", "h").unwrap().id;
+        let b = s.add_user("b", "h").unwrap().id;
+        let a1 = dialing_call(&mut s, "a", "http://a.example/1");
+        let b1 = dialing_call(&mut s, "b", "http://shared.example/b");
+        let a2 = dialing_call(&mut s, "a", "http://SHARED.example:81/a");
+        let calls = |v: &[DueRef]| v.iter().map(|d| d.call_id.clone()).collect::<Vec<_>>();
+        let ids = |c: &[&CallId]| c.iter().map(|c| c.as_str().to_owned()).collect::<Vec<_>>();
+
+        let all = s.due_window(i64::MAX, &DueScope::All, None, 10).unwrap();
+        assert_eq!(calls(&all), ids(&[&a1, &b1, &a2]));
+        assert!(all.windows(2).all(|w| w[0].position < w[1].position), "outbox order");
+        let first = s.due_window(i64::MAX, &DueScope::All, None, 2).unwrap();
+        assert_eq!(calls(&first), ids(&[&a1, &b1]));
+        let rest = s.due_window(i64::MAX, &DueScope::All, Some(first[1].position), 2).unwrap();
+        assert_eq!(calls(&rest), ids(&[&a2]), "the next window starts after the last one seen");
+        let again = s.due_window(i64::MAX, &DueScope::All, Some(all[2].position.just_before()), 2).unwrap();
+        assert_eq!(calls(&again), ids(&[&a2]), "just_before sees that row again");
+        assert!(s.due_window(all[0].position.at - 1, &DueScope::All, None, 10).unwrap().is_empty(), "not due yet");
+
+        let of_a = s.due_window(i64::MAX, &DueScope::User(Some(a)), None, 10).unwrap();
+        assert_eq!(calls(&of_a), ids(&[&a1, &a2]));
+        let of_b = s.due_window(i64::MAX, &DueScope::User(Some(b)), None, 10).unwrap();
+        assert_eq!(calls(&of_b), ids(&[&b1]));
+        assert!(s.due_window(i64::MAX, &DueScope::User(None), None, 10).unwrap().is_empty());
+        let shared = s.due_window(i64::MAX, &DueScope::Host("shared.example".into()), None, 10).unwrap();
+        assert_eq!(calls(&shared), ids(&[&b1, &a2]), "the host, whatever the case and port");
+        let one = s.due_window(i64::MAX, &DueScope::Call(a2.as_str().into()), None, 10).unwrap();
+        assert_eq!(calls(&one), ids(&[&a2]));
+        assert_eq!(one[0].user_id, Some(a));
+
+        // Paging one row at a time through rows due in the same millisecond.
+        s.conn.execute("UPDATE webhook_deliveries SET next_attempt_at = 5", []).unwrap();
+        for scope in [DueScope::All, DueScope::User(Some(a)), DueScope::Host("shared.example".into())] {
+            let (mut after, mut seen) = (None, Vec::new());
+            while let Some(d) = s.due_window(5, &scope, after, 1).unwrap().pop() {
+                after = Some(d.position);
+                seen.push(d.call_id);
+            }
+            let all_of_scope = s.due_window(5, &scope, None, 10).unwrap();
+            assert_eq!(seen, calls(&all_of_scope), "{scope:?}");
+            assert!(seen.len() >= 2, "{scope:?}");
+        }
+
+        // Delivered rows leave every scope.
+        let ok = Attempt { http_status: Some(200), error: None, duration_ms: 1 };
+        s.record_attempt(all[1].position.id, &ok, AttemptVerdict::Delivered).unwrap();
+        let shared = s.due_window(i64::MAX, &DueScope::Host("shared.example".into()), None, 10).unwrap();
+        assert_eq!(calls(&shared), ids(&[&a2]));
+        assert_eq!(s.deliveries(&[all[1].position.id, all[0].position.id]).unwrap().len(), 1, "only pending ones");
+    }
+
+    #[test]
+    fn finding_due_work_walks_only_the_pending_indexes() {
+        let s = Store::open_in_memory().unwrap();
+        for scope in [DueScope::All, DueScope::User(Some(1)), DueScope::Host("h".into())] {
+            let (index, filter) = match scope {
+                DueScope::All => ("webhook_deliveries_pending", "?5 IS NULL"),
+                DueScope::User(_) => ("webhook_deliveries_pending_by_user", "d.user_id IS ?5"),
+                _ => ("webhook_deliveries_pending_by_host", "d.host = ?5"),
+            };
+            // The statement as due_window builds it, with its plan.
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT d.id FROM webhook_deliveries d INDEXED BY {index}
+                 WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND {filter}
+                   AND d.next_attempt_at <= ?1 AND (d.next_attempt_at, d.id) > (?2, ?3)
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?4"
+            );
+            let plan: Vec<String> = s
+                .conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(params![0, 0, 0, 1, rusqlite::types::Value::Null], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains(&format!("USING INDEX {index} (")), "{scope:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{scope:?}: read in index order, no sort: {plan}");
+        }
+        // And due_window itself prepares for every scope.
+        for scope in [DueScope::All, DueScope::User(None), DueScope::Host("h".into()), DueScope::Call("c".into())] {
+            assert!(s.due_window(0, &scope, None, 1).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn hosts_of_older_rows_are_filled_in() {
+        let (mut s, id) = setup(Some("https://[2001:DB8::1]:8443/x"));
+        s.mark_dialing(&id).unwrap();
+        s.conn.execute("UPDATE webhook_deliveries SET host = NULL", []).unwrap();
+        // Until filled in, the host comes from the URL; lookups by host miss it.
+        assert_eq!(startable(&s, i64::MAX)[0].host, "2001:db8::1");
+        assert!(s.due_window(i64::MAX, &DueScope::Host("2001:db8::1".into()), None, 1).unwrap().is_empty());
+        assert_eq!(s.fill_delivery_hosts().unwrap(), 1);
+        assert_eq!(s.due_window(i64::MAX, &DueScope::Host("2001:db8::1".into()), None, 1).unwrap().len(), 1);
+        assert_eq!(s.fill_delivery_hosts().unwrap(), 0);
+    }
+
+    #[test]
+    fn destination_hosts() {
+        for (url, host) in [
+            ("https://Hooks.Example.com/otp?x=1", "hooks.example.com"),
+            ("http://hooks.example.com:8080", "hooks.example.com"),
+            ("http://[::1]:81/", "::1"),
+            ("http://10.1.2.3/", "10.1.2.3"),
+            ("not a url", ""),
+        ] {
+            assert_eq!(destination_host(url), host, "{url}");
+        }
     }
 }

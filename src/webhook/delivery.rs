@@ -1,6 +1,7 @@
-//! The outbox worker: takes due deliveries from the database, POSTs them,
-//! records each attempt, and schedules retries with capped exponential
-//! backoff (each wait a random 50-100% of it) until `max_attempts`.
+//! One delivery attempt: the signed HTTP(S) POST, what its answer means,
+//! and the retry schedule - capped exponential backoff (each wait a random
+//! 50-100% of it) until `max_attempts`. Which deliveries are attempted when
+//! is `outbox`'s business; [`run`] starts it with these attempts.
 //!
 //! Delivery is at least once: a delivery whose attempt was cut short by a
 //! shutdown is sent again after the restart (same `X-Voice-OTP-Delivery`).
@@ -20,18 +21,13 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+use super::outbox::{Attempter, Caps, Outbox};
 use super::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, WebhookUrl, check_url, is_public, sign};
 use crate::call::now_ms;
 use crate::config::WebhooksConfig;
 use crate::metrics::Metrics;
 use crate::store::{Attempt, AttemptVerdict, Db, Delivery};
-
-/// Deliveries attempted at once.
-const BATCH: u32 = 16;
-/// Longest sleep between looks at the outbox (new rows are not signalled).
-const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Why an attempt failed.
 #[derive(Debug)]
@@ -42,74 +38,42 @@ enum Failure {
     Permanent(String),
 }
 
-/// Runs the outbox until `shutdown`.
+/// Runs the outbox, with HTTP(S) attempts under `policy`, until `shutdown`.
 pub async fn run(db: Db, policy: WebhooksConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let policy = Arc::new(policy);
-    loop {
-        let due = match db.run(|s| s.due_deliveries(now_ms(), BATCH)).await {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::error!(error = %e, "webhook outbox unreadable");
-                Vec::new()
-            }
-        };
-        let attempts = due.into_iter().map(|d| {
-            let span = tracing::info_span!("call", call_id = %d.call_id);
-            attempt(db.clone(), policy.clone(), metrics.clone(), d).instrument(span)
-        });
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = futures_util::future::join_all(attempts) => {}
-        }
-        let next = db.run(|s| s.next_delivery_at()).await.ok().flatten();
-        let wait = match next {
-            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64),
-            None => IDLE_POLL,
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
+    let caps = Caps::from_config(&policy);
+    Outbox::new(db, caps, HttpAttempts { policy: Arc::new(policy) }, metrics).run(shutdown).await;
+}
+
+/// Attempts made over HTTP(S) under a policy.
+struct HttpAttempts {
+    policy: Arc<WebhooksConfig>,
+}
+
+impl Attempter for HttpAttempts {
+    async fn attempt(&self, d: Delivery) -> (Attempt, AttemptVerdict) {
+        attempt(&d, &self.policy).await
     }
 }
 
-async fn attempt(db: Db, policy: Arc<WebhooksConfig>, metrics: Arc<Metrics>, d: Delivery) {
+/// Sends `d` once; what to record and what comes next.
+async fn attempt(d: &Delivery, policy: &WebhooksConfig) -> (Attempt, AttemptVerdict) {
     let started = Instant::now();
-    let result = send(&d, &policy).await;
+    let result = send(d, policy).await;
     let duration_ms = started.elapsed().as_millis() as i64;
     let attempts = d.attempts + 1;
-    let (record, verdict) = match result {
+    match result {
         Ok(status) if (200..300).contains(&status) => {
             (Attempt { http_status: Some(status), error: None, duration_ms }, AttemptVerdict::Delivered)
         }
         Ok(status) => {
-            (Attempt { http_status: Some(status), error: None, duration_ms }, retry_or_give_up(attempts, &policy))
+            (Attempt { http_status: Some(status), error: None, duration_ms }, retry_or_give_up(attempts, policy))
         }
         Err(Failure::Transient(e)) => {
-            (Attempt { http_status: None, error: Some(e), duration_ms }, retry_or_give_up(attempts, &policy))
+            (Attempt { http_status: None, error: Some(e), duration_ms }, retry_or_give_up(attempts, policy))
         }
         Err(Failure::Permanent(e)) => {
             (Attempt { http_status: None, error: Some(e), duration_ms }, AttemptVerdict::GiveUp)
         }
-    };
-    let outcome = match verdict {
-        AttemptVerdict::Delivered => "delivered",
-        AttemptVerdict::RetryAt(_) => "failed",
-        AttemptVerdict::GiveUp => "gave_up",
-    };
-    metrics.webhook_attempt(outcome);
-    tracing::info!(
-        delivery = d.id,
-        status = %d.status,
-        attempt = attempts,
-        http_status = record.http_status,
-        error = record.error.as_deref(),
-        outcome,
-        "webhook attempt"
-    );
-    let id = d.id;
-    if let Err(e) = db.run(move |s| s.record_attempt(id, &record, verdict)).await {
-        tracing::error!(delivery = d.id, error = %e, "could not record webhook attempt");
     }
 }
 

@@ -3,16 +3,19 @@
 //! user's secret.
 //!
 //! - this file: the signature and which destinations are allowed;
-//! - `delivery`: the outbox worker (retries with capped exponential backoff,
-//!   every attempt recorded) and the HTTP(S) POST itself.
+//! - `outbox`: the worker that runs attempts side by side, as soon as they
+//!   are due, within caps per host, per user and overall;
+//! - `delivery`: one attempt - the HTTP(S) POST - and the retry schedule
+//!   (capped exponential backoff, every attempt recorded).
 //!
 //! Signature: header `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>`
 //! where `<hex>` is HMAC-SHA256 with the user's secret over
 //! `"<t>.<raw body>"`. The timestamp lets receivers refuse replays.
 
 pub mod delivery;
+pub mod outbox;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -90,34 +93,68 @@ pub fn check_url(url: &str, policy: &WebhooksConfig) -> Result<WebhookUrl, Strin
 
 /// True for addresses on the public internet: not loopback, private,
 /// link-local, CGNAT, unique-local, multicast, documentation, reserved.
+///
+/// IPv6 forms that carry an IPv4 address are judged by that address where
+/// a standard gateway turns them into it - IPv4-mapped `::ffff:a.b.c.d` and
+/// NAT64's well-known prefix `64:ff9b::/96` (so an IPv6-only host behind
+/// DNS64 can still reach public IPv4 receivers). The other embedding ranges
+/// are refused whole: IPv4-compatible `::a.b.c.d` (deprecated), 6to4
+/// `2002::/16` and Teredo (`2001::/32`, inside `2001::/23`) reach their IPv4
+/// address only through relays, and local-use NAT64 `64:ff9b:1::/48` puts
+/// it where each network chooses. Otherwise only global unicast `2000::/3`
+/// passes, less its special-purpose blocks.
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
-        }
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
+}
+
+fn is_public_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, c, _] = v4.octets();
+    !(v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && c == 0)
+        // 6to4 relay anycast (deprecated, RFC 7526): a relay into IPv6.
+        || (a == 192 && b == 88 && c == 99)
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240)
+}
+
+fn is_public_v6(v6: Ipv6Addr) -> bool {
+    let s = v6.segments();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [.., w, x, y, z] = v6.octets();
+        return is_public_v4(Ipv4Addr::new(w, x, y, z));
+    }
+    // Outside 2000::/3: ::/8 (unspecified, loopback, IPv4-compatible),
+    // 64:ff9b:1::/48, discard-only 100::/64, unique-local fc00::/7,
+    // site-local fec0::/10, link-local fe80::/10, multicast ff00::/8, and
+    // space not allocated for unicast.
+    if s[0] & 0xe000 != 0x2000 {
+        return false;
+    }
+    let special = match s[0] {
+        // IETF protocol assignments 2001::/23 (Teredo, benchmarking, ORCHID,
+        // anycast services - never a webhook receiver) and documentation.
+        0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+        // 6to4: its IPv4 address is reached only through relays.
+        0x2002 => true,
+        // Documentation (RFC 9637).
+        0x3fff => s[1] < 0x1000,
+        _ => false,
+    };
+    !special
 }
 
 #[cfg(test)]
@@ -173,23 +210,88 @@ mod tests {
 
     #[test]
     fn public_addresses() {
-        for ip in ["8.8.8.8", "2a00:1450::1", "100.128.0.1"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        // (address, public, why)
+        let table: &[(&str, bool, &str)] = &[
+            ("8.8.8.8", true, "public IPv4"),
+            ("100.128.0.1", true, "just above CGNAT"),
+            ("192.88.98.1", true, "just below the 6to4 relay block"),
+            ("192.88.100.1", true, "just above the 6to4 relay block"),
+            ("127.0.0.1", false, "loopback"),
+            ("10.0.0.1", false, "private"),
+            ("172.16.0.1", false, "private"),
+            ("192.168.1.1", false, "private"),
+            ("100.64.0.1", false, "CGNAT"),
+            ("169.254.169.254", false, "link-local (cloud metadata)"),
+            ("0.0.0.0", false, "unspecified"),
+            ("0.1.2.3", false, "this network"),
+            ("192.0.0.8", false, "IETF protocol assignments"),
+            ("192.0.2.1", false, "documentation"),
+            ("192.88.99.1", false, "6to4 relay anycast"),
+            ("198.18.0.1", false, "benchmarking"),
+            ("224.0.0.1", false, "multicast"),
+            ("240.0.0.1", false, "reserved"),
+            ("255.255.255.255", false, "broadcast"),
+            ("2a00:1450::1", true, "global unicast"),
+            ("2001:4860:4860::8888", true, "global unicast in 2001::/16, outside 2001::/23"),
+            ("2001:200::1", true, "just above 2001::/23"),
+            ("3ffe::1", true, "2000::/3, not documentation"),
+            ("::1", false, "loopback"),
+            ("::", false, "unspecified"),
+            ("fd00::1", false, "unique-local"),
+            ("fc00::1", false, "unique-local"),
+            ("fe80::1", false, "link-local"),
+            ("fec0::1", false, "site-local"),
+            ("feff::1", false, "site-local, top"),
+            ("ff02::1", false, "multicast"),
+            ("100::1", false, "discard-only"),
+            ("4000::1", false, "outside 2000::/3"),
+            ("2001:db8::1", false, "documentation"),
+            ("3fff::1", false, "documentation (RFC 9637)"),
+            ("3fff:fff::1", false, "documentation (RFC 9637), top"),
+            ("2001::1", false, "Teredo"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", false, "Teredo, public server and client"),
+            ("2001:2::1", false, "benchmarking"),
+            ("2001:10::1", false, "ORCHID"),
+            ("2002:808:808::1", false, "6to4 of public 8.8.8.8: refused whole"),
+            ("2002:7f00:1::1", false, "6to4 of 127.0.0.1"),
+            ("2002:a00:1::1", false, "6to4 of 10.0.0.1"),
+            ("::ffff:8.8.8.8", true, "IPv4-mapped, judged by 8.8.8.8"),
+            ("::ffff:127.0.0.1", false, "IPv4-mapped loopback"),
+            ("::ffff:10.1.2.3", false, "IPv4-mapped private"),
+            ("::ffff:169.254.169.254", false, "IPv4-mapped link-local"),
+            ("::8.8.8.8", false, "IPv4-compatible: refused whole"),
+            ("::127.0.0.1", false, "IPv4-compatible loopback"),
+            ("::10.0.0.1", false, "IPv4-compatible private"),
+            ("64:ff9b::8.8.8.8", true, "NAT64, judged by 8.8.8.8"),
+            ("64:ff9b::127.0.0.1", false, "NAT64 of loopback"),
+            ("64:ff9b::a00:1", false, "NAT64 of 10.0.0.1"),
+            ("64:ff9b::a9fe:a9fe", false, "NAT64 of 169.254.169.254"),
+            ("64:ff9b::192.88.99.1", false, "NAT64 of the 6to4 relay"),
+            ("64:ff9b:0:0:1::808:808", false, "64:ff9b::/32 outside the /96: not the well-known prefix"),
+            ("64:ff9b:1::808:808", false, "local-use NAT64: refused whole"),
+            ("64:ff9b:1:ffff::1", false, "local-use NAT64, elsewhere in the /48"),
+        ];
+        for &(ip, public, why) in table {
+            let addr: IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+            assert_eq!(is_public(addr), public, "{ip} ({why})");
         }
-        for ip in [
-            "127.0.0.1",
-            "10.0.0.1",
-            "172.16.0.1",
-            "192.168.1.1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
+    }
+
+    #[test]
+    fn literal_callback_hosts_in_the_embedding_ranges_are_refused() {
+        let open = policy(&[], true);
+        for url in [
+            "http://[2002:a00:1::1]/",
+            "http://[2001::1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::808:808]/",
+            "http://[::127.0.0.1]/",
+            "http://[fec0::1]/",
+            "http://192.88.99.1/",
         ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+            let err = check_url(url, &open).unwrap_err();
+            assert!(err.contains("not a public address"), "{url}: {err}");
         }
+        assert!(check_url("http://[64:ff9b::808:808]/", &open).is_ok());
     }
 }

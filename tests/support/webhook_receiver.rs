@@ -136,3 +136,65 @@ fn read_request(stream: &mut std::net::TcpStream) -> Option<Received> {
     reader.read_exact(&mut body).ok()?;
     Some(Received { path, headers, body: String::from_utf8_lossy(&body).into_owned(), answered: 0 })
 }
+
+/// A receiver that accepts every connection, reads the request and never
+/// answers, holding the connection open until the test process ends: the
+/// receiver of a user whose server hangs.
+pub struct SilentReceiver {
+    /// Its address.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl SilentReceiver {
+    /// Listens on a free loopback port.
+    pub fn start() -> SilentReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind silent receiver");
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let sink = sink.clone();
+                // One thread per connection, so a request still arriving
+                // never delays the next accept.
+                std::thread::spawn(move || {
+                    if let Some(req) = read_request(&mut stream) {
+                        sink.lock().unwrap().push(req);
+                    }
+                    // Keep the socket open and silent: voice-otp is left
+                    // waiting for a response head that never comes.
+                    loop {
+                        std::thread::park();
+                    }
+                });
+            }
+        });
+        SilentReceiver { addr, received }
+    }
+
+    /// `http://<addr>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// Every request read so far (`answered` is 0: none was).
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests have been read; panics with what did arrive
+    /// after `timeout`.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} requests in {timeout:?}: {got:#?}", got.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
