@@ -138,6 +138,19 @@ const MIGRATIONS: &[&str] = &[
         WHERE delivered_at IS NULL AND gave_up_at IS NULL;
     CREATE INDEX webhook_deliveries_pending_by_host ON webhook_deliveries(host, next_attempt_at)
         WHERE delivered_at IS NULL AND gave_up_at IS NULL;",
+    // 11: Idempotency-Key: per user, the request's fingerprint and, once
+    // answered, the answer to send again (status NULL: in progress).
+    "CREATE TABLE idempotency_keys (
+        user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key          TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        status       INTEGER,
+        body         TEXT,
+        location     TEXT,
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (user_id, key)
+    );
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);",
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@
 //! tracked in `PRAGMA user_version`.
 
 mod calls;
+mod idempotency;
 mod migrations;
 mod queue;
 mod user_defaults;
@@ -21,6 +22,7 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, TokenCheck};
+pub use idempotency::{KeyClaim, StoredAnswer};
 pub use queue::InFlight;
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
