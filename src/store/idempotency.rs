@@ -10,7 +10,7 @@
 //! finished (the daemon died mid-request) is free again after
 //! [`IN_PROGRESS_TTL_MS`].
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Store, StoreError};
 
@@ -119,6 +119,7 @@ impl Store {
     /// Whether user `user_id` holds `key` (tests).
     #[cfg(test)]
     fn has_idempotency_key(&self, user_id: i64, key: &str) -> bool {
+        use rusqlite::OptionalExtension;
         self.conn
             .query_row("SELECT 1 FROM idempotency_keys WHERE user_id = ?1 AND key = ?2", params![user_id, key], |_| {
                 Ok(())
