@@ -113,18 +113,21 @@ fn new_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// The sender's query on every turn: pending deliveries due at `?1`, oldest
+/// first, skipping any with an older one of the same call still pending
+/// (webhooks of a call go out in order), at most `?2`.
+pub(super) const DUE_DELIVERIES: &str = "SELECT d.id, d.call_id, d.url, d.status, d.body, d.attempts, u.webhook_secret
+     FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
+     WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= ?1
+       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                       WHERE e.call_id = d.call_id AND e.id < d.id
+                         AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
+     ORDER BY d.id LIMIT ?2";
+
 impl Store {
     /// Deliveries due at `now`, oldest first, at most one pending per call.
     pub fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.id, d.call_id, d.url, d.status, d.body, d.attempts, u.webhook_secret
-             FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
-             WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= ?1
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                               WHERE e.call_id = d.call_id AND e.id < d.id
-                                 AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
-             ORDER BY d.id LIMIT ?2",
-        )?;
+        let mut stmt = self.conn.prepare_cached(DUE_DELIVERIES)?;
         let rows = stmt.query_map(params![now, limit], |r| {
             Ok(Delivery {
                 id: r.get(0)?,
@@ -347,5 +350,17 @@ mod tests {
         assert_eq!(d.secret.as_deref(), Some(after.as_str()));
         assert!(!format!("{d:?}").contains(&after));
         assert!(s.rotate_webhook_secret("ghost").is_err());
+    }
+
+    /// Only pending deliveries are looked at (the partial index), and the
+    /// in-order check is an index lookup per row, not a scan.
+    #[test]
+    fn due_deliveries_use_the_pending_index() {
+        let (s, _) = setup(None);
+        let plan = crate::store::query_plan(&s.conn, DUE_DELIVERIES, params![0, 10]);
+        assert!(plan.iter().any(|p| p.contains("USING INDEX webhook_deliveries_pending")), "{plan:?}");
+        assert!(plan.iter().any(|p| p.contains("USING INDEX webhook_deliveries_by_call")), "{plan:?}");
+        assert!(plan.iter().any(|p| p.contains("USING INTEGER PRIMARY KEY")), "users by id: {plan:?}");
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN")), "{plan:?}");
     }
 }
