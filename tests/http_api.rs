@@ -244,7 +244,10 @@ async fn a_good_request_is_stored_then_originated_without_the_code() {
     assert!(originate.get("Async").is_some_and(|v| v.eq_ignore_ascii_case("true")));
     assert!(originate.get("ActionID").is_some());
     let agi_var = format!("VOICE_OTP_AGI=agi://{}/otp", daemon.agi);
-    assert_eq!(originate.get_all("Variable"), vec![agi_var.as_str()]);
+    // The call id also rides on the INVITE ([dial] call_id_header), for the
+    // far end's logs - and the sandbox phone's recording names.
+    let header_var = format!("PJSIP_HEADER(add,X-Voice-OTP-Call)={call_id}");
+    assert_eq!(originate.get_all("Variable"), vec![agi_var.as_str(), header_var.as_str()]);
 
     // POST form works the same; other number forms normalise to one number.
     for number in ["%2B923001234567", "00923001234567", "923001234567", "3001234567"] {
