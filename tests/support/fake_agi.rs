@@ -1,12 +1,16 @@
 //! Plays Asterisk's side of a FastAGI session against the daemon: the
 //! request block for a call id, then `200 result=0` to every command (a
-//! playback also gets `endpos=`), until the daemon hangs up or closes.
+//! playback also gets `endpos=`), until the daemon hangs up or closes - or
+//! the scripted callee hangs up or presses a key first ([`Callee`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// How long the fake channel waits for the daemon's next command.
+const COMMAND_WAIT: Duration = Duration::from_secs(20);
 
 /// The request block Asterisk sends for channel `uniqueid` (our call id).
 pub fn request_block(agi: SocketAddr, uniqueid: &str) -> String {
@@ -16,19 +20,54 @@ pub fn request_block(agi: SocketAddr, uniqueid: &str) -> String {
     )
 }
 
-/// Runs one answered call's session; returns the commands the daemon sent.
+/// What the scripted callee does besides listening.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Callee<'a> {
+    /// Hangs up after this many commands: the next one gets Asterisk's
+    /// `HANGUP` line and a 511, as on a dead channel.
+    pub hang_up_after: Option<usize>,
+    /// Presses the key in reply to the first command starting with the
+    /// prefix (Asterisk answers with the key's ASCII code).
+    pub press: Option<(&'a str, char)>,
+}
+
+/// Runs one answered call's session with a callee who only listens;
+/// returns the commands the daemon sent.
 pub async fn answered_call(agi: SocketAddr, uniqueid: &str) -> Vec<String> {
+    session(agi, uniqueid, Callee::default()).await
+}
+
+/// Runs one answered call's session with `callee`; returns the commands
+/// the daemon sent, in order.
+pub async fn session(agi: SocketAddr, uniqueid: &str, callee: Callee<'_>) -> Vec<String> {
+    let mut press = callee.press;
     let stream = TcpStream::connect(agi).await.expect("connect FastAGI");
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     write.write_all(request_block(agi, uniqueid).as_bytes()).await.expect("send request block");
     let mut commands = Vec::new();
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
-        let reply: &[u8] =
-            if line.starts_with("STREAM FILE") { b"200 result=0 endpos=4000\n" } else { b"200 result=0\n" };
-        let hangup = line == "HANGUP";
-        commands.push(line);
-        if write.write_all(reply).await.is_err() || hangup {
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(COMMAND_WAIT, lines.next_line()).await {
+        commands.push(line.clone());
+        if callee.hang_up_after.is_some_and(|n| commands.len() > n) {
+            // The channel is gone: Asterisk says HANGUP, then 511 to the command.
+            let _ =
+                write.write_all(b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n").await;
+            continue;
+        }
+        let reply = match press {
+            Some((prefix, key)) if line.starts_with(prefix) => {
+                press = None;
+                format!("200 result={} endpos=2000\n", key as u32)
+            }
+            _ if line.starts_with("STREAM FILE") => "200 result=0 endpos=4000\n".to_owned(),
+            _ => "200 result=0\n".to_owned(),
+        };
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            break;
+        }
+        if line == "HANGUP" {
+            // As observed: Asterisk reports the hang-up it was asked for, too.
+            let _ = write.write_all(b"HANGUP\n").await;
             break;
         }
     }
