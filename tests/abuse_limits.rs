@@ -5,25 +5,15 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::daemon::{Daemon, TempDir, add_user, write_config, write_config_with_http};
-use support::fake_ami::{FakeAmi, FakeScript};
+use support::daemon::Daemon;
+use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::harness::{Home, PASSWORD, Setup, assert_each_dialled_once};
 use support::http::{self, Response};
 
-const PASSWORD: &str = "correct-horse-9";
-
-async fn setup(name: &str, extra: &str) -> (TempDir, FakeAmi, Daemon) {
-    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
-    let dir = TempDir::new(name);
-    let config = write_config(&dir.0, fake.addr(), extra);
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        add_user(&config, "acme2", PASSWORD);
-        Daemon::start(&config)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
-    (dir, fake, daemon)
+/// Every call the fake sees ends at once (busy), so a test can wait for all
+/// of them to end and then count the Originates - nothing is still on its way.
+async fn setup(name: &str, extra: &str) -> (Home, FakeAmi, Daemon) {
+    Setup::new(name).user("acme2", PASSWORD).config(extra).fake(FakeScript::outcome(OriginateOutcome::busy())).await
 }
 
 fn seed(daemon: &Daemon, number: &str, user: &str, password: &str) -> Response {
@@ -37,7 +27,7 @@ fn seed_from(daemon: &Daemon, number: &str, user: &str, password: &str, forwarde
         "GET /outbound.cgi?number={number}&code=482915&username={user}&password={password} HTTP/1.1\r\n\
          Host: test\r\nConnection: close\r\n{forwarded}\r\n"
     );
-    tokio::task::block_in_place(|| http::raw(daemon.http, request.as_bytes()))
+    support::blocking(|| http::raw(daemon.http, request.as_bytes()))
 }
 
 /// A 429 naming `limit`, with a Retry-After of 1..=`max_secs` seconds.
@@ -52,16 +42,15 @@ fn assert_limited(resp: &Response, limit: &str, max_secs: u64) {
     assert!((1..=max_secs).contains(&retry), "Retry-After {retry}");
 }
 
-/// Settles, then checks exactly `n` Originates reached Asterisk.
-async fn assert_originates(fake: &FakeAmi, n: usize) {
-    assert!(fake.wait_for_count("Originate", n, Duration::from_secs(10)).await, "{:?}", fake.actions());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.count("Originate"), n, "{:?}", fake.actions());
+/// Exactly `n` calls were stored, and each - nothing else - was dialled once.
+fn assert_originates(daemon: &Daemon, fake: &FakeAmi, n: usize) {
+    let stored = assert_each_dialled_once(daemon, fake);
+    assert_eq!(stored.len(), n, "calls stored: {stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_gets_three_calls_per_window_even_across_a_restart() {
-    let (dir, fake, daemon) = setup("number-quota", "").await;
+    let (home, fake, daemon) = setup("number-quota", "").await;
     for user in ["acme1", "acme2", "acme1"] {
         let resp = seed(&daemon, "03001234567", user, PASSWORD);
         assert_eq!(resp.status, 200, "{}", resp.body);
@@ -73,34 +62,32 @@ async fn a_number_gets_three_calls_per_window_even_across_a_restart() {
         assert!(resp.body.contains("3 calls per 600 s"), "{}", resp.body);
     }
     assert_eq!(seed(&daemon, "03001234568", "acme1", PASSWORD).status, 200, "another number is free");
-    assert_originates(&fake, 4).await;
+    assert_originates(&daemon, &fake, 4);
 
     // The count comes from the stored calls: a restart does not reset it.
     drop(daemon);
-    let config = dir.0.join("voice-otp.toml");
-    let daemon = tokio::task::block_in_place(|| Daemon::start(&config));
+    let daemon = home.start();
     assert_limited(&seed(&daemon, "03001234567", "acme1", PASSWORD), "limits.number_calls_per_window", 600);
-    let calls = tokio::task::block_in_place(|| support::daemon::cli(&config, &["call", "list"], ""));
-    assert_eq!(calls.1.lines().count(), 4, "refused requests store no call: {}", calls.1);
+    assert_eq!(daemon.stored_calls().len(), 4, "refused requests store no call: {:?}", daemon.stored_calls());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_gets_its_daily_quota() {
     let extra = "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 2\n";
-    let (_dir, fake, daemon) = setup("number-day", extra).await;
+    let (_home, fake, daemon) = setup("number-day", extra).await;
     for _ in 0..2 {
         assert_eq!(seed(&daemon, "03001234567", "acme1", PASSWORD).status, 200);
     }
     let resp = seed(&daemon, "03001234567", "acme1", PASSWORD);
     assert_limited(&resp, "limits.number_calls_per_day", 86_400);
     assert!(resp.body.contains("2 calls per day"), "{}", resp.body);
-    assert_originates(&fake, 2).await;
+    assert_originates(&daemon, &fake, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_gets_a_number_of_requests_per_minute() {
     let extra = "[limits]\nuser_requests_per_minute = 3\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
-    let (_dir, fake, daemon) = setup("user-rate", extra).await;
+    let (_home, fake, daemon) = setup("user-rate", extra).await;
     for _ in 0..3 {
         assert_eq!(seed(&daemon, "03001234567", "acme1", PASSWORD).status, 200);
     }
@@ -108,13 +95,13 @@ async fn a_user_gets_a_number_of_requests_per_minute() {
     assert_limited(&resp, "limits.user_requests_per_minute", 60);
     assert!(resp.body.contains("3 requests per minute"), "{}", resp.body);
     assert_eq!(seed(&daemon, "03001234567", "acme2", PASSWORD).status, 200, "other users are not slowed");
-    assert_originates(&fake, 4).await;
+    assert_originates(&daemon, &fake, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_toll_fraud_guard_refuses_other_countries() {
     let extra = "[phone]\nallowed_prefixes = [\"+4420\"]\n";
-    let (_dir, fake, daemon) = setup("fraud", extra).await;
+    let (_home, fake, daemon) = setup("fraud", extra).await;
     // Premium-rate and foreign destinations, well-formed and valid.
     for (number, country) in [("%2B441612345678", "GB"), ("00881612345678", ""), ("%2B12125550123", "US")] {
         let resp = seed(&daemon, number, "acme1", PASSWORD);
@@ -129,24 +116,18 @@ async fn the_toll_fraud_guard_refuses_other_countries() {
     // The default country and the listed prefix go through.
     assert_eq!(seed(&daemon, "03001234567", "acme1", PASSWORD).status, 200);
     assert_eq!(seed(&daemon, "%2B442079460123", "acme1", PASSWORD).status, 200);
-    assert_originates(&fake, 2).await;
+    assert_originates(&daemon, &fake, 2);
     assert!(fake.actions().iter().filter(|a| a.is("Originate")).all(|a| !a.get("Channel").unwrap().contains("1612")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_lock_the_name_then_the_address() {
-    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
-    let dir = TempDir::new("lockout");
-    let config = write_config_with_http(
-        &dir.0,
-        fake.addr(),
-        "trusted_proxies = [\"127.0.0.1\"]\n",
-        "[limits]\nlogin_failures_per_user = 3\nlogin_failures_per_ip = 5\n",
-    );
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        Daemon::start(&config)
-    });
+    let (_home, fake, daemon) = Setup::new("lockout")
+        .user("acme2", PASSWORD)
+        .http_keys("trusted_proxies = [\"127.0.0.1\"]\n")
+        .config("[limits]\nlogin_failures_per_user = 3\nlogin_failures_per_ip = 5")
+        .fake(FakeScript::outcome(OriginateOutcome::busy()))
+        .await;
 
     let client = Some("198.51.100.7");
     for _ in 0..3 {
@@ -164,8 +145,10 @@ async fn failed_logins_lock_the_name_then_the_address() {
     assert_limited(&resp, "limits.login_failures_per_ip", 900);
     // Another address is not locked.
     assert_eq!(seed_from(&daemon, "03001234567", "nobody3", "x", Some("203.0.113.9")).status, 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.count("Originate"), 0, "{:?}", fake.actions());
+    // Another user from another address gets through: the one call placed.
+    let resp = seed_from(&daemon, "03001234567", "acme2", PASSWORD, Some("192.0.2.44"));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_originates(&daemon, &fake, 1);
     let logs = daemon.logs();
     assert!(!logs.contains(PASSWORD) && !logs.contains("wrong-one"), "passwords in logs:\n{logs}");
 }

@@ -6,34 +6,23 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::daemon::{Daemon, cli};
 use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::harness::{Home, NO_NUMBER_QUOTAS, PASSWORD, Setup, assert_each_dialled_once};
 use support::http::{self, Response};
 use support::webhook_receiver::Receiver;
-
-const PASSWORD: &str = "correct-horse-9";
 
 /// Test config: fast webhook retries, loopback receivers allowed.
 const WEBHOOKS: &str =
     "[webhooks]\ndeny_private = false\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n";
 
-/// For tests that call one number more than `limits.number_calls_per_window` (3) times.
-const NO_NUMBER_QUOTAS: &str = "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
-
-async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon, String) {
-    let fake =
-        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
-    let dir = TempDir::new(name);
-    let config = write_config(&dir.0, fake.addr(), &format!("{WEBHOOKS}{extra}"));
-    let (daemon, secret) = tokio::task::block_in_place(|| {
-        let (ok, out, err) = cli(&config, &["user", "add", "acme1", "--password-stdin"], &format!("{PASSWORD}\n"));
-        assert!(ok, "{err}");
-        let secret = out.lines().find_map(|l| l.strip_prefix("webhook_secret=")).expect("secret shown").to_owned();
-        add_user(&config, "other1", PASSWORD);
-        (Daemon::start(&config), secret)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
-    (dir, fake, daemon, secret)
+/// A daemon on a fake AMI with users `acme1` and `other1`; also returns
+/// `acme1`'s webhook secret.
+async fn setup(name: &str, script: FakeScript, extra: &str) -> (Home, FakeAmi, Daemon, String) {
+    let (home, fake, daemon) =
+        Setup::new(name).user("other1", PASSWORD).config(WEBHOOKS).config(extra).fake(script).await;
+    let secret = home.user("acme1").webhook_secret.clone();
+    (home, fake, daemon, secret)
 }
 
 fn api(daemon: &Daemon, method: &str, target: &str, json: Option<&str>) -> Response {
@@ -65,12 +54,8 @@ async fn wait_status(daemon: &Daemon, id: &str, status: &str) -> serde_json::Val
 async fn create_show_list_and_errors_name_the_field() {
     // Five calls to one number: its quotas (3 per 10 min) are off here and
     // tested on their own below.
-    let (_dir, fake, daemon, _) = setup(
-        "v1-basics",
-        FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() },
-        NO_NUMBER_QUOTAS,
-    )
-    .await;
+    let (_home, fake, daemon, _) =
+        setup("v1-basics", FakeScript::outcome(OriginateOutcome::busy()), NO_NUMBER_QUOTAS).await;
     let resp = api(
         &daemon,
         "POST",
@@ -101,8 +86,6 @@ async fn create_show_list_and_errors_name_the_field() {
     // Listing: newest first, paginated, filtered, per user.
     let mut ids = vec![id.clone()];
     for _ in 0..4 {
-        // "Newest" is to the millisecond: keep creation times apart.
-        tokio::time::sleep(Duration::from_millis(3)).await;
         ids.push(create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();
@@ -115,11 +98,22 @@ async fn create_show_list_and_errors_name_the_field() {
             None => break,
         }
     }
-    ids.reverse();
-    assert_eq!(seen, ids, "newest first, each once");
+    // Newest first by creation time, ties (the same millisecond) by id -
+    // the order of the stored times, not of the requests: no test can
+    // make the clock tick between two requests.
+    let conn = rusqlite::Connection::open(daemon.db_path()).unwrap();
+    let mut newest_first: Vec<(i64, String)> = ids
+        .iter()
+        .map(|id| {
+            (conn.query_row("SELECT created_at FROM calls WHERE id = ?1", [id], |r| r.get(0)).unwrap(), id.clone())
+        })
+        .collect();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    let newest_first: Vec<String> = newest_first.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(seen, newest_first, "newest first, each once");
     let empty = api_as(&daemon, "other1", "GET", "/v1/calls", None).json();
     assert_eq!(empty["calls"].as_array().unwrap().len(), 0);
-    for later in &ids[..4] {
+    for later in &ids[1..] {
         wait_status(&daemon, later, "failed").await;
     }
     let failed = api(&daemon, "GET", "/v1/calls?status=failed&limit=100", None).json();
@@ -190,15 +184,14 @@ async fn create_show_list_and_errors_name_the_field() {
     let resp =
         tokio::task::block_in_place(|| http::with_basic(daemon.http, "DELETE", "/v1/calls", "acme1", PASSWORD, None));
     assert_eq!((resp.status, resp.header("allow")), (405, Some("GET, POST")));
-    // The refused requests above placed no call: five good ones, five Originates.
-    assert_eq!(fake.count("Originate"), 5);
+    // The refused requests above placed no call: five good ones, all ended,
+    // and each of them - no other - was dialled once.
+    assert_eq!(assert_each_dialled_once(&daemon, &fake), ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
-    let (_dir, fake, daemon, _) =
-        setup("v1-cancel", FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() }, "")
-            .await;
+    let (_home, fake, daemon, _) = setup("v1-cancel", FakeScript::outcome(OriginateOutcome::Silent), "").await;
     let id = create(&daemon, r#"{"number":"03001234567","code":"482915"}"#)["id"].as_str().unwrap().to_owned();
     wait_status(&daemon, &id, "dialing").await;
     fake.emit_event(&[
@@ -219,6 +212,8 @@ async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
     let hangup = fake.wait_for_action("Hangup", Duration::from_secs(10)).await.expect("a Hangup action");
     assert_eq!(hangup.get("Channel"), Some(id.as_str()));
     // Asterisk's late events do not revive it, and a second cancel is a conflict.
+    let barrier = create(&daemon, r#"{"number":"03001234567","code":"482915"}"#)["id"].as_str().unwrap().to_owned();
+    wait_status(&daemon, &barrier, "dialing").await;
     fake.emit_event(&[
         ("Event", "Hangup"),
         ("Privilege", "call,all"),
@@ -228,7 +223,17 @@ async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
     ]);
     let again = api(&daemon, "POST", &format!("/v1/calls/{id}/cancel"), None);
     assert_eq!((again.status, again.header("content-type")), (409, Some("application/problem+json")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The daemon follows events one at a time, in order: once the next
+    // event (another call ringing) has shown, the Hangup has been dealt with.
+    fake.emit_event(&[
+        ("Event", "Newstate"),
+        ("Privilege", "call,all"),
+        ("Channel", "PJSIP/carrier-00000002"),
+        ("ChannelState", "5"),
+        ("ChannelStateDesc", "Ringing"),
+        ("Uniqueid", &barrier),
+    ]);
+    wait_status(&daemon, &barrier, "ringing").await;
     let call = api(&daemon, "GET", &format!("/v1/calls/{id}"), None).json();
     assert_eq!(call["status"], "canceled");
     assert!(call["ring_duration_ms"].as_i64().is_some_and(|d| d >= 0), "{call}");
@@ -236,7 +241,7 @@ async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_not_dialled_before_its_deadline_expires() {
-    let (_dir, fake, daemon, _) = setup("v1-expire", FakeScript::default(), "[dial]\ndeadline_secs = 1\n").await;
+    let (_home, fake, daemon, _) = setup("v1-expire", FakeScript::for_daemon(), "[dial]\ndeadline_secs = 1\n").await;
     // Asterisk unreachable: calls wait in the queue, then expire undialled.
     fake.stop();
     for _ in 0..2 {
@@ -248,9 +253,7 @@ async fn a_call_not_dialled_before_its_deadline_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_in_order_and_retried_after_failures() {
-    let (_dir, _fake, daemon, secret) =
-        setup("v1-hooks", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "")
-            .await;
+    let (_home, _fake, daemon, secret) = setup("v1-hooks", FakeScript::outcome(OriginateOutcome::busy()), "").await;
     // The receiver fails the first two attempts.
     let receiver = Receiver::start(&[500, 503]);
     let call = create(
@@ -296,12 +299,13 @@ async fn webhooks_are_signed_in_order_and_retried_after_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_webhooks_survive_a_restart_and_defaults_come_from_the_user() {
-    let (dir, _fake, mut daemon, secret) =
-        setup("v1-restart", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "")
-            .await;
-    // Pick a port, then close it: deliveries fail until the receiver exists.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}/default");
+    let (home, _fake, mut daemon, secret) =
+        setup("v1-restart", FakeScript::outcome(OriginateOutcome::busy()), "").await;
+    // The receiver is "down" (503 to everything) until the restart; it keeps
+    // its port meanwhile, so no other process can take it.
+    let receiver = Receiver::start(&[]);
+    receiver.answer_all(Some(503));
+    let url = receiver.url("default");
     let (ok, out, err) =
         tokio::task::block_in_place(|| cli(&daemon.config, &["user", "webhook", "acme1", "--url", &url], ""));
     assert!(ok && out.contains(&url), "{out} {err}");
@@ -311,27 +315,31 @@ async fn pending_webhooks_survive_a_restart_and_defaults_come_from_the_user() {
         let status = daemon.terminate().expect("daemon stops on SIGTERM");
         assert!(status.success(), "{status:?}");
     });
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
-    let receiver = Receiver::start_on(listener, &[]);
-    let config = dir.0.join("voice-otp.toml");
-    let _restarted = tokio::task::block_in_place(|| Daemon::start(&config));
-    let failed =
-        tokio::task::block_in_place(|| receiver.wait_for(Duration::from_secs(30), |r| r.json()["status"] == "failed"));
+    let before = receiver.received();
+    assert!(before.iter().all(|r| r.answered == 503), "delivered before the restart: {before:?}");
+    receiver.answer_all(None);
+    let _restarted = home.start();
+    let failed = tokio::task::block_in_place(|| {
+        receiver.wait_for(Duration::from_secs(30), |r| r.answered == 200 && r.json()["status"] == "failed")
+    });
     assert!(failed.signed_with(&secret));
-    let statuses: Vec<String> =
-        receiver.received().iter().map(|r| r.json()["status"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(statuses, ["dialing", "failed"]);
+    let delivered: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| r.json()["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ["dialing", "failed"], "each change delivered once, in order, by the restarted daemon");
     drop(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
-    let (dir, _fake, mut first, _) =
-        setup("v1-ops", FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() }, "").await;
+    let (home, _fake, mut first, _) = setup("v1-ops", FakeScript::outcome(OriginateOutcome::busy()), "").await;
     // A call that ended 40 days ago, put there while the daemon is down:
     // housekeeping runs at start (then every minute) and must remove it.
     tokio::task::block_in_place(|| first.terminate());
-    let db = dir.0.join("test.db");
+    let db = home.db();
     let old = "0123456789abcdef0123456789abcdef";
     let forty_days_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
         as i64)
@@ -343,7 +351,7 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
             rusqlite::params![old, forty_days_ago],
         )
         .unwrap();
-    let daemon = tokio::task::block_in_place(|| Daemon::start(&dir.0.join("voice-otp.toml")));
+    let daemon = home.start();
     let fresh = create(&daemon, r#"{"number":"03001234567","code":"1234"}"#)["id"].as_str().unwrap().to_owned();
     wait_status(&daemon, &fresh, "failed").await;
 
@@ -386,8 +394,8 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_apis_limits_apply_as_problems() {
     let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user = 2\n";
-    let busy = FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() };
-    let (_dir, fake, daemon, _) = setup("v1-limits", busy, extra).await;
+    let busy = FakeScript::outcome(OriginateOutcome::busy());
+    let (_home, fake, daemon, _) = setup("v1-limits", busy, extra).await;
     let limited = |resp: &Response, rule: &str| {
         assert_eq!(
             (resp.status, resp.header("content-type")),
@@ -439,7 +447,8 @@ async fn the_seed_apis_limits_apply_as_problems() {
     }
     limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user");
 
-    assert!(fake.wait_for_count("Originate", 4, Duration::from_secs(10)).await, "{:?}", fake.actions());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.count("Originate"), 4, "three calls of acme1, one of other1: {:?}", fake.actions());
+    // Once every stored call has ended (busy), nothing is on its way: the
+    // four stored - three of acme1, one of other1 - are all that was dialled.
+    let stored = assert_each_dialled_once(&daemon, &fake);
+    assert_eq!(stored.len(), 4, "three calls of acme1, one of other1: {stored:?}");
 }

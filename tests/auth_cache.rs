@@ -7,8 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
-use support::fake_ami::{FakeAmi, FakeScript};
+use support::daemon::{Daemon, cli};
+use support::fake_ami::FakeScript;
+use support::harness::{NO_NUMBER_QUOTAS, Setup};
 use support::http;
 
 fn seed(password: &str) -> String {
@@ -30,15 +31,12 @@ fn logged(daemon: &Daemon, needle: &str, expected: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_changes_while_serving_count_at_once() {
-    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
-    let dir = TempDir::new("auth-cache");
     // One number is dialled many times: its quotas are tests/abuse_limits.rs's subject.
-    let config = write_config(&dir.0, fake.addr(), "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n");
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", "old-pass-1");
-        Daemon::start(&config)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
+    let (_home, _fake, daemon) = Setup::new("auth-cache")
+        .user("acme1", "old-pass-1")
+        .config(NO_NUMBER_QUOTAS)
+        .fake(FakeScript::for_daemon())
+        .await;
 
     assert_eq!(status(&daemon, "old-pass-1"), 200);
     assert_eq!(status(&daemon, "old-pass-1"), 200);

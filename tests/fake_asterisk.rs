@@ -5,130 +5,51 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
-use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
-use support::fake_agi;
+use support::daemon::Daemon;
+use support::fake_agi::{self, Callee};
 use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
-use support::http;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 
-const PASSWORD: &str = "correct-horse-9";
-
-async fn setup(name: &str, script: FakeScript) -> (TempDir, FakeAmi, Daemon) {
-    let fake =
-        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
-    let dir = TempDir::new(name);
-    // Short pauses: these tests look at the order of commands, not at pacing.
-    // These tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
-    let config = write_config(
-        &dir.0,
-        fake.addr(),
-        "[call]\nanswer_pause_ms = 10\ndigit_pause_ms = 10\nreading_pause_ms = 10\n\n\
-         [limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n",
-    );
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        Daemon::start(&config)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
-    (dir, fake, daemon)
-}
-
-fn place_call(daemon: &Daemon, number: &str, code: &str) -> String {
-    let target = format!("/outbound.cgi?number={number}&code={code}&username=acme1&password={PASSWORD}");
-    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.json_field("call_id").expect("call_id")
+/// A daemon on a fake AMI: short pauses (these tests look at the order of
+/// commands, not at pacing) and no quotas (they dial one number many times).
+async fn setup(name: &str, script: FakeScript) -> (Home, FakeAmi, Daemon) {
+    Setup::new(name).config(FAST_FLOW).config(NO_NUMBER_QUOTAS).fake(script).await
 }
 
 fn final_call(daemon: &Daemon, id: &str) -> std::collections::HashMap<String, String> {
-    tokio::task::block_in_place(|| daemon.wait_final(id, Duration::from_secs(20)))
+    daemon.wait_final(id, Duration::from_secs(20))
 }
 
 fn stored_code(daemon: &Daemon, id: &str) -> Option<String> {
-    let db = daemon.config.parent().unwrap().join("test.db");
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let conn = rusqlite::Connection::open(daemon.db_path()).unwrap();
     conn.query_row("SELECT code FROM calls WHERE id = ?1", [id], |r| r.get(0)).unwrap()
 }
 
-/// Plays Asterisk's side of a FastAGI session on the channel the daemon
-/// originated for call `uniqueid`: sends the request block, answers the
-/// token question with the token that call's Originate carried (none for a
-/// call never originated), every other command with `200 result=0`, and
-/// after `hang_up_after` commands sends `HANGUP` instead. Returns the
-/// commands after the token question, which it checks came first.
+/// A FastAGI session on the channel the daemon originated for call
+/// `uniqueid`, whose callee listens, and hangs up after `hang_up_after` of
+/// the flow's commands if given. Returns the flow's commands.
 async fn agi_session(fake: &FakeAmi, agi: SocketAddr, uniqueid: &str, hang_up_after: Option<usize>) -> Vec<String> {
-    agi_session_pressing(fake, agi, uniqueid, hang_up_after, None).await
+    flow_session(fake, agi, uniqueid, Callee { hang_up_after, ..Callee::default() }).await
 }
 
-/// [`agi_session`], where the callee presses `key` in reply to the first
-/// command starting with `prefix` (Asterisk answers the key's ASCII code).
-async fn agi_session_pressing(
-    fake: &FakeAmi,
-    agi: SocketAddr,
-    uniqueid: &str,
-    hang_up_after: Option<usize>,
-    press: Option<(&str, char)>,
-) -> Vec<String> {
+/// A session with `callee` on the channel the daemon originated for call
+/// `uniqueid`: it carries that Originate's token (`callee.token` is
+/// ignored) and `hang_up_after` counts the flow's commands. Checks that the
+/// token question came first and returns the commands after it.
+async fn flow_session(fake: &FakeAmi, agi: SocketAddr, uniqueid: &str, callee: Callee<'_>) -> Vec<String> {
     let token = fake.wait_agi_token(uniqueid, Duration::from_secs(10)).await;
     assert!(token.is_some(), "no Originate for {uniqueid}");
-    let commands = raw_agi_session(agi, uniqueid, token.as_deref(), hang_up_after.map(|n| n + 1), press).await;
+    let callee = Callee { token: token.as_deref(), hang_up_after: callee.hang_up_after.map(|n| n + 1), ..callee };
+    let commands = fake_agi::session(agi, uniqueid, callee).await;
     assert_eq!(commands.first().map(String::as_str), Some(fake_agi::ASK_TOKEN), "the token comes first: {commands:?}");
     commands[1..].to_vec()
 }
 
-/// A FastAGI session on a channel carrying `token` (a real one, a forged
-/// one or none); returns every command the daemon sent.
-async fn raw_agi_session(
-    agi: SocketAddr,
-    uniqueid: &str,
-    token: Option<&str>,
-    hang_up_after: Option<usize>,
-    press: Option<(&str, char)>,
-) -> Vec<String> {
-    let mut press = press;
-    let stream = TcpStream::connect(agi).await.expect("connect FastAGI");
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let block = format!(
-        "agi_network: yes\nagi_network_script: otp\nagi_request: agi://{agi}/otp\nagi_channel: PJSIP/carrier-00000001\n\
-         agi_language: en\nagi_uniqueid: {uniqueid}\nagi_callerid: unknown\n\n"
-    );
-    write.write_all(block.as_bytes()).await.unwrap();
-    let mut commands = Vec::new();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
-        let Ok(Ok(Some(line))) = next else { break };
-        commands.push(line.clone());
-        if hang_up_after.is_some_and(|n| commands.len() > n) {
-            // The channel is gone: Asterisk says HANGUP, then 511 to the command.
-            let _ =
-                write.write_all(b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n").await;
-            continue;
-        }
-        let reply = match press {
-            _ if line == fake_agi::ASK_TOKEN => fake_agi::token_reply(token),
-            Some((prefix, key)) if line.starts_with(prefix) => {
-                press = None;
-                format!("200 result={} endpos=2000\n", key as u32)
-            }
-            _ if line.starts_with("STREAM FILE") => "200 result=0 endpos=4000\n".to_owned(),
-            _ => "200 result=0\n".to_owned(),
-        };
-        if write.write_all(reply.as_bytes()).await.is_err() {
-            break;
-        }
-        if fake_agi::is_hangup(&line) {
-            let _ = write.write_all(b"HANGUP\n").await;
-            break;
-        }
-    }
-    commands
-}
+/// How every session that ends normally ends.
+const HANG_UP: &str = "EXEC Hangup \"16\"";
 
 fn played(commands: &[String]) -> Vec<&str> {
     commands.iter().filter_map(|c| c.strip_prefix("STREAM FILE ")).map(|c| c.split(' ').next().unwrap()).collect()
@@ -136,7 +57,7 @@ fn played(commands: &[String]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_end_with_the_reason_the_hangup_cause_gives() {
-    let (_dir, fake, daemon) = setup("outcomes", FakeScript::default()).await;
+    let (_home, fake, daemon) = setup("outcomes", FakeScript::for_daemon()).await;
     let cases = [
         (OriginateOutcome::busy(), "busy", "17"),
         (OriginateOutcome::no_answer(), "no_answer", "19"),
@@ -146,7 +67,7 @@ async fn failures_end_with_the_reason_the_hangup_cause_gives() {
     ];
     for (outcome, reason, cause) in cases {
         fake.update_script(|s| s.originate_outcome = outcome.clone());
-        let id = place_call(&daemon, "03001234567", "482915");
+        let id = daemon.seed_call("03001234567", "482915");
         let call = final_call(&daemon, &id);
         assert_eq!(call["status"], "failed", "{reason}: {call:?}");
         assert_eq!(call["reason"], reason, "{call:?}");
@@ -158,8 +79,8 @@ async fn failures_end_with_the_reason_the_hangup_cause_gives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_call_hears_the_code_twice_over_fastagi() {
-    let (_dir, fake, daemon) = setup("answered", FakeScript::default()).await;
-    let id = place_call(&daemon, "03001234567", "482915");
+    let (_home, fake, daemon) = setup("answered", FakeScript::for_daemon()).await;
+    let id = daemon.seed_call("03001234567", "482915");
     // While the call is live the code is stored, for the FastAGI session.
     assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"));
     let commands = agi_session(&fake, daemon.agi, &id, None).await;
@@ -172,7 +93,7 @@ async fn an_answered_call_hears_the_code_twice_over_fastagi() {
     expected.extend(digits);
     expected.extend(["voice-otp/press1", "voice-otp/goodbye"]);
     assert_eq!(played(&commands), expected);
-    assert_eq!(commands.last().map(String::as_str), Some("EXEC Hangup \"16\""));
+    assert_eq!(commands.last().map(String::as_str), Some(HANG_UP));
     let call = final_call(&daemon, &id);
     assert_eq!(call["status"], "completed", "{call:?}");
     assert_eq!(call["readings"], "2");
@@ -182,95 +103,30 @@ async fn an_answered_call_hears_the_code_twice_over_fastagi() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_finished_calls_are_hung_up_with_nothing_played() {
-    let (_dir, fake, daemon) = setup("unknown", FakeScript::default()).await;
-    let hang_up = "EXEC Hangup \"16\"";
+    let (_home, fake, daemon) = setup("unknown", FakeScript::for_daemon()).await;
+    let forged = Callee { token: Some("0123456789abcdef0123456789abcdef"), ..Callee::default() };
     // Not a call id of ours: hung up at once, not even asked for a token.
     for uniqueid in ["1700000000.42", ""] {
-        let commands = raw_agi_session(daemon.agi, uniqueid, Some("x"), None, None).await;
-        assert_eq!(commands, [hang_up], "uniqueid {uniqueid:?}");
+        let commands = fake_agi::session(daemon.agi, uniqueid, forged).await;
+        assert_eq!(commands, [HANG_UP], "uniqueid {uniqueid:?}");
     }
     // A well-formed id of no call: asked for its token, then hung up.
-    let commands = raw_agi_session(daemon.agi, "0123456789abcdef0123456789abcdef", Some("x"), None, None).await;
-    assert_eq!(commands, [fake_agi::ASK_TOKEN, hang_up]);
+    let commands = fake_agi::session(daemon.agi, "0123456789abcdef0123456789abcdef", forged).await;
+    assert_eq!(commands, [fake_agi::ASK_TOKEN, HANG_UP]);
     // A call that already ended: a second session with its very token gets
     // nothing either.
-    let id = place_call(&daemon, "03001234567", "482915");
+    let id = daemon.seed_call("03001234567", "482915");
     let first = agi_session(&fake, daemon.agi, &id, None).await;
     assert_eq!(played(&first).len(), 16);
     final_call(&daemon, &id);
     let again = agi_session(&fake, daemon.agi, &id, None).await;
-    assert_eq!(again, [hang_up]);
-}
-
-/// Issue 10, attack 1, with a scripted Asterisk: a local process that knows
-/// the call id but not the token gets nothing played, leaves the call as it
-/// was, and the real channel's session then reads the code.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
-    let (_dir, fake, daemon) = setup("impostor", FakeScript::default()).await;
-    let id = place_call(&daemon, "03001234567", "482915");
-    assert!(fake.wait_for_action("Originate", Duration::from_secs(10)).await.is_some());
-    let real = fake.agi_token(&id).expect("the Originate carries a token");
-    assert_eq!(real.len(), 32, "128 random bits in hex");
-    let forged = "0".repeat(32);
-    let before = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
-    for token in [None, Some(""), Some(forged.as_str()), Some(&real[..31])] {
-        let commands = raw_agi_session(daemon.agi, &id, token, None, None).await;
-        assert_eq!(commands, [fake_agi::ASK_TOKEN, "EXEC Hangup \"16\""], "token {token:?}");
-    }
-    let refused = tokio::task::block_in_place(|| daemon.logged("FastAGI session refused", 4, Duration::from_secs(10)));
-    assert_eq!(refused, 4, "each impostor is logged:\n{}", daemon.logs());
-    let logs = daemon.logs();
-    assert!(logs.contains("peer=127.0.0.1"), "with the peer address:\n{logs}");
-    assert!(!logs.contains(&real), "the token is never logged");
-    let after = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
-    assert_eq!(before, after, "the impostors changed nothing");
-    assert!(!["completed", "failed"].contains(&after["status"].as_str()), "{after:?}");
-    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"), "the code is still there");
-    let metrics = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics"));
-    assert!(
-        metrics.body.contains("voice_otp_agi_sessions_refused_total{reason=\"wrong_token\"} 2"),
-        "{}",
-        metrics.body
-    );
-    assert!(metrics.body.contains("voice_otp_agi_sessions_refused_total{reason=\"no_token\"} 2"), "{}", metrics.body);
-
-    // The real channel, answered now, hears the whole code.
-    let commands = agi_session(&fake, daemon.agi, &id, None).await;
-    assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 12, "{commands:?}");
-    let call = final_call(&daemon, &id);
-    assert_eq!(call["status"], "completed", "{call:?}");
-}
-
-/// A call never dialled (still queued: here, the AMI link never came up)
-/// cannot be read, whatever the peer says.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_call_is_never_served() {
-    // An AMI that refuses the daemon's login: nothing is ever dialled.
-    let fake = FakeAmi::start(FakeScript::with_credentials("someone-else", "not-ours")).await;
-    let dir = TempDir::new("queued-impostor");
-    let config = write_config(&dir.0, fake.addr(), "");
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        Daemon::start(&config)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await);
-    let id = place_call(&daemon, "03001234567", "482915");
-    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
-    assert_eq!(call["status"], "queued", "{call:?}");
-    for token in [None, Some("0123456789abcdef0123456789abcdef")] {
-        let commands = raw_agi_session(daemon.agi, &id, token, None, None).await;
-        assert_eq!(commands, [fake_agi::ASK_TOKEN, "EXEC Hangup \"16\""], "token {token:?}");
-    }
-    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
-    assert_eq!(call["status"], "queued", "{call:?}");
-    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"));
+    assert_eq!(again, [HANG_UP]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_up_before_one_full_reading_fails_the_call() {
-    let (_dir, fake, daemon) = setup("early-hangup", FakeScript::default()).await;
-    let id = place_call(&daemon, "03001234567", "482915");
+    let (_home, fake, daemon) = setup("early-hangup", FakeScript::for_daemon()).await;
+    let id = daemon.seed_call("03001234567", "482915");
     // Language, pause, intro, pause, then at the first digit the callee hangs up.
     let commands = agi_session(&fake, daemon.agi, &id, Some(4)).await;
     assert_eq!(commands.len(), 5, "nothing after the hang-up but its reply: {commands:?}");
@@ -280,7 +136,7 @@ async fn hanging_up_before_one_full_reading_fails_the_call() {
     assert_eq!(call["readings"], "0");
 
     // After one full reading, a hang-up still counts as delivered.
-    let id = place_call(&daemon, "03001234567", "482915");
+    let id = daemon.seed_call("03001234567", "482915");
     // Language, pause, intro, 6 x (pause, digit), pause: hang-up at "I repeat".
     let commands = agi_session(&fake, daemon.agi, &id, Some(3 + 2 * 6 + 1)).await;
     assert!(played(&commands).contains(&"voice-otp/repeat"));
@@ -291,9 +147,9 @@ async fn hanging_up_before_one_full_reading_fails_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_but_no_fastagi_session_is_a_system_error() {
-    let script = FakeScript { hangup_after_answer: Some(Duration::from_millis(200)), ..FakeScript::default() };
-    let (_dir, _fake, daemon) = setup("no-agi", script).await;
-    let id = place_call(&daemon, "03001234567", "482915");
+    let script = FakeScript { hangup_after_answer: Some(Duration::from_millis(200)), ..FakeScript::for_daemon() };
+    let (_home, _fake, daemon) = setup("no-agi", script).await;
+    let id = daemon.seed_call("03001234567", "482915");
     let call = final_call(&daemon, &id);
     assert_eq!(call["status"], "failed", "{call:?}");
     assert_eq!(call["reason"], "system_error");
@@ -303,16 +159,11 @@ async fn answered_but_no_fastagi_session_is_a_system_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_options_reach_the_channel_and_keys_are_kept() {
-    let (_dir, fake, daemon) = setup("options", FakeScript::default()).await;
+    let (home, fake, daemon) = setup("options", FakeScript::for_daemon()).await;
     // Urdu, and a 1 pressed at "press 1 to hear the code again": a third reading.
-    let target = format!(
-        "/outbound.cgi?number=03001234567&code=4821&username=acme1&password={PASSWORD}&language=ur&require_keypress=0"
-    );
-    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let id = resp.json_field("call_id").unwrap();
-    let commands =
-        agi_session_pressing(&fake, daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press1", '1'))).await;
+    let id = daemon.seed_call_with("03001234567", "4821", "&language=ur&require_keypress=0");
+    let press = Callee { press: Some(("STREAM FILE voice-otp/press1", '1')), ..Callee::default() };
+    let commands = flow_session(&fake, daemon.agi, &id, press).await;
     assert_eq!(commands[0], "SET VARIABLE CHANNEL(language) \"ur\"");
     assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 12);
     let call = final_call(&daemon, &id);
@@ -321,14 +172,11 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
     assert_eq!(call["keys"], "1");
 
     // The user's default turns voicemail-safe mode on; nobody presses a key.
-    let (ok, out, err) = tokio::task::block_in_place(|| {
-        cli(&daemon.config, &["user", "set", "acme1", "--require-keypress", "true"], "")
-    });
-    assert!(ok, "{out} {err}");
-    let (_, list, _) = tokio::task::block_in_place(|| cli(&daemon.config, &["user", "list"], ""));
+    home.cli(&["user", "set", "acme1", "--require-keypress", "true"]);
+    let list = home.cli(&["user", "list"]);
     let row: Vec<&str> = list.lines().find(|l| l.starts_with("acme1 ")).unwrap().split_whitespace().collect();
     assert_eq!(row[1..4], ["yes", "default", "true"], "{list}");
-    let id = place_call(&daemon, "03001234567", "4821");
+    let id = daemon.seed_call("03001234567", "4821");
     let commands = agi_session(&fake, daemon.agi, &id, None).await;
     assert!(played(&commands).iter().all(|p| !p.starts_with("digits/")), "{commands:?}");
     assert_eq!(played(&commands).iter().filter(|p| **p == "voice-otp/press_any_key").count(), 3);
@@ -338,12 +186,60 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
     assert_eq!(stored_code(&daemon, &id), None, "the code is erased");
 
     // A key at the first prompt: the code is read.
-    let id = place_call(&daemon, "03001234567", "4821");
-    let commands =
-        agi_session_pressing(&fake, daemon.agi, &id, None, Some(("STREAM FILE voice-otp/press_any_key", '#'))).await;
+    let id = daemon.seed_call("03001234567", "4821");
+    let press = Callee { press: Some(("STREAM FILE voice-otp/press_any_key", '#')), ..Callee::default() };
+    let commands = flow_session(&fake, daemon.agi, &id, press).await;
     assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 8);
     let call = final_call(&daemon, &id);
     assert_eq!((call["status"].as_str(), call["keys"].as_str()), ("completed", "#"), "{call:?}");
+}
+
+/// Issue 10, attack 1, with a scripted Asterisk: a local process that knows
+/// the call id but not the token gets nothing played, leaves the call as it
+/// was, and the real channel's session then reads the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
+    let (_home, fake, daemon) = setup("impostor", FakeScript::for_daemon()).await;
+    let id = daemon.seed_call("03001234567", "482915");
+    let real = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("the Originate carries a token");
+    assert_eq!(real.len(), 32, "128 random bits in hex");
+    let before = daemon.show(&id);
+    let forged = "0".repeat(32);
+    for token in [None, Some(""), Some(forged.as_str()), Some(&real[..31])] {
+        let commands = fake_agi::session(daemon.agi, &id, Callee { token, ..Callee::default() }).await;
+        assert_eq!(commands, [fake_agi::ASK_TOKEN, HANG_UP], "token {token:?}");
+    }
+    let refused = daemon.logged("FastAGI session refused", 4, Duration::from_secs(10));
+    assert_eq!(refused, 4, "each impostor is logged:\n{}", daemon.logs());
+    let logs = daemon.logs();
+    assert!(logs.contains("peer=127.0.0.1"), "with the peer address:\n{logs}");
+    assert!(!logs.contains(&real), "the token is never logged");
+    assert_eq!(before, daemon.show(&id), "the impostors changed nothing");
+    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"), "the code is still there");
+    let metrics = support::http::get(daemon.http, "/metrics").body;
+    assert!(metrics.contains("voice_otp_agi_sessions_refused_total{reason=\"wrong_token\"} 2"), "{metrics}");
+    assert!(metrics.contains("voice_otp_agi_sessions_refused_total{reason=\"no_token\"} 2"), "{metrics}");
+
+    // The real channel, answered now, hears the whole code.
+    let commands = agi_session(&fake, daemon.agi, &id, None).await;
+    assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 12, "{commands:?}");
+    assert_eq!(final_call(&daemon, &id)["status"], "completed");
+}
+
+/// A call never dialled (still queued: here the AMI refuses the daemon's
+/// login, so nothing is ever dialled) cannot be read, whatever the peer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_is_never_served() {
+    let (_home, _fake, daemon) =
+        Setup::new("queued-impostor").fake(FakeScript::with_credentials("someone-else", "not-ours")).await;
+    let id = daemon.seed_call("03001234567", "482915");
+    assert_eq!(daemon.show(&id)["status"], "queued");
+    for token in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let commands = fake_agi::session(daemon.agi, &id, Callee { token, ..Callee::default() }).await;
+        assert_eq!(commands, [fake_agi::ASK_TOKEN, HANG_UP], "token {token:?}");
+    }
+    assert_eq!(daemon.show(&id)["status"], "queued");
+    assert_eq!(stored_code(&daemon, &id).as_deref(), Some("482915"));
 }
 
 /// Review item 5: a call that shows `ringing` when its FastAGI session
@@ -351,9 +247,10 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
 /// canceled mid-reading, and the channel's later Hangup does not fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ringing_call_answered_over_fastagi_is_answered() {
-    let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() };
-    let (_dir, fake, daemon) = setup("ringing-answer", script).await;
-    let id = place_call(&daemon, "03001234567", "482915");
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::for_daemon() };
+    let (_home, fake, daemon) = setup("ringing-answer", script).await;
+    let id = daemon.seed_call("03001234567", "482915");
     let token = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("an Originate");
     fake.emit_event(&[
         ("Event", "Newstate"),
@@ -363,14 +260,10 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
         ("ChannelStateDesc", "Ringing"),
         ("Uniqueid", &id),
     ]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id))["status"] != "ringing" {
-        assert!(std::time::Instant::now() < deadline, "never ringing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_status(&id, "ringing", Duration::from_secs(10));
     // The session starts (no OriginateResponse yet: Asterisk sends it late)
     // and holds at its first flow command, as during a long playback.
-    let stream = TcpStream::connect(daemon.agi).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(daemon.agi).await.unwrap();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     write.write_all(fake_agi::request_block(daemon.agi, &id).as_bytes()).await.unwrap();
@@ -378,11 +271,11 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
     write.write_all(fake_agi::token_reply(Some(&token)).as_bytes()).await.unwrap();
     let first = lines.next_line().await.unwrap().unwrap();
     assert!(first.starts_with("SET VARIABLE CHANNEL(language)"), "{first}");
-    let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    let call = daemon.show(&id);
     assert_eq!(call["status"], "answered", "{call:?}");
     assert!(!call["answered_at"].is_empty(), "{call:?}");
-    let cancel = tokio::task::block_in_place(|| {
-        http::with_basic(daemon.http, "POST", &format!("/v1/calls/{id}/cancel"), "acme1", PASSWORD, None)
+    let cancel = support::blocking(|| {
+        support::http::with_basic(daemon.http, "POST", &format!("/v1/calls/{id}/cancel"), "acme1", PASSWORD, None)
     });
     assert_eq!(cancel.status, 409, "no cancel mid-reading: {}", cancel.body);
     // The rest of the flow, then Asterisk's Hangup of the channel.
@@ -406,7 +299,7 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
     // The event is handled once its cause is on record; it leaves the call completed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let call = loop {
-        let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+        let call = daemon.show(&id);
         if call["cause"] == "16" {
             break call;
         }

@@ -6,26 +6,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::daemon::Daemon;
 use support::fake_ami::{FakeAmi, FakeScript};
+use support::harness::{Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http;
 
-const PASSWORD: &str = "correct-horse-9";
-
-async fn setup(name: &str) -> (TempDir, FakeAmi, Daemon) {
-    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
-    let dir = TempDir::new(name);
-    // These tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
-    let config = write_config(&dir.0, fake.addr(), "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n");
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        add_user(&config, "off1", PASSWORD);
-        let (ok, _, err) = cli(&config, &["user", "disable", "off1"], "");
-        assert!(ok, "{err}");
-        Daemon::start(&config)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
-    (dir, fake, daemon)
+/// A daemon on a fake AMI with users `acme1` and `off1` (disabled). These
+/// tests dial one number many times; its quotas are tests/abuse_limits.rs's subject.
+async fn setup(name: &str) -> (Home, FakeAmi, Daemon) {
+    let (home, fake, daemon) =
+        Setup::new(name).user("off1", PASSWORD).config(NO_NUMBER_QUOTAS).fake(FakeScript::for_daemon()).await;
+    home.cli(&["user", "disable", "off1"]);
+    (home, fake, daemon)
 }
 
 fn seed(number: &str, code: &str, user: &str, password: &str) -> String {
@@ -34,7 +26,7 @@ fn seed(number: &str, code: &str, user: &str, password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_precise_error_and_dial_nobody() {
-    let (_dir, fake, daemon) = setup("bad").await;
+    let (_home, fake, daemon) = setup("bad").await;
     let addr = daemon.http;
     let ok_rest = format!("&username=acme1&password={PASSWORD}");
     let cases: Vec<(String, u16, &str)> = vec![
@@ -214,17 +206,21 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
     let resp = tokio::task::block_in_place(|| http::get(addr, &huge));
     assert!(resp.status == 431 || resp.status == 414 || resp.status == 400, "{}", resp.status);
 
-    // Nothing above reached Asterisk.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.count("Originate"), 0, "actions: {:?}", fake.actions());
-    assert!(fake.actions().iter().all(|a| a.is("Login") || a.is("Ping")), "{:?}", fake.actions());
-    let calls = tokio::task::block_in_place(|| cli(&daemon.config, &["call", "list"], ""));
-    assert!(calls.0 && calls.1.trim().is_empty(), "no call may be stored: {:?}", calls.1);
+    // Nothing above reached Asterisk. A good call placed last is dialled
+    // after anything queued before it: once its Originate is in, the one
+    // Originate must be its own.
+    assert!(daemon.stored_calls().is_empty(), "no call may be stored: {:?}", daemon.stored_calls());
+    let good = daemon.seed_call("03001234567", "482915");
+    assert!(fake.wait_for_originate(&good, Duration::from_secs(10)).await.is_some(), "{:?}", fake.actions());
+    assert_eq!(fake.originated(), [good], "actions: {:?}", fake.actions());
+    let others: Vec<_> =
+        fake.actions().into_iter().filter(|a| !(a.is("Login") || a.is("Ping") || a.is("Originate"))).collect();
+    assert!(others.is_empty(), "{others:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_request_is_stored_then_originated_without_the_code() {
-    let (_dir, fake, daemon) = setup("good").await;
+    let (_home, fake, daemon) = setup("good").await;
     let addr = daemon.http;
     let resp = tokio::task::block_in_place(|| http::get(addr, &seed("03001234567", "482915", "acme1", PASSWORD)));
     assert_eq!(resp.status, 200, "{}", resp.body);
@@ -244,13 +240,14 @@ async fn a_good_request_is_stored_then_originated_without_the_code() {
     assert!(originate.get("Async").is_some_and(|v| v.eq_ignore_ascii_case("true")));
     assert!(originate.get("ActionID").is_some());
     let agi_var = format!("VOICE_OTP_AGI=agi://{}/otp", daemon.agi);
-    let variables = originate.get_all("Variable");
-    assert_eq!(variables.len(), 3, "{variables:?}");
-    assert_eq!(variables[0], agi_var);
+    // The call id also rides on the INVITE ([dial] call_id_header), for the
+    // far end's logs - and the sandbox phone's recording names.
+    let header_var = format!("PJSIP_HEADER(add,X-Voice-OTP-Call)={call_id}");
     // The FastAGI token: fresh random hex, different for every dial.
     let token = originate.variable("VOICE_OTP_TOKEN").expect("a FastAGI token");
     assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
-    assert_eq!(variables[2], format!("PJSIP_HEADER(add,X-Voice-OTP-Call)={call_id}"));
+    let token_var = format!("VOICE_OTP_TOKEN={token}");
+    assert_eq!(originate.get_all("Variable"), vec![agi_var.as_str(), token_var.as_str(), header_var.as_str()]);
 
     // POST form works the same; other number forms normalise to one number.
     for number in ["%2B923001234567", "00923001234567", "923001234567", "3001234567"] {

@@ -3,146 +3,133 @@
 //! `max_concurrent_calls` at a time, expire at their deadline, and a call
 //! whose channel vanished while the link was down is settled - never
 //! originated a second time.
+//!
+//! "Not dialled" is judged after an event that shows the dialler went past
+//! the call - it expired, a later call was dialled, every call is final -
+//! never after a sleep.
 
 mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, call_show, write_config};
-use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
-use support::http;
+use support::daemon::Daemon;
+use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome};
+use support::harness::{Home, NO_NUMBER_QUOTAS, Setup};
 
-const PASSWORD: &str = "correct-horse-9";
 const WAIT: Duration = Duration::from_secs(15);
+/// Enough for the daemon's reconnect backoff to come round again.
+const RECONNECT_WAIT: Duration = Duration::from_secs(40);
 
 /// A daemon on a fake AMI; the quotas per number are off (these tests dial
 /// one number many times).
-async fn setup(name: &str, script: FakeScript, extra: &str) -> (TempDir, FakeAmi, Daemon) {
-    let fake =
-        FakeAmi::start(FakeScript { username: "voice-otp".into(), secret: "voice-otp-sandbox".into(), ..script }).await;
-    let dir = TempDir::new(name);
-    let config = write_config(&dir.0, fake.addr(), extra);
-    let daemon = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1", PASSWORD);
-        Daemon::start(&config)
-    });
-    (dir, fake, daemon)
+async fn setup(name: &str, script: FakeScript, extra: &str) -> (Home, FakeAmi, Daemon) {
+    Setup::new(name).config(NO_NUMBER_QUOTAS).config(extra).fake(script).await
+}
+
+/// A fake Asterisk that refuses the daemon's login: as good as down, and
+/// known to be from the first moment (no link that might still be up).
+fn refusing(outcome: OriginateOutcome) -> FakeScript {
+    FakeScript { secret: "changed".into(), ..FakeScript::outcome(outcome) }
 }
 
 fn place_call(daemon: &Daemon) -> String {
-    let target = format!("/outbound.cgi?number=03001234567&code=482915&username=acme1&password={PASSWORD}");
-    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.json_field("call_id").expect("call_id")
+    daemon.seed_call("03001234567", "482915")
 }
 
 fn status(daemon: &Daemon, id: &str) -> String {
-    tokio::task::block_in_place(|| call_show(&daemon.config, id))["status"].clone()
-}
-
-fn originated(fake: &FakeAmi) -> Vec<String> {
-    fake.actions().iter().filter(|a| a.is("Originate")).filter_map(|a| a.get("ChannelId").map(str::to_owned)).collect()
+    daemon.show(id)["status"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_wait_while_ami_is_down_and_are_dialled_once_when_it_is_back() {
-    // Wrong credentials: the daemon cannot log in, as if Asterisk were down.
-    let script = FakeScript::default();
-    let (_dir, fake, daemon) =
-        setup("ami-down", script, "[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n").await;
-    fake.update_script(|s| s.secret = "changed".into());
-    fake.drop_connections();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_home, fake, daemon) = setup("ami-down", refusing(OriginateOutcome::busy()), "").await;
     let ids: Vec<String> = (0..3).map(|_| place_call(&daemon)).collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The daemon comes back for another (refused) login with the calls
+    // stored: they stay queued, nothing is sent outside a session.
+    let logins = fake.count("Login");
+    assert!(fake.wait_for_count("Login", logins + 1, RECONNECT_WAIT).await, "{:?}", fake.actions());
     for id in &ids {
         assert_eq!(status(&daemon, id), "queued");
     }
-    assert!(originated(&fake).is_empty());
-    // Asterisk is back: each queued call is originated, in order, once.
-    fake.update_script(|s| s.secret = "voice-otp-sandbox".into());
-    assert!(fake.wait_for_count("Originate", 3, Duration::from_secs(40)).await, "{:?}", fake.actions());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(originated(&fake), ids);
+    assert!(fake.originated().is_empty(), "{:?}", fake.actions());
+    // Asterisk is back: each queued call is originated, in order, once -
+    // judged when all have ended (busy), so nothing is still on its way.
+    fake.update_script(|s| s.secret = DAEMON_SECRET.into());
+    assert_eq!(daemon.settle(RECONNECT_WAIT), ids);
+    assert_eq!(fake.originated(), ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_not_dialled_before_its_deadline_expires() {
-    let (_dir, fake, daemon) = setup("deadline", FakeScript::default(), "[dial]\ndeadline_secs = 2\n").await;
-    fake.update_script(|s| s.secret = "changed".into());
-    fake.drop_connections();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_home, fake, daemon) =
+        setup("deadline", refusing(OriginateOutcome::busy()), "[dial]\ndeadline_secs = 3").await;
     let id = place_call(&daemon);
-    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, WAIT));
+    let call = daemon.wait_final(&id, WAIT);
     assert_eq!(call["status"], "expired", "{call:?}");
-    fake.update_script(|s| s.secret = "voice-otp-sandbox".into());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(originated(&fake).is_empty(), "an expired call is never dialled");
+    // Asterisk is back; a call placed now is dialled at once, and once it
+    // has ended the dialler has had every chance to dial the expired one.
+    fake.update_script(|s| s.secret = DAEMON_SECRET.into());
+    assert!(fake.wait_for_logins(1, RECONNECT_WAIT).await, "the daemon never got back in");
+    let next = place_call(&daemon);
+    assert_eq!(daemon.settle(WAIT), [id, next.clone()]);
+    assert_eq!(fake.originated(), [next], "an expired call is never dialled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_than_max_concurrent_calls_at_once() {
-    // Calls that never end on their own: they hold their trunk slot.
-    let script = FakeScript { originate_outcome: OriginateOutcome::Silent, ..FakeScript::default() };
-    let extra =
-        "[queue]\nmax_concurrent_calls = 2\n\n[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
-    let (_dir, fake, daemon) = setup("concurrency", script, extra).await;
+    // Calls that never end on their own hold their trunk slot; a call not
+    // dialled within 4 s expires, which shows the dialler passed it over.
+    let extra = "[queue]\nmax_concurrent_calls = 2\n\n[dial]\ndeadline_secs = 4";
+    let (_home, fake, daemon) = setup("concurrency", FakeScript::outcome(OriginateOutcome::Silent), extra).await;
     let ids: Vec<String> = (0..4).map(|_| place_call(&daemon)).collect();
-    assert!(fake.wait_for_count("Originate", 2, WAIT).await);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(originated(&fake), ids[..2], "only two calls at once, the oldest first");
-    assert_eq!(status(&daemon, &ids[2]), "queued");
-    // The first call ends (busy): its slot goes to the third.
+    for late in &ids[2..] {
+        assert_eq!(daemon.wait_final(late, WAIT)["status"], "expired", "only two calls at once");
+    }
+    assert_eq!(fake.originated(), ids[..2], "the oldest first");
+    // Two more wait; the first call ends (busy): its slot goes to the
+    // older of them, and the other waits out its deadline.
+    let waiting: Vec<String> = (0..2).map(|_| place_call(&daemon)).collect();
     fake.emit_event(&[("Event", "Hangup"), ("Uniqueid", &ids[0]), ("Cause", "17"), ("Cause-txt", "User busy")]);
-    assert!(fake.wait_for_count("Originate", 3, WAIT).await);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(originated(&fake), ids[..3]);
+    assert!(fake.wait_for_originate(&waiting[0], WAIT).await.is_some(), "{:?}", fake.originated());
+    assert_eq!(daemon.wait_final(&waiting[1], WAIT)["status"], "expired");
+    assert_eq!(fake.originated(), [ids[0].clone(), ids[1].clone(), waiting[0].clone()]);
     assert_eq!(status(&daemon, &ids[0]), "failed");
-    assert_eq!(status(&daemon, &ids[3]), "queued");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled() {
     // Answered, then nothing: no FastAGI session, no Hangup event.
-    let (_dir, fake, daemon) = setup("reconcile", FakeScript::default(), "").await;
+    let (_home, fake, daemon) = setup("reconcile", FakeScript::for_daemon(), "").await;
     let id = place_call(&daemon);
-    assert!(fake.wait_for_count("Originate", 1, WAIT).await);
-    for _ in 0..50 {
-        if status(&daemon, &id) == "answered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status(&daemon, &id), "answered");
+    daemon.wait_status(&id, "answered", WAIT);
     // The link drops; on reconnection the daemon asks about its call. The
     // fake knows no `Status` action: Asterisk's "no such channel" error.
     fake.drop_connections();
-    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(40)));
+    let call = daemon.wait_final(&id, Duration::from_secs(40));
     assert_eq!(call["status"], "failed", "{call:?}");
     assert_eq!(call["reason"], "system_error");
     assert!(call["detail"].contains("no channel"), "{call:?}");
     let status_asked = fake.actions().iter().any(|a| a.is("Status") && a.get("Channel") == Some(id.as_str()));
     assert!(status_asked, "the daemon asked Asterisk about the call: {:?}", fake.actions());
-    assert_eq!(originated(&fake), [id], "never originated twice");
+    // A later call is dialled on the new link: nothing of the old one came
+    // again with the reconnection.
+    let next = place_call(&daemon);
+    assert!(fake.wait_for_originate(&next, WAIT).await.is_some(), "{:?}", fake.actions());
+    assert_eq!(fake.originated(), [id, next], "never originated twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
-    let extra = "[queue]\nmax_queued = 2\n\n[limits]\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
-    let (_dir, fake, daemon) = setup("queue-full", FakeScript::default(), extra).await;
-    fake.update_script(|s| s.secret = "changed".into());
-    fake.drop_connections();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_home, _fake, daemon) =
+        setup("queue-full", refusing(OriginateOutcome::busy()), "[queue]\nmax_queued = 2").await;
     place_call(&daemon);
     place_call(&daemon);
-    let target = format!("/outbound.cgi?number=03001234567&code=482915&username=acme1&password={PASSWORD}");
-    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
+    let resp = daemon.seed("03001234567", "482915", "");
     assert_eq!(resp.status, 503, "{}", resp.body);
     assert_eq!(resp.header("retry-after"), Some("30"));
     assert_eq!(
         resp.json_field("response_description").as_deref(),
         Some("Service Unavailable: 2 calls are waiting to be dialled (queue.max_queued)")
     );
-    let (_, list, _) = tokio::task::block_in_place(|| support::daemon::cli(&daemon.config, &["call", "list"], ""));
-    assert_eq!(list.lines().count(), 2, "the refused call is not stored: {list}");
+    assert_eq!(daemon.stored_calls().len(), 2, "the refused call is not stored: {:?}", daemon.stored_calls());
 }

@@ -5,31 +5,19 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, start_with_user};
-use support::http;
-use support::sandbox::{self, Sandbox, channel_log, unique_number, wait_recording, wait_recording_since};
+use support::harness::Setup;
+use support::sandbox::{self, channel_log, unique_number, wait_recording};
 use support::wav::{Segment, read_wav, speech_segments};
 
-const PASSWORD: &str = "correct-horse-9";
-
-/// The callee that presses 1 after 8 s; its recordings share one name
-/// prefix, so its calls run one at a time.
+/// The callee that presses 1 after 8 s. Other tests (and other checkouts'
+/// runs) may call it at the same time: each call's recording is found by
+/// its call id.
 const PRESSES_ONE: &str = "03000000049";
-static PRESSES_ONE_LOCK: Mutex<()> = Mutex::new(());
 
-fn start(sandbox: &Sandbox, name: &str, extra: &str) -> (TempDir, Daemon) {
-    start_with_user(sandbox.ami, name, extra, PASSWORD)
-}
-
-fn seed_call(daemon: &Daemon, number: &str, code: &str, options: &str) -> String {
-    let target = format!("/outbound.cgi?number={number}&code={code}&username=acme1&password={PASSWORD}{options}");
-    let resp = http::get(daemon.http, &target);
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.json_field("call_id").expect("call_id")
-}
+/// How long the phone's recording may take to appear once the call is final.
+const RECORDING_WAIT: Duration = Duration::from_secs(20);
 
 fn recorded_segments(path: &Path) -> Vec<Segment> {
     speech_segments(&read_wav(path).expect("readable recording"))
@@ -77,28 +65,25 @@ fn readings_of_repeated_digit(segments: &[Segment], n: usize) -> usize {
 /// that starts the code.
 #[test]
 fn a_callee_pressing_one_hears_the_code_again_and_passes_the_voicemail_check() {
-    let _serial = PRESSES_ONE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let sandbox = sandbox::up();
-    let (_dir, daemon) = start(&sandbox, "press-one", "");
+    let (_home, daemon) = Setup::new("press-one").sandbox(&sandbox);
     let code = "7777";
 
-    let since = SystemTime::now() - Duration::from_secs(1);
-    let id = seed_call(&daemon, PRESSES_ONE, code, "");
+    let id = daemon.seed_call(PRESSES_ONE, code);
     let call = daemon.wait_final(&id, Duration::from_secs(120));
     assert_eq!(call["status"], "completed", "{call:?}\n{}", daemon.logs());
     assert_eq!(call["keys"], "1", "{call:?}");
-    let recording = wait_recording_since(&sandbox, PRESSES_ONE, since, Duration::from_secs(20));
+    let recording = wait_recording(&sandbox, PRESSES_ONE, &id, RECORDING_WAIT);
     let segments = recorded_segments(&recording);
     let heard = readings_of_repeated_digit(&segments, code.len());
     assert!(heard >= 3, "heard the code {heard} times in {recording:?}: {}", describe(&segments));
     assert_eq!(call["readings"], heard.to_string(), "the recording and the database agree: {call:?}");
 
-    let since = SystemTime::now() - Duration::from_secs(1);
-    let id = seed_call(&daemon, PRESSES_ONE, code, "&require_keypress=1");
+    let id = daemon.seed_call_with(PRESSES_ONE, code, "&require_keypress=1");
     let call = daemon.wait_final(&id, Duration::from_secs(120));
     assert_eq!(call["status"], "completed", "{call:?}\n{}", daemon.logs());
     assert_eq!((call["require_keypress"].as_str(), call["keys"].as_str()), ("true", "1"), "{call:?}");
-    let recording = wait_recording_since(&sandbox, PRESSES_ONE, since, Duration::from_secs(20));
+    let recording = wait_recording(&sandbox, PRESSES_ONE, &id, RECORDING_WAIT);
     let segments = recorded_segments(&recording);
     let heard = readings_of_repeated_digit(&segments, code.len());
     assert_eq!(heard, 2, "after the key, the code twice: {recording:?}: {}", describe(&segments));
@@ -145,21 +130,21 @@ fn urdu_readings(segments: &[Segment], code: &str) -> usize {
 #[test]
 fn an_urdu_call_plays_the_urdu_digit_files() {
     let sandbox = sandbox::up();
-    let (_dir, daemon) = start(&sandbox, "urdu", "[call]\nmax_extra_readings = 0\n");
+    let (_home, daemon) = Setup::new("urdu").config("[call]\nmax_extra_readings = 0").sandbox(&sandbox);
     let code = "9051";
     let urdu = unique_number();
     let english = unique_number();
-    let urdu_id = seed_call(&daemon, &urdu, code, "&language=ur");
-    let english_id = seed_call(&daemon, &english, code, "&language=en");
+    let urdu_id = daemon.seed_call_with(&urdu, code, "&language=ur");
+    let english_id = daemon.seed_call_with(&english, code, "&language=en");
     for id in [&urdu_id, &english_id] {
         let call = daemon.wait_final(id, Duration::from_secs(90));
         assert_eq!((call["status"].as_str(), call["readings"].as_str()), ("completed", "2"), "{call:?}");
     }
 
-    let recording = wait_recording(&sandbox, &urdu, Duration::from_secs(20));
+    let recording = wait_recording(&sandbox, &urdu, &urdu_id, RECORDING_WAIT);
     let segments = recorded_segments(&recording);
     assert_eq!(urdu_readings(&segments, code), 2, "Urdu digits in {recording:?}: {}", describe(&segments));
-    let recording = wait_recording(&sandbox, &english, Duration::from_secs(20));
+    let recording = wait_recording(&sandbox, &english, &english_id, RECORDING_WAIT);
     let segments = recorded_segments(&recording);
     assert_eq!(urdu_readings(&segments, code), 0, "English call {recording:?}: {}", describe(&segments));
 
@@ -189,15 +174,15 @@ fn prompt_span_ms(name: &str) -> u32 {
 #[test]
 fn voicemail_safe_mode_reads_no_digit_to_a_callee_who_never_presses() {
     let sandbox = sandbox::up();
-    let extra = "[call]\nkeypress_prompts = 2\nkeypress_wait_ms = 2500\n";
-    let (_dir, daemon) = start(&sandbox, "no-keypress", extra);
+    let extra = "[call]\nkeypress_prompts = 2\nkeypress_wait_ms = 2500";
+    let (_home, daemon) = Setup::new("no-keypress").config(extra).sandbox(&sandbox);
     let number = unique_number();
-    let id = seed_call(&daemon, &number, "4821", "&require_keypress=true");
+    let id = daemon.seed_call_with(&number, "4821", "&require_keypress=true");
     let call = daemon.wait_final(&id, Duration::from_secs(90));
     assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "no_keypress"), "{call:?}");
     assert_eq!((call["readings"].as_str(), call["keys"].as_str()), ("0", ""), "{call:?}");
 
-    let recording = wait_recording(&sandbox, &number, Duration::from_secs(20));
+    let recording = wait_recording(&sandbox, &number, &id, RECORDING_WAIT);
     let segments = recorded_segments(&recording);
     // Group the speech into utterances: within a prompt words are closer
     // than 1 s; between prompts lie the 2.5 s waits.

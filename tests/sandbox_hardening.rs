@@ -6,15 +6,15 @@
 
 mod support;
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, TempDir, add_user, call_show, write_config};
+use support::harness::Setup;
 use support::http;
-use support::sandbox::{self, unique_number};
+use support::sandbox::{self, unique_number, wait_recording};
 
 const PASSWORD: &str = "Pw-9f27c1e0-hardening";
 /// The sandbox's AMI secret (asterisk-conf/sandbox/manager.conf), the default.
@@ -60,43 +60,27 @@ impl AmiTap {
     }
 }
 
-/// The part of a file written after `offset`.
-fn tail(path: &std::path::Path, offset: u64) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).unwrap();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// A code no other test uses, so finding it anywhere means it leaked.
+/// A code no other test uses (random), so finding it anywhere means it leaked.
 fn unusual_code() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("7{:011}", (nanos / 7 + u128::from(std::process::id())) % 100_000_000_000)
+    format!("7{:011}", rand::random_range(0..100_000_000_000u64))
 }
 
-fn seed_call(daemon: &Daemon, number: &str, code: &str) -> String {
-    let target = format!("/outbound.cgi?number={number}&code={code}&username=acme1&password={PASSWORD}");
-    let resp = http::get(daemon.http, &target);
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.json_field("call_id").expect("call_id")
-}
+/// How long the phone's recording may take to appear once the call is final.
+const RECORDING_WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_full_call_at_debug_level_leaks_no_secret() {
     let sandbox = sandbox::up();
-    let log_start = std::fs::metadata(&sandbox.asterisk_log).map(|m| m.len()).unwrap_or(0);
+    let mark = sandbox::log_mark(&sandbox);
     let tap = AmiTap::start(sandbox.ami);
-    let dir = TempDir::new("secrets");
-    let config = write_config(&dir.0, tap.addr, "");
-    add_user(&config, "acme1", PASSWORD);
+    let home = Setup::new("secrets").user("acme1", PASSWORD).home(tap.addr);
     // The database is private from its first byte, whoever created it.
-    let db = dir.0.join("test.db");
+    let db = home.db();
     assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
-    let daemon = Daemon::start(&config); // at VOICE_OTP_LOG=debug
+    let daemon = home.start(); // at VOICE_OTP_LOG=debug
     let code = unusual_code();
     let number = unique_number();
-    let id = seed_call(&daemon, &number, &code);
+    let id = daemon.seed_call(&number, &code);
     // A wrong password too, so a failed login is logged as well.
     let wrong = http::get(
         daemon.http,
@@ -107,7 +91,11 @@ fn a_full_call_at_debug_level_leaks_no_secret() {
     assert_eq!(call["status"], "completed", "{call:?}\n{}", daemon.logs());
     assert!(!call.values().any(|v| v.contains(&code)), "call show prints the code: {call:?}");
 
-    for (path, mode) in [(db.clone(), 0o600), (dir.0.join("test.db-wal"), 0o600), (dir.0.join("test.db-shm"), 0o600)] {
+    wait_recording(&sandbox, &number, &id, RECORDING_WAIT).discard();
+
+    for (path, mode) in
+        [(db.clone(), 0o600), (home.dir.0.join("test.db-wal"), 0o600), (home.dir.0.join("test.db-shm"), 0o600)]
+    {
         if let Ok(meta) = std::fs::metadata(&path) {
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{path:?}");
         }
@@ -115,7 +103,9 @@ fn a_full_call_at_debug_level_leaks_no_secret() {
 
     let logs = daemon.logs();
     assert!(logs.contains(&id) && logs.contains("DEBUG"), "debug logs were captured:\n{logs}");
-    let asterisk_log = tail(&sandbox.asterisk_log, log_start);
+    // Everything Asterisk logged meanwhile, other tests' calls included:
+    // none of them has this test's code, password or a reason to log the secret.
+    let asterisk_log = sandbox::log_since(&sandbox, mark);
     let ami = tap.traffic();
     assert!(ami.contains(&id), "the tap saw the call's AMI traffic");
     for (place, text) in [("daemon log", &logs), ("Asterisk log", &asterisk_log), ("AMI traffic", &ami)] {
@@ -137,23 +127,12 @@ fn a_full_call_at_debug_level_leaks_no_secret() {
 #[test]
 fn sigterm_mid_call_lets_the_call_finish_and_refuses_new_clients() {
     let sandbox = sandbox::up();
-    let dir = TempDir::new("sigterm");
-    let config = write_config(&dir.0, sandbox.ami, "");
-    add_user(&config, "acme1", PASSWORD);
-    let mut daemon = Daemon::start(&config);
+    let (home, mut daemon) = Setup::new("sigterm").user("acme1", PASSWORD).sandbox(&sandbox);
     let number = unique_number();
-    let id = seed_call(&daemon, &number, "482915");
+    let id = daemon.seed_call(&number, "482915");
     // Wait until the callee has answered and is hearing the code.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = call_show(&config, &id).get("status").cloned().unwrap_or_default();
-        if status == "answered" {
-            break;
-        }
-        assert!(status == "queued" || status == "dialing", "call went {status} before SIGTERM\n{}", daemon.logs());
-        assert!(Instant::now() < deadline, "never answered\n{}", daemon.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_status(&id, "answered", Duration::from_secs(60));
+    sandbox::wait_playing(&sandbox, &id, "digits/", Duration::from_secs(30));
     daemon.sigterm();
     // Once the daemon says it is shutting down, new clients are refused
     // while the call plays on.
@@ -162,22 +141,23 @@ fn sigterm_mid_call_lets_the_call_finish_and_refuses_new_clients() {
         assert!(Instant::now() < deadline, "no shutdown log line\n{}", daemon.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let refused = (0..50).any(|_| {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&daemon.http, Duration::from_secs(5)).is_ok() {
+        assert!(Instant::now() < deadline, "the HTTP port still accepts connections during shutdown");
         std::thread::sleep(Duration::from_millis(20));
-        TcpStream::connect_timeout(&daemon.http, Duration::from_secs(5)).is_err()
-    });
-    assert!(refused, "the HTTP port still accepts connections during shutdown");
-    assert_eq!(call_show(&config, &id)["status"], "answered", "the call was cut short");
+    }
+    assert_eq!(daemon.show(&id)["status"], "answered", "the call was cut short");
     let status = daemon.wait_exit().expect("the daemon exits within the drain bound");
     assert!(status.success(), "exit status {status:?}\n{}", daemon.logs());
     let logs = daemon.logs();
     assert!(logs.contains("shutting down"), "{logs}");
 
-    let call = call_show(&config, &id);
+    let call = daemon.show(&id);
     assert_eq!(call["status"], "completed", "{call:?}\n{logs}");
     assert_eq!(call["readings"], "2", "{call:?}");
+    wait_recording(&sandbox, &number, &id, RECORDING_WAIT).discard();
     // Nothing half-written: the database is intact and no call is left open.
-    let conn = rusqlite::Connection::open(dir.0.join("test.db")).unwrap();
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     let open: i64 = conn

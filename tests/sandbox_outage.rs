@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, TempDir, write_config};
+use support::daemon::Daemon;
+use support::harness::Setup;
 use support::http;
 use support::sandbox;
 
@@ -41,9 +42,7 @@ fn wait_health(daemon: &Daemon, status: u16, limit: Duration) -> serde_json::Val
 fn healthz_follows_asterisk_down_and_back() {
     let sandbox = sandbox::exclusive();
     let _restore = RestoreSandbox;
-    let dir = TempDir::new("outage");
-    let config = write_config(&dir.0, sandbox.ami, "");
-    let daemon = Daemon::start(&config);
+    let (_home, daemon) = Setup::new("outage").no_users().sandbox(&sandbox);
     let up = wait_health(&daemon, 200, Duration::from_secs(30));
     assert_eq!(up["status"], "ok");
 

@@ -5,49 +5,18 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::daemon::{Daemon, call_show, start_with_user};
 use support::fake_agi;
+use support::harness::Setup;
 use support::http;
-use support::sandbox::{self, Sandbox};
+use support::sandbox::{self, wait_recording};
 use support::wav::{read_wav, speech_segments};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const PASSWORD: &str = "correct-horse-9";
-
 /// Rings 6 s, then answers and records (asterisk-conf/sandbox/extensions.conf).
 const RINGS_THEN_ANSWERS: &str = "03000000015";
-
-fn wait_status(
-    daemon: &Daemon,
-    id: &str,
-    status: &str,
-    timeout: Duration,
-) -> std::collections::HashMap<String, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let call = call_show(&daemon.config, id);
-        if call["status"] == status {
-            return call;
-        }
-        assert!(Instant::now() < deadline, "call {id} never {status}: {call:?}\n{}", daemon.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The recording of call `id` to `number`, once complete.
-fn recording_of(sandbox: &Sandbox, number: &str, id: &str, timeout: Duration) -> PathBuf {
-    let path = sandbox.recordings.join(format!("{number}-{id}.wav"));
-    let deadline = Instant::now() + timeout;
-    while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) <= 44 {
-        assert!(Instant::now() < deadline, "no recording {path:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    path
-}
 
 /// An impostor's FastAGI session: the request block of a real call, every
 /// command answered like a channel would, `token` as its answer to the token
@@ -75,15 +44,10 @@ async fn impostor(agi: std::net::SocketAddr, id: &str, token: Option<&str>) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knowing_a_ringing_calls_id_is_not_enough_to_hear_its_code() {
     let sandbox = sandbox::up();
-    let (_dir, daemon) = tokio::task::block_in_place(|| {
-        start_with_user(sandbox.ami, "agi-theft", "[call]\nmax_extra_readings = 0\n", PASSWORD)
-    });
-    let code = "482915";
-    let target = format!("/outbound.cgi?number={RINGS_THEN_ANSWERS}&code={code}&username=acme1&password={PASSWORD}");
-    let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let id = resp.json_field("call_id").expect("call_id");
-    let ringing = tokio::task::block_in_place(|| wait_status(&daemon, &id, "ringing", Duration::from_secs(20)));
+    let (_home, daemon) =
+        support::blocking(|| Setup::new("agi-theft").config("[call]\nmax_extra_readings = 0\n").sandbox(&sandbox));
+    let id = support::blocking(|| daemon.seed_call(RINGS_THEN_ANSWERS, "482915"));
+    let ringing = support::blocking(|| daemon.wait_status(&id, "ringing", Duration::from_secs(20)));
 
     // While it rings: one impostor with no token, one with a made-up one.
     for token in [None, Some("0123456789abcdef0123456789abcdef")] {
@@ -92,20 +56,17 @@ async fn knowing_a_ringing_calls_id_is_not_enough_to_hear_its_code() {
         assert!(sent.iter().all(|c| !c.starts_with("STREAM FILE") && !c.starts_with("SAY")), "played: {sent:?}");
         assert!(fake_agi::is_hangup(sent.last().unwrap()), "{sent:?}");
     }
-    let after = tokio::task::block_in_place(|| call_show(&daemon.config, &id));
-    assert_eq!(ringing, after, "the impostors changed nothing");
+    assert_eq!(ringing, support::blocking(|| daemon.show(&id)), "the impostors changed nothing");
 
     // Answered 6 s after ringing began: the real callee hears the code twice.
-    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(90)));
+    let call = support::blocking(|| daemon.wait_final(&id, Duration::from_secs(90)));
     assert_eq!((call["status"].as_str(), call["readings"].as_str()), ("completed", "2"), "{call:?}\n{}", daemon.logs());
     assert_eq!(call["cause"], "16", "we ended it: normal clearing {call:?}");
-    let recording =
-        tokio::task::block_in_place(|| recording_of(&sandbox, RINGS_THEN_ANSWERS, &id, Duration::from_secs(20)));
+    let recording = support::blocking(|| wait_recording(&sandbox, RINGS_THEN_ANSWERS, &id, Duration::from_secs(20)));
     let segments = speech_segments(&read_wav(&recording).expect("readable recording"));
     // intro (1-2 pieces) + 6 digits + "I repeat" + 6 digits + goodbye.
-    assert!((15..=16).contains(&segments.len()), "{} segments in {recording:?}", segments.len());
-    let metrics = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics")).body;
+    assert!((15..=16).contains(&segments.len()), "{} segments in {:?}", segments.len(), recording.path);
+    let metrics = support::blocking(|| http::get(daemon.http, "/metrics")).body;
     assert!(metrics.contains("voice_otp_agi_sessions_refused_total{reason=\"no_token\"} 1"), "{metrics}");
     assert!(metrics.contains("voice_otp_agi_sessions_refused_total{reason=\"wrong_token\"} 1"), "{metrics}");
-    let _ = std::fs::remove_file(&recording);
 }

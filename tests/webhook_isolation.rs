@@ -6,24 +6,16 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, cli, write_config};
-use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::daemon::Daemon;
+use support::fake_ami::{FakeScript, OriginateOutcome};
+use support::harness::{PASSWORD, Setup};
 use support::http;
 use support::webhook_receiver::{Receiver, SilentReceiver};
-
-const PASSWORD: &str = "correct-horse-9";
 
 /// Attempts may take the longest allowed (300 s), so a worker that waits for
 /// a hung attempt before starting others cannot deliver within the test's
 /// patience; two attempts per user at once.
 const CONFIG: &str = "[webhooks]\ndeny_private = false\ntimeout_secs = 300\nmax_concurrent_per_user = 2\n";
-
-/// Adds `name` through the CLI and returns its webhook secret.
-fn add_user(config: &std::path::Path, name: &str) -> String {
-    let (ok, out, err) = cli(config, &["user", "add", name, "--password-stdin"], &format!("{PASSWORD}\n"));
-    assert!(ok, "user add {name}: {err}");
-    out.lines().find_map(|l| l.strip_prefix("webhook_secret=")).expect("secret shown").to_owned()
-}
 
 /// Creates a call as `user` with `callback_url` and returns its id.
 fn create(daemon: &Daemon, user: &str, number: &str, callback_url: &str) -> String {
@@ -36,19 +28,9 @@ fn create(daemon: &Daemon, user: &str, number: &str, callback_url: &str) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_answers_holds_up_only_its_own_user() {
-    let fake = FakeAmi::start(FakeScript {
-        originate_outcome: OriginateOutcome::busy(),
-        ..FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")
-    })
-    .await;
-    let dir = TempDir::new("hook-isolation");
-    let config = write_config(&dir.0, fake.addr(), CONFIG);
-    let (daemon, secret_b) = tokio::task::block_in_place(|| {
-        add_user(&config, "acme1");
-        let secret_b = add_user(&config, "other1");
-        (Daemon::start(&config), secret_b)
-    });
-    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await, "daemon never logged in to AMI");
+    let script = FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::for_daemon() };
+    let (home, _fake, daemon) = Setup::new("hook-isolation").user("other1", PASSWORD).config(CONFIG).fake(script).await;
+    let secret_b = home.user("other1").webhook_secret.clone();
 
     // User A's server accepts and never answers. Three calls, so three
     // `dialing` deliveries are due at once: two may be attempted, the third

@@ -111,6 +111,32 @@ pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason
                             created_at, updated_at, dialed_at, answered_at, ended_at, ringing_at, deadline_at, keys, \
                             callback_url, language, require_keypress";
 
+/// The per-number quota count, in the same step as every insert: calls to
+/// `?1` after `?2`, and of those after `?3`, with the oldest of each.
+pub(super) const NUMBER_CALLS: &str = "SELECT COUNT(*), MIN(created_at),
+        COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
+     FROM calls WHERE number = ?1 AND created_at > ?2";
+
+/// Queued calls past their deadline (`?1` = now), looked for on every
+/// dialler turn.
+pub(super) const OVERDUE: &str =
+    "SELECT id FROM calls WHERE status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?1";
+
+/// One page of a user's calls (`?1`), newest first, of status `?2` if
+/// `with_status` (else `?2` is unused), after the cursor `?3`/`?4` (NULL:
+/// from the newest), `?5` rows. Two statements, not one with
+/// `(?2 IS NULL OR status = ?2)`: SQLite cannot use `calls_by_user_status`
+/// for such an OR, and would walk all the user's calls to find one status.
+pub(super) fn user_calls_sql(with_status: bool) -> String {
+    let status = if with_status { "status = ?2" } else { "?2 IS NULL" };
+    format!(
+        "SELECT {CALL_COLUMNS} FROM calls
+         WHERE user_id = ?1 AND {status}
+           AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
+         ORDER BY created_at DESC, id DESC LIMIT ?5"
+    )
+}
+
 pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
     let id: String = row.get(0)?;
     let status: String = row.get(4)?;
@@ -187,11 +213,7 @@ impl Store {
     /// creation time of its oldest call: one pass over the
     /// `calls_by_number` index, for the per-number quotas.
     pub fn number_calls_since(&self, number: &str, since_ms: i64, recent_ms: i64) -> Result<NumberCalls, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT COUNT(*), MIN(created_at),
-                    COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
-             FROM calls WHERE number = ?1 AND created_at > ?2",
-        )?;
+        let mut stmt = self.conn.prepare_cached(NUMBER_CALLS)?;
         let counts = stmt.query_row(params![number, since_ms, recent_ms], |r| {
             Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
         })?;
@@ -216,12 +238,7 @@ impl Store {
         after: Option<&CallCursor>,
         limit: u32,
     ) -> Result<Vec<Call>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls
-             WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
-             ORDER BY created_at DESC, id DESC LIMIT ?5"
-        ))?;
+        let mut stmt = self.conn.prepare_cached(&user_calls_sql(status.is_some()))?;
         let rows = stmt.query_map(
             params![
                 user_id,
@@ -344,9 +361,7 @@ impl Store {
     /// queued by a stalled dialler or a restart). Returns their ids.
     pub fn expire_overdue(&mut self, now: i64) -> Result<Vec<CallId>, StoreError> {
         let ids: Vec<String> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id FROM calls WHERE status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?1",
-            )?;
+            let mut stmt = self.conn.prepare_cached(OVERDUE)?;
             stmt.query_map([now], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         let mut expired = Vec::new();
@@ -435,6 +450,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::query_plan;
 
     fn english() -> CallOptions {
         CallOptions { language: "en".into(), require_keypress: false }
@@ -675,15 +691,8 @@ mod tests {
     #[test]
     fn number_counts_use_the_number_index() {
         let (s, _) = store_with_call();
-        let plan: String = s
-            .conn
-            .query_row(
-                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE number = ?1 AND created_at > ?2",
-                params!["+923001234567", 0],
-                |r| r.get(3),
-            )
-            .unwrap();
-        assert!(plan.contains("calls_by_number"), "{plan}");
+        let plan = query_plan(&s.conn, NUMBER_CALLS, params!["+923001234567", 0, 0]);
+        assert!(plan.iter().all(|p| p.contains("USING COVERING INDEX calls_by_number")), "{plan:?}");
         let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
         assert_eq!((counts.since, counts.recent), (1, 1));
         assert_eq!(s.number_calls_since("+923001234568", 0, 0).unwrap().since, 0);
@@ -692,13 +701,8 @@ mod tests {
     #[test]
     fn status_lookups_use_the_queue_index() {
         let (s, _) = store_with_call();
-        for sql in [
-            "SELECT COUNT(*) FROM calls WHERE status = 'queued'",
-            "SELECT COUNT(*) FROM calls WHERE status IN ('dialing', 'ringing', 'answered')",
-        ] {
-            let plan: String = s.conn.query_row(&format!("EXPLAIN QUERY PLAN {sql}"), [], |r| r.get(3)).unwrap();
-            assert!(plan.contains("calls_queue"), "{sql}: {plan}");
-        }
+        let plan = query_plan(&s.conn, OVERDUE, [0]);
+        assert!(plan.iter().all(|p| p.contains("USING INDEX calls_queue")), "{plan:?}");
         let indexes: Vec<String> = s
             .conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls'")
@@ -708,6 +712,24 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(!indexes.iter().any(|i| i == "calls_by_status"), "{indexes:?}");
+    }
+
+    /// `GET /v1/calls` with and without `?status=`, first page and later
+    /// pages: one user's calls come from that user's index, in its order
+    /// (only ties in `created_at` are sorted, by id).
+    #[test]
+    fn user_listings_use_the_user_indexes() {
+        let (s, _) = store_with_call();
+        let id = CallId::generate();
+        for (status, index) in [(None, "calls_by_user"), (Some("failed"), "calls_by_user_status")] {
+            for cursor in [None, Some(5)] {
+                let sql = user_calls_sql(status.is_some());
+                let plan = query_plan(&s.conn, &sql, params![1, status, cursor, id.as_str(), 20]);
+                let search = format!("SEARCH calls USING INDEX {index} (");
+                assert!(plan[0].starts_with(&search), "status {status:?}, cursor {cursor:?}: {plan:?}");
+                assert_eq!(plan[1..], ["USE TEMP B-TREE FOR LAST TERM OF ORDER BY"], "{status:?} {cursor:?}");
+            }
+        }
     }
 
     #[test]

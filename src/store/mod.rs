@@ -113,6 +113,15 @@ impl Store {
     }
 }
 
+/// What SQLite will do for `sql` with `params` bound: the `detail` column of
+/// each `EXPLAIN QUERY PLAN` row. Plan tests pass the statements the code
+/// runs (constants beside it), never a copy that could drift.
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("statement to explain");
+    stmt.query_map(params, |r| r.get::<_, String>(3)).expect("query plan").collect::<Result<_, _>>().expect("plan row")
+}
+
 /// Creates the file with owner-only permissions before SQLite touches it:
 /// it holds password hashes and, while calls are live, codes.
 fn create_private(path: &Path) -> std::io::Result<()> {

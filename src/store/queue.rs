@@ -22,19 +22,22 @@ pub struct InFlight {
     pub dialed_at: Option<i64>,
 }
 
+/// The dialler's query on every turn: the oldest queued call within its
+/// deadline (`?1` = now). A constant so the plan test reads what runs.
+pub(super) const NEXT_QUEUED: &str =
+    "SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
+     ORDER BY created_at, rowid LIMIT 1";
+
+/// The calls occupying the trunk, counted on every dialler turn.
+pub(super) const IN_FLIGHT_COUNT: &str =
+    "SELECT COUNT(*) FROM calls WHERE status IN ('dialing', 'ringing', 'answered')";
+
 impl Store {
     /// The oldest queued call still within its deadline at `now`. Calls
     /// stored in the same millisecond go in the order they were stored
     /// (`rowid`), so the queue is first in, first out.
     pub fn next_queued(&self, now: i64) -> Result<Option<CallId>, StoreError> {
-        let id: Option<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
-                 ORDER BY created_at, rowid LIMIT 1",
-            )?
-            .query_row([now], |r| r.get(0))
-            .optional()?;
+        let id: Option<String> = self.conn.prepare_cached(NEXT_QUEUED)?.query_row([now], |r| r.get(0)).optional()?;
         Ok(id.and_then(|id| CallId::parse(&id)))
     }
 
@@ -64,10 +67,7 @@ impl Store {
 
     /// How many calls are in flight.
     pub fn in_flight_count(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM calls WHERE status IN ('dialing', 'ringing', 'answered')")?
-            .query_row([], |r| r.get(0))?)
+        Ok(self.conn.prepare_cached(IN_FLIGHT_COUNT)?.query_row([], |r| r.get(0))?)
     }
 
     /// `dialing` -> `queued`, for a call whose Originate was provably never
@@ -185,22 +185,16 @@ mod tests {
 #[cfg(test)]
 mod plan {
     use super::*;
+    use crate::store::query_plan;
 
-    /// The dialler's per-turn query walks an index, not the table.
+    /// The dialler's per-turn queries walk the queue index, not the table.
     #[test]
-    fn next_queued_uses_the_queue_index() {
+    fn the_dialler_turn_uses_the_queue_index() {
         let s = Store::open_in_memory().unwrap();
-        let plan: Vec<String> = s
-            .conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT id FROM calls WHERE status = 'queued' AND (deadline_at IS NULL OR deadline_at > ?1)
-                 ORDER BY created_at, rowid LIMIT 1",
-            )
-            .unwrap()
-            .query_map([0], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(plan.iter().any(|p| p.contains("calls_queue")), "{plan:?}");
+        let plan = query_plan(&s.conn, NEXT_QUEUED, [0]);
+        assert!(plan.iter().any(|p| p.contains("USING INDEX calls_queue")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "the index gives the order: {plan:?}");
+        let plan = query_plan(&s.conn, IN_FLIGHT_COUNT, []);
+        assert!(plan.iter().all(|p| p.contains("USING COVERING INDEX calls_queue")), "{plan:?}");
     }
 }

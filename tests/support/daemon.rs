@@ -1,6 +1,12 @@
 //! Runs the real `voice-otp` binary for a test: its own temp dir, config
 //! file, database and ports (0 = any free one, read back from the
-//! daemon's `ready` line), users created through the CLI.
+//! daemon's `ready` line), users created through the CLI. Tests set all of
+//! that up through [`super::harness::Setup`]; this module is the process and
+//! what can be asked of it (seed calls, a call's fields, its final status).
+//!
+//! Every blocking helper here runs through [`super::blocking`], so the
+//! multi-threaded tokio tests (with a fake AMI on the runtime) call them
+//! as they are.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -8,6 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::blocking;
+use super::http;
+
+/// The statuses a call never leaves.
+pub const FINAL: [&str; 4] = ["completed", "failed", "expired", "canceled"];
 
 /// Path of the binary cargo built for these tests.
 pub fn binary() -> &'static str {
@@ -35,17 +47,14 @@ impl Drop for TempDir {
     }
 }
 
-/// A config for tests: ports 0, a temp database, bcrypt cost 4 (fast),
-/// plus `extra` TOML appended (sections must not repeat the ones given here).
-pub fn write_config(dir: &Path, ami: SocketAddr, extra: &str) -> PathBuf {
-    write_config_with_http(dir, ami, "", extra)
-}
-
-/// [`write_config`] with `http_keys` (lines) added to its `[http]` section.
-pub fn write_config_with_http(dir: &Path, ami: SocketAddr, http_keys: &str, extra: &str) -> PathBuf {
+/// A config for tests: ports 0, a temp database, bcrypt cost 4 (fast), AMI
+/// at `ami`, with `http_keys` and `agi_keys` (lines) added to those
+/// sections and `extra` TOML appended (sections must not repeat the ones
+/// given here).
+pub fn write_config(dir: &Path, ami: SocketAddr, http_keys: &str, agi_keys: &str, extra: &str) -> PathBuf {
     let path = dir.join("voice-otp.toml");
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n\n[database]\npath = \"test.db\"\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\npath = \"test.db\"\n\n\
          [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
         ami.ip(),
         ami.port()
@@ -56,6 +65,10 @@ pub fn write_config_with_http(dir: &Path, ami: SocketAddr, http_keys: &str, extr
 
 /// Runs `voice-otp --config CONFIG ARGS...` with `stdin`; returns (status ok, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    blocking(|| cli_blocking(config, args, stdin))
+}
+
+fn cli_blocking(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(binary())
         .arg("--config")
         .arg(config)
@@ -74,21 +87,11 @@ pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) 
     )
 }
 
-/// Adds an API user through the CLI.
-pub fn add_user(config: &Path, name: &str, password: &str) {
+/// Adds an API user through the CLI; returns its webhook signing secret.
+pub fn add_user(config: &Path, name: &str, password: &str) -> String {
     let (ok, out, err) = cli(config, &["user", "add", name, "--password-stdin"], &format!("{password}\n"));
     assert!(ok, "user add {name} failed: {out} {err}");
-}
-
-/// A daemon on its own temp dir and config (`extra` appended, see
-/// [`write_config`]) talking to AMI at `ami`, with API user `acme1`
-/// whose password is `password`.
-pub fn start_with_user(ami: SocketAddr, name: &str, extra: &str, password: &str) -> (TempDir, Daemon) {
-    let dir = TempDir::new(name);
-    let config = write_config(&dir.0, ami, extra);
-    add_user(&config, "acme1", password);
-    let daemon = Daemon::start(&config);
-    (dir, daemon)
+    out.lines().find_map(|l| l.strip_prefix("webhook_secret=")).expect("user add shows the webhook secret").to_owned()
 }
 
 /// `voice-otp call show ID` as key/value pairs.
@@ -108,11 +111,17 @@ pub struct Daemon {
     /// The config file it runs with.
     pub config: PathBuf,
     logs: Arc<Mutex<String>>,
+    /// The API user (name, password) [`Daemon::seed_call`] calls as.
+    caller: Option<(String, String)>,
 }
 
 impl Daemon {
     /// Starts `voice-otp --config CONFIG serve` and waits for its ready line.
     pub fn start(config: &Path) -> Daemon {
+        blocking(|| Daemon::start_blocking(config))
+    }
+
+    fn start_blocking(config: &Path) -> Daemon {
         let mut child = Command::new(binary())
             .arg("--config")
             .arg(config)
@@ -156,6 +165,90 @@ impl Daemon {
             agi: agi.expect("agi address in ready line"),
             config: config.to_owned(),
             logs,
+            caller: None,
+        }
+    }
+
+    /// The same daemon, placing its seed calls as user `name`.
+    pub fn calling_as(mut self, name: &str, password: &str) -> Daemon {
+        self.caller = Some((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Its database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.config.parent().expect("config in a folder").join("test.db")
+    }
+
+    /// The seed request for `number` and `code` as the caller, with
+    /// `params` (`&language=ur...`) appended.
+    pub fn seed(&self, number: &str, code: &str, params: &str) -> http::Response {
+        let (user, password) = self.caller.as_ref().expect("a daemon started by the harness, with a user");
+        let target = format!("/outbound.cgi?number={number}&code={code}&username={user}&password={password}{params}");
+        blocking(|| http::get(self.http, &target))
+    }
+
+    /// Places a call through the seed API (answered 200); returns its id.
+    pub fn seed_call(&self, number: &str, code: &str) -> String {
+        self.seed_call_with(number, code, "")
+    }
+
+    /// [`Daemon::seed_call`] with extra parameters (`&require_keypress=1`).
+    pub fn seed_call_with(&self, number: &str, code: &str, params: &str) -> String {
+        let resp = self.seed(number, code, params);
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        resp.json_field("call_id").expect("call_id")
+    }
+
+    /// `voice-otp call show ID`: the call's fields.
+    pub fn show(&self, id: &str) -> std::collections::HashMap<String, String> {
+        call_show(&self.config, id)
+    }
+
+    /// Every stored call as (id, status) in the order they were stored
+    /// (rowid: a wall clock may step back), read from the database (the
+    /// daemon's own - no other test's calls are in it).
+    pub fn stored_calls(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open_with_flags(self.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the daemon's database");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut stmt = conn.prepare("SELECT id, status FROM calls ORDER BY rowid").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Waits until every stored call has reached a final status; returns
+    /// their ids in the order they were stored. After this the dialler has nothing left to
+    /// send, so "exactly these were dialled" can be asserted without a
+    /// sleep.
+    pub fn settle(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let calls = self.stored_calls();
+            if calls.iter().all(|(_, status)| FINAL.contains(&status.as_str())) {
+                return calls.into_iter().map(|(id, _)| id).collect();
+            }
+            assert!(Instant::now() < deadline, "calls still live after {timeout:?}: {calls:?}\nlogs:\n{}", self.logs());
+            blocking(|| std::thread::sleep(Duration::from_millis(100)));
+        }
+    }
+
+    /// Waits until call `id` has status `want`; fails at once if it reached
+    /// another final status instead.
+    pub fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> std::collections::HashMap<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let call = self.show(id);
+            let status = call.get("status").cloned().unwrap_or_default();
+            if status == want {
+                return call;
+            }
+            assert!(!FINAL.contains(&status.as_str()), "call {id} ended {status}, never {want}: {call:?}");
+            assert!(
+                Instant::now() < deadline,
+                "call {id} still {status}, not {want}, after {timeout:?}\nlogs:\n{}",
+                self.logs()
+            );
+            blocking(|| std::thread::sleep(Duration::from_millis(100)));
         }
     }
 
@@ -175,7 +268,7 @@ impl Daemon {
             if n >= expected || Instant::now() > deadline {
                 return n;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            blocking(|| std::thread::sleep(Duration::from_millis(20)));
         }
     }
 
@@ -183,13 +276,13 @@ impl Daemon {
     pub fn wait_final(&self, id: &str, timeout: Duration) -> std::collections::HashMap<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let call = call_show(&self.config, id);
+            let call = self.show(id);
             let status = call.get("status").cloned().unwrap_or_default();
-            if ["completed", "failed", "expired", "canceled"].contains(&status.as_str()) {
+            if FINAL.contains(&status.as_str()) {
                 return call;
             }
             assert!(Instant::now() < deadline, "call {id} still {status} after {timeout:?}\nlogs:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(250));
+            blocking(|| std::thread::sleep(Duration::from_millis(250)));
         }
     }
 
@@ -206,6 +299,10 @@ impl Daemon {
 
     /// Waits (at most 40 s, beyond the daemon's 30 s drain) for the process to exit.
     pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        blocking(|| self.wait_exit_blocking())
+    }
+
+    fn wait_exit_blocking(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

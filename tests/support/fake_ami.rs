@@ -114,7 +114,23 @@ impl Default for FakeScript {
     }
 }
 
+/// The AMI user and secret of the daemon's default config (the sandbox's).
+pub const DAEMON_USERNAME: &str = "voice-otp";
+/// See [`DAEMON_USERNAME`].
+pub const DAEMON_SECRET: &str = "voice-otp-sandbox";
+
 impl FakeScript {
+    /// The default script, taking the daemon's default credentials: what
+    /// the test harness starts a daemon against.
+    pub fn for_daemon() -> Self {
+        Self::with_credentials(DAEMON_USERNAME, DAEMON_SECRET)
+    }
+
+    /// [`FakeScript::for_daemon`] with every call ending as `outcome`.
+    pub fn outcome(outcome: OriginateOutcome) -> Self {
+        Self { originate_outcome: outcome, ..Self::for_daemon() }
+    }
+
     /// The default script with these credentials.
     pub fn with_credentials(username: &str, secret: &str) -> Self {
         Self { username: username.to_string(), secret: secret.to_string(), ..Self::default() }
@@ -174,6 +190,8 @@ struct Shared {
 struct State {
     actions: Vec<ReceivedAction>,
     accepted: usize,
+    /// Logins answered with success, across connections.
+    logins: usize,
     sessions: HashMap<usize, SessionEntry>,
     stopped: bool,
 }
@@ -323,6 +341,26 @@ impl FakeAmi {
     /// How many actions named `name` (case-insensitive) were received.
     pub fn count(&self, name: &str) -> usize {
         lock(&self.shared.state).actions.iter().filter(|a| a.is(name)).count()
+    }
+
+    /// The `ChannelId` of every Originate received, in arrival order: the
+    /// daemon's call ids, so a test sees which of its calls were dialled.
+    pub fn originated(&self) -> Vec<String> {
+        let st = lock(&self.shared.state);
+        st.actions.iter().filter(|a| a.is("Originate")).map(|a| a.get("ChannelId").unwrap_or("").to_owned()).collect()
+    }
+
+    /// The Originate of call `id` (already, or within `timeout`).
+    pub async fn wait_for_originate(&self, id: &str, timeout: Duration) -> Option<ReceivedAction> {
+        self.wait_until(timeout, |st| {
+            st.actions.iter().find(|a| a.is("Originate") && a.get("ChannelId") == Some(id)).cloned()
+        })
+        .await
+    }
+
+    /// Waits until at least `n` logins were accepted in all; false on timeout.
+    pub async fn wait_for_logins(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |st| (st.logins >= n).then_some(())).await.is_some()
     }
 
     /// The first action named `name` received (already, or within `timeout`).
@@ -548,8 +586,12 @@ async fn handle_message(
             }
             let filter = EventFilter::parse(action.get("Events"));
             let wants_system = filter.wants("system");
-            if let Some(s) = lock(&shared.state).sessions.get_mut(&id) {
-                s.events = Some(filter);
+            {
+                let mut st = lock(&shared.state);
+                st.logins += 1;
+                if let Some(s) = st.sessions.get_mut(&id) {
+                    s.events = Some(filter);
+                }
             }
             reply(&[("Response", "Success"), ("Message", "Authentication accepted")]);
             if let Some(garbage) = script.garbage_after_login {

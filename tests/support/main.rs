@@ -7,7 +7,9 @@
 #![allow(dead_code)]
 
 mod fake_ami;
+mod sandbox;
 mod wav;
 
 mod fake_ami_tests;
+mod sandbox_tests;
 mod wav_tests;

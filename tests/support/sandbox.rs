@@ -3,6 +3,7 @@
 //! that need it fail - never skip - when it cannot start.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,62 +110,136 @@ pub fn status() -> Sandbox {
     }
 }
 
-/// A random valid Pakistani mobile number no other test uses, so each
-/// test finds its own recording.
+/// A random valid Pakistani mobile number (`034` and 8 random digits), so
+/// that evidence found by number ("this number was never dialled") cannot
+/// be another test's: a clash is one in 10^8 per pair of numbers. Evidence
+/// of a call is found by its call id, never by its number alone.
 pub fn unique_number() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seven = (nanos / 1000 + n * 7919 + std::process::id() * 31) % 10_000_000;
-    format!("0345{seven:07}")
+    format!("034{:08}", rand::random_range(0..100_000_000u32))
 }
 
-/// Waits for the callee's recording of `number` to exist and stop growing.
-pub fn wait_recording(sandbox: &Sandbox, number: &str, timeout: Duration) -> PathBuf {
-    let deadline = Instant::now() + timeout;
-    let mut last: Option<(PathBuf, u64)> = None;
-    loop {
-        let found = recordings_of(sandbox, number).into_iter().next();
-        if let Some(path) = found {
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if let Some((p, s)) = &last
-                && *p == path
-                && *s == size
-                && size > 44
-            {
-                return path;
-            }
-            last = Some((path, size));
-        }
-        assert!(Instant::now() < deadline, "no complete recording for {number} in {:?}", sandbox.recordings);
-        std::thread::sleep(Duration::from_millis(700));
+/// The callee's recording of one call: `<number>-<call id>.wav`, complete.
+/// Deleted when dropped, so the folder keeps no evidence another test could
+/// take for its own - unless the test is failing, when it stays for a look.
+#[derive(Debug)]
+pub struct Recording {
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl Recording {
+    /// Deletes it now (a recording the test has no use for).
+    pub fn discard(self) {}
+}
+
+impl std::ops::Deref for Recording {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
     }
 }
 
-/// Waits for the newest recording of `number` that was written after
-/// `since` (numbers with a fixed behaviour, like 03000000049, collect one
-/// recording per call across runs) and returns it once complete.
-pub fn wait_recording_since(
-    sandbox: &Sandbox,
-    number: &str,
-    since: std::time::SystemTime,
-    timeout: Duration,
-) -> PathBuf {
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Waits for the callee's recording of call `call_id` to `number` - exactly
+/// `<number>-<call_id>.wav`, named by the call id our INVITE carries
+/// (`[dial] call_id_header`). MixMonitor records into `.partial/` and
+/// renames the file into the folder once it is closed, so a file that exists
+/// is complete; one of 44 bytes or less is an empty WAV (no audio came).
+pub fn wait_recording(sandbox: &Sandbox, number: &str, call_id: &str, timeout: Duration) -> Recording {
+    let path = sandbox.recordings.join(format!("{number}-{call_id}.wav"));
     let deadline = Instant::now() + timeout;
     loop {
-        let newest = recordings_of(sandbox, number)
-            .into_iter()
-            .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
-            .filter(|(modified, _)| *modified >= since)
-            .max();
-        // Files appear in the folder only once closed (MixMonitor's move).
-        if let Some((_, path)) = newest
-            && std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 44
-        {
-            return path;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert!(
+                meta.len() > 44,
+                "{path:?} is an empty recording ({} bytes): no audio reached the callee",
+                meta.len()
+            );
+            return Recording { path };
         }
-        assert!(Instant::now() < deadline, "no recording for {number} since {since:?} in {:?}", sandbox.recordings);
-        std::thread::sleep(Duration::from_millis(500));
+        assert!(Instant::now() < deadline, "no recording {path:?} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The callee's recordings of `number`, of any call (`<number>-*.wav`), in
+/// no order: for a [`unique_number`] that must never have been dialled.
+pub fn recordings_of(sandbox: &Sandbox, number: &str) -> Vec<PathBuf> {
+    let prefix = format!("{number}-");
+    std::fs::read_dir(&sandbox.recordings)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .collect()
+}
+
+/// A place in Asterisk's log: which file it is (its inode) and how long it
+/// was, to read what was logged after it with [`log_since`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMark {
+    inode: u64,
+    offset: u64,
+}
+
+/// The end of Asterisk's log now.
+pub fn log_mark(sandbox: &Sandbox) -> LogMark {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&sandbox.asterisk_log)
+        .map(|m| LogMark { inode: m.ino(), offset: m.len() })
+        .unwrap_or(LogMark { inode: 0, offset: 0 })
+}
+
+/// What Asterisk logged after `mark`. The log is shared by every test on
+/// the sandbox: look in it only for what is this test's alone (its call id,
+/// its unique number, its code). `scripts/sandbox up` may have moved the
+/// log aside since (to `messages.log.1`, a new file): then the rest of the
+/// old one and all of the new one are read.
+pub fn log_since(sandbox: &Sandbox, mark: LogMark) -> String {
+    let read_from = |path: &Path, offset: u64| -> Vec<u8> {
+        let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = file.read_to_end(&mut bytes);
+        }
+        bytes
+    };
+    let bytes = if log_mark(sandbox).inode == mark.inode {
+        read_from(&sandbox.asterisk_log, mark.offset)
+    } else {
+        let mut bytes = read_from(&sandbox.asterisk_log.with_extension("log.1"), mark.offset);
+        bytes.extend(read_from(&sandbox.asterisk_log, 0));
+        bytes
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// How often the sandbox phone was rung at `number` after `mark`: each call
+/// reaching it starts its `[callee]` dialplan at priority 1, whatever it
+/// then does (and a second dial of the same call would record under the
+/// same name, so recordings cannot count dials).
+pub fn dials(sandbox: &Sandbox, number: &str, mark: LogMark) -> usize {
+    let entry = format!("Executing [{number}@callee:1]");
+    log_since(sandbox, mark).lines().filter(|l| l.contains(&entry)).count()
+}
+
+/// Waits until Asterisk's log shows call `call_id` playing `sound` (e.g.
+/// `digits/`), for tests that act in the middle of a call.
+pub fn wait_playing(sandbox: &Sandbox, call_id: &str, sound: &str, timeout: Duration) {
+    let playing = format!("Playing '{sound}");
+    let deadline = Instant::now() + timeout;
+    while !channel_log(sandbox, call_id).iter().any(|l| l.contains(&playing)) {
+        assert!(Instant::now() < deadline, "call {call_id} never played {sound} in {timeout:?}");
+        // Each look reads the whole log (it is rotated at 50 MB): not too often.
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -172,7 +247,8 @@ pub fn wait_recording_since(
 /// through the dialplan's `NoOp(voice-otp: <channel> uniqueid=<id>)`; only
 /// lines after it, as channel names repeat after an Asterisk restart).
 pub fn channel_log(sandbox: &Sandbox, call_id: &str) -> Vec<String> {
-    let log = std::fs::read_to_string(&sandbox.asterisk_log).unwrap_or_default();
+    // Lossy: a caller id in another encoding must not hide the whole log.
+    let log = String::from_utf8_lossy(&std::fs::read(&sandbox.asterisk_log).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = log.lines().collect();
     let marker = format!("uniqueid={call_id}");
     let Some(start) = lines.iter().position(|l| l.contains(&marker)) else {
@@ -183,16 +259,4 @@ pub fn channel_log(sandbox: &Sandbox, call_id: &str) -> Vec<String> {
     };
     let tag = format!("<{channel}>");
     lines[start..].iter().filter(|l| l.contains(&tag)).map(|l| (*l).to_owned()).collect()
-}
-
-/// The callee's recordings of `number` (`<number>-<uniqueid>.wav`), in no order.
-fn recordings_of(sandbox: &Sandbox, number: &str) -> Vec<PathBuf> {
-    let prefix = format!("{number}-");
-    std::fs::read_dir(&sandbox.recordings)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
-        .collect()
 }

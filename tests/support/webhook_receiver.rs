@@ -61,34 +61,41 @@ pub struct Receiver {
     /// Its address.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    answer_all: Arc<Mutex<Option<u16>>>,
 }
 
 impl Receiver {
     /// Listens on a free loopback port; answers the statuses of `script` in
     /// turn, then 200.
     pub fn start(script: &[u16]) -> Receiver {
-        Receiver::start_on(TcpListener::bind("127.0.0.1:0").expect("bind receiver"), script)
-    }
-
-    /// As [`Receiver::start`] on a given listener (e.g. a port chosen before).
-    pub fn start_on(listener: TcpListener, script: &[u16]) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
+        let answer_all = Arc::new(Mutex::new(None));
+        let forced = answer_all.clone();
         let mut script: std::collections::VecDeque<u16> = script.iter().copied().collect();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                 let Some(mut req) = read_request(&mut stream) else { continue };
-                let status = script.pop_front().unwrap_or(200);
+                let forced = *forced.lock().unwrap();
+                let status = forced.or_else(|| script.pop_front()).unwrap_or(200);
                 req.answered = status;
                 let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 let _ = stream.write_all(reply.as_bytes());
                 sink.lock().unwrap().push(req);
             }
         });
-        Receiver { addr, received }
+        Receiver { addr, received, answer_all }
+    }
+
+    /// From now on answers every POST with `status` (e.g. 503: the receiver
+    /// is "down" while keeping its port, which no other process can take
+    /// meanwhile); `None` goes back to the script, then 200.
+    pub fn answer_all(&self, status: Option<u16>) {
+        *self.answer_all.lock().unwrap() = status;
     }
 
     /// `http://<addr>/<path>`.
@@ -110,7 +117,7 @@ impl Receiver {
                 return r;
             }
             assert!(Instant::now() < deadline, "no matching webhook in {timeout:?}; got: {:#?}", self.received());
-            std::thread::sleep(Duration::from_millis(100));
+            super::blocking(|| std::thread::sleep(Duration::from_millis(100)));
         }
     }
 }
