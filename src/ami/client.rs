@@ -38,6 +38,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::action::{Action, HeaderError};
 use super::codec::{AmiCodec, CodecError, Frame, Message, MessageKind};
+use super::response::ChannelStatus;
 
 /// Events kept for a slow [`AmiClient::events`] receiver. One that falls
 /// further behind gets `RecvError::Lagged` and loses the oldest events; the
@@ -236,6 +237,14 @@ impl AmiClient {
             answer.await.unwrap_or(Err(AmiError::Disconnected))
         };
         tokio::time::timeout(self.shared.action_timeout, exchange).await.unwrap_or(Err(AmiError::Timeout))
+    }
+
+    /// Asks Asterisk whether the channel whose name or `Uniqueid` is
+    /// `channel` exists (`Status`). An error is "unknown": the link failed,
+    /// or Asterisk refused the question without saying the channel is gone
+    /// (see [`ChannelStatus::from_reply`]).
+    pub async fn channel_status(&self, channel: &str) -> Result<ChannelStatus, AmiError> {
+        ChannelStatus::from_reply(self.send(Action::status(channel)?).await)
     }
 
     /// A receiver of every AMI event (every message with an `Event` header,
