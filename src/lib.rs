@@ -17,9 +17,11 @@
 //!   quotas, the toll-fraud guard.
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
-//! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
-//!   the callee hears and its FastAGI entry point.
-//! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
+//! - [`call`]: the call domain - status, the dispatcher (its dialler: queue
+//!   -> Originate, reconciliation, expiry; its event follower: AMI events ->
+//!   status), the flow the callee hears and its FastAGI entry point.
+//! - [`ami`]: Asterisk Manager Interface - codec, actions, typed events and
+//!   answers, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
 //! - [`secret`]: [`secret::Secret`], the one type for secrets in memory
