@@ -2,14 +2,15 @@
 //! Asterisk is away and are dialled once it is back, at most
 //! `max_concurrent_calls` at a time, expire at their deadline, and a call
 //! whose channel vanished while the link was down is settled - never
-//! originated a second time.
+//! originated a second time - while one Asterisk will not tell about
+//! (`Status` refused) is left alone.
 
 mod support;
 
 use std::time::Duration;
 
 use support::daemon::{Daemon, TempDir, add_user, call_show, write_config};
-use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::http;
 
 const PASSWORD: &str = "correct-horse-9";
@@ -38,6 +39,17 @@ fn place_call(daemon: &Daemon) -> String {
 
 fn status(daemon: &Daemon, id: &str) -> String {
     tokio::task::block_in_place(|| call_show(&daemon.config, id))["status"].clone()
+}
+
+/// Waits until the call shows `answered` (the fake answers at once).
+async fn wait_answered(daemon: &Daemon, id: &str) {
+    for _ in 0..50 {
+        if status(daemon, id) == "answered" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(daemon, id), "answered");
 }
 
 fn originated(fake: &FakeAmi) -> Vec<String> {
@@ -107,15 +119,9 @@ async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled(
     let (_dir, fake, daemon) = setup("reconcile", FakeScript::default(), "").await;
     let id = place_call(&daemon);
     assert!(fake.wait_for_count("Originate", 1, WAIT).await);
-    for _ in 0..50 {
-        if status(&daemon, &id) == "answered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status(&daemon, &id), "answered");
+    wait_answered(&daemon, &id).await;
     // The link drops; on reconnection the daemon asks about its call. The
-    // fake knows no `Status` action: Asterisk's "no such channel" error.
+    // fake has no channels: `Status` gets Asterisk's "No such channel".
     fake.drop_connections();
     let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(40)));
     assert_eq!(call["status"], "failed", "{call:?}");
@@ -123,6 +129,39 @@ async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled(
     assert!(call["detail"].contains("no channel"), "{call:?}");
     let status_asked = fake.actions().iter().any(|a| a.is("Status") && a.get("Channel") == Some(id.as_str()));
     assert!(status_asked, "the daemon asked Asterisk about the call: {:?}", fake.actions());
+    assert_eq!(originated(&fake), [id], "never originated twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_asterisk_will_not_tell_about_is_left_alone_until_it_does() {
+    // Answered, then nothing; and the manager user may not ask `Status`.
+    let script = FakeScript { status_reply: StatusReply::Error("Permission denied".into()), ..FakeScript::default() };
+    let (_dir, fake, daemon) = setup("status-refused", script, "").await;
+    let id = place_call(&daemon);
+    assert!(fake.wait_for_count("Originate", 1, WAIT).await);
+    wait_answered(&daemon, &id).await;
+    // Each reconnection reconciles: the call is asked about, the refusal
+    // read (the daemon's warning names the call), the call left as it is.
+    let refused = format!("call_id={id} answer=Permission denied");
+    for round in 1..=2 {
+        fake.drop_connections();
+        assert!(
+            fake.wait_for_count("Status", round, Duration::from_secs(40)).await,
+            "no Status after reconnect {round}"
+        );
+        let logged = tokio::task::block_in_place(|| daemon.logged(&refused, round, WAIT));
+        assert_eq!(logged, round, "{}", daemon.logs());
+        assert_eq!(status(&daemon, &id), "answered", "after refusal {round}");
+    }
+    let asked: Vec<_> = fake.actions().into_iter().filter(|a| a.is("Status")).collect();
+    assert!(asked.iter().all(|a| a.get("Channel") == Some(id.as_str())), "{asked:?}");
+    // Now Asterisk says the channel is gone: the call is settled.
+    fake.update_script(|s| s.status_reply = StatusReply::NoSuchChannel);
+    fake.drop_connections();
+    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(40)));
+    assert_eq!(call["status"], "failed", "{call:?}");
+    assert_eq!(call["reason"], "system_error");
+    assert!(call["detail"].contains("no channel"), "{call:?}");
     assert_eq!(originated(&fake), [id], "never originated twice");
 }
 

@@ -25,7 +25,7 @@ impl ChannelStatus {
     /// Reads the answer to a `Status` action. Only Asterisk's own "no such
     /// channel" means [`ChannelStatus::Gone`]; any other refusal
     /// (`Permission denied` for a manager user without the `system`,
-    /// `call` or `reporting` read class, `Status Access Forbidden`, ...) says
+    /// `call` or `reporting` write class, `Status Access Forbidden`, ...) says
     /// nothing about the channel and stays an error, as do link failures:
     /// the caller does not know and must not act as if it did.
     pub fn from_reply(reply: Result<Message, AmiError>) -> Result<ChannelStatus, AmiError> {

@@ -17,7 +17,9 @@
 //! the dialler asks Asterisk (`Status`) about each call in flight that no
 //! live FastAGI session holds: a channel that is gone - Asterisk restarted,
 //! the daemon was killed, events were lost with the link - ends the call as
-//! `failed`/`system_error`; it is never dialled again.
+//! `failed`/`system_error`; it is never dialled again. Only Asterisk's "no
+//! such channel" means gone: any other refusal (`Permission denied`, ...)
+//! leaves the call as it is, logged, to be asked about again next time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,13 +209,25 @@ async fn reconcile(state: &State, after_connect: bool) {
         // `Status` accepts a Uniqueid where a channel name goes.
         match state.ami.channel_status(call.id.as_str()).instrument(span.clone()).await {
             Ok(ChannelStatus::Exists) => state.track(&call.id),
-            Ok(ChannelStatus::Gone) | Err(AmiError::Rejected(_)) => {
+            Ok(ChannelStatus::Gone) => {
                 let detail = format!(
                     "Asterisk has no channel for this {} call any more (Asterisk restarted, or the daemon or its AMI link was down when it ended); not dialled again",
                     call.status
                 );
                 tracing::warn!(call_id = %call.id, status = %call.status, "call lost: no channel in Asterisk");
                 state.finish(&call.id, CallEnd::failed(FailReason::SystemError, Some(detail))).instrument(span).await;
+            }
+            Err(AmiError::Rejected(answer)) => {
+                // Asterisk would not say (a manager user without any of the
+                // write classes `Status` needs - system, call, reporting -
+                // say): the channel may well be alive, so its events are
+                // followed as if it were.
+                tracing::warn!(
+                    call_id = %call.id,
+                    %answer,
+                    "Asterisk refused to say whether the call's channel exists; call left as it is, asked again at the next check"
+                );
+                state.track(&call.id);
             }
             // The link failed mid-check: the next connection checks again.
             Err(e) => {
