@@ -19,9 +19,11 @@
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
 //! - [`verify`]: verifications - generated codes (derived, never stored),
 //!   checks with attempts and expiry.
-//! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
-//!   the callee hears and its FastAGI entry point.
-//! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
+//! - [`call`]: the call domain - status, the dispatcher (its dialler: queue
+//!   -> Originate, reconciliation, expiry; its event follower: AMI events ->
+//!   status), the flow the callee hears and its FastAGI entry point.
+//! - [`ami`]: Asterisk Manager Interface - codec, actions, typed events and
+//!   answers, client connection.
 //! - [`agi`]: FastAGI - codec, typed commands, session, server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
 //! - [`time`]: timestamps - Unix ms stored, RFC 3339 UTC shown (jiff).

@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub ami_connected: bool,
     /// AMI reconnects since start.
     pub ami_reconnects: u64,
+    /// AMI messages skipped for their size since start.
+    pub ami_oversized_messages: u64,
     /// FastAGI sessions reading a code.
     pub agi_sessions: usize,
     /// Webhook deliveries waiting.
@@ -112,6 +114,7 @@ pub struct Metrics {
     calls: Family<CallLabels, Gauge>,
     ami_connected: Gauge,
     ami_reconnects: Counter,
+    ami_oversized: Counter,
     agi_sessions: Gauge,
     webhooks_pending: Gauge,
     agi_refused: Family<ReasonLabels, Counter>,
@@ -152,6 +155,12 @@ impl Metrics {
         registry.register("ami_connected", "1 while the AMI link is logged in", ami_connected.clone());
         let ami_reconnects = Counter::default();
         registry.register("ami_reconnects", "AMI link re-established after the first login", ami_reconnects.clone());
+        let ami_oversized = Counter::default();
+        registry.register(
+            "ami_oversized_messages",
+            "AMI messages larger than the frame bound, skipped with the link kept",
+            ami_oversized.clone(),
+        );
         let agi_sessions = Gauge::default();
         registry.register("agi_sessions_active", "FastAGI sessions reading a code now", agi_sessions.clone());
         let webhooks_pending = Gauge::default();
@@ -178,6 +187,7 @@ impl Metrics {
             calls,
             ami_connected,
             ami_reconnects,
+            ami_oversized,
             agi_sessions,
             webhooks_pending,
             scrape: Mutex::new(()),
@@ -214,6 +224,10 @@ impl Metrics {
         if snap.ami_reconnects > seen {
             self.ami_reconnects.inc_by(snap.ami_reconnects - seen);
         }
+        let seen = self.ami_oversized.get();
+        if snap.ami_oversized_messages > seen {
+            self.ami_oversized.inc_by(snap.ami_oversized_messages - seen);
+        }
         self.agi_sessions.set(snap.agi_sessions as i64);
         self.webhooks_pending.set(snap.webhooks_pending as i64);
         let mut out = String::new();
@@ -236,6 +250,7 @@ mod tests {
             calls: vec![("failed".into(), Some("busy".into()), 3), ("completed".into(), None, 2)],
             ami_connected: true,
             ami_reconnects: 2,
+            ami_oversized_messages: 1,
             agi_sessions: 1,
             webhooks_pending: 4,
         };
@@ -245,6 +260,7 @@ mod tests {
             "voice_otp_calls{status=\"completed\",reason=\"\"} 2",
             "voice_otp_ami_connected 1",
             "voice_otp_ami_reconnects_total 2",
+            "voice_otp_ami_oversized_messages_total 1",
             "voice_otp_agi_sessions_active 1",
             "voice_otp_webhooks_pending 4",
             "voice_otp_webhook_attempts_total{outcome=\"delivered\"} 1",

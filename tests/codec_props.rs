@@ -4,7 +4,9 @@
 //!
 //! Properties: what we encode decodes back to the same thing, however the
 //! bytes are split across reads; a value can never smuggle a second frame
-//! in; arbitrary bytes never panic a decoder nor make it buffer unbounded.
+//! in; an AMI message over the frame bound is skipped and the next one
+//! decodes; arbitrary bytes never panic a decoder nor make it buffer
+//! unbounded.
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -89,6 +91,25 @@ proptest! {
                 prop_assert_eq!(decode_chunked(AmiCodec::new(), &wire, 7).unwrap().len(), 2);
             }
         }
+    }
+
+    #[test]
+    fn ami_oversized_message_costs_only_itself(
+        over in 1usize..3000,
+        value in "[ -~]{0,40}",
+        chunk in 1usize..512,
+    ) {
+        let mut wire = BytesMut::from(BANNER);
+        wire.extend_from_slice(b"Event: VarSet\r\nValue: ");
+        wire.extend_from_slice(&vec![b'v'; 1024 + over]);
+        wire.extend_from_slice(b"\r\n\r\n");
+        let action = Action::new("Ping").unwrap().header("X", value.clone()).unwrap();
+        AmiCodec::new().encode(&action, &mut wire).unwrap();
+        let frames = decode_chunked(AmiCodec::with_max_frame(1024), &wire, chunk).unwrap();
+        prop_assert_eq!(frames.len(), 3, "banner, the skipped message, the next one: {:?}", frames);
+        prop_assert_eq!(&frames[1], &Frame::Oversized { max: 1024 });
+        let Frame::Message(message) = &frames[2] else { panic!("not a message: {:?}", frames[2]) };
+        prop_assert_eq!(message.get("X"), Some(value.as_str()));
     }
 
     #[test]

@@ -338,12 +338,33 @@ async fn fastagi_peers_outside_the_allow_list_are_refused() {
     assert_eq!(refused, 1, "{}", daemon.logs());
 }
 
+/// An event as Asterisk writes it, with a `Value` longer than any AMI frame
+/// may be (a long `VarSet`, say), ended by its blank line.
+fn oversized_event() -> Vec<u8> {
+    let mut event = b"Event: VarSet\r\nPrivilege: dialplan,all\r\nChannel: PJSIP/carrier-00000001\r\n\
+                      Uniqueid: 1700000000.1\r\nVariable: BIG\r\nValue: "
+        .to_vec();
+    event.extend(std::iter::repeat_n(b'v', 70 * 1024));
+    event.extend_from_slice(b"\r\n\r\n");
+    event
+}
+
+fn oversized_metric(daemon: &Daemon) -> u64 {
+    let resp = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics"));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let line = resp.body.lines().find(|l| l.starts_with("voice_otp_ami_oversized_messages_total "));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no counter in {}", resp.body))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_asterisk_drops_the_ami_link_and_the_daemon_recovers() {
     let mut garbage = noise(7, 4096);
     garbage.extend_from_slice(b"\r\n\r\nEvent: Hangup\r\nUniqueid: x\r\n\r\n");
-    // Then a line longer than any AMI frame may be.
-    garbage.extend(std::iter::repeat_n(b'z', 70 * 1024));
+    // An oversized message costs only itself (see the next test)...
+    garbage.extend(oversized_event());
+    // ...but a message of more lines than any AMI message has is not AMI:
+    // that ends the link.
+    garbage.extend(b"x\r\n".repeat(5000));
     let script = FakeScript { garbage_after_login: Some(garbage), ..FakeScript::for_daemon() };
     let (_home, fake, daemon) = setup("ami-garbage", script, "").await;
     // The link is dropped and re-established (garbage again each time).
@@ -352,5 +373,19 @@ async fn garbage_from_asterisk_drops_the_ami_link_and_the_daemon_recovers() {
     let logins = fake.count("Login");
     assert!(fake.wait_for_count("Login", logins + 1, Duration::from_secs(60)).await, "no clean login");
     good_call(&daemon, &fake, "03001234567").await;
+    assert!(oversized_metric(&daemon) >= 2, "each link skipped its oversized message");
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_ami_message_is_skipped_and_the_link_kept() {
+    let script = FakeScript { garbage_after_login: Some(oversized_event()), ..FakeScript::for_daemon() };
+    let (_home, fake, daemon) = setup("ami-oversized", script, "").await;
+    // The call's Originate response and events come after the oversized
+    // message on the same stream, so the call working proves it was skipped.
+    good_call(&daemon, &fake, "03001234567").await;
+    assert_eq!(fake.connections(), 1, "the AMI link was dropped: {:?}", fake.actions());
+    assert_eq!(oversized_metric(&daemon), 1);
+    let logged = daemon.logged("AMI message larger than the frame bound skipped", 1, Duration::from_secs(5));
+    assert_eq!(logged, 1, "{}", daemon.logs());
 }

@@ -2,7 +2,8 @@
 //! Asterisk is away and are dialled once it is back, at most
 //! `max_concurrent_calls` at a time, expire at their deadline, and a call
 //! whose channel vanished while the link was down is settled - never
-//! originated a second time.
+//! originated a second time - while one Asterisk will not tell about
+//! (`Status` refused) is left alone.
 //!
 //! "Not dialled" is judged after an event that shows the dialler went past
 //! the call - it expired, a later call was dialled, every call is final -
@@ -13,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome};
+use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::harness::{Home, NO_NUMBER_QUOTAS, Setup};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -103,7 +104,7 @@ async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled(
     let id = place_call(&daemon);
     daemon.wait_status(&id, "answered", WAIT);
     // The link drops; on reconnection the daemon asks about its call. The
-    // fake knows no `Status` action: Asterisk's "no such channel" error.
+    // fake has no channels: `Status` gets Asterisk's "No such channel".
     fake.drop_connections();
     let call = daemon.wait_final(&id, Duration::from_secs(40));
     assert_eq!(call["status"], "failed", "{call:?}");
@@ -116,6 +117,39 @@ async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled(
     let next = place_call(&daemon);
     assert!(fake.wait_for_originate(&next, WAIT).await.is_some(), "{:?}", fake.actions());
     assert_eq!(fake.originated(), [id, next], "never originated twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_asterisk_will_not_tell_about_is_left_alone_until_it_does() {
+    // Answered, then nothing; and the manager user may not ask `Status`.
+    let script =
+        FakeScript { status_reply: StatusReply::Error("Permission denied".into()), ..FakeScript::for_daemon() };
+    let (_home, fake, daemon) = setup("status-refused", script, "").await;
+    let id = place_call(&daemon);
+    daemon.wait_status(&id, "answered", WAIT);
+    // Each reconnection reconciles: the call is asked about, the refusal
+    // read (the daemon's warning names the call), the call left as it is.
+    let refused = format!("call_id={id} answer=Permission denied");
+    for round in 1..=2 {
+        fake.drop_connections();
+        assert!(
+            fake.wait_for_count("Status", round, Duration::from_secs(40)).await,
+            "no Status after reconnect {round}"
+        );
+        let logged = daemon.logged(&refused, round, WAIT);
+        assert_eq!(logged, round, "{}", daemon.logs());
+        assert_eq!(status(&daemon, &id), "answered", "after refusal {round}");
+    }
+    let asked: Vec<_> = fake.actions().into_iter().filter(|a| a.is("Status")).collect();
+    assert!(asked.iter().all(|a| a.get("Channel") == Some(id.as_str())), "{asked:?}");
+    // Now Asterisk says the channel is gone: the call is settled.
+    fake.update_script(|s| s.status_reply = StatusReply::NoSuchChannel);
+    fake.drop_connections();
+    let call = daemon.wait_final(&id, Duration::from_secs(40));
+    assert_eq!(call["status"], "failed", "{call:?}");
+    assert_eq!(call["reason"], "system_error");
+    assert!(call["detail"].contains("no channel"), "{call:?}");
+    assert_eq!(fake.originated(), [id], "never originated twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,17 @@ impl Action {
         Action::builtin("Logoff")
     }
 
+    /// `Status` of one channel, named by its name or its `Uniqueid`
+    /// (Asterisk looks up both). Read the answer with
+    /// [`super::ChannelStatus::from_reply`]. An empty `channel` is refused:
+    /// Asterisk would answer with the status of every channel.
+    pub fn status(channel: &str) -> Result<Action, HeaderError> {
+        if channel.is_empty() {
+            return Err(HeaderError::Empty("Status channel"));
+        }
+        Action::builtin("Status").header("Channel", channel)
+    }
+
     /// `Hangup` of `channel` with a Q.850 `cause` (16 is normal clearing).
     pub fn hangup(channel: &str, cause: u32) -> Result<Action, HeaderError> {
         Action::builtin("Hangup").header("Channel", channel)?.header("Cause", cause.to_string())
@@ -318,6 +329,15 @@ mod tests {
         assert_eq!(a.headers()[6].1, "30000");
         assert_eq!(a.headers()[8].1, "OTP_CALL=42");
         assert_eq!(a.headers()[9].1, "LANG=en");
+    }
+
+    #[test]
+    fn status_of_one_channel() {
+        let a = Action::status("9f1c0c5e2b7d4a8f9e3b6d1c2a4f8e07").expect("valid");
+        assert_eq!(a.name(), "Status");
+        assert_eq!(a.headers(), [("Channel".to_owned(), "9f1c0c5e2b7d4a8f9e3b6d1c2a4f8e07".to_owned())]);
+        assert_eq!(Action::status(""), Err(HeaderError::Empty("Status channel")));
+        assert!(matches!(Action::status("x\r\nAction: Originate"), Err(HeaderError::BadValue { .. })));
     }
 
     #[test]

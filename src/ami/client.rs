@@ -12,6 +12,9 @@
 //!   `ping_timeout` and the link is declared dead, so a silently broken TCP
 //!   session cannot hang on for hours.
 //! - The AMI secret never reaches a log line, an error or a `Debug` output.
+//! - A message over the codec's frame bound (a long `VarSet` value, say) is
+//!   skipped, logged and counted ([`AmiClient::oversized_messages`]); the
+//!   link stays up. Only a stream that is not AMI at all ends it.
 //!
 //! Each connection gets its own command channel and pending-response map,
 //! owned by the task; the handle only holds the channel's sender behind a
@@ -35,6 +38,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::action::{Action, HeaderError};
 use super::codec::{AmiCodec, CodecError, Frame, Message, MessageKind};
+use super::response::ChannelStatus;
 
 /// Events kept for a slow [`AmiClient::events`] receiver. One that falls
 /// further behind gets `RecvError::Lagged` and loses the oldest events; the
@@ -136,6 +140,7 @@ struct Shared {
     id_prefix: String,
     next_id: AtomicU64,
     reconnects: AtomicU64,
+    oversized: AtomicU64,
     action_timeout: Duration,
 }
 
@@ -234,6 +239,14 @@ impl AmiClient {
         tokio::time::timeout(self.shared.action_timeout, exchange).await.unwrap_or(Err(AmiError::Timeout))
     }
 
+    /// Asks Asterisk whether the channel whose name or `Uniqueid` is
+    /// `channel` exists (`Status`). An error is "unknown": the link failed,
+    /// or Asterisk refused the question without saying the channel is gone
+    /// (see [`ChannelStatus::from_reply`]).
+    pub async fn channel_status(&self, channel: &str) -> Result<ChannelStatus, AmiError> {
+        ChannelStatus::from_reply(self.send(Action::status(channel)?).await)
+    }
+
     /// A receiver of every AMI event (every message with an `Event` header,
     /// including those that carry an ActionID). Only events arriving after
     /// the call are seen; a receiver that lags more than [`EVENT_CAPACITY`]
@@ -257,6 +270,12 @@ impl AmiClient {
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
     }
+
+    /// How many messages from Asterisk were skipped for being larger than
+    /// the frame bound ([`super::codec::DEFAULT_MAX_FRAME`]), since start.
+    pub fn oversized_messages(&self) -> u64 {
+        self.shared.oversized.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for AmiClient {
@@ -264,6 +283,7 @@ impl fmt::Debug for AmiClient {
         f.debug_struct("AmiClient")
             .field("state", &*self.shared.state.borrow())
             .field("reconnects", &self.reconnects())
+            .field("oversized_messages", &self.oversized_messages())
             .finish()
     }
 }
@@ -283,6 +303,7 @@ impl Shared {
             id_prefix: format!("votp-{:x}-{:x}{instance}", std::process::id(), nanos),
             next_id: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
             action_timeout: config.action_timeout.max(MIN_DURATION),
         }
     }
@@ -310,6 +331,14 @@ impl Shared {
     fn publish(&self, event: Message) {
         // An error only means nobody is subscribed right now.
         let _ = self.events.send(Arc::new(event));
+    }
+
+    /// A message was skipped for its size. Whatever it was (most likely an
+    /// event with a long value) is lost; if it was the answer to an action,
+    /// that action times out like any unanswered one.
+    fn oversized(&self, max: usize) {
+        let total = self.oversized.fetch_add(1, Ordering::Relaxed) + 1;
+        warn!(max_bytes = max, total, "AMI message larger than the frame bound skipped; link kept");
     }
 }
 
@@ -381,14 +410,21 @@ async fn connect_and_login(config: &AmiConfig, shared: &Shared) -> Result<Link, 
                 let shown: String = banner.chars().take(80).collect();
                 return Err(AmiError::Protocol(format!("unexpected banner {shown:?}")));
             }
-            Frame::Message(_) => return Err(AmiError::Protocol("no banner".into())),
+            Frame::Message(_) | Frame::Oversized { .. } => return Err(AmiError::Protocol("no banner".into())),
         }
         let mut login = Action::login(&config.username, &config.secret)?;
         let id = shared.next_action_id();
         login.set_action_id(id.as_str())?;
         link.writer.send(&login).await?;
         loop {
-            let Frame::Message(msg) = next_frame(&mut link.reader).await? else { continue };
+            let msg = match next_frame(&mut link.reader).await? {
+                Frame::Message(msg) => msg,
+                Frame::Oversized { max } => {
+                    shared.oversized(max);
+                    continue;
+                }
+                Frame::Banner(_) => continue,
+            };
             match msg.kind() {
                 MessageKind::Event(_) => shared.publish(msg),
                 MessageKind::Response(status) if msg.action_id().is_none_or(|a| a == id) => {
@@ -444,6 +480,7 @@ async fn serve(link: Link, config: &AmiConfig, shared: &Shared, shutdown: &Cance
             frame = reader.next() => match frame {
                 Some(Ok(Frame::Message(msg))) => route(msg, &mut pending, &mut ping, shared),
                 Some(Ok(Frame::Banner(_))) => {}
+                Some(Ok(Frame::Oversized { max })) => shared.oversized(max),
                 Some(Err(error)) => break SessionEnd::Failed(error.into()),
                 None => break SessionEnd::Closed,
             },
@@ -789,6 +826,34 @@ mod tests {
         let hangup = next().await;
         assert_eq!(hangup.kind(), MessageKind::Event("Hangup"));
         assert_eq!(hangup.get("Cause"), Some("17"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_is_skipped_counted_and_the_link_kept() {
+        let (server, config) = FakeAmi::start().await;
+        let shutdown = CancellationToken::new();
+        let client = AmiClient::spawn(config, shutdown.clone());
+        let mut events = client.events();
+        let mut conn = server.accept_logged_in().await;
+        wait_state(&client, LinkState::Connected).await;
+        let long = "v".repeat(super::super::codec::DEFAULT_MAX_FRAME);
+        conn.write(&format!(
+            "Event: VarSet\r\nUniqueid: call-42\r\nVariable: X\r\nValue: {long}\r\n\r\n\
+             Event: Hangup\r\nUniqueid: call-42\r\nCause: 16\r\n\r\n"
+        ))
+        .await;
+        let next = tokio::time::timeout(WAIT, events.recv()).await.expect("event in time").expect("event");
+        assert_eq!(next.kind(), MessageKind::Event("Hangup"), "the message after the oversized one");
+        assert_eq!(client.oversized_messages(), 1);
+        // Same connection, still answering actions.
+        let sender = client.clone();
+        let ping = tokio::spawn(async move { sender.send(Action::ping()).await });
+        let action = conn.expect_action("Ping").await;
+        conn.reply(&action, "Response: Success\r\nPing: Pong\r\n").await;
+        assert!(ping.await.expect("task").is_ok());
+        assert!(client.is_connected());
+        assert_eq!(client.reconnects(), 0);
         shutdown.cancel();
     }
 

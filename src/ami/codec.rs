@@ -14,6 +14,12 @@
 //! allocations however many headers it has: its text, copied once, and the
 //! list of where each key and value lies in it.
 //!
+//! A message larger than the frame bound costs that message, not the link:
+//! the decoder yields [`Frame::Oversized`] as soon as the bound is passed,
+//! then discards the rest of it up to its blank line, holding no more of it
+//! than one read's worth at a time. Asterisk writes each message whole, so
+//! nothing else is lost with it.
+//!
 //! Choices worth knowing:
 //! - A line is split at its first `": "`; a line with a colon but no `": "`
 //!   (`Key:` or `Key:value`) is split at its first `:`.
@@ -21,12 +27,14 @@
 //!   2.0 put raw `Command` output in such lines, and one odd line is no reason
 //!   to tear down the link. Dropped lines still count toward both bounds.
 //! - Bytes that are not UTF-8 are replaced (U+FFFD), never rejected.
-//! - Any error ([`CodecError`]) leaves the stream unusable; the connection
-//!   that owns the codec should be dropped.
+//! - Any error ([`CodecError`]: a banner over the bound, a message with more
+//!   lines than [`DEFAULT_MAX_HEADERS`] - no AMI peer sends that, so the
+//!   stream is not AMI) leaves the stream unusable; the connection that owns
+//!   the codec should be dropped.
 
 use std::fmt;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use nom::branch::alt;
 use nom::bytes::complete::{tag, take_till, take_until};
 use nom::character::complete::char;
@@ -85,13 +93,21 @@ pub enum Frame {
     Banner(String),
     /// Any later message.
     Message(Message),
+    /// A message grew past the frame bound and is being skipped: what
+    /// arrived of it is gone, the rest is discarded up to its blank line.
+    /// The stream stays usable; the next frame is the message after it.
+    Oversized {
+        /// The bound it passed.
+        max: usize,
+    },
 }
 
 /// Why a byte stream could not be decoded. Carries no payload bytes, so it is
 /// safe to log.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    /// A banner line or message grew past the configured limit.
+    /// The banner line grew past the configured limit. (A message that
+    /// does is [`Frame::Oversized`], not an error.)
     #[error("AMI frame larger than {max} bytes")]
     FrameTooLarge {
         /// The limit in force.
@@ -120,6 +136,22 @@ pub struct AmiCodec {
     scanned: usize,
     /// Lines counted so far in the message being assembled.
     lines: usize,
+    /// Set while the rest of an oversized message is being discarded.
+    skipping: bool,
+    /// While skipping: what was discarded of the current line so far, which
+    /// is all it takes to tell a blank line that was split across reads.
+    skipped_line: LineStart,
+}
+
+/// The start of a line whose end has not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineStart {
+    /// Nothing: a `\n` now makes it a blank line.
+    Empty,
+    /// Only `\r`: a `\n` now still makes it a blank line.
+    Cr,
+    /// Anything else: not a blank line, whatever follows.
+    Text,
 }
 
 impl Message {
@@ -207,8 +239,9 @@ impl AmiCodec {
     }
 
     /// A codec accepting frames of at most `max_frame` bytes (line endings
-    /// included). Larger input fails with [`CodecError::FrameTooLarge`] as
-    /// soon as the limit is passed, without waiting for the frame's end.
+    /// included). As soon as a message passes the limit, without waiting for
+    /// its end, it becomes [`Frame::Oversized`] and is skipped; a banner
+    /// that does fails with [`CodecError::FrameTooLarge`].
     pub fn with_max_frame(max_frame: usize) -> Self {
         AmiCodec {
             max_frame: max_frame.max(1),
@@ -216,6 +249,8 @@ impl AmiCodec {
             banner_seen: false,
             scanned: 0,
             lines: 0,
+            skipping: false,
+            skipped_line: LineStart::Empty,
         }
     }
 
@@ -247,6 +282,9 @@ impl AmiCodec {
     }
 
     fn decode_message(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if self.skipping && !self.discard(src) {
+            return Ok(None);
+        }
         if self.scanned > src.len() {
             // The caller replaced the buffer under us; start over.
             self.reset_scan();
@@ -254,22 +292,35 @@ impl AmiCodec {
         loop {
             let Some(rel) = src[self.scanned..].iter().position(|&b| b == b'\n') else {
                 if src.len() > self.max_frame {
+                    // Over the bound mid-line: drop what came, skip the rest.
+                    self.skipped_line = match &src[self.scanned..] {
+                        [] => LineStart::Empty,
+                        [b'\r'] => LineStart::Cr,
+                        _ => LineStart::Text,
+                    };
+                    src.clear();
                     self.reset_scan();
-                    return Err(CodecError::FrameTooLarge { max: self.max_frame });
+                    self.skipping = true;
+                    return Ok(Some(Frame::Oversized { max: self.max_frame }));
                 }
                 return Ok(None);
             };
             let end = self.scanned + rel + 1; // one past this line's '\n'
-            if end > self.max_frame {
-                self.reset_scan();
-                return Err(CodecError::FrameTooLarge { max: self.max_frame });
-            }
             let blank = strip_line_end(&src[self.scanned..end]).is_empty();
             if blank && self.scanned == 0 {
                 // A blank line before any header is not a message: skip it
                 // rather than emit an empty message.
-                let _ = src.split_to(end);
+                src.advance(end);
                 continue;
+            }
+            if end > self.max_frame {
+                // Over the bound with this line. If it was the blank line
+                // the message is over; if not, skip up to that blank line.
+                src.advance(end);
+                self.reset_scan();
+                self.skipping = !blank;
+                self.skipped_line = LineStart::Empty;
+                return Ok(Some(Frame::Oversized { max: self.max_frame }));
             }
             if blank {
                 let raw = src.split_to(end);
@@ -283,6 +334,35 @@ impl AmiCodec {
                 return Err(CodecError::TooManyHeaders { max: self.max_headers });
             }
             self.scanned = end;
+        }
+    }
+
+    /// Discards the rest of an oversized message. True once its blank line
+    /// was consumed (the bytes after it are left for the next message);
+    /// false when `src` ran out first, all of it discarded, so memory stays
+    /// bounded however long the message goes on.
+    fn discard(&mut self, src: &mut BytesMut) -> bool {
+        loop {
+            let Some(pos) = src.iter().position(|&b| b == b'\n') else {
+                self.skipped_line = match (self.skipped_line, &src[..]) {
+                    (start, []) => start,
+                    (LineStart::Empty, [b'\r']) => LineStart::Cr,
+                    _ => LineStart::Text,
+                };
+                src.clear();
+                return false;
+            };
+            let blank = match self.skipped_line {
+                LineStart::Empty => matches!(&src[..pos], [] | [b'\r']),
+                LineStart::Cr => pos == 0,
+                LineStart::Text => false,
+            };
+            src.advance(pos + 1);
+            self.skipped_line = LineStart::Empty;
+            if blank {
+                self.skipping = false;
+                return true;
+            }
         }
     }
 }
@@ -430,7 +510,7 @@ mod tests {
             .into_iter()
             .filter_map(|f| match f {
                 Frame::Message(m) => Some(m),
-                Frame::Banner(_) => None,
+                Frame::Banner(_) | Frame::Oversized { .. } => None,
             })
             .collect()
     }
@@ -581,29 +661,137 @@ mod tests {
     }
 
     #[test]
-    fn frame_too_large_without_newline() {
+    fn oversized_line_without_newline_is_skipped_at_once() {
         let mut codec = AmiCodec::with_max_frame(64);
         let mut buf = BytesMut::from(BANNER);
         assert!(codec.decode(&mut buf).is_ok());
         buf.extend_from_slice(&[b'a'; 65]);
-        assert!(matches!(codec.decode(&mut buf), Err(CodecError::FrameTooLarge { max: 64 })));
+        assert_eq!(codec.decode(&mut buf).expect("not an error"), Some(Frame::Oversized { max: 64 }));
+        assert!(buf.is_empty(), "what came of it is dropped");
+        buf.extend_from_slice(b"aaa\r\nKey: more of it\r\n\r\nEvent: Next\r\n\r\n");
+        assert_eq!(codec.decode(&mut buf).expect("decodes"), Some(Frame::Message(msg(&[("Event", "Next")]))));
+        assert!(buf.is_empty());
     }
 
     #[test]
-    fn frame_too_large_across_many_lines() {
+    fn oversized_across_many_lines_stays_bounded() {
         let mut codec = AmiCodec::with_max_frame(100);
         let mut buf = BytesMut::from(BANNER);
         assert!(codec.decode(&mut buf).is_ok());
-        let mut result = Ok(None);
-        for _ in 0..20 {
+        let mut frames = Vec::new();
+        for _ in 0..200 {
             buf.extend_from_slice(b"Key: value\r\n");
-            result = codec.decode(&mut buf);
-            if result.is_err() {
-                break;
+            while let Some(frame) = codec.decode(&mut buf).expect("not an error") {
+                frames.push(frame);
+            }
+            assert!(buf.len() <= 100 + 12, "buffer stayed bounded: {}", buf.len());
+        }
+        assert_eq!(frames, [Frame::Oversized { max: 100 }], "one frame for the whole message");
+        buf.extend_from_slice(b"\r\nResponse: Success\r\nActionID: 7\r\n\r\n");
+        let next = codec.decode(&mut buf).expect("decodes");
+        assert_eq!(next, Some(Frame::Message(msg(&[("Response", "Success"), ("ActionID", "7")]))));
+    }
+
+    /// Banner, a normal event, an event with a 300-byte value, a normal
+    /// response, for a codec bounded at 128 bytes.
+    fn with_oversized() -> (Vec<u8>, Vec<Frame>) {
+        let mut input = BANNER.to_vec();
+        input.extend_from_slice(b"Event: Newstate\r\nUniqueid: a\r\n\r\n");
+        input.extend_from_slice(b"Event: VarSet\r\nUniqueid: a\r\nValue: ");
+        input.extend(std::iter::repeat_n(b'v', 300));
+        input.extend_from_slice(b"\r\nVariable: X\r\n\r\n");
+        input.extend_from_slice(b"Response: Success\r\nActionID: 9\r\n\r\n");
+        let expected = vec![
+            Frame::Banner("Asterisk Call Manager/11.0.0".into()),
+            Frame::Message(msg(&[("Event", "Newstate"), ("Uniqueid", "a")])),
+            Frame::Oversized { max: 128 },
+            Frame::Message(msg(&[("Response", "Success"), ("ActionID", "9")])),
+        ];
+        (input, expected)
+    }
+
+    #[test]
+    fn oversized_then_normal_within_one_read() {
+        let (input, expected) = with_oversized();
+        assert_eq!(decode_chunked(&mut AmiCodec::with_max_frame(128), &input, input.len()), expected);
+    }
+
+    #[test]
+    fn oversized_then_normal_in_reads_of_every_size() {
+        let (input, expected) = with_oversized();
+        for chunk in 1..=input.len() {
+            assert_eq!(decode_chunked(&mut AmiCodec::with_max_frame(128), &input, chunk), expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn oversized_then_normal_split_at_every_byte() {
+        let (input, expected) = with_oversized();
+        for at in 0..=input.len() {
+            let mut codec = AmiCodec::with_max_frame(128);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in [&input[..at], &input[at..]] {
+                buf.extend_from_slice(piece);
+                while let Some(frame) = codec.decode(&mut buf).expect("decodes") {
+                    out.push(frame);
+                }
+            }
+            assert_eq!(out, expected, "split at {at}");
+            assert!(buf.is_empty(), "split at {at}: {} bytes left", buf.len());
+        }
+    }
+
+    #[test]
+    fn blank_line_ends_the_skip_however_it_is_split() {
+        // Bare LF and CRLF endings, the CR and LF of the closing blank line in
+        // separate reads, and a "\r\r\n" line that is not blank.
+        for tail in [&b"\n\n"[..], b"\r\n\r\n", b"\r\n\r\r\nMore: x\r\n\r\n", b"\n\r\n"] {
+            let mut input = BANNER.to_vec();
+            input.extend_from_slice(b"Event: Big\r\nData: ");
+            input.extend(std::iter::repeat_n(b'd', 200));
+            input.extend_from_slice(tail);
+            input.extend_from_slice(b"Event: After\r\n\r\n");
+            for chunk in 1..8 {
+                let frames = decode_chunked(&mut AmiCodec::with_max_frame(64), &input, chunk);
+                assert_eq!(
+                    frames[1..],
+                    [Frame::Oversized { max: 64 }, Frame::Message(msg(&[("Event", "After")]))],
+                    "tail {tail:?}, chunk {chunk}"
+                );
             }
         }
-        assert!(matches!(result, Err(CodecError::FrameTooLarge { max: 100 })));
-        assert!(buf.len() <= 100 + 12, "buffer stayed bounded");
+    }
+
+    #[test]
+    fn a_message_whose_blank_line_passes_the_bound_is_skipped_whole() {
+        // A 20-byte header line, then the blank line as bytes 21-22.
+        let input = b"B\r\nEvent: Twenty-one!\r\n\r\nEvent: Ok\r\n\r\n";
+        let frames = decode_chunked(&mut AmiCodec::with_max_frame(21), input, input.len());
+        assert_eq!(frames[1..], [Frame::Oversized { max: 21 }, Frame::Message(msg(&[("Event", "Ok")]))]);
+        // Within the bound, terminator included, it is a message.
+        let frames = decode_chunked(&mut AmiCodec::with_max_frame(21), b"B\r\nEvent: Nineteen\r\n\r\n", 64);
+        assert_eq!(frames[1..], [Frame::Message(msg(&[("Event", "Nineteen")]))]);
+    }
+
+    #[test]
+    fn a_huge_message_in_small_reads_never_buffers_past_the_bound() {
+        let mut codec = AmiCodec::with_max_frame(1024);
+        let mut buf = BytesMut::from(BANNER);
+        assert!(codec.decode(&mut buf).is_ok());
+        buf.extend_from_slice(b"Event: VarSet\r\nValue: ");
+        let mut oversized = 0;
+        for _ in 0..10_000 {
+            buf.extend_from_slice(b"0123456789abcdef0123456789abcdef");
+            while let Some(frame) = codec.decode(&mut buf).expect("not an error") {
+                assert_eq!(frame, Frame::Oversized { max: 1024 });
+                oversized += 1;
+            }
+            assert!(buf.len() <= 1024 + 32, "{} bytes buffered", buf.len());
+        }
+        buf.extend_from_slice(b"\r\n\r\nEvent: Hangup\r\n\r\n");
+        assert_eq!(codec.decode(&mut buf).expect("decodes"), Some(Frame::Message(msg(&[("Event", "Hangup")]))));
+        assert_eq!(oversized, 1);
     }
 
     #[test]

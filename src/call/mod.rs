@@ -2,7 +2,8 @@
 //! them through AMI and follows their events, and the flow the callee hears.
 //!
 //! - `flow`: the script read to the callee, over typed AGI commands.
-//! - `dispatcher`: queued call -> `Originate`; AMI events -> status changes.
+//! - `dispatcher`: its `dialler` (queued call -> `Originate`, reconciliation,
+//!   expiry) and its `follower` (typed AMI events -> status changes).
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
 //! - `json`: the call as the JSON API and webhooks show it.
 //! - `token`: the per-dial FastAGI token that proves a session is our channel.
@@ -20,6 +21,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::ami::OriginateReason;
 use crate::secret::Secret;
 
 /// An unguessable call identifier: 128 random bits as 32 lowercase hex
@@ -175,15 +177,17 @@ impl FailReason {
         }
     }
 
-    /// The reason an `OriginateResponse` `Reason:` stands for, when no
-    /// hangup cause is known (Asterisk's list: 0 failed, 1 hangup,
-    /// 3 ringing/no answer, 5 busy, 8 congestion).
-    pub fn from_originate_reason(reason: u32) -> FailReason {
+    /// The reason an unanswered `OriginateResponse` stands for, when no
+    /// hangup cause is known.
+    pub fn from_originate_reason(reason: OriginateReason) -> FailReason {
         match reason {
-            3 => FailReason::NoAnswer,
-            5 => FailReason::Busy,
-            8 => FailReason::Congestion,
-            _ => FailReason::SystemError,
+            OriginateReason::NoAnswer => FailReason::NoAnswer,
+            OriginateReason::Busy => FailReason::Busy,
+            OriginateReason::Congestion => FailReason::Congestion,
+            OriginateReason::Failed
+            | OriginateReason::Hangup
+            | OriginateReason::Answered
+            | OriginateReason::Other(_) => FailReason::SystemError,
         }
     }
 }
@@ -272,8 +276,10 @@ mod tests {
         assert_eq!(FailReason::from_cause(1), FailReason::InvalidNumber);
         assert_eq!(FailReason::from_cause(34), FailReason::Congestion);
         assert_eq!(FailReason::from_cause(16), FailReason::SystemError);
-        assert_eq!(FailReason::from_originate_reason(3), FailReason::NoAnswer);
-        assert_eq!(FailReason::from_originate_reason(0), FailReason::SystemError);
+        assert_eq!(FailReason::from_originate_reason(OriginateReason::NoAnswer), FailReason::NoAnswer);
+        assert_eq!(FailReason::from_originate_reason(OriginateReason::Busy), FailReason::Busy);
+        assert_eq!(FailReason::from_originate_reason(OriginateReason::Congestion), FailReason::Congestion);
+        assert_eq!(FailReason::from_originate_reason(OriginateReason::Failed), FailReason::SystemError);
     }
 
     #[test]

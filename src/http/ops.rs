@@ -73,6 +73,7 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
         calls,
         ami_connected: app.ami.is_connected(),
         ami_reconnects: app.ami.reconnects(),
+        ami_oversized_messages: app.ami.oversized_messages(),
         agi_sessions: app.live.count(),
         webhooks_pending,
     };

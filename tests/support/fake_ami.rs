@@ -11,7 +11,8 @@
 //! error and then closes, actions before Login get "Permission denied",
 //! events go only to logged-in sessions that did not log in with
 //! `Events: off`, and `OriginateResponse` is broadcast like any event (so a
-//! client that reconnected still gets it).
+//! client that reconnected still gets it). It keeps no channels: `Status`
+//! of a channel is answered as [`FakeScript::status_reply`] says.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,6 +78,21 @@ impl OriginateOutcome {
     }
 }
 
+/// How `Status` with a `Channel` is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusReply {
+    /// `Response: Error`, `Message: No such channel`: Asterisk 22's answer
+    /// for a channel it does not have.
+    NoSuchChannel,
+    /// The channel exists: `Response: Success` (`EventList: start`), one
+    /// `Event: Status` for it, `Event: StatusComplete`.
+    Exists,
+    /// `Response: Error` with this `Message` (e.g. `Permission denied`, as
+    /// for a manager user with none of the write classes `Status` needs:
+    /// system, call, reporting).
+    Error(String),
+}
+
 /// How the fake server behaves. Can be changed while it runs with
 /// [`FakeAmi::update_script`].
 #[derive(Clone, Debug)]
@@ -97,6 +113,8 @@ pub struct FakeScript {
     pub ignore_pings: bool,
     /// Raw bytes written right after a successful Login's response.
     pub garbage_after_login: Option<Vec<u8>>,
+    /// How `Status` of a channel is answered.
+    pub status_reply: StatusReply,
 }
 
 impl Default for FakeScript {
@@ -110,6 +128,7 @@ impl Default for FakeScript {
             hangup_after_answer: None,
             ignore_pings: false,
             garbage_after_login: None,
+            status_reply: StatusReply::NoSuchChannel,
         }
     }
 }
@@ -620,6 +639,7 @@ async fn handle_message(
             }
         }
         "originate" => originate(shared, tx, &action, action_id.as_deref(), script),
+        "status" => status(tx, &action, action_id.as_deref(), &script.status_reply),
         _ => {
             let msg = format!(
                 "Invalid/unknown command: {}. Use Action: ListCommands to show available commands.",
@@ -629,6 +649,36 @@ async fn handle_message(
         }
     }
     Next::Continue
+}
+
+/// Answers `Status` of one channel as scripted, in Asterisk 22's shapes
+/// (`action_status`: an error, or a list response of `Status` events).
+fn status(tx: &mpsc::UnboundedSender<Vec<u8>>, action: &ReceivedAction, action_id: Option<&str>, reply: &StatusReply) {
+    let send = |fields: &[(&str, &str)]| {
+        let _ = tx.send(response(action_id, fields));
+    };
+    let channel = action.get("Channel").unwrap_or("");
+    match reply {
+        StatusReply::NoSuchChannel => send(&[("Response", "Error"), ("Message", "No such channel")]),
+        StatusReply::Error(message) => send(&[("Response", "Error"), ("Message", message)]),
+        StatusReply::Exists => {
+            send(&[("Response", "Success"), ("EventList", "start"), ("Message", "Channel status will follow")]);
+            let mut event: Vec<(&str, &str)> = vec![("Event", "Status"), ("Privilege", "Call")];
+            event.extend(action_id.map(|id| ("ActionID", id)));
+            event.extend([
+                ("Channel", "PJSIP/carrier-00000001"),
+                ("ChannelState", "6"),
+                ("ChannelStateDesc", "Up"),
+                ("Uniqueid", channel),
+                ("Linkedid", channel),
+            ]);
+            let _ = tx.send(encode_pairs(&event));
+            let mut complete: Vec<(&str, &str)> = vec![("Event", "StatusComplete")];
+            complete.extend(action_id.map(|id| ("ActionID", id)));
+            complete.extend([("EventList", "Complete"), ("ListItems", "1"), ("Items", "1")]);
+            let _ = tx.send(encode_pairs(&complete));
+        }
+    }
 }
 
 /// Queues the Originate response and schedules the scripted outcome.

@@ -126,6 +126,29 @@ async fn actions_before_login_are_denied_and_unknown_ones_rejected() {
 }
 
 #[tokio::test]
+async fn status_answered_as_scripted() {
+    let ami = FakeAmi::start(FakeScript::default()).await;
+    let (mut c, _) = Client::connect(&ami).await;
+    c.login("voiceotp", "secret").await;
+    c.recv().await.unwrap(); // FullyBooted
+    c.send("Action: Status\r\nActionID: s1\r\nChannel: abc\r\n\r\n").await;
+    let r = c.recv().await.unwrap();
+    assert_eq!((get(&r, "Response"), get(&r, "ActionID")), (Some("Error"), Some("s1")));
+    assert_eq!(get(&r, "Message"), Some("No such channel"));
+    ami.update_script(|s| s.status_reply = StatusReply::Error("Permission denied".into()));
+    c.send("Action: Status\r\nActionID: s2\r\nChannel: abc\r\n\r\n").await;
+    assert_eq!(get(&c.recv().await.unwrap(), "Message"), Some("Permission denied"));
+    ami.update_script(|s| s.status_reply = StatusReply::Exists);
+    c.send("Action: Status\r\nActionID: s3\r\nChannel: abc\r\n\r\n").await;
+    let r = c.recv().await.unwrap();
+    assert_eq!((get(&r, "Response"), get(&r, "EventList")), (Some("Success"), Some("start")));
+    let r = c.recv().await.unwrap();
+    assert_eq!((get(&r, "Event"), get(&r, "Uniqueid"), get(&r, "ActionID")), (Some("Status"), Some("abc"), Some("s3")));
+    assert_eq!(get(&c.recv().await.unwrap(), "Event"), Some("StatusComplete"));
+    assert_eq!(ami.count("Status"), 3);
+}
+
+#[tokio::test]
 async fn ping_pong_and_ignored_pings() {
     let ami = FakeAmi::start(FakeScript::default()).await;
     let (mut c, _) = Client::connect(&ami).await;

@@ -1,0 +1,76 @@
+//! What the dialler and the follower share: the daemon's parts they use,
+//! the tracked calls, the wake-up for the dialler, and how a call is ended.
+//! Both halves hold one `Arc<State>`; neither calls into the other.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::live::LiveCalls;
+use super::tracked::{Tracked, TrackedCalls};
+use crate::ami::AmiClient;
+use crate::call::{CallId, FailReason};
+use crate::config::Config;
+use crate::store::{CallEnd, Db};
+
+/// The dispatcher's shared state.
+pub(super) struct State {
+    pub(super) config: Arc<Config>,
+    pub(super) db: Db,
+    pub(super) ami: AmiClient,
+    /// Where Asterisk's dialplan reaches our FastAGI server.
+    pub(super) agi_url: String,
+    pub(super) live: LiveCalls,
+    /// Calls originated whose last events have not all arrived yet.
+    tracked: Mutex<TrackedCalls>,
+    /// Wakes the dialler: a call was queued or a trunk slot came free.
+    pub(super) wake: Arc<Notify>,
+}
+
+impl State {
+    pub(super) fn new(config: Arc<Config>, db: Db, ami: AmiClient, agi_url: String, live: LiveCalls) -> State {
+        // A call rings at most `ring_timeout_secs`; an hour more covers any
+        // conversation, so an older entry's events are not coming.
+        let max_age = Duration::from_secs(u64::from(config.dial.ring_timeout_secs) + 3600);
+        State {
+            config,
+            db,
+            ami,
+            agi_url,
+            live,
+            tracked: Mutex::new(TrackedCalls::new(max_age)),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Follows `id`'s channel events from now on.
+    pub(super) fn track(&self, id: &CallId) {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).track(id, Instant::now());
+    }
+
+    /// Runs `f` on what was seen of `id`'s channel; `None` when `id` is not
+    /// tracked (see [`TrackedCalls::update`]).
+    pub(super) fn with_tracked<R>(&self, id: &CallId, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).update(id, Instant::now(), f)
+    }
+
+    /// Records the call's end (a no-op if it already ended), logs it, and
+    /// wakes the dialler: a trunk slot may have come free.
+    pub(super) async fn finish(&self, id: &CallId, end: CallEnd) {
+        let call_id = id.clone();
+        let logged = end.clone();
+        match self.db.run(move |s| s.finish_call(&call_id, &end)).await {
+            Ok(true) => tracing::info!(
+                call_id = %id,
+                status = %logged.status,
+                reason = logged.reason.map(FailReason::as_str),
+                detail = logged.detail.as_deref(),
+                "call ended"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
+        }
+        self.wake.notify_one();
+    }
+}
