@@ -246,12 +246,24 @@ pub struct LimitsConfig {
     /// Calls to one destination number per 24 hours (counted from the
     /// stored calls, so a restart does not reset it).
     pub number_calls_per_day: u32,
-    /// Failed logins per user name per `login_failure_window_secs`; beyond
-    /// it the name is locked out (429) without a password check.
+    /// Failed logins per user name (from every address) per
+    /// `login_failure_window_secs`; beyond it the name is not locked, but
+    /// its password checks are rationed to `login_verifies_per_user_per_minute`.
     pub login_failures_per_user: u32,
-    /// Failed logins per client IP per `login_failure_window_secs`.
+    /// Failed logins per client address per `login_failure_window_secs`,
+    /// whatever the name; beyond it the address is refused (429) without a
+    /// password check.
     pub login_failures_per_ip: u32,
-    /// The window (and so the longest lockout) of the failed-login limits.
+    /// Failed logins per (user name, client address) per
+    /// `login_failure_window_secs`; beyond it that address is refused for
+    /// that name without a password check.
+    pub login_failures_per_user_ip: u32,
+    /// Password checks (bcrypt verifies) per minute for a name over
+    /// `login_failures_per_user`; a login that finds none free gets 429 with
+    /// a Retry-After of seconds. Credentials the cache vouches for need none.
+    pub login_verifies_per_user_per_minute: u32,
+    /// The window of the failed-login counts (and so the longest an address
+    /// stays refused).
     pub login_failure_window_secs: u64,
 }
 
@@ -264,6 +276,8 @@ impl Default for LimitsConfig {
             number_calls_per_day: 10,
             login_failures_per_user: 5,
             login_failures_per_ip: 20,
+            login_failures_per_user_ip: 5,
+            login_verifies_per_user_per_minute: 2,
             login_failure_window_secs: 900,
         }
     }

@@ -2,12 +2,16 @@
 //! to. Every refusal names the configuration key of the rule that refused.
 //!
 //! A request to place a call passes, in this order:
-//! 1. [`Limits::login`]: the failed-login limits per user name and per
-//!    client IP, checked *before* the bcrypt verify, so a locked-out name or
-//!    address never reaches bcrypt; then the verify itself. Each login in
-//!    progress holds a failure slot until it is proven right, so neither
-//!    concurrent guesses nor clients that hang up mid-verify get more
-//!    verifies than the limit allows.
+//! 1. [`Limits::login`]: the failed-login limits, then the credentials.
+//!    Failures are counted per client address and per (user name, client
+//!    address); either one full refuses that address *before* any password
+//!    check. A name is never locked: when it has many recent failures (from
+//!    anywhere), the bcrypt verifies it may still cost are rationed to a slow
+//!    rate, so the right password from an address with no failures gets
+//!    through after a short wait at worst, and credentials the cache already
+//!    vouches for pass at once. Each login in progress holds its failure
+//!    slots until it is proven right, so neither concurrent guesses nor
+//!    clients that hang up mid-verify get more verifies than the limits allow.
 //! 2. [`Limits::check_request`]: the user's request rate, then the
 //!    toll-fraud guard (allowed destination countries and prefixes).
 //! 3. [`NumberQuota::check`], run in the same store operation as the insert
@@ -25,7 +29,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
 use crate::phone::{Country, PhoneNumber};
 use crate::store::{Store, StoreError, User};
@@ -80,8 +84,22 @@ pub struct Limits {
     allowed_countries: Vec<Country>,
     allowed_prefixes: Vec<String>,
     user_requests: Mutex<SlidingWindows<i64>>,
-    failures_by_user: Mutex<SlidingWindows<String>>,
-    failures_by_ip: Mutex<SlidingWindows<IpAddr>>,
+    logins: Mutex<LoginBook>,
+}
+
+/// Every failed-login count, behind one lock so that checking them and
+/// taking slots is one step.
+#[derive(Debug)]
+struct LoginBook {
+    /// Failures per client address, whatever the name.
+    by_ip: SlidingWindows<IpAddr>,
+    /// Failures per (name, client address).
+    by_user_ip: SlidingWindows<(String, IpAddr)>,
+    /// Failures per name, from every address: beyond the limit the name's
+    /// verifies are rationed by `verify_rate`.
+    by_user: SlidingWindows<String>,
+    /// The ration of verifies for names over their failure limit.
+    verify_rate: RateGates<String>,
 }
 
 impl Limits {
@@ -93,13 +111,18 @@ impl Limits {
             allowed_countries: phone.allowed_countries(),
             allowed_prefixes: phone.allowed_prefixes.clone(),
             user_requests: Mutex::new(SlidingWindows::new(config.user_requests_per_minute, Duration::from_secs(60))),
-            failures_by_user: Mutex::new(SlidingWindows::new(config.login_failures_per_user, failure_window)),
-            failures_by_ip: Mutex::new(SlidingWindows::new(config.login_failures_per_ip, failure_window)),
+            logins: Mutex::new(LoginBook {
+                by_ip: SlidingWindows::new(config.login_failures_per_ip, failure_window),
+                by_user_ip: SlidingWindows::new(config.login_failures_per_user_ip, failure_window),
+                by_user: SlidingWindows::new(config.login_failures_per_user, failure_window),
+                verify_rate: RateGates::per_minute(config.login_verifies_per_user_per_minute),
+            }),
         }
     }
 
-    /// Checks `name`/`password` unless the name or `client` is locked out,
-    /// and counts a failure against both.
+    /// Checks `name`/`password` from `client`, behind the failed-login
+    /// limits (see the module docs); a failure counts against the address,
+    /// the (name, address) pair and the name.
     pub async fn login(
         &self,
         auth: &Authenticator,
@@ -107,8 +130,23 @@ impl Limits {
         password: &str,
         client: IpAddr,
     ) -> Result<User, LoginError> {
-        let attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
-        match auth.authenticate(name, password).await {
+        let mut attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
+        let pending = match auth.lookup(name, password).await {
+            Ok(Lookup::Accepted(user)) => {
+                attempt.succeeded();
+                return Ok(user);
+            }
+            Ok(Lookup::Verify(pending)) => pending,
+            Err(e) => {
+                attempt.release();
+                return Err(LoginError::Store(e));
+            }
+        };
+        // Refused here, the attempt stays a failure of the address and the
+        // pair: the password was not proven right, and giving the slots back
+        // would let a guess at a cached password cost nothing.
+        attempt.take_verify().map_err(LoginError::Limited)?;
+        match pending.verify().await {
             Ok(Some(user)) => {
                 attempt.succeeded();
                 Ok(user)
@@ -118,30 +156,31 @@ impl Limits {
                 Err(LoginError::Unauthorized)
             }
             Err(e) => {
-                // Our fault, not the caller's: give the slot back.
+                // Our fault, not the caller's: give the slots back.
                 attempt.release();
                 Err(LoginError::Store(e))
             }
         }
     }
 
-    /// Takes a failure slot for `name` and for `client`, or says how long
-    /// until one is free.
+    /// Takes a failure slot for `client` and for (`name`, `client`), or
+    /// says how long until one is free.
     fn begin_login(&self, name: &str, client: IpAddr) -> Result<LoginAttempt<'_>, Refusal> {
         let now = Instant::now();
-        // Both locks together, so the two checks and the two records are one step.
-        let mut by_user = lock(&self.failures_by_user);
-        let mut by_ip = lock(&self.failures_by_ip);
-        let user_key = name.to_owned();
-        if let Err(wait) = by_user.check(&user_key, now) {
-            return Err(too_many("too many failed logins for this user name (limits.login_failures_per_user)", wait));
-        }
-        if let Err(wait) = by_ip.check(&client, now) {
+        let mut book = lock(&self.logins);
+        if let Err(wait) = book.by_ip.check(&client, now) {
             return Err(too_many("too many failed logins from this address (limits.login_failures_per_ip)", wait));
         }
-        by_user.record(user_key.clone(), now);
-        by_ip.record(client, now);
-        Ok(LoginAttempt { limits: self, user: user_key, client, settled: false })
+        let pair = (name.to_owned(), client);
+        if let Err(wait) = book.by_user_ip.check(&pair, now) {
+            return Err(too_many(
+                "too many failed logins for this user name from this address (limits.login_failures_per_user_ip)",
+                wait,
+            ));
+        }
+        book.by_ip.record(client, now);
+        book.by_user_ip.record(pair.clone(), now);
+        Ok(LoginAttempt { limits: self, pair, name_slot: false, settled: false })
     }
 
     /// After a successful login: the user's request rate, then the
@@ -231,24 +270,49 @@ impl NumberQuota {
     }
 }
 
-/// A login in progress holding one failure slot per key. Dropped without a
+/// A login in progress holding its failure slots. Dropped without a
 /// verdict (the client hung up mid-verify, the bcrypt already running) it
 /// stays a failure: hanging up must not buy free verifies.
 struct LoginAttempt<'a> {
     limits: &'a Limits,
-    user: String,
-    client: IpAddr,
+    /// (name, client address).
+    pair: (String, IpAddr),
+    /// Whether a slot of the name's own count is held too (taken only for
+    /// a bcrypt verify: cache hits and refusals cost the name nothing).
+    name_slot: bool,
     settled: bool,
 }
 
 impl LoginAttempt<'_> {
-    /// The password was right: the name's failures are forgiven; the
-    /// address gives back only this attempt's slot (one right password must
-    /// not wipe an address's guesses at other names).
+    /// Before a bcrypt verify: a slot of the name's failure count, or, when
+    /// that is full, one of the name's rationed verifies.
+    fn take_verify(&mut self) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut book = lock(&self.limits.logins);
+        let name = &self.pair.0;
+        if book.by_user.check(name, now).is_err()
+            && let Err(wait) = book.verify_rate.take(name, now)
+        {
+            let description = format!(
+                "this user name has too many recent failed logins; its password checks are limited to {} per minute (limits.login_verifies_per_user_per_minute)",
+                self.limits.config.login_verifies_per_user_per_minute
+            );
+            return Err(too_many(&description, wait));
+        }
+        book.by_user.record(name.clone(), now);
+        self.name_slot = true;
+        Ok(())
+    }
+
+    /// The password was right: the name's and the pair's failures are
+    /// forgiven; the address gives back only this attempt's slot (one right
+    /// password must not wipe an address's guesses at other names).
     fn succeeded(mut self) {
         self.settled = true;
-        lock(&self.limits.failures_by_user).clear(&self.user);
-        lock(&self.limits.failures_by_ip).remove_one(&self.client);
+        let mut book = lock(&self.limits.logins);
+        book.by_user.clear(&self.pair.0);
+        book.by_user_ip.clear(&self.pair);
+        book.by_ip.remove_one(&self.pair.1);
     }
 
     /// The password was wrong: the slots stay taken, that is the failure.
@@ -256,19 +320,62 @@ impl LoginAttempt<'_> {
         self.settled = true;
     }
 
-    /// No verdict (storage failed): give both slots back.
+    /// No verdict (storage failed): give every slot back.
     fn release(mut self) {
         self.settled = true;
-        lock(&self.limits.failures_by_user).remove_one(&self.user);
-        lock(&self.limits.failures_by_ip).remove_one(&self.client);
+        let mut book = lock(&self.limits.logins);
+        if self.name_slot {
+            book.by_user.remove_one(&self.pair.0);
+        }
+        book.by_user_ip.remove_one(&self.pair);
+        book.by_ip.remove_one(&self.pair.1);
     }
 }
 
 impl Drop for LoginAttempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            tracing::debug!("login attempt abandoned; counted as a failure");
+            tracing::debug!("login attempt abandoned or refused; counted as a failure");
         }
+    }
+}
+
+/// "At most one event per `interval`" for many keys (a token bucket of one
+/// token): the slow rate at which a name over its failure limit may still
+/// cost a bcrypt verify.
+#[derive(Debug)]
+struct RateGates<K> {
+    /// `None`: no ration (the rate is 0, meaning "off").
+    interval: Option<Duration>,
+    /// When each key's next event is allowed; keys whose time has passed
+    /// are swept out like [`SlidingWindows`]' expired keys.
+    next: HashMap<K, Instant>,
+    sweep_at: usize,
+}
+
+impl<K: Hash + Eq> RateGates<K> {
+    fn per_minute(rate: u32) -> Self {
+        let interval = (rate > 0).then(|| Duration::from_secs(60) / rate);
+        RateGates { interval, next: HashMap::new(), sweep_at: MIN_SWEEP }
+    }
+
+    /// Takes `key`'s token if it is there, else says how long until it is.
+    fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration>
+    where
+        K: Clone,
+    {
+        let Some(interval) = self.interval else { return Ok(()) };
+        if let Some(&next) = self.next.get(key)
+            && next > now
+        {
+            return Err(next - now);
+        }
+        if self.next.len() >= self.sweep_at {
+            self.next.retain(|_, next| *next > now);
+            self.sweep_at = (self.next.len() * 2).max(MIN_SWEEP);
+        }
+        self.next.insert(key.clone(), now + interval);
+        Ok(())
     }
 }
 
@@ -417,61 +524,119 @@ mod tests {
         assert_eq!(w.events.len(), 1);
     }
 
-    #[tokio::test]
-    async fn locked_out_logins_never_reach_bcrypt() {
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn authenticator() -> Authenticator {
         let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = limits("[limits]\nlogin_failures_per_user = 3\nlogin_failures_per_ip = 100\n");
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        Authenticator::new(Db::new(store), 4)
+            .unwrap()
+            .with_cache(crate::auth::CredentialCache::new(Duration::from_secs(300), 100))
+    }
+
+    fn limited_by(result: &Result<User, LoginError>, key: &str) -> Duration {
+        match result {
+            Err(LoginError::Limited(Refusal::TooMany { description, retry_after })) if description.contains(key) => {
+                *retry_after
+            }
+            other => panic!("expected a refusal naming {key}, got {other:?}"),
+        }
+    }
+
+    /// The attack: a stranger who knows the name guesses from one address;
+    /// the customer, from another, is served.
+    #[tokio::test]
+    async fn wrong_passwords_from_one_address_do_not_lock_the_name_elsewhere() {
+        let auth = authenticator();
+        let limits = limits("");
+        let (stranger, customer) = (ip("127.0.0.2"), ip("127.0.0.3"));
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(match limits.login(&auth, "acme1", "wrong", stranger).await {
+                Err(LoginError::Unauthorized) => "401",
+                Err(LoginError::Limited(_)) => "429",
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(answers, ["401", "401", "401", "401", "401", "429", "429", "429"]);
+        assert_eq!(auth.verifies(), 5, "refused guesses never reach bcrypt");
+        assert_eq!(limits.login(&auth, "acme1", "right-pass", customer).await.unwrap().name, "acme1");
+        // The stranger's address stays refused for the name, right password or not.
+        let refused = limits.login(&auth, "acme1", "right-pass", stranger).await;
+        assert!(limited_by(&refused, "limits.login_failures_per_user_ip") > Duration::from_secs(800));
+    }
+
+    #[tokio::test]
+    async fn an_address_is_refused_for_a_name_before_bcrypt() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 3\nlogin_failures_per_ip = 100\n");
+        let addr = ip("192.0.2.1");
         for _ in 0..3 {
-            assert!(matches!(limits.login(&auth, "acme1", "wrong", ip).await, Err(LoginError::Unauthorized)));
+            assert!(matches!(limits.login(&auth, "acme1", "wrong", addr).await, Err(LoginError::Unauthorized)));
         }
         let verifies = auth.verifies();
         for password in ["wrong", "right-pass"] {
-            match limits.login(&auth, "acme1", password, ip).await {
-                Err(LoginError::Limited(Refusal::TooMany { description, retry_after })) => {
-                    assert!(description.contains("limits.login_failures_per_user"), "{description}");
-                    assert!(retry_after > Duration::from_secs(800), "{retry_after:?}");
-                }
-                other => panic!("expected a lockout, got {other:?}"),
-            }
+            limited_by(&limits.login(&auth, "acme1", password, addr).await, "limits.login_failures_per_user_ip");
         }
-        assert_eq!(auth.verifies(), verifies, "no bcrypt verify while locked out");
-        // Another name from the same address is not locked.
-        assert!(matches!(limits.login(&auth, "other", "x", ip).await, Err(LoginError::Unauthorized)));
+        assert_eq!(auth.verifies(), verifies, "no bcrypt verify for a refused address");
+        // Another name from the same address is not refused.
+        assert!(matches!(limits.login(&auth, "other", "x", addr).await, Err(LoginError::Unauthorized)));
     }
 
     #[tokio::test]
-    async fn an_address_is_locked_across_names_and_success_forgives_the_name() {
-        let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = limits("[limits]\nlogin_failures_per_user = 2\nlogin_failures_per_ip = 3\n");
-        let ip: IpAddr = "2001:db8::1".parse().unwrap();
-        assert!(limits.login(&auth, "acme1", "wrong", ip).await.is_err());
-        assert!(limits.login(&auth, "acme1", "right-pass", ip).await.is_ok());
-        // The name's failure is forgiven: two more wrong tries are 401, not 429.
-        for name in ["acme1", "acme1"] {
-            assert!(matches!(limits.login(&auth, name, "wrong", ip).await, Err(LoginError::Unauthorized)));
+    async fn a_name_over_its_failures_is_rationed_not_locked_and_the_cache_still_passes() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user = 2\nlogin_verifies_per_user_per_minute = 2\n");
+        // A good login first: the credentials are now in the cache.
+        assert!(limits.login(&auth, "acme1", "right-pass", ip("192.0.2.100")).await.is_ok());
+        assert_eq!(auth.verifies(), 1);
+        // Strangers from many addresses: two failures fill the name's count,
+        // the third guess takes the one rationed verify, the fourth waits.
+        for n in 1..=3 {
+            let guess = limits.login(&auth, "acme1", "wrong", ip(&format!("192.0.2.{n}"))).await;
+            assert!(matches!(guess, Err(LoginError::Unauthorized)), "{guess:?}");
+        }
+        let wait = limited_by(
+            &limits.login(&auth, "acme1", "wrong", ip("192.0.2.4")).await,
+            "limits.login_verifies_per_user_per_minute",
+        );
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert_eq!(auth.verifies(), 4);
+        // The customer's cached credentials need no verify: served at once,
+        // from any address.
+        assert!(limits.login(&auth, "acme1", "right-pass", ip("198.51.100.9")).await.is_ok());
+        assert_eq!(auth.verifies(), 4);
+        // Other names are not rationed.
+        assert!(matches!(limits.login(&auth, "other", "x", ip("192.0.2.4")).await, Err(LoginError::Unauthorized)));
+    }
+
+    #[tokio::test]
+    async fn an_address_is_refused_across_names_and_success_forgives_the_name() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\nlogin_failures_per_ip = 3\n");
+        let addr = ip("2001:db8::1");
+        assert!(limits.login(&auth, "acme1", "wrong", addr).await.is_err());
+        assert!(limits.login(&auth, "acme1", "right-pass", addr).await.is_ok());
+        // The pair's failure is forgiven: two more wrong tries are 401, not 429.
+        for _ in 0..2 {
+            assert!(matches!(limits.login(&auth, "acme1", "wrong", addr).await, Err(LoginError::Unauthorized)));
         }
         // The address now has 3 failures (the success gave back only its own slot).
-        let other = limits.login(&auth, "someone", "x", ip).await;
-        assert!(
-            matches!(&other, Err(LoginError::Limited(Refusal::TooMany { description, .. })) if description.contains("limits.login_failures_per_ip")),
-            "{other:?}"
-        );
-        let elsewhere: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(limits.login(&auth, "someone", "x", elsewhere).await.is_err());
+        limited_by(&limits.login(&auth, "someone", "x", addr).await, "limits.login_failures_per_ip");
+        assert!(limits.login(&auth, "someone", "x", ip("192.0.2.7")).await.is_err());
     }
 
     #[tokio::test]
-    async fn concurrent_guesses_get_no_more_verifies_than_the_limit() {
-        let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = std::sync::Arc::new(limits("[limits]\nlogin_failures_per_user = 4\n"));
-        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    async fn concurrent_guesses_get_no_more_verifies_than_the_limits() {
+        let auth = authenticator();
+        let limits = std::sync::Arc::new(limits(
+            "[limits]\nlogin_failures_per_user = 4\nlogin_failures_per_user_ip = 100\nlogin_failures_per_ip = 100\n",
+        ));
+        let addr = ip("192.0.2.9");
         let guesses = (0..40).map(|_| {
             let (auth, limits) = (auth.clone(), limits.clone());
-            tokio::spawn(async move { limits.login(&auth, "acme1", "wrong", ip).await })
+            tokio::spawn(async move { limits.login(&auth, "acme1", "wrong", addr).await })
         });
         let mut unauthorized = 0;
         for guess in guesses.collect::<Vec<_>>() {
@@ -479,17 +644,35 @@ mod tests {
                 unauthorized += 1;
             }
         }
-        assert_eq!(unauthorized, 4);
-        assert_eq!(auth.verifies(), 4);
+        // Four failures, then one rationed verify; the other 35 wait.
+        assert_eq!(unauthorized, 5);
+        assert_eq!(auth.verifies(), 5);
     }
 
     #[test]
     fn abandoned_logins_count_as_failures() {
-        let limits = limits("[limits]\nlogin_failures_per_user = 2\n");
-        let ip: IpAddr = "192.0.2.3".parse().unwrap();
-        drop(limits.begin_login("acme1", ip).unwrap());
-        drop(limits.begin_login("acme1", ip).unwrap());
-        assert!(limits.begin_login("acme1", ip).is_err());
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\n");
+        let addr = ip("192.0.2.3");
+        drop(limits.begin_login("acme1", addr).unwrap());
+        drop(limits.begin_login("acme1", addr).unwrap());
+        assert!(limits.begin_login("acme1", addr).is_err());
+        assert!(limits.begin_login("acme1", ip("192.0.2.4")).is_ok(), "only that address");
+    }
+
+    #[test]
+    fn rate_gates_let_one_event_per_interval_through() {
+        let mut gates = RateGates::per_minute(2);
+        let t0 = Instant::now();
+        assert!(gates.take(&"k", t0).is_ok());
+        assert_eq!(gates.take(&"k", t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
+        assert!(gates.take(&"other", t0).is_ok(), "keys are independent");
+        assert!(gates.take(&"k", t0 + Duration::from_secs(30)).is_ok());
+        assert!(gates.take(&"k", t0 + Duration::from_secs(31)).is_err());
+        let mut off = RateGates::per_minute(0);
+        for _ in 0..100 {
+            assert!(off.take(&"k", t0).is_ok());
+        }
+        assert!(off.next.is_empty());
     }
 
     #[test]

@@ -381,11 +381,11 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
 
 /// The JSON API passes the seed API's limits, answered as problem+json:
 /// the per-number quota is one count for both front ends, the toll-fraud
-/// guard says 403, the user's request rate and the failed-login lockout
+/// guard says 403, the user's request rate and the failed-login limits
 /// 429 with Retry-After, and no refused request dials anybody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_apis_limits_apply_as_problems() {
-    let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user = 2\n";
+    let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user_ip = 2\n";
     let busy = FakeScript { originate_outcome: OriginateOutcome::busy(), ..FakeScript::default() };
     let (_dir, fake, daemon, _) = setup("v1-limits", busy, extra).await;
     let limited = |resp: &Response, rule: &str| {
@@ -430,14 +430,14 @@ async fn the_seed_apis_limits_apply_as_problems() {
     assert_eq!(resp.status, 202, "{}", resp.body);
     assert_eq!(api(&daemon, "GET", "/v1/calls", None).status, 200);
 
-    // Two wrong passwords lock the name: then even the right one gets 429
-    // without a password check.
+    // Two wrong passwords refuse this address for the name: then even the
+    // right one gets 429 without a password check.
     for _ in 0..2 {
         let resp =
             tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", "other1", "wrong", None));
         assert_eq!(resp.status, 401);
     }
-    limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user");
+    limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user_ip");
 
     assert!(fake.wait_for_count("Originate", 4, Duration::from_secs(10)).await, "{:?}", fake.actions());
     tokio::time::sleep(Duration::from_millis(300)).await;

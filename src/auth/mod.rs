@@ -56,48 +56,36 @@ impl Authenticator {
         self
     }
 
-    /// The user if `name`/`password` are right and the user is enabled.
+    /// The user if `name`/`password` are right and the user is enabled:
+    /// [`Self::lookup`], then, when the cache did not answer, the verify.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>, StoreError> {
+        match self.lookup(name, password).await? {
+            Lookup::Accepted(user) => Ok(Some(user)),
+            Lookup::Verify(pending) => pending.verify().await,
+        }
+    }
+
+    /// The first, cheap half of a check: reads the user row and asks the
+    /// credential cache. Either the cache accepts the credentials, or a
+    /// bcrypt verify is needed, which the caller may still refuse to run
+    /// (the login limits ration verifies for a name under attack).
     ///
     /// The user row is read on every call, so a password changed, a user
     /// disabled or removed (by the CLI too) counts from the next request on,
     /// cache or not. Only a match of an enabled user is remembered.
-    pub async fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>, StoreError> {
+    pub async fn lookup(&self, name: &str, password: &str) -> Result<Lookup, StoreError> {
         let lookup = name.to_owned();
         let user = self.db.run(move |s| s.user(&lookup)).await?;
-        if self.remembered(user.as_ref(), password) {
+        if let Some(user) = user.as_ref().filter(|u| self.remembered(Some(u), password)) {
             tracing::debug!(user = name, "credentials accepted from the cache");
-            return Ok(user);
+            return Ok(Lookup::Accepted(user.clone()));
         }
-        // Held by the blocking task itself, so a client that goes away does
-        // not free a core that bcrypt is still using.
-        let permit = self.verifiers.clone().acquire_owned().await.map_err(|e| StoreError::Task(e.to_string()))?;
-        // While we queued, a request with the same credentials may have
-        // verified them.
-        if self.remembered(user.as_ref(), password) {
-            return Ok(user);
-        }
-        let (user_name, hash, enabled) = match &user {
-            Some(u) => (u.name.clone(), u.password_hash.clone(), u.enabled),
-            None => (String::new(), self.dummy_hash.as_ref().clone(), false),
-        };
-        let candidate = password.to_owned();
-        let cache = self.cache.clone();
-        self.verifies.fetch_add(1, Ordering::Relaxed);
-        let matches = tokio::task::spawn_blocking(move || {
-            let matches = verify_password(&candidate, &hash);
-            // Remembered before the permit goes, so the requests queued
-            // behind this one with the same credentials find it.
-            if matches && enabled {
-                cache.remember(&user_name, &hash, &candidate);
-            }
-            drop(permit);
-            matches
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        let user = user.filter(|u| matches && u.enabled);
-        tracing::debug!(user = name, accepted = user.is_some(), "credentials checked with bcrypt");
-        Ok(user)
+        Ok(Lookup::Verify(PendingVerify {
+            auth: self.clone(),
+            name: name.to_owned(),
+            password: password.to_owned(),
+            user,
+        }))
     }
 
     /// bcrypt verifies run so far (cache hits run none).
@@ -107,6 +95,60 @@ impl Authenticator {
 
     fn remembered(&self, user: Option<&User>, password: &str) -> bool {
         user.is_some_and(|u| u.enabled && self.cache.verified(&u.name, &u.password_hash, password))
+    }
+}
+
+/// What [`Authenticator::lookup`] found.
+pub enum Lookup {
+    /// The credential cache vouches for these credentials: no verify needed.
+    Accepted(User),
+    /// Only a bcrypt verify can tell.
+    Verify(PendingVerify),
+}
+
+/// A bcrypt verify not yet run, from [`Authenticator::lookup`].
+pub struct PendingVerify {
+    auth: Authenticator,
+    name: String,
+    password: String,
+    user: Option<User>,
+}
+
+impl PendingVerify {
+    /// Runs the verify (against a dummy hash for an unknown name, so both
+    /// cost the same): the user if the password is right and the user
+    /// enabled. At most one verify per core runs at a time.
+    pub async fn verify(self) -> Result<Option<User>, StoreError> {
+        let PendingVerify { auth, name, password, user } = self;
+        // Held by the blocking task itself, so a client that goes away does
+        // not free a core that bcrypt is still using.
+        let permit = auth.verifiers.clone().acquire_owned().await.map_err(|e| StoreError::Task(e.to_string()))?;
+        // While we queued, a request with the same credentials may have
+        // verified them.
+        if auth.remembered(user.as_ref(), &password) {
+            return Ok(user);
+        }
+        let (user_name, hash, enabled) = match &user {
+            Some(u) => (u.name.clone(), u.password_hash.clone(), u.enabled),
+            None => (String::new(), auth.dummy_hash.as_ref().clone(), false),
+        };
+        let cache = auth.cache.clone();
+        auth.verifies.fetch_add(1, Ordering::Relaxed);
+        let matches = tokio::task::spawn_blocking(move || {
+            let matches = verify_password(&password, &hash);
+            // Remembered before the permit goes, so the requests queued
+            // behind this one with the same credentials find it.
+            if matches && enabled {
+                cache.remember(&user_name, &hash, &password);
+            }
+            drop(permit);
+            matches
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let user = user.filter(|u| matches && u.enabled);
+        tracing::debug!(user = %name, accepted = user.is_some(), "credentials checked with bcrypt");
+        Ok(user)
     }
 }
 
@@ -163,6 +205,18 @@ mod tests {
             assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
         }
         assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
+    }
+
+    #[tokio::test]
+    async fn lookup_accepts_only_what_the_cache_vouches_for() {
+        let auth = cached(two_users());
+        assert!(matches!(auth.lookup("acme1", "s3cret-pass").await.unwrap(), Lookup::Verify(_)));
+        let Lookup::Verify(pending) = auth.lookup("acme1", "s3cret-pass").await.unwrap() else { unreachable!() };
+        assert!(pending.verify().await.unwrap().is_some());
+        assert!(matches!(auth.lookup("acme1", "s3cret-pass").await.unwrap(), Lookup::Accepted(u) if u.name == "acme1"));
+        assert!(matches!(auth.lookup("acme1", "wrong").await.unwrap(), Lookup::Verify(_)));
+        assert!(matches!(auth.lookup("nobody", "s3cret-pass").await.unwrap(), Lookup::Verify(_)));
+        assert_eq!(auth.verifies(), 1, "lookups never run bcrypt");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! 1. [`check`]: number, code, `language`, `require_keypress`, callback URL
 //!    (cheap, no database);
-//! 2. [`login`]: the failed-login lockout, then the bcrypt verify
+//! 2. [`login`]: the failed-login limits, then the bcrypt verify
 //!    ([`crate::limits::Limits::login`]);
 //! 3. [`place`]: the user's request rate and the toll-fraud guard, then in
 //!    one database step the per-number quotas, the user's call defaults and

@@ -2,7 +2,7 @@
 //! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
-//! the failed-login lockout (429) and credentials (401, one bcrypt verify),
+//! the failed-login limits (429) and credentials (401, one bcrypt verify),
 //! then the user's request rate (429) and the toll-fraud guard (403), then
 //! the per-number quotas (429) and storing the call in one step; only then
 //! the 200 with its id. Malformed requests never cost a bcrypt verify and
