@@ -231,6 +231,47 @@ async fn hundreds_of_malformed_http_requests_get_4xx_and_the_daemon_stays_health
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
 }
 
+/// The metric series in a `/metrics` scrape: each sample line without its value.
+fn metric_series(daemon: &Daemon) -> std::collections::BTreeSet<String> {
+    let resp = http::get(daemon.http, "/metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    resp.body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .collect()
+}
+
+/// Issue 10, attack 3: requests with made-up methods must not add metric
+/// series (each used to add a line to every later scrape, for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_add_no_metric_series() {
+    let (_dir, _fake, daemon) = setup("metric-series", FakeScript::default(), "", "").await;
+    let targets = ["/healthz", "/metrics", "/outbound.cgi", "/v1/calls", "/v1/calls/abc", "/nothing"];
+    let made_up = |i: usize| {
+        let target = targets[i % targets.len()];
+        let method: String = noise(i as u64 + 1, 3 + i % 10).iter().map(|b| (b'A' + b % 26) as char).collect();
+        format!("{method}{i} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    };
+    tokio::task::block_in_place(|| {
+        // Once per target, so every (route, status) these answers make
+        // exists, and one scrape, which counts itself.
+        for i in 0..targets.len() {
+            let status = status_of(daemon.http, made_up(i).as_bytes());
+            assert!(status.is_some_and(|s| s == 404 || s == 405), "{status:?} for {}", made_up(i));
+        }
+        metric_series(&daemon);
+        let before = metric_series(&daemon);
+        for i in targets.len()..targets.len() + 300 {
+            assert!(status_of(daemon.http, made_up(i).as_bytes()).is_some());
+        }
+        let after = metric_series(&daemon);
+        let added: Vec<&String> = after.difference(&before).collect();
+        assert!(added.is_empty(), "series added by made-up methods: {added:#?}");
+        assert!(after.iter().any(|s| s.contains("method=\"other\"")), "{after:#?}");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_and_slow_clients_are_cut_off_and_the_connection_cap_holds() {
     let (_dir, fake, daemon) =
