@@ -55,9 +55,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Serves the API on `listener` until `shutdown`, then lets requests in
 /// flight finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let front = Arc::new(Frontend { app, health: ops::HealthProbe::default() });
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(app.config.http.max_connections));
-    let header_timeout = Duration::from_secs(app.config.http.header_timeout_secs);
+    let connections = Arc::new(Semaphore::new(front.app.config.http.max_connections));
+    let header_timeout = Duration::from_secs(front.app.config.http.header_timeout_secs);
     loop {
         // Take a connection slot first: at the limit, clients wait in the
         // kernel's accept queue instead of costing us a task each.
@@ -80,13 +81,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
                 }
             },
         };
-        let app = app.clone();
+        let front = front.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+                let front = front.clone();
+                async move { Ok::<_, Infallible>(route(&front, req, peer).await) }
             });
             let mut builder = http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
@@ -112,7 +113,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     tracker.wait().await;
 }
 
-async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+/// What every connection of the HTTP server shares.
+struct Frontend {
+    app: Arc<App>,
+    /// The last database probe of `/healthz`.
+    health: ops::HealthProbe,
+}
+
+async fn route(front: &Frontend, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let app = front.app.as_ref();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -129,7 +138,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpRespo
             if path == "/healthz" { "/healthz" } else { "/metrics" },
             with_allow(problem::problem(StatusCode::METHOD_NOT_ALLOWED, "use GET", None), "GET"),
         ),
-        "/healthz" => ("/healthz", ops::healthz(app).await),
+        "/healthz" => ("/healthz", ops::healthz(app, &front.health).await),
         "/metrics" => ("/metrics", ops::metrics(app).await),
         other => match api::Endpoint::parse(other) {
             Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req, client).await),

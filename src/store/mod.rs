@@ -9,6 +9,7 @@
 mod calls;
 mod migrations;
 mod queue;
+mod stats;
 mod user_defaults;
 mod users;
 mod webhooks;
@@ -21,6 +22,7 @@ use rusqlite::Connection;
 
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
 pub use queue::InFlight;
+pub use stats::ScrapeCounts;
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};
