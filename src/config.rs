@@ -49,6 +49,11 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Address `/healthz` and `/metrics` are served on instead of `listen`
+    /// (which then answers 404 for them). `None` (absent or `""`): on
+    /// `listen`, like the APIs.
+    #[serde(deserialize_with = "optional_addr")]
+    pub ops_listen: Option<SocketAddr>,
     /// Largest accepted request body (POST form), in bytes.
     pub max_body_bytes: usize,
     /// Most client connections served at once; further ones wait in the
@@ -69,6 +74,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: None,
             max_body_bytes: 8192,
             max_connections: 1024,
             header_timeout_secs: 10,
@@ -76,6 +82,17 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// `""` is "not set", so the example file can show the key with its default.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not an address like 127.0.0.1:9090")))
 }
 
 /// `[ami]`

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use support::daemon::{Daemon, TempDir, add_user, cli, write_config, write_config_with_http};
 use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
 use support::http::{self, Response};
 use support::webhook_receiver::Receiver;
@@ -442,4 +442,32 @@ async fn the_seed_apis_limits_apply_as_problems() {
     assert!(fake.wait_for_count("Originate", 4, Duration::from_secs(10)).await, "{:?}", fake.actions());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.count("Originate"), 4, "three calls of acme1, one of other1: {:?}", fake.actions());
+}
+
+/// With `http.ops_listen`, `/healthz` and `/metrics` answer on their own
+/// address only, and the API's port answers 404 for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_listen_moves_health_and_metrics_off_the_api_port() {
+    let fake = FakeAmi::start(FakeScript::with_credentials("voice-otp", "voice-otp-sandbox")).await;
+    let dir = TempDir::new("ops-listen");
+    let config = write_config_with_http(&dir.0, fake.addr(), "ops_listen = \"127.0.0.1:0\"\n", "");
+    let daemon = tokio::task::block_in_place(|| {
+        add_user(&config, "acme1", PASSWORD);
+        Daemon::start(&config)
+    });
+    let ops = daemon.ops.expect("ops address in the ready line");
+    assert_ne!(ops, daemon.http);
+    assert!(fake.wait_for_count("Login", 1, Duration::from_secs(10)).await);
+    tokio::task::block_in_place(|| {
+        for path in ["/healthz", "/metrics"] {
+            assert_eq!(http::get(daemon.http, path).status, 404, "{path} on the API port");
+        }
+        let health = http::get(ops, "/healthz");
+        assert_eq!(health.status, 200, "{}", health.body);
+        let metrics = http::get(ops, "/metrics");
+        assert_eq!(metrics.status, 200);
+        assert!(metrics.body.contains("voice_otp_ami_connected 1"), "{}", metrics.body);
+        assert_eq!(http::get(ops, "/v1/calls").status, 404, "the APIs stay on their port");
+        assert_eq!(http::with_basic(daemon.http, "GET", "/v1/calls", "acme1", PASSWORD, None).status, 200);
+    });
 }

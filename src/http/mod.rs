@@ -52,11 +52,39 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// Largest request head (request line + headers) accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Serves the API on `listener` until `shutdown`, then lets requests in
-/// flight finish.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
-    let front = Arc::new(Frontend { app, health: ops::HealthProbe::default() });
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// `http.listen`: the APIs (and `/healthz`, `/metrics` unless `ops` is apart).
+    Api,
+    /// `http.ops_listen`: `/healthz` and `/metrics` only.
+    Ops,
+}
+
+/// Serves the API on `api` and, when given, `/healthz` and `/metrics` on
+/// `ops` instead of `api`, until `shutdown`; then lets requests in flight
+/// finish.
+pub async fn serve(api: TcpListener, ops: Option<TcpListener>, app: Arc<App>, shutdown: CancellationToken) {
+    let front = Arc::new(Frontend { app, health: ops::HealthProbe::default(), ops_apart: ops.is_some() });
     let tracker = TaskTracker::new();
+    if let Some(ops) = ops {
+        tracker.spawn(accept_loop(ops, Port::Ops, front.clone(), tracker.clone(), shutdown.clone()));
+    }
+    accept_loop(api, Port::Api, front, tracker.clone(), shutdown).await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Accepts connections on one listener, each served by a task on `tracker`,
+/// until `shutdown`. Each listener has its own `max_connections` slots, so
+/// a saturated API port does not keep the operator's scrapes out.
+async fn accept_loop(
+    listener: TcpListener,
+    port: Port,
+    front: Arc<Frontend>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let connections = Arc::new(Semaphore::new(front.app.config.http.max_connections));
     let header_timeout = Duration::from_secs(front.app.config.http.header_timeout_secs);
     loop {
@@ -87,7 +115,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             let _permit = permit;
             let service = service_fn(move |req| {
                 let front = front.clone();
-                async move { Ok::<_, Infallible>(route(&front, req, peer).await) }
+                async move { Ok::<_, Infallible>(route(&front, port, req, peer).await) }
             });
             let mut builder = http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
@@ -106,11 +134,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             }
         });
     }
-    // Closed now, not when the drain below ends: new clients must be
-    // refused at once rather than queue for a server that will not answer.
+    // Closed now, not when the drain ends: new clients must be refused at
+    // once rather than queue for a server that will not answer.
     drop(listener);
-    tracker.close();
-    tracker.wait().await;
 }
 
 /// What every connection of the HTTP server shares.
@@ -118,15 +144,23 @@ struct Frontend {
     app: Arc<App>,
     /// The last database probe of `/healthz`.
     health: ops::HealthProbe,
+    /// `/healthz` and `/metrics` are served on their own listener only.
+    ops_apart: bool,
 }
 
-async fn route(front: &Frontend, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let app = front.app.as_ref();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let client = client_ip(peer.ip(), req.headers(), &app.config.http.trusted_proxies);
+    let is_ops = path == "/healthz" || path == "/metrics";
     let (route, response) = match path.as_str() {
+        // Each listener serves its own paths only.
+        _ if port == Port::Ops && !is_ops => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
+        "/healthz" | "/metrics" if port == Port::Api && front.ops_apart => {
+            ("other", seed_error(StatusCode::NOT_FOUND, "Not Found"))
+        }
         "/outbound.cgi" => (
             "/outbound.cgi",
             match method {
