@@ -37,30 +37,48 @@ use crate::store::{Store, StoreError, User};
 /// One day, the window of `limits.number_calls_per_day`.
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Why a request was refused by a limit; the description is shown to the
-/// caller as is and names the configuration key of the rule.
+/// What kind of rule refused a request; each front end words it (the seed
+/// API's status and reason phrase, the JSON API's problem type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// A rate or quota is used up (HTTP 429); a retry can succeed later.
+    TooMany,
+    /// The toll-fraud guard (HTTP 403). Retrying does not help.
+    Forbidden,
+    /// The call queue is full (HTTP 503): Asterisk down or the trunk
+    /// saturated for long.
+    QueueFull,
+}
+
+/// Why a request was refused by a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// A rate or quota is used up: HTTP 429 with `Retry-After`.
-    TooMany {
-        /// `Too Many Requests: ...`, naming the limit.
-        description: String,
-        /// When a retry can succeed (at the earliest).
-        retry_after: Duration,
-    },
-    /// The toll-fraud guard: HTTP 403. Retrying does not help.
-    Forbidden {
-        /// `Forbidden: ...`, naming the rule.
-        description: String,
-    },
-    /// The call queue is full (Asterisk down or the trunk saturated for
-    /// long): HTTP 503 with `Retry-After`.
-    QueueFull {
-        /// `Service Unavailable: ...`, naming the limit.
-        description: String,
-        /// A suggested wait before retrying.
-        retry_after: Duration,
-    },
+pub struct Refusal {
+    /// Which kind of rule.
+    pub kind: RefusalKind,
+    /// What exactly, for the caller, naming the configuration key of the
+    /// rule, e.g. `limit of 3 calls per 600 s to this number reached
+    /// (limits.number_calls_per_window)`. No status words: the front end
+    /// adds its own.
+    pub detail: String,
+    /// When a retry can succeed at the earliest, when it can.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    /// A used-up rate or quota that frees up after `retry_after`.
+    pub fn too_many(detail: impl Into<String>, retry_after: Duration) -> Refusal {
+        Refusal { kind: RefusalKind::TooMany, detail: detail.into(), retry_after: Some(retry_after) }
+    }
+
+    /// A destination the toll-fraud guard does not allow.
+    pub fn forbidden(detail: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::Forbidden, detail: detail.into(), retry_after: None }
+    }
+
+    /// A full call queue; `retry_after` is a suggestion.
+    pub fn queue_full(detail: impl Into<String>, retry_after: Duration) -> Refusal {
+        Refusal { kind: RefusalKind::QueueFull, detail: detail.into(), retry_after: Some(retry_after) }
+    }
 }
 
 /// Why [`Limits::login`] let nobody in.
@@ -169,11 +187,14 @@ impl Limits {
         let now = Instant::now();
         let mut book = lock(&self.logins);
         if let Err(wait) = book.by_ip.check(&client, now) {
-            return Err(too_many("too many failed logins from this address (limits.login_failures_per_ip)", wait));
+            return Err(Refusal::too_many(
+                "too many failed logins from this address (limits.login_failures_per_ip)",
+                wait,
+            ));
         }
         let pair = (name.to_owned(), client);
         if let Err(wait) = book.by_user_ip.check(&pair, now) {
-            return Err(too_many(
+            return Err(Refusal::too_many(
                 "too many failed logins for this user name from this address (limits.login_failures_per_user_ip)",
                 wait,
             ));
@@ -194,7 +215,7 @@ impl Limits {
                     "limit of {} requests per minute per user reached (limits.user_requests_per_minute)",
                     self.config.user_requests_per_minute
                 );
-                return Err(too_many(&description, wait));
+                return Err(Refusal::too_many(description, wait));
             }
             requests.record(user.id, now);
         }
@@ -214,9 +235,7 @@ impl Limits {
             Some(c) => format!("destination country {} is", c.code()),
             None => "a destination outside any country is".to_owned(),
         };
-        Err(Refusal::Forbidden {
-            description: format!("Forbidden: {what} not allowed (phone.allowed_countries, phone.allowed_prefixes)"),
-        })
+        Err(Refusal::forbidden(format!("{what} not allowed (phone.allowed_countries, phone.allowed_prefixes)")))
     }
 
     /// The per-number quotas, to be checked inside the store operation
@@ -259,12 +278,12 @@ impl NumberQuota {
                 self.per_window,
                 self.window.as_secs()
             );
-            return Ok(Err(too_many(&description, wait(calls.oldest_recent, window_ms))));
+            return Ok(Err(Refusal::too_many(description, wait(calls.oldest_recent, window_ms))));
         }
         if self.per_day > 0 && calls.since >= self.per_day {
             let description =
                 format!("limit of {} calls per day to this number reached (limits.number_calls_per_day)", self.per_day);
-            return Ok(Err(too_many(&description, wait(calls.oldest_since, day_ms))));
+            return Ok(Err(Refusal::too_many(description, wait(calls.oldest_since, day_ms))));
         }
         Ok(Ok(()))
     }
@@ -297,7 +316,7 @@ impl LoginAttempt<'_> {
                 "this user name has too many recent failed logins; its password checks are limited to {} per minute (limits.login_verifies_per_user_per_minute)",
                 self.limits.config.login_verifies_per_user_per_minute
             );
-            return Err(too_many(&description, wait));
+            return Err(Refusal::too_many(description, wait));
         }
         book.by_user.record(name.clone(), now);
         self.name_slot = true;
@@ -454,10 +473,6 @@ fn expire(log: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     }
 }
 
-fn too_many(what: &str, retry_after: Duration) -> Refusal {
-    Refusal::TooMany { description: format!("Too Many Requests: {what}"), retry_after }
-}
-
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -537,8 +552,10 @@ mod tests {
 
     fn limited_by(result: &Result<User, LoginError>, key: &str) -> Duration {
         match result {
-            Err(LoginError::Limited(Refusal::TooMany { description, retry_after })) if description.contains(key) => {
-                *retry_after
+            Err(LoginError::Limited(Refusal { kind: RefusalKind::TooMany, detail, retry_after: Some(wait) }))
+                if detail.contains(key) =>
+            {
+                *wait
             }
             other => panic!("expected a refusal naming {key}, got {other:?}"),
         }
@@ -683,9 +700,9 @@ mod tests {
         assert!(limits.check_request(&user, &number).is_ok());
         assert!(limits.check_request(&user, &number).is_ok());
         match limits.check_request(&user, &number) {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("2 requests per minute"), "{description}");
-                assert!(description.contains("limits.user_requests_per_minute"), "{description}");
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after: Some(retry_after) }) => {
+                assert!(detail.contains("2 requests per minute"), "{detail}");
+                assert!(detail.contains("limits.user_requests_per_minute"), "{detail}");
                 assert!(retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(50));
             }
             other => panic!("{other:?}"),
@@ -698,12 +715,14 @@ mod tests {
         let number = |n: &str| PhoneNumber::parse(n, pk).unwrap();
         let default = limits("");
         assert!(default.check_destination(&number("03001234567")).is_ok());
-        let Err(Refusal::Forbidden { description }) = default.check_destination(&number("+442079460000")) else {
+        let Err(refusal) = default.check_destination(&number("+442079460000")) else {
             panic!("a UK number must be refused by default");
         };
         assert_eq!(
-            description,
-            "Forbidden: destination country GB is not allowed (phone.allowed_countries, phone.allowed_prefixes)"
+            refusal,
+            Refusal::forbidden(
+                "destination country GB is not allowed (phone.allowed_countries, phone.allowed_prefixes)"
+            )
         );
         assert!(default.check_destination(&number("+80012345678")).is_err(), "non-geographic");
 
@@ -738,9 +757,9 @@ mod tests {
         insert(&mut store, t + 1_000);
         assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
         match quota.check(&store, number, t + 2_000).unwrap() {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("limits.number_calls_per_window"), "{description}");
-                assert_eq!(retry_after, Duration::from_millis(598_000));
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
+                assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
             }
             other => panic!("{other:?}"),
         }
@@ -749,10 +768,10 @@ mod tests {
         assert!(quota.check(&store, number, later).unwrap().is_ok());
         insert(&mut store, later);
         match quota.check(&store, number, later + 700_000).unwrap() {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("3 calls per day"), "{description}");
-                assert!(description.contains("limits.number_calls_per_day"), "{description}");
-                assert_eq!(retry_after, Duration::from_millis(86_400_000 - 700_000 - 600_000));
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("3 calls per day"), "{detail}");
+                assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
+                assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
             }
             other => panic!("{other:?}"),
         }

@@ -139,10 +139,8 @@ async fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
     let resp = tokio::task::block_in_place(|| http::get(daemon.http, &target));
     assert_eq!(resp.status, 503, "{}", resp.body);
     assert_eq!(resp.header("retry-after"), Some("30"));
-    assert_eq!(
-        resp.json_field("response_description").as_deref(),
-        Some("Service Unavailable: 2 calls are waiting to be dialled (queue.max_queued)")
-    );
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Service Unavailable"));
+    assert_eq!(resp.json_field("detail").as_deref(), Some("2 calls are waiting to be dialled (queue.max_queued)"));
     let (_, list, _) = tokio::task::block_in_place(|| support::daemon::cli(&daemon.config, &["call", "list"], ""));
     assert_eq!(list.lines().count(), 2, "the refused call is not stored: {list}");
 }

@@ -138,12 +138,10 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
         app.db
             .run(move |s| {
                 if s.queued_count()? >= max_queued {
-                    return Ok(Err(Refusal::QueueFull {
-                        description: format!(
-                            "Service Unavailable: {max_queued} calls are waiting to be dialled (queue.max_queued)"
-                        ),
-                        retry_after: QUEUE_FULL_RETRY,
-                    }));
+                    return Ok(Err(Refusal::queue_full(
+                        format!("{max_queued} calls are waiting to be dialled (queue.max_queued)"),
+                        QUEUE_FULL_RETRY,
+                    )));
                 }
                 if let Err(refusal) = quota.check(s, &number, now_ms())? {
                     return Ok(Err(refusal));

@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
 use crate::daemon::App;
-use crate::limits::Refusal;
+use crate::limits::{Refusal, RefusalKind};
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -157,15 +157,13 @@ async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: Socke
     let is_ops = path == "/healthz" || path == "/metrics";
     let (route, response) = match path.as_str() {
         // Each listener serves its own paths only.
-        _ if port == Port::Ops && !is_ops => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
-        "/healthz" | "/metrics" if port == Port::Api && front.ops_apart => {
-            ("other", seed_error(StatusCode::NOT_FOUND, "Not Found"))
-        }
+        _ if port == Port::Ops && !is_ops => ("other", seed_error(StatusCode::NOT_FOUND)),
+        "/healthz" | "/metrics" if port == Port::Api && front.ops_apart => ("other", seed_error(StatusCode::NOT_FOUND)),
         "/outbound.cgi" => (
             "/outbound.cgi",
             match method {
                 Method::GET | Method::POST => outbound::handle(app, req, client).await,
-                _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"), "GET, POST"),
+                _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED), "GET, POST"),
             },
         ),
         "/healthz" | "/metrics" if method != Method::GET && method != Method::HEAD => (
@@ -179,7 +177,7 @@ async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: Socke
             None if other.starts_with("/v1/") => {
                 ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None))
             }
-            None => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
+            None => ("other", seed_error(StatusCode::NOT_FOUND)),
         },
     };
     let status = response.status().as_u16();
@@ -236,37 +234,69 @@ async fn read_body(req: Request<Incoming>, http: &HttpConfig) -> Result<Bytes, B
 }
 
 /// The seed API's body: `{"response_code":"200","response_description":"OK",...}`.
+///
+/// `response_description` is exactly the status's reason phrase, as the
+/// seed's error table pairs them (`400` "Bad Request", `401`
+/// "Unauthorized"): a client written for the seed's service may compare it
+/// verbatim. What exactly went wrong is in fields of its own.
 #[derive(Serialize)]
 struct SeedBody<'a> {
     response_code: String,
     response_description: &'a str,
+    /// What exactly went wrong, e.g. `code must be 4 to 20 digits long`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call_id: Option<&'a str>,
 }
 
-/// A seed-shaped JSON reply whose HTTP status equals `response_code`.
-pub fn seed_reply(status: StatusCode, description: &str, call_id: Option<&str>) -> HttpResponse {
-    let body = SeedBody { response_code: status.as_u16().to_string(), response_description: description, call_id };
+fn seed_body(status: StatusCode, detail: Option<&str>, field: Option<&str>, call_id: Option<&str>) -> HttpResponse {
+    let body = SeedBody {
+        response_code: status.as_u16().to_string(),
+        response_description: status.canonical_reason().unwrap_or("Error"),
+        detail,
+        field,
+        call_id,
+    };
     json(status, &body)
 }
 
-/// A seed-shaped error reply.
-pub fn seed_error(status: StatusCode, description: &str) -> HttpResponse {
-    seed_reply(status, description, None)
+/// The seed API's success: 200 `OK` with the new call's id.
+pub fn seed_accepted(call_id: &str) -> HttpResponse {
+    seed_body(StatusCode::OK, None, None, Some(call_id))
 }
 
-/// The seed-shaped reply to a request a limit refused: 429 with
-/// `Retry-After` (whole seconds, rounded up), 403, or 503 with
-/// `Retry-After` when the call queue is full.
+/// A seed-shaped error with nothing to add to its status (401, 404, 405).
+pub fn seed_error(status: StatusCode) -> HttpResponse {
+    seed_body(status, None, None, None)
+}
+
+/// A seed-shaped error saying what exactly is wrong and, if it is one
+/// field, which.
+pub fn seed_detail(status: StatusCode, detail: &str, field: Option<&str>) -> HttpResponse {
+    seed_body(status, Some(detail), field, None)
+}
+
+/// The HTTP status of a kind of refusal.
+pub fn refusal_status(kind: RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+        RefusalKind::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The seed-shaped reply to a request a limit refused: 429 or 503 with
+/// `Retry-After` (whole seconds, rounded up), or 403; the refusal's detail
+/// in `detail`.
 pub fn refusal_reply(refusal: &Refusal) -> HttpResponse {
-    match refusal {
-        Refusal::TooMany { description, retry_after } => {
-            with_retry_after(seed_error(StatusCode::TOO_MANY_REQUESTS, description), *retry_after)
-        }
-        Refusal::Forbidden { description } => seed_error(StatusCode::FORBIDDEN, description),
-        Refusal::QueueFull { description, retry_after } => {
-            with_retry_after(seed_error(StatusCode::SERVICE_UNAVAILABLE, description), *retry_after)
-        }
+    let resp = seed_detail(refusal_status(refusal.kind), &refusal.detail, None);
+    match refusal.retry_after {
+        Some(wait) => with_retry_after(resp, wait),
+        None => resp,
     }
 }
 
@@ -355,18 +385,46 @@ mod tests {
         assert_eq!(client_ip(mapped, &forwarded(&["203.0.113.5"]), &trusted), client);
     }
 
-    #[test]
-    fn refusals_become_429_with_retry_after_or_403() {
-        let resp = refusal_reply(&Refusal::TooMany {
-            description: "Too Many Requests: x (limits.y)".into(),
-            retry_after: Duration::from_millis(1500),
-        });
+    async fn body(resp: HttpResponse) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_become_429_with_retry_after_or_403() {
+        let resp = refusal_reply(&Refusal::too_many("x (limits.y)", Duration::from_millis(1500)));
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[RETRY_AFTER], "2");
-        let resp = refusal_reply(&Refusal::TooMany { description: "x".into(), retry_after: Duration::ZERO });
+        assert_eq!(
+            body(resp).await,
+            serde_json::json!({"response_code": "429", "response_description": "Too Many Requests", "detail": "x (limits.y)"})
+        );
+        let resp = refusal_reply(&Refusal::too_many("x", Duration::ZERO));
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
-        let resp = refusal_reply(&Refusal::Forbidden { description: "Forbidden: z".into() });
+        let resp = refusal_reply(&Refusal::forbidden("z"));
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(body(resp).await["response_description"], "Forbidden");
+        let resp = refusal_reply(&Refusal::queue_full("q", Duration::from_secs(30)));
+        assert_eq!(
+            (resp.status(), &resp.headers()[RETRY_AFTER]),
+            (StatusCode::SERVICE_UNAVAILABLE, &HeaderValue::from(30))
+        );
+    }
+
+    #[tokio::test]
+    async fn seed_descriptions_are_exactly_the_reason_phrases() {
+        assert_eq!(
+            body(seed_detail(StatusCode::BAD_REQUEST, "code is required", Some("code"))).await,
+            serde_json::json!({"response_code": "400", "response_description": "Bad Request", "detail": "code is required", "field": "code"})
+        );
+        assert_eq!(
+            body(seed_error(StatusCode::UNAUTHORIZED)).await,
+            serde_json::json!({"response_code": "401", "response_description": "Unauthorized"})
+        );
+        assert_eq!(
+            body(seed_accepted("abc")).await,
+            serde_json::json!({"response_code": "200", "response_description": "OK", "call_id": "abc"})
+        );
     }
 }

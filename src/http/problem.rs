@@ -6,7 +6,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpResponse, json, with_retry_after};
+use super::{HttpResponse, json, refusal_status, with_retry_after};
 use crate::limits::Refusal;
 
 /// The realm of `WWW-Authenticate`.
@@ -39,22 +39,14 @@ pub fn bad_field(field: &str, detail: &str) -> HttpResponse {
     problem(StatusCode::BAD_REQUEST, detail, Some(field))
 }
 
-/// A limit's refusal: 429 with `Retry-After`, or 403 from the toll-fraud
-/// guard. The detail names the configuration key of the rule; the status
-/// words the seed API puts in front of it are the problem's title here.
+/// A limit's refusal: 429 or 503 with `Retry-After`, or 403 from the
+/// toll-fraud guard; the refusal's detail (naming the configuration key of
+/// the rule) is the problem's detail.
 pub fn refused(refusal: &Refusal) -> HttpResponse {
-    match refusal {
-        Refusal::TooMany { description, retry_after } => {
-            let detail = description.strip_prefix("Too Many Requests: ").unwrap_or(description);
-            with_retry_after(problem(StatusCode::TOO_MANY_REQUESTS, detail, None), *retry_after)
-        }
-        Refusal::Forbidden { description } => {
-            problem(StatusCode::FORBIDDEN, description.strip_prefix("Forbidden: ").unwrap_or(description), None)
-        }
-        Refusal::QueueFull { description, retry_after } => {
-            let detail = description.strip_prefix("Service Unavailable: ").unwrap_or(description);
-            with_retry_after(problem(StatusCode::SERVICE_UNAVAILABLE, detail, None), *retry_after)
-        }
+    let resp = problem(refusal_status(refusal.kind), &refusal.detail, None);
+    match refusal.retry_after {
+        Some(wait) => with_retry_after(resp, wait),
+        None => resp,
     }
 }
 
@@ -113,16 +105,15 @@ mod tests {
 
     #[test]
     fn refusals_are_problems_with_retry_after() {
-        let too_many = Refusal::TooMany {
-            description: "Too Many Requests: limit reached (limits.user_requests_per_minute)".into(),
-            retry_after: std::time::Duration::from_millis(2500),
-        };
+        let too_many = Refusal::too_many(
+            "limit reached (limits.user_requests_per_minute)",
+            std::time::Duration::from_millis(2500),
+        );
         let resp = refused(&too_many);
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "3");
-        let resp =
-            refused(&Refusal::Forbidden { description: "Forbidden: destination country XX is not allowed".into() });
+        let resp = refused(&Refusal::forbidden("destination country XX is not allowed"));
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(hyper::header::RETRY_AFTER).is_none());
     }
