@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::phone::{Country, NumberTemplate};
+use crate::phone::{Country, NumberTemplate, NumberType};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,6 +230,9 @@ pub struct PhoneConfig {
     /// Toll-fraud guard: E.164 prefixes (`"+4420"`) calls may go to besides
     /// the allowed countries. `"+"` allows every destination.
     pub allowed_prefixes: Vec<String>,
+    /// Toll-fraud guard: kinds of line never called, even in an allowed
+    /// country or prefix (libphonenumber's types, in snake_case).
+    pub refused_number_types: Vec<NumberType>,
 }
 
 impl Default for PhoneConfig {
@@ -238,6 +241,12 @@ impl Default for PhoneConfig {
             default_country: Country::parse("PK").expect("PK is a country"),
             allowed_countries: None,
             allowed_prefixes: Vec::new(),
+            refused_number_types: vec![
+                NumberType::PremiumRate,
+                NumberType::SharedCost,
+                NumberType::Uan,
+                NumberType::PersonalNumber,
+            ],
         }
     }
 }
@@ -263,6 +272,9 @@ pub struct LimitsConfig {
     /// Calls to one destination number per 24 hours (counted from the
     /// stored calls, so a restart does not reset it).
     pub number_calls_per_day: u32,
+    /// Calls one API user may place per 24 hours (counted in the database,
+    /// in hourly buckets): what a leaked credential can cost in a day.
+    pub user_calls_per_day: u32,
     /// Failed logins per user name (from every address) per
     /// `login_failure_window_secs`; beyond it the name is not locked, but
     /// its password checks are rationed to `login_verifies_per_user_per_minute`.
@@ -291,6 +303,7 @@ impl Default for LimitsConfig {
             number_calls_per_window: 3,
             number_window_secs: 600,
             number_calls_per_day: 10,
+            user_calls_per_day: 1000,
             login_failures_per_user: 5,
             login_failures_per_ip: 20,
             login_failures_per_user_ip: 5,
@@ -662,6 +675,16 @@ mod tests {
     fn bad_template_placeholder_is_an_error() {
         let err = Config::from_toml("[dial]\nchannel = \"PJSIP/{number}@x\"\n").unwrap_err();
         assert!(err.contains("{number}"), "{err}");
+    }
+
+    #[test]
+    fn refused_number_types_are_named_in_snake_case() {
+        let c = Config::from_toml("[phone]\nrefused_number_types = [\"premium_rate\", \"toll_free\"]\n").unwrap();
+        assert_eq!(c.phone.refused_number_types, [NumberType::PremiumRate, NumberType::TollFree]);
+        let err = Config::from_toml("[phone]\nrefused_number_types = [\"premium\"]\n").unwrap_err();
+        assert!(err.contains("`premium`") && err.contains("premium_rate"), "{err}");
+        let c = Config::from_toml("[phone]\nrefused_number_types = []\n").unwrap();
+        assert!(c.phone.refused_number_types.is_empty());
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //!    slots until it is proven right, so neither concurrent guesses nor
 //!    clients that hang up mid-verify get more verifies than the limits allow.
 //! 2. [`Limits::check_request`]: the user's request rate, then the
-//!    toll-fraud guard (allowed destination countries and prefixes).
-//! 3. [`NumberQuota::check`], run in the same store operation as the insert
-//!    of the call: calls per destination number per short window and per
-//!    day, counted from the `calls` table (so they survive a restart and two
-//!    requests racing for the last slot cannot both get it).
+//!    toll-fraud guard (allowed destination countries and prefixes, refused
+//!    kinds of line such as premium rate).
+//! 3. [`NumberQuota::check`] and [`UserQuota::check`], run in the same store
+//!    operation as the insert of the call: calls per destination number per
+//!    short window and per day, counted from the `calls` table, and calls
+//!    per user per day, from hourly counts a trigger keeps (so they survive
+//!    a restart and two requests racing for the last slot cannot both get it).
 //!
 //! Any front end (the seed API, a JSON API) makes the same three calls.
 //! Per-minute and failed-login windows live in memory: a restart forgets
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
-use crate::phone::{Country, PhoneNumber};
+use crate::phone::{Country, NumberType, PhoneNumber};
 use crate::store::{Store, StoreError, User};
 
 /// One day, the window of `limits.number_calls_per_day`.
@@ -101,6 +103,7 @@ pub struct Limits {
     config: LimitsConfig,
     allowed_countries: Vec<Country>,
     allowed_prefixes: Vec<String>,
+    refused_types: Vec<NumberType>,
     user_requests: Mutex<SlidingWindows<i64>>,
     logins: Mutex<LoginBook>,
 }
@@ -128,6 +131,7 @@ impl Limits {
             config: config.clone(),
             allowed_countries: phone.allowed_countries(),
             allowed_prefixes: phone.allowed_prefixes.clone(),
+            refused_types: phone.refused_number_types.clone(),
             user_requests: Mutex::new(SlidingWindows::new(config.user_requests_per_minute, Duration::from_secs(60))),
             logins: Mutex::new(LoginBook {
                 by_ip: SlidingWindows::new(config.login_failures_per_ip, failure_window),
@@ -223,12 +227,19 @@ impl Limits {
     }
 
     /// The toll-fraud guard: `number` must be in an allowed country or
-    /// start with an allowed prefix.
+    /// start with an allowed prefix, and be of no refused kind (premium
+    /// rate, ...: fraud pays best inside an allowed country).
     pub fn check_destination(&self, number: &PhoneNumber) -> Result<(), Refusal> {
         let country = number.country();
         let by_country = country.is_some_and(|c| self.allowed_countries.contains(&c));
         let by_prefix = self.allowed_prefixes.iter().any(|p| number.e164().starts_with(p.as_str()));
         if by_country || by_prefix {
+            if self.refused_types.contains(&number.kind()) {
+                return Err(Refusal::forbidden(format!(
+                    "the destination is a {} number (phone.refused_number_types)",
+                    number.kind().name()
+                )));
+            }
             return Ok(());
         }
         let what = match country {
@@ -236,6 +247,12 @@ impl Limits {
             None => "a destination outside any country is".to_owned(),
         };
         Err(Refusal::forbidden(format!("{what} not allowed (phone.allowed_countries, phone.allowed_prefixes)")))
+    }
+
+    /// The user's daily cap, to be checked inside the store operation that
+    /// inserts the call.
+    pub fn user_quota(&self) -> UserQuota {
+        UserQuota { per_day: self.config.user_calls_per_day }
     }
 
     /// The per-number quotas, to be checked inside the store operation
@@ -286,6 +303,33 @@ impl NumberQuota {
             return Ok(Err(Refusal::too_many(description, wait(calls.oldest_since, day_ms))));
         }
         Ok(Ok(()))
+    }
+}
+
+/// Calls one user may place per 24 hours: what a leaked credential costs.
+#[derive(Debug, Clone, Copy)]
+pub struct UserQuota {
+    per_day: u32,
+}
+
+impl UserQuota {
+    /// Whether user `user_id` may place one more call at `now_ms`. Reads at
+    /// most 24 hourly counts (kept by a trigger on every stored call), never
+    /// the user's calls. Run it in the same [`crate::store::Db::run`] as the
+    /// insert, like [`NumberQuota::check`].
+    pub fn check(&self, store: &Store, user_id: i64, now_ms: i64) -> Result<Result<(), Refusal>, StoreError> {
+        if self.per_day == 0 {
+            return Ok(Ok(()));
+        }
+        let day = store.user_calls_last_day(user_id, now_ms)?;
+        if day.calls < u64::from(self.per_day) {
+            return Ok(Ok(()));
+        }
+        // A slot frees up when the oldest hour counted leaves the day.
+        let wait = day.oldest_hour_starts_ms.map_or(0, |start| (start + millis(DAY) - now_ms).max(0));
+        let detail =
+            format!("limit of {} calls per day for this user reached (limits.user_calls_per_day)", self.per_day);
+        Ok(Err(Refusal::too_many(detail, Duration::from_millis(wait as u64))))
     }
 }
 
@@ -734,6 +778,68 @@ mod tests {
         assert!(all.check_destination(&number("+80012345678")).is_ok());
         let none = limits("[phone]\nallowed_countries = []\n");
         assert!(none.check_destination(&number("03001234567")).is_err());
+    }
+
+    #[test]
+    fn refused_kinds_are_forbidden_inside_allowed_countries() {
+        let pk = Country::parse("PK").unwrap();
+        let number = |n: &str| PhoneNumber::parse(n, pk).unwrap();
+        let guard = limits("[phone]\nallowed_countries = [\"PK\", \"GB\", \"ES\"]\n");
+        assert!(guard.check_destination(&number("+442079460958")).is_ok());
+        for (n, kind) in [
+            ("+449098790000", "premium_rate"),
+            ("+34901123456", "shared_cost"),
+            ("+443069990000", "uan"),
+            ("+447031234567", "personal_number"),
+        ] {
+            assert_eq!(
+                guard.check_destination(&number(n)),
+                Err(Refusal::forbidden(format!("the destination is a {kind} number (phone.refused_number_types)"))),
+                "{n}"
+            );
+        }
+        // Even "+" (every destination) keeps refusing them; an empty list refuses none.
+        let all = limits("[phone]\nallowed_prefixes = [\"+\"]\n");
+        assert!(all.check_destination(&number("+449098790000")).is_err());
+        let none = limits("[phone]\nallowed_prefixes = [\"+\"]\nrefused_number_types = []\n");
+        assert!(none.check_destination(&number("+449098790000")).is_ok());
+    }
+
+    #[test]
+    fn user_quota_counts_a_day_of_the_users_calls() {
+        let (mut store, user) = store_with_user();
+        let other = store.add_user("acme2", "h").unwrap();
+        let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
+        let hour = 3_600_000;
+        let t = 1_000_000 * hour;
+        // Stored as if at `at`: the trigger counts a call in its creation hour.
+        let insert = |store: &mut Store, user_id: i64, at: i64| {
+            store
+                .conn_for_tests()
+                .execute(
+                    "INSERT INTO calls (id, user_id, number, status, created_at, updated_at)
+                     VALUES (?1, ?2, '+923001234567', 'queued', ?3, ?3)",
+                    rusqlite::params![CallId::generate().as_str(), user_id, at],
+                )
+                .unwrap();
+        };
+        insert(&mut store, user.id, t + 10);
+        insert(&mut store, user.id, t + 2 * hour);
+        insert(&mut store, other.id, t + 2 * hour);
+        assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
+        insert(&mut store, user.id, t + 3 * hour);
+        match quota.check(&store, user.id, t + 3 * hour).unwrap() {
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
+                // The first call's hour leaves the day 21 hours on.
+                assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
+        assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
+        let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
+        assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
     }
 
     #[test]

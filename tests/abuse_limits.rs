@@ -218,3 +218,44 @@ async fn failed_logins_refuse_the_forwarded_address_not_the_name() {
     let logs = daemon.logs();
     assert!(!logs.contains(PASSWORD) && !logs.contains("wrong-one"), "passwords in logs:\n{logs}");
 }
+
+/// Review item 8: toll fraud inside an allowed country. A premium-rate UK
+/// number (Ofcom's drama range) with the UK allowed is refused 403 naming
+/// its type, and dialled never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn premium_rate_numbers_are_refused_even_in_an_allowed_country() {
+    let (_dir, fake, daemon) = setup("premium", "[phone]\nallowed_countries = [\"PK\", \"GB\"]\n").await;
+    let resp = seed(&daemon, "%2B449098790000", "acme1", PASSWORD);
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Forbidden"));
+    let detail = resp.json_field("detail").unwrap_or_default();
+    assert!(detail.contains("premium_rate") && detail.contains("phone.refused_number_types"), "{detail}");
+    // The same country's ordinary numbers go through.
+    assert_eq!(seed(&daemon, "%2B442079460123", "acme1", PASSWORD).status, 200);
+    assert_originates(&fake, 1).await;
+    assert!(fake.actions().iter().filter(|a| a.is("Originate")).all(|a| !a.get("Channel").unwrap().contains("909")));
+}
+
+/// Review item 8: a leaked credential may place `limits.user_calls_per_day`
+/// calls a day, not 60 a minute all day; the count is in the database, so
+/// a restart does not reset it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_gets_a_number_of_calls_per_day_even_across_a_restart() {
+    let extra = "[limits]\nuser_calls_per_day = 2\nnumber_calls_per_window = 0\nnumber_calls_per_day = 0\n";
+    let (dir, fake, daemon) = setup("user-day", extra).await;
+    for number in ["03001234567", "03001234568"] {
+        assert_eq!(seed(&daemon, number, "acme1", PASSWORD).status, 200);
+    }
+    let resp = seed(&daemon, "03001234569", "acme1", PASSWORD);
+    assert_limited(&resp, "limits.user_calls_per_day", 86_400);
+    assert!(resp.body.contains("2 calls per day"), "{}", resp.body);
+    assert_eq!(seed(&daemon, "03001234569", "acme2", PASSWORD).status, 200, "other users are not capped");
+    assert_originates(&fake, 3).await;
+
+    drop(daemon);
+    let config = dir.0.join("voice-otp.toml");
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&config));
+    assert_limited(&seed(&daemon, "03001234569", "acme1", PASSWORD), "limits.user_calls_per_day", 86_400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.count("Originate"), 3, "{:?}", fake.actions());
+}

@@ -6,8 +6,9 @@
 //! 2. [`login`]: the failed-login limits, then the bcrypt verify
 //!    ([`crate::limits::Limits::login`]);
 //! 3. [`place`]: the user's request rate and the toll-fraud guard, then in
-//!    one database step the per-number quotas, the user's call defaults and
-//!    the insert; then the call goes to the dialler.
+//!    one database step the queue's room, the per-number quotas, the user's
+//!    daily cap, the user's call defaults and the insert; then the call goes
+//!    to the dialler.
 //!
 //! The front ends differ only in how they read fields and credentials (the
 //! JSON API authenticates before reading its body) and in how they word
@@ -113,7 +114,7 @@ pub enum PlaceError {
 }
 
 /// For an authenticated `user`: the request rate and the toll-fraud guard,
-/// then the per-number quotas, the options (request, else the user's
+/// then the per-number quotas, the user's daily cap, the options (request, else the user's
 /// defaults, else `[call]`) and the insert as one database step, so two
 /// requests cannot both take a number's last slot. The stored call then
 /// goes to the dialler and is returned.
@@ -131,6 +132,7 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
     };
     let (requested, call_config) = (call.options, app.config.call.clone());
     let quota = app.limits.number_quota();
+    let user_quota = app.limits.user_quota();
     let max_queued = u64::from(app.config.queue.max_queued);
     let code = call.code;
     let stored = {
@@ -143,7 +145,11 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
                         QUEUE_FULL_RETRY,
                     )));
                 }
-                if let Err(refusal) = quota.check(s, &number, now_ms())? {
+                let now = now_ms();
+                if let Err(refusal) = quota.check(s, &number, now)? {
+                    return Ok(Err(refusal));
+                }
+                if let Err(refusal) = user_quota.check(s, user_id, now)? {
                     return Ok(Err(refusal));
                 }
                 let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);

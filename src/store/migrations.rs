@@ -105,7 +105,10 @@ const MIGRATIONS: &[&str] = &[
     // (2.2 s with a month of calls, on the one database thread) and count
     // the pending webhooks. Each trigger fires only on the change it counts;
     // `reason` is '' for none (a primary key column cannot be NULL), and
-    // rows that drop to 0 stay (there are few status/reason pairs).
+    // rows that drop to 0 stay (there are few status/reason pairs). And each
+    // user's calls per hour of creation, for `limits.user_calls_per_day`
+    // (at most 24 rows read per request); a user's hours older than a day go
+    // when their next call is stored.
     "CREATE TABLE call_counts (
         status TEXT NOT NULL,
         reason TEXT NOT NULL,
@@ -145,6 +148,22 @@ const MIGRATIONS: &[&str] = &[
             SET pending = pending + (new.delivered_at IS NULL AND new.gave_up_at IS NULL)
                                   - (old.delivered_at IS NULL AND old.gave_up_at IS NULL)
             WHERE id = 1;
+    END;
+    CREATE TABLE user_call_hours (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        hour    INTEGER NOT NULL,
+        n       INTEGER NOT NULL,
+        PRIMARY KEY (user_id, hour)
+    ) WITHOUT ROWID;
+    INSERT INTO user_call_hours (user_id, hour, n)
+        SELECT user_id, created_at / 3600000, COUNT(*) FROM calls
+        WHERE user_id IS NOT NULL AND created_at / 3600000 > CAST(strftime('%s', 'now') AS INTEGER) / 3600 - 25
+        GROUP BY 1, 2;
+    CREATE TRIGGER user_call_hours_insert AFTER INSERT ON calls WHEN new.user_id IS NOT NULL
+    BEGIN
+        INSERT INTO user_call_hours (user_id, hour, n) VALUES (new.user_id, new.created_at / 3600000, 1)
+            ON CONFLICT (user_id, hour) DO UPDATE SET n = n + 1;
+        DELETE FROM user_call_hours WHERE user_id = new.user_id AND hour <= new.created_at / 3600000 - 24;
     END;",
 ];
 

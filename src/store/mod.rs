@@ -22,7 +22,7 @@ use rusqlite::Connection;
 
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls};
 pub use queue::InFlight;
-pub use stats::ScrapeCounts;
+pub use stats::{ScrapeCounts, UserDay};
 pub use user_defaults::UserDefaultsChange;
 pub use users::User;
 pub use webhooks::{Attempt, AttemptVerdict, Delivery, DeliveryRecord};

@@ -1,6 +1,7 @@
-//! Counts for `/metrics`, kept by triggers (migration 9) so a scrape reads
-//! a handful of rows whatever the history: calls per (status, reason) and
-//! webhook deliveries still pending.
+//! Counts kept by triggers (migration 9), so that reading them costs a
+//! handful of rows whatever the history: for `/metrics`, calls per (status,
+//! reason) and webhook deliveries still pending; for the per-user daily
+//! cap, each user's calls per hour.
 
 use super::{Store, StoreError};
 
@@ -10,9 +11,26 @@ const SCRAPE_CALLS: &str = "SELECT status, reason, n FROM call_counts WHERE n > 
 /// Webhook deliveries neither delivered nor given up.
 const SCRAPE_PENDING: &str = "SELECT pending FROM webhook_backlog WHERE id = 1";
 
-/// Every statement a scrape runs, for the test that none of them reads `calls`.
+/// A user's calls in the hours after ?2, and the oldest of those hours.
+const USER_DAY: &str = "SELECT COALESCE(SUM(n), 0), MIN(hour) FROM user_call_hours WHERE user_id = ?1 AND hour > ?2";
+
+/// Every statement run per scrape or per request here, for the test that
+/// none of them reads `calls`.
 #[cfg(test)]
-const SCRAPE_STATEMENTS: [&str; 2] = [SCRAPE_CALLS, SCRAPE_PENDING];
+const STATEMENTS: [&str; 3] = [SCRAPE_CALLS, SCRAPE_PENDING, USER_DAY];
+
+/// One hour, the bucket of the per-user daily count.
+const HOUR_MS: i64 = 3_600_000;
+
+/// What [`Store::user_calls_last_day`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserDay {
+    /// Calls stored in this hour and the 23 before.
+    pub calls: u64,
+    /// When (Unix ms) the oldest of those hours began: a day after that,
+    /// its calls stop counting.
+    pub oldest_hour_starts_ms: Option<i64>,
+}
 
 /// What a `/metrics` scrape needs from the database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +53,17 @@ impl Store {
         let calls = rows.collect::<Result<_, _>>()?;
         let webhooks_pending = self.conn.prepare_cached(SCRAPE_PENDING)?.query_row([], |r| r.get(0))?;
         Ok(ScrapeCounts { calls, webhooks_pending })
+    }
+
+    /// The calls user `user_id` stored in the 24 hourly buckets up to and
+    /// including `now_ms`'s (so between 23 and 24 hours back).
+    pub fn user_calls_last_day(&self, user_id: i64, now_ms: i64) -> Result<UserDay, StoreError> {
+        let day =
+            self.conn.prepare_cached(USER_DAY)?.query_row(rusqlite::params![user_id, now_ms / HOUR_MS - 24], |r| {
+                let oldest: Option<i64> = r.get(1)?;
+                Ok(UserDay { calls: r.get(0)?, oldest_hour_starts_ms: oldest.map(|h| h * HOUR_MS) })
+            })?;
+        Ok(day)
     }
 }
 
@@ -138,22 +167,30 @@ mod tests {
                     "DROP TABLE call_counts; DROP TABLE webhook_backlog;
                      DROP TRIGGER call_counts_insert; DROP TRIGGER call_counts_update; DROP TRIGGER call_counts_delete;
                      DROP TRIGGER webhook_backlog_insert; DROP TRIGGER webhook_backlog_update;
-                     DROP TRIGGER webhook_backlog_delete; PRAGMA user_version = {version};"
+                     DROP TRIGGER webhook_backlog_delete; DROP TABLE user_call_hours;
+                     DROP TRIGGER user_call_hours_insert; PRAGMA user_version = {version};"
                 ))
                 .unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_counts_true(&s, "migration");
         assert!(s.scrape_counts().unwrap().calls.contains(&("failed".into(), Some("no_answer".into()), 3)));
+        let user = s.user("acme1").unwrap().unwrap();
+        assert_eq!(s.user_calls_last_day(user.id, crate::call::now_ms()).unwrap().calls, 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_scrape_never_reads_the_calls_or_deliveries_tables() {
+    fn counts_are_read_without_the_calls_or_deliveries_tables() {
         let s = Store::open_in_memory().unwrap();
-        for sql in SCRAPE_STATEMENTS {
+        for sql in STATEMENTS {
             let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> = stmt.query_map([], |r| r.get(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
             for step in &plan {
                 let tables: Vec<&str> = step.split_whitespace().collect();
                 assert!(!tables.contains(&"calls") && !tables.contains(&"webhook_deliveries"), "{sql}: {plan:?}");
