@@ -589,6 +589,7 @@ impl Config {
                 )));
             }
         }
+        self.check_national_dialling().map_err(invalid)?;
         if self.agi.allowed_peers.is_empty() {
             return Err(invalid("agi.allowed_peers must list at least Asterisk's address".into()));
         }
@@ -631,6 +632,40 @@ impl Config {
             return Err(invalid(format!("webhooks.allow_hosts: {bad:?} is not a host name")));
         }
         Ok(self)
+    }
+}
+
+impl Config {
+    /// `{national}` is the number as dialled inside its own country: on the
+    /// home trunk, +44 20... would go out as 020..., someone else's number.
+    /// So a template with it may only serve destinations that share
+    /// `phone.default_country`'s calling code.
+    fn check_national_dialling(&self) -> Result<(), String> {
+        if !self.dial.channel.uses_national() {
+            return Ok(());
+        }
+        let home = self.phone.default_country;
+        let home_code = home.calling_code();
+        let abroad = |why: String| {
+            Err(format!(
+                "dial.channel uses {{national}}, the number as dialled inside its own country, but {why}, outside \
+                 phone.default_country {}: such calls would reach another number on the home trunk. Use {{e164}} or \
+                 {{digits}} in dial.channel, or allow only the default country",
+                home.code()
+            ))
+        };
+        for country in self.phone.allowed_countries() {
+            if country.calling_code() != home_code {
+                return abroad(format!("phone.allowed_countries allows {}", country.code()));
+            }
+        }
+        let home_prefix = home_code.map(|c| format!("+{c}")).unwrap_or_default();
+        for prefix in &self.phone.allowed_prefixes {
+            if home_prefix.is_empty() || !prefix.starts_with(&home_prefix) {
+                return abroad(format!("phone.allowed_prefixes allows \"{prefix}\""));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -723,6 +758,28 @@ mod tests {
         let c =
             Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
         assert!(c.checked(Path::new("x")).is_ok());
+    }
+
+    #[test]
+    fn national_dialling_is_refused_for_destinations_abroad() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().checked(Path::new("x")).map(|_| ());
+        for (toml, named) in [
+            ("[phone]\nallowed_prefixes = [\"+4420\"]\n", "\"+4420\""),
+            ("[phone]\nallowed_prefixes = [\"+\"]\n", "\"+\""),
+            ("[phone]\nallowed_prefixes = [\"+9\"]\n", "\"+9\""),
+            ("[phone]\nallowed_countries = [\"PK\", \"GB\"]\n", "allows GB"),
+        ] {
+            let err = check(toml).unwrap_err().to_string();
+            assert!(err.contains("dial.channel") && err.contains("{national}"), "{toml}: {err}");
+            assert!(err.contains("phone.allowed_") && err.contains(named), "{toml}: {err}");
+            assert!(err.contains("phone.default_country PK"), "{toml}: {err}");
+        }
+        // The home country, prefixes inside it, or a template without {national}.
+        check("").unwrap();
+        check("[phone]\nallowed_prefixes = [\"+92\", \"+9230\"]\n").unwrap();
+        check("[dial]\nchannel = \"PJSIP/{e164}@carrier\"\n[phone]\nallowed_prefixes = [\"+\"]\n").unwrap();
+        // Countries that share the calling code share the numbering plan.
+        check("[phone]\ndefault_country = \"US\"\nallowed_countries = [\"US\", \"CA\"]\n").unwrap();
     }
 
     #[test]

@@ -31,6 +31,11 @@ impl Country {
     pub fn code(&self) -> &str {
         self.0.as_ref()
     }
+
+    /// Its international calling code (`92` for PK, `1` for US and CA alike).
+    pub fn calling_code(&self) -> Option<u16> {
+        phonenumber::metadata::DATABASE.by_id(self.code()).map(|m| m.country_code())
+    }
 }
 
 impl fmt::Debug for Country {
@@ -293,6 +298,12 @@ impl NumberTemplate {
         Ok(NumberTemplate { parts })
     }
 
+    /// True if it dials the national form (`{national}`), which reaches the
+    /// right phone only from inside the number's own country.
+    pub fn uses_national(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::National))
+    }
+
     /// The dial string for `number`.
     pub fn render(&self, number: &PhoneNumber) -> String {
         self.parts
@@ -425,6 +436,10 @@ mod tests {
 
     #[test]
     fn country_codes() {
+        assert_eq!(Country::parse("pk").unwrap().calling_code(), Some(92));
+        assert_eq!(Country::parse("CA").unwrap().calling_code(), Some(1));
+        assert!(NumberTemplate::parse("PJSIP/{national}@x").unwrap().uses_national());
+        assert!(!NumberTemplate::parse("PJSIP/{e164}@x").unwrap().uses_national());
         assert_eq!(Country::parse("pk").unwrap().code(), "PK");
         assert!(Country::parse("XX").unwrap_err().contains("XX"));
     }

@@ -122,7 +122,9 @@ async fn a_user_gets_a_number_of_requests_per_minute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_toll_fraud_guard_refuses_other_countries() {
-    let extra = "[phone]\nallowed_prefixes = [\"+4420\"]\n";
+    // Calls abroad need the international form in the channel ({national}
+    // with a foreign prefix is refused at start).
+    let extra = "[phone]\nallowed_prefixes = [\"+4420\"]\n\n[dial]\nchannel = \"PJSIP/{e164}@carrier\"\n";
     let (_dir, fake, daemon) = setup("fraud", extra).await;
     // Premium-rate and foreign destinations, well-formed and valid.
     for (number, country) in [("%2B441612345678", "GB"), ("00881612345678", ""), ("%2B12125550123", "US")] {
@@ -224,7 +226,8 @@ async fn failed_logins_refuse_the_forwarded_address_not_the_name() {
 /// its type, and dialled never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn premium_rate_numbers_are_refused_even_in_an_allowed_country() {
-    let (_dir, fake, daemon) = setup("premium", "[phone]\nallowed_countries = [\"PK\", \"GB\"]\n").await;
+    let extra = "[phone]\nallowed_countries = [\"PK\", \"GB\"]\n\n[dial]\nchannel = \"PJSIP/{e164}@carrier\"\n";
+    let (_dir, fake, daemon) = setup("premium", extra).await;
     let resp = seed(&daemon, "%2B449098790000", "acme1", PASSWORD);
     assert_eq!(resp.status, 403, "{}", resp.body);
     assert_eq!(resp.json_field("response_description").as_deref(), Some("Forbidden"));
