@@ -152,7 +152,7 @@ impl Limits {
         password: &str,
         client: IpAddr,
     ) -> Result<User, LoginError> {
-        let mut attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
+        let mut attempt = self.begin_login(name, address_bucket(client)).map_err(LoginError::Limited)?;
         let pending = match auth.lookup(name, password).await {
             Ok(Lookup::Accepted(user)) => {
                 attempt.succeeded();
@@ -303,6 +303,21 @@ impl NumberQuota {
             return Ok(Err(Refusal::too_many(description, wait(calls.oldest_since, day_ms))));
         }
         Ok(Ok(()))
+    }
+}
+
+/// The key an address is counted under by the per-address limits: an IPv4
+/// address as itself (also when it arrives IPv4-mapped, `::ffff:a.b.c.d`),
+/// an IPv6 address as its /64. One IPv6 host usually holds a whole /64 and
+/// can pick any address in it, so counting /128s apart would give it 2^64
+/// fresh addresses.
+pub fn address_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -708,6 +723,27 @@ mod tests {
         // Four failures, then one rationed verify; the other 35 wait.
         assert_eq!(unauthorized, 5);
         assert_eq!(auth.verifies(), 5);
+    }
+
+    #[test]
+    fn addresses_are_counted_as_ipv4_or_ipv6_slash_64() {
+        assert_eq!(address_bucket(ip("192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_bucket(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_bucket(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(address_bucket(ip("2001:db8:1:2::1")), address_bucket(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(address_bucket(ip("2001:db8:1:2::1")), address_bucket(ip("2001:db8:1:3::1")));
+    }
+
+    #[tokio::test]
+    async fn one_ipv6_slash_64_is_one_address_to_the_login_limits() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\n");
+        for host in ["2001:db8:0:1::1", "2001:db8:0:1::2"] {
+            assert!(matches!(limits.login(&auth, "acme1", "wrong", ip(host)).await, Err(LoginError::Unauthorized)));
+        }
+        let refused = limits.login(&auth, "acme1", "wrong", ip("2001:db8:0:1:ffff:1:2:3")).await;
+        limited_by(&refused, "limits.login_failures_per_user_ip");
+        assert!(limits.login(&auth, "acme1", "right-pass", ip("2001:db8:0:2::1")).await.is_ok(), "another /64");
     }
 
     #[test]
