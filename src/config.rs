@@ -59,6 +59,16 @@ pub struct HttpConfig {
     /// Most client connections served at once; further ones wait in the
     /// kernel's accept queue until one ends.
     pub max_connections: usize,
+    /// Most connections served at once from one client address (IPv6: one
+    /// /64); more are answered 503 and closed at once. Trusted proxies are
+    /// exempt. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// A response that cannot be handed to the client within this many
+    /// seconds (the client stopped reading) closes the connection.
+    pub write_timeout_secs: u64,
+    /// Requests served on one keep-alive connection; the last answer says
+    /// `Connection: close`. 0: no cap.
+    pub max_requests_per_connection: u64,
     /// Time a client has to send a request head, and the longest a
     /// keep-alive connection may sit idle before its next request.
     pub header_timeout_secs: u64,
@@ -77,6 +87,9 @@ impl Default for HttpConfig {
             ops_listen: None,
             max_body_bytes: 8192,
             max_connections: 1024,
+            max_connections_per_ip: 32,
+            write_timeout_secs: 10,
+            max_requests_per_connection: 1000,
             header_timeout_secs: 10,
             body_timeout_secs: 10,
             trusted_proxies: Vec::new(),
@@ -599,6 +612,7 @@ impl Config {
         for (key, secs) in [
             ("http.header_timeout_secs", self.http.header_timeout_secs),
             ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.write_timeout_secs", self.http.write_timeout_secs),
             ("limits.login_failure_window_secs", self.limits.login_failure_window_secs),
             ("limits.number_window_secs", self.limits.number_window_secs),
         ] {

@@ -91,6 +91,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     webhook_attempts: Family<OutcomeLabels, Counter>,
+    http_connections_refused: Counter,
     calls: Family<CallLabels, Gauge>,
     ami_connected: Gauge,
     ami_reconnects: Counter,
@@ -127,6 +128,12 @@ impl Metrics {
             "Webhook delivery attempts by outcome (delivered, failed = will retry, gave_up)",
             webhook_attempts.clone(),
         );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once: their address had http.max_connections_per_ip open",
+            http_connections_refused.clone(),
+        );
         let calls = Family::<CallLabels, Gauge>::default();
         registry.register("calls", "Calls on record by status and reason (reason empty unless failed)", calls.clone());
         let ami_connected = Gauge::default();
@@ -146,6 +153,7 @@ impl Metrics {
             http_requests,
             http_duration,
             webhook_attempts,
+            http_connections_refused,
             calls,
             ami_connected,
             ami_reconnects,
@@ -164,6 +172,11 @@ impl Metrics {
         };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    }
+
+    /// Counts one connection refused for its address's cap.
+    pub fn http_connection_refused(&self) {
+        self.http_connections_refused.inc();
     }
 
     /// Counts one webhook attempt.

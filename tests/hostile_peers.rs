@@ -308,6 +308,116 @@ async fn idle_keep_alive_and_slow_clients_are_cut_off_and_the_connection_cap_hol
     good_call(&daemon, &fake, "03001234567").await;
 }
 
+/// Reads until the server closes (or resets) the connection; `None` if it
+/// is still open after `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                return None;
+            }
+            Err(_) => return Some(got),
+        }
+    }
+}
+
+/// Review item 10: one address cannot take every connection slot. Over
+/// `http.max_connections_per_ip` a connection is answered 503 and closed
+/// at once; other addresses are served; a closed connection gives its slot
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let http_keys = "max_connections = 8\nmax_connections_per_ip = 2\n";
+    let (_dir, _fake, daemon) = setup("per-ip", FakeScript::default(), http_keys, "").await;
+    let addr = daemon.http;
+    let greedy: Option<std::net::IpAddr> = Some("127.0.0.2".parse().unwrap());
+    tokio::task::block_in_place(|| {
+        let mut held: Vec<TcpStream> = (0..2).map(|_| http::connect_from(greedy, addr)).collect();
+        for s in &mut held {
+            s.write_all(b"GET /nothing HTTP/1.1\r\nHo").unwrap();
+        }
+        // The server counts a connection once it accepted it: the third may
+        // race the first two's accept, so give it a moment to be refused.
+        let mut third = http::connect_from(greedy, addr);
+        let answer = read_until_closed(&mut third, Duration::from_secs(5)).expect("closed at once");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(text.contains("http.max_connections_per_ip"), "{text}");
+        let other = http::get_from(Some("127.0.0.3".parse().unwrap()), addr, "/nothing");
+        assert_eq!(other.status, 404, "another address is served");
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = http::connect_from(greedy, addr);
+            again.write_all(b"GET /nothing HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+            let answer = read_until_closed(&mut again, Duration::from_secs(10)).unwrap_or_default();
+            if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 404") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the slots were not given back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let metrics = tokio::task::block_in_place(|| http::get(addr, "/metrics"));
+    assert!(metrics.body.contains("voice_otp_http_connections_refused_total 1"), "{}", metrics.body);
+}
+
+/// Review item 10: a client that pipelines requests and never reads the
+/// answers used to hold its connection (and here the only slot) forever.
+/// Past `http.write_timeout_secs` it is closed and the next client served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let http_keys = "max_connections = 1\nwrite_timeout_secs = 1\nmax_requests_per_connection = 0\n";
+    let (_dir, _fake, daemon) = setup("write-timeout", FakeScript::default(), http_keys, "").await;
+    let addr = daemon.http;
+    tokio::task::block_in_place(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // A small window, so the answers pile up on the server's side.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut greedy: TcpStream = socket.into();
+        // Far more answer bytes than the kernel buffers on both sides hold.
+        let requests = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3000);
+        let mut writer = greedy.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&requests);
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The only slot is the greedy client's until the server gives up on it.
+        let started = std::time::Instant::now();
+        let next = http::get(addr, "/nothing");
+        assert_eq!(next.status, 404);
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        let answered = read_until_closed(&mut greedy, Duration::from_secs(20)).expect("the greedy client is closed");
+        let responses = String::from_utf8_lossy(&answered).matches("HTTP/1.1 200").count();
+        assert!(responses < 3000, "all {responses} answers arrived: the write never stalled");
+        let _ = sender.join();
+    });
+}
+
+/// Review item 10: a keep-alive connection serves at most
+/// `http.max_requests_per_connection` requests; the last answer says
+/// `Connection: close` and the server closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_serves_a_bounded_number_of_requests() {
+    let http_keys = "max_requests_per_connection = 3\nheader_timeout_secs = 2\n";
+    let (_dir, _fake, daemon) = setup("max-requests", FakeScript::default(), http_keys, "").await;
+    tokio::task::block_in_place(|| {
+        let mut stream = TcpStream::connect(daemon.http).unwrap();
+        stream.write_all(&b"GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n".repeat(5)).unwrap();
+        let answered = read_until_closed(&mut stream, Duration::from_secs(1)).expect("closed after the third answer");
+        let text = String::from_utf8_lossy(&answered);
+        assert_eq!(text.matches("HTTP/1.1 404").count(), 3, "{text}");
+        let last = text.rsplit("HTTP/1.1 404").next().unwrap().to_ascii_lowercase();
+        assert!(last.contains("connection: close"), "{text}");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_fastagi_port_closes_that_connection_only() {
     let (_dir, fake, daemon) = setup("agi-garbage", FakeScript::default(), "", "").await;

@@ -11,10 +11,13 @@
 //! password and the code in the query string, so a URI is never logged whole.
 //!
 //! Limits against slow or greedy clients: at most `[http] max_connections`
-//! connections at once (the rest wait in the kernel's queue), a request head
-//! of at most 16 KiB arriving within `header_timeout_secs` (which also ends
-//! idle keep-alive connections), a body within `max_body_bytes` and
-//! `body_timeout_secs`.
+//! connections at once (the rest wait in the kernel's queue) and
+//! `max_connections_per_ip` from one address (more are answered 503 and
+//! closed), a request head of at most 16 KiB arriving within
+//! `header_timeout_secs` (which also ends idle keep-alive connections), a
+//! body within `max_body_bytes` and `body_timeout_secs`, responses handed
+//! over within `write_timeout_secs` (a client that stops reading loses its
+//! connection), and `max_requests_per_connection` requests per connection.
 
 mod api;
 pub mod intake;
@@ -22,29 +25,32 @@ mod ops;
 mod outbound;
 mod params;
 mod problem;
+mod timeout_io;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
 use crate::daemon::App;
-use crate::limits::{Refusal, RefusalKind};
+use crate::limits::{Refusal, RefusalKind, address_bucket};
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -65,7 +71,12 @@ enum Port {
 /// `ops` instead of `api`, until `shutdown`; then lets requests in flight
 /// finish.
 pub async fn serve(api: TcpListener, ops: Option<TcpListener>, app: Arc<App>, shutdown: CancellationToken) {
-    let front = Arc::new(Frontend { app, health: ops::HealthProbe::default(), ops_apart: ops.is_some() });
+    let front = Arc::new(Frontend {
+        app,
+        health: ops::HealthProbe::default(),
+        ops_apart: ops.is_some(),
+        per_ip: PerIp::default(),
+    });
     let tracker = TaskTracker::new();
     if let Some(ops) = ops {
         tracker.spawn(accept_loop(ops, Port::Ops, front.clone(), tracker.clone(), shutdown.clone()));
@@ -85,8 +96,11 @@ async fn accept_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let connections = Arc::new(Semaphore::new(front.app.config.http.max_connections));
-    let header_timeout = Duration::from_secs(front.app.config.http.header_timeout_secs);
+    let http = &front.app.config.http;
+    let connections = Arc::new(Semaphore::new(http.max_connections));
+    let header_timeout = Duration::from_secs(http.header_timeout_secs);
+    let write_timeout = Duration::from_secs(http.write_timeout_secs);
+    let max_requests = http.max_requests_per_connection;
     loop {
         // Take a connection slot first: at the limit, clients wait in the
         // kernel's accept queue instead of costing us a task each.
@@ -109,17 +123,30 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(ip_slot) = front.per_ip.take(peer.ip(), &front.app.config.http) else {
+            refuse_connection(&stream, &front.app, peer);
+            continue;
+        };
         let front = front.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
+            let served = Arc::new(AtomicU64::new(0));
             let service = service_fn(move |req| {
-                let front = front.clone();
-                async move { Ok::<_, Infallible>(route(&front, port, req, peer).await) }
+                let (front, served) = (front.clone(), served.clone());
+                async move {
+                    let mut resp = route(&front, port, req, peer).await;
+                    // hyper closes the connection after an answer that says so.
+                    if max_requests > 0 && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
+                        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(timeout_io::WriteTimeout::new(stream, write_timeout));
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
@@ -146,6 +173,68 @@ struct Frontend {
     health: ops::HealthProbe,
     /// `/healthz` and `/metrics` are served on their own listener only.
     ops_apart: bool,
+    /// Connections open per client address, on every listener.
+    per_ip: PerIp,
+}
+
+/// Connections open per client address ([`address_bucket`]), for
+/// `http.max_connections_per_ip`.
+#[derive(Default)]
+struct PerIp {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `peer`, held until dropped;
+    /// `None` when that address has its fill. Trusted proxies carry many
+    /// clients and are not capped.
+    fn take(&self, peer: IpAddr, http: &HttpConfig) -> Option<IpSlot> {
+        let key = address_bucket(peer);
+        let cap = http.max_connections_per_ip;
+        if cap == 0 || http.trusted_proxies.iter().any(|p| p.to_canonical() == peer.to_canonical()) {
+            return Some(IpSlot { open: None, key });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { open: Some(self.open.clone()), key })
+    }
+}
+
+/// One connection's place in [`PerIp`]'s count.
+struct IpSlot {
+    open: Option<Arc<Mutex<HashMap<IpAddr, usize>>>>,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some(open) = &self.open else { return };
+        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The whole answer to a connection over its address's cap: sent without
+/// waiting (a fresh socket's buffer has room; if not, the client just sees
+/// the close), then the connection is dropped.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Retry-After: 1\r\nConnection: close\r\nContent-Length: 148\r\n\r\n\
+{\"response_code\":\"503\",\"response_description\":\"Service Unavailable\",\
+\"detail\":\"too many connections from this address (http.max_connections_per_ip)\"}";
+
+fn refuse_connection(stream: &TcpStream, app: &App, peer: SocketAddr) {
+    let _ = stream.try_write(OVER_CAP);
+    app.metrics.http_connection_refused();
+    tracing::debug!(%peer, "connection refused: http.max_connections_per_ip");
 }
 
 async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
@@ -365,6 +454,31 @@ mod tests {
             headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn the_over_cap_answer_is_a_well_formed_response() {
+        let text = std::str::from_utf8(OVER_CAP).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["response_description"], "Service Unavailable");
+    }
+
+    #[test]
+    fn per_ip_slots_are_counted_by_bucket_and_given_back() {
+        let http = HttpConfig { max_connections_per_ip: 2, ..HttpConfig::default() };
+        let per_ip = PerIp::default();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let first = per_ip.take(a, &http).unwrap();
+        let _second = per_ip.take(b, &http).unwrap();
+        assert!(per_ip.take(a, &http).is_none(), "one /64 is one address");
+        assert!(per_ip.take("192.0.2.1".parse().unwrap(), &http).is_some());
+        drop(first);
+        assert!(per_ip.take(b, &http).is_some());
+        let proxied = HttpConfig { trusted_proxies: vec![a], ..http.clone() };
+        assert!((0..10).all(|_| per_ip.take(a, &proxied).is_some()), "a trusted proxy is not capped");
     }
 
     #[test]
