@@ -2,7 +2,11 @@
 //!
 //! Every outcome the caller sees is the same (`None`): unknown user, wrong
 //! password, disabled user. An unknown user still costs one bcrypt verify
-//! (against a dummy hash) so response time does not tell which names exist.
+//! (against a dummy hash at `auth.bcrypt_cost`) so response time does not
+//! tell which names exist; and a stored hash of another cost (made before
+//! `auth.bcrypt_cost` changed) is replaced by one of the configured cost on
+//! its user's next successful login, so stored hashes converge on the
+//! dummy's cost instead of telling names apart by timing.
 //! bcrypt runs on the blocking pool: at cost 12 one verify is ~0.2 s of CPU,
 //! so at most one verify per core runs at a time (a flood of wrong passwords
 //! queues instead of taking every thread), and credentials that passed are
@@ -27,6 +31,8 @@ pub const MAX_PASSWORD_BYTES: usize = 71;
 #[derive(Clone)]
 pub struct Authenticator {
     db: Db,
+    /// `auth.bcrypt_cost`: of the dummy hash, and of every stored hash in the end.
+    cost: u32,
     dummy_hash: Arc<String>,
     cache: Arc<CredentialCache>,
     /// One permit per core: bcrypt verifies allowed to run at once.
@@ -36,13 +42,15 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// `cost` is used for the dummy hash, so unknown users take as long as
-    /// known ones. Remembers nothing until given a cache ([`Self::with_cache`]).
+    /// known ones, and for rehashing stored hashes of another cost. Remembers
+    /// nothing until given a cache ([`Self::with_cache`]).
     pub fn new(db: Db, cost: u32) -> Result<Authenticator, bcrypt::BcryptError> {
         let random: [u8; 16] = rand::random();
         let dummy_hash = bcrypt::hash(random, cost)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Authenticator {
             db,
+            cost,
             dummy_hash: Arc::new(dummy_hash),
             cache: Arc::new(CredentialCache::disabled()),
             verifiers: Arc::new(Semaphore::new(cores)),
@@ -133,23 +141,47 @@ impl PendingVerify {
             None => (String::new(), auth.dummy_hash.as_ref().clone(), false),
         };
         let cache = auth.cache.clone();
+        let cost = auth.cost;
         auth.verifies.fetch_add(1, Ordering::Relaxed);
-        let matches = tokio::task::spawn_blocking(move || {
+        let (matches, rehashed) = tokio::task::spawn_blocking(move || {
             let matches = verify_password(&password, &hash);
             // Remembered before the permit goes, so the requests queued
             // behind this one with the same credentials find it.
             if matches && enabled {
                 cache.remember(&user_name, &hash, &password);
             }
+            // Still on this core's permit: the rehash is another bcrypt run.
+            let rehashed = (matches && enabled && hash_cost(&hash) != Some(cost))
+                .then(|| bcrypt::non_truncating_hash(&password, cost).ok())
+                .flatten()
+                .inspect(|new| cache.remember(&user_name, new, &password));
             drop(permit);
-            matches
+            (matches, rehashed)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
+        let mut user = user;
+        if let (Some(new), Some(u)) = (rehashed, user.as_mut()) {
+            let (id, old, fresh) = (u.id, u.password_hash.clone(), new.clone());
+            // Only over the hash just verified: a `user passwd` in between wins.
+            match auth.db.run(move |s| s.replace_password_hash(id, &old, &fresh)).await {
+                Ok(true) => {
+                    tracing::info!(user = %name, cost, "password rehashed at the configured bcrypt cost");
+                    u.password_hash = new;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(user = %name, error = %e, "could not store the rehashed password"),
+            }
+        }
         let user = user.filter(|u| matches && u.enabled);
         tracing::debug!(user = %name, accepted = user.is_some(), "credentials checked with bcrypt");
         Ok(user)
     }
+}
+
+/// The cost a bcrypt hash was made with; `None` if it is no bcrypt hash.
+fn hash_cost(hash: &str) -> Option<u32> {
+    hash.parse::<bcrypt::HashParts>().ok().map(|parts| parts.get_cost())
 }
 
 /// True if `password` matches `hash`; over-long passwords never match.
@@ -284,6 +316,44 @@ mod tests {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         assert!(auth.verifies() <= cores, "{} verifies for one password", auth.verifies());
+    }
+
+    /// After `auth.bcrypt_cost` changes, stored hashes of the old cost are
+    /// replaced on their user's next good login, so they cost what the dummy
+    /// hash for unknown names costs.
+    #[tokio::test]
+    async fn a_stored_hash_of_another_cost_is_rehashed_on_login() {
+        let db = two_users(); // hashed at cost 4
+        let auth = cached(db.clone());
+        let auth = Authenticator { cost: 5, ..auth };
+        let stored = |db: &Db| {
+            let db = db.clone();
+            async move { db.run(|s| s.user("acme1")).await.unwrap().unwrap().password_hash }
+        };
+        assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
+        assert_eq!(hash_cost(&stored(&db).await), Some(4), "a failure rehashes nothing");
+        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        let new = stored(&db).await;
+        assert_eq!(hash_cost(&new), Some(5));
+        assert!(verify_password("s3cret-pass", &new));
+        // The new hash is what the cache vouches for: no second verify.
+        let verifies = auth.verifies();
+        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert_eq!(auth.verifies(), verifies);
+        assert_eq!(hash_cost(&auth.dummy_hash), Some(4), "this test's dummy; Authenticator::new makes it at `cost`");
+        assert_eq!(hash_cost(&Authenticator::new(db.clone(), 5).unwrap().dummy_hash), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_rehash_never_overwrites_a_password_changed_meanwhile() {
+        let mut store = Store::open_in_memory().unwrap();
+        let user = store.add_user("acme1", &hash_password("old-pass", 4).unwrap()).unwrap();
+        let changed = hash_password("new-pass", 4).unwrap();
+        store.set_password("acme1", &changed).unwrap();
+        // The hash verified was the old one: the swap must not happen.
+        assert!(!store.replace_password_hash(user.id, &user.password_hash, "$2b$05$x").unwrap());
+        assert_eq!(store.user("acme1").unwrap().unwrap().password_hash, changed);
+        assert!(store.replace_password_hash(user.id, &changed, "$2b$05$x").unwrap());
     }
 
     #[test]
