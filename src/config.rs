@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::phone::{Country, NumberTemplate, NumberType};
+use crate::secret::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -109,7 +110,7 @@ fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Socket
 }
 
 /// `[ami]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmiConfigSection {
     /// Asterisk host running the manager interface.
@@ -118,25 +119,19 @@ pub struct AmiConfigSection {
     pub port: u16,
     /// Manager user (manager.conf section name).
     pub username: String,
-    /// Manager secret. Never logged.
-    pub secret: String,
+    /// Manager secret. Never logged: `Debug` shows `<redacted>`.
+    pub secret: Secret,
 }
 
 impl Default for AmiConfigSection {
     fn default() -> Self {
         // The sandbox's AMI user (asterisk-conf/sandbox/manager.conf).
-        Self { host: "127.0.0.1".into(), port: 5038, username: "voice-otp".into(), secret: "voice-otp-sandbox".into() }
-    }
-}
-
-impl std::fmt::Debug for AmiConfigSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmiConfigSection")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("secret", &"<redacted>")
-            .finish()
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5038,
+            username: "voice-otp".into(),
+            secret: Secret::new("voice-otp-sandbox"),
+        }
     }
 }
 
@@ -579,7 +574,7 @@ impl Config {
                 return Err(invalid(format!("{key} must not contain control characters")));
             }
         }
-        if self.ami.secret.chars().any(|c| c.is_control()) {
+        if self.ami.secret.expose().chars().any(|c| c.is_control()) {
             return Err(invalid("ami.secret must not contain control characters".into()));
         }
         let header = &self.dial.call_id_header;

@@ -136,7 +136,7 @@ impl Daemon {
             config.ami.host.clone(),
             config.ami.port,
             config.ami.username.clone(),
-            config.ami.secret.clone(),
+            config.ami.secret.expose().to_owned(),
         );
         let ami = AmiClient::spawn(ami_config, shutdown.clone());
         let live = LiveCalls::default();

@@ -31,9 +31,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Authenticator, Lookup};
+use crate::auth::{AuthError, Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
 use crate::phone::{Country, NumberType, PhoneNumber};
+use crate::secret::Secret;
 use crate::store::{Store, StoreError, User};
 
 /// One day, the window of `limits.number_calls_per_day`.
@@ -92,9 +93,9 @@ pub enum LoginError {
     /// Unknown user, wrong password or disabled user (one answer for all).
     #[error("unauthorized")]
     Unauthorized,
-    /// The user table could not be read.
+    /// The check could not come to a verdict (the user table, the bcrypt task).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Auth(#[from] AuthError),
 }
 
 /// The in-memory limits of one daemon, shared by every request.
@@ -149,7 +150,7 @@ impl Limits {
         &self,
         auth: &Authenticator,
         name: &str,
-        password: &str,
+        password: &Secret,
         client: IpAddr,
     ) -> Result<User, LoginError> {
         let mut attempt = self.begin_login(name, address_bucket(client)).map_err(LoginError::Limited)?;
@@ -161,7 +162,7 @@ impl Limits {
             Ok(Lookup::Verify(pending)) => pending,
             Err(e) => {
                 attempt.release();
-                return Err(LoginError::Store(e));
+                return Err(LoginError::Auth(e));
             }
         };
         // Refused here, the attempt stays a failure of the address and the
@@ -180,7 +181,7 @@ impl Limits {
             Err(e) => {
                 // Our fault, not the caller's: give the slots back.
                 attempt.release();
-                Err(LoginError::Store(e))
+                Err(LoginError::Auth(e))
             }
         }
     }
@@ -598,6 +599,10 @@ mod tests {
         assert_eq!(w.events.len(), 1);
     }
 
+    fn pw(text: &str) -> Secret {
+        Secret::new(text)
+    }
+
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
@@ -629,7 +634,7 @@ mod tests {
         let (stranger, customer) = (ip("127.0.0.2"), ip("127.0.0.3"));
         let mut answers = Vec::new();
         for _ in 0..8 {
-            answers.push(match limits.login(&auth, "acme1", "wrong", stranger).await {
+            answers.push(match limits.login(&auth, "acme1", &pw("wrong"), stranger).await {
                 Err(LoginError::Unauthorized) => "401",
                 Err(LoginError::Limited(_)) => "429",
                 other => panic!("{other:?}"),
@@ -637,9 +642,9 @@ mod tests {
         }
         assert_eq!(answers, ["401", "401", "401", "401", "401", "429", "429", "429"]);
         assert_eq!(auth.verifies(), 5, "refused guesses never reach bcrypt");
-        assert_eq!(limits.login(&auth, "acme1", "right-pass", customer).await.unwrap().name, "acme1");
+        assert_eq!(limits.login(&auth, "acme1", &pw("right-pass"), customer).await.unwrap().name, "acme1");
         // The stranger's address stays refused for the name, right password or not.
-        let refused = limits.login(&auth, "acme1", "right-pass", stranger).await;
+        let refused = limits.login(&auth, "acme1", &pw("right-pass"), stranger).await;
         assert!(limited_by(&refused, "limits.login_failures_per_user_ip") > Duration::from_secs(800));
     }
 
@@ -649,15 +654,15 @@ mod tests {
         let limits = limits("[limits]\nlogin_failures_per_user_ip = 3\nlogin_failures_per_ip = 100\n");
         let addr = ip("192.0.2.1");
         for _ in 0..3 {
-            assert!(matches!(limits.login(&auth, "acme1", "wrong", addr).await, Err(LoginError::Unauthorized)));
+            assert!(matches!(limits.login(&auth, "acme1", &pw("wrong"), addr).await, Err(LoginError::Unauthorized)));
         }
         let verifies = auth.verifies();
         for password in ["wrong", "right-pass"] {
-            limited_by(&limits.login(&auth, "acme1", password, addr).await, "limits.login_failures_per_user_ip");
+            limited_by(&limits.login(&auth, "acme1", &pw(password), addr).await, "limits.login_failures_per_user_ip");
         }
         assert_eq!(auth.verifies(), verifies, "no bcrypt verify for a refused address");
         // Another name from the same address is not refused.
-        assert!(matches!(limits.login(&auth, "other", "x", addr).await, Err(LoginError::Unauthorized)));
+        assert!(matches!(limits.login(&auth, "other", &pw("x"), addr).await, Err(LoginError::Unauthorized)));
     }
 
     #[tokio::test]
@@ -665,26 +670,26 @@ mod tests {
         let auth = authenticator();
         let limits = limits("[limits]\nlogin_failures_per_user = 2\nlogin_verifies_per_user_per_minute = 2\n");
         // A good login first: the credentials are now in the cache.
-        assert!(limits.login(&auth, "acme1", "right-pass", ip("192.0.2.100")).await.is_ok());
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("192.0.2.100")).await.is_ok());
         assert_eq!(auth.verifies(), 1);
         // Strangers from many addresses: two failures fill the name's count,
         // the third guess takes the one rationed verify, the fourth waits.
         for n in 1..=3 {
-            let guess = limits.login(&auth, "acme1", "wrong", ip(&format!("192.0.2.{n}"))).await;
+            let guess = limits.login(&auth, "acme1", &pw("wrong"), ip(&format!("192.0.2.{n}"))).await;
             assert!(matches!(guess, Err(LoginError::Unauthorized)), "{guess:?}");
         }
         let wait = limited_by(
-            &limits.login(&auth, "acme1", "wrong", ip("192.0.2.4")).await,
+            &limits.login(&auth, "acme1", &pw("wrong"), ip("192.0.2.4")).await,
             "limits.login_verifies_per_user_per_minute",
         );
         assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
         assert_eq!(auth.verifies(), 4);
         // The customer's cached credentials need no verify: served at once,
         // from any address.
-        assert!(limits.login(&auth, "acme1", "right-pass", ip("198.51.100.9")).await.is_ok());
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("198.51.100.9")).await.is_ok());
         assert_eq!(auth.verifies(), 4);
         // Other names are not rationed.
-        assert!(matches!(limits.login(&auth, "other", "x", ip("192.0.2.4")).await, Err(LoginError::Unauthorized)));
+        assert!(matches!(limits.login(&auth, "other", &pw("x"), ip("192.0.2.4")).await, Err(LoginError::Unauthorized)));
     }
 
     #[tokio::test]
@@ -692,15 +697,15 @@ mod tests {
         let auth = authenticator();
         let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\nlogin_failures_per_ip = 3\n");
         let addr = ip("2001:db8::1");
-        assert!(limits.login(&auth, "acme1", "wrong", addr).await.is_err());
-        assert!(limits.login(&auth, "acme1", "right-pass", addr).await.is_ok());
+        assert!(limits.login(&auth, "acme1", &pw("wrong"), addr).await.is_err());
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), addr).await.is_ok());
         // The pair's failure is forgiven: two more wrong tries are 401, not 429.
         for _ in 0..2 {
-            assert!(matches!(limits.login(&auth, "acme1", "wrong", addr).await, Err(LoginError::Unauthorized)));
+            assert!(matches!(limits.login(&auth, "acme1", &pw("wrong"), addr).await, Err(LoginError::Unauthorized)));
         }
         // The address now has 3 failures (the success gave back only its own slot).
-        limited_by(&limits.login(&auth, "someone", "x", addr).await, "limits.login_failures_per_ip");
-        assert!(limits.login(&auth, "someone", "x", ip("192.0.2.7")).await.is_err());
+        limited_by(&limits.login(&auth, "someone", &pw("x"), addr).await, "limits.login_failures_per_ip");
+        assert!(limits.login(&auth, "someone", &pw("x"), ip("192.0.2.7")).await.is_err());
     }
 
     #[tokio::test]
@@ -712,7 +717,7 @@ mod tests {
         let addr = ip("192.0.2.9");
         let guesses = (0..40).map(|_| {
             let (auth, limits) = (auth.clone(), limits.clone());
-            tokio::spawn(async move { limits.login(&auth, "acme1", "wrong", addr).await })
+            tokio::spawn(async move { limits.login(&auth, "acme1", &pw("wrong"), addr).await })
         });
         let mut unauthorized = 0;
         for guess in guesses.collect::<Vec<_>>() {
@@ -739,11 +744,14 @@ mod tests {
         let auth = authenticator();
         let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\n");
         for host in ["2001:db8:0:1::1", "2001:db8:0:1::2"] {
-            assert!(matches!(limits.login(&auth, "acme1", "wrong", ip(host)).await, Err(LoginError::Unauthorized)));
+            assert!(matches!(
+                limits.login(&auth, "acme1", &pw("wrong"), ip(host)).await,
+                Err(LoginError::Unauthorized)
+            ));
         }
-        let refused = limits.login(&auth, "acme1", "wrong", ip("2001:db8:0:1:ffff:1:2:3")).await;
+        let refused = limits.login(&auth, "acme1", &pw("wrong"), ip("2001:db8:0:1:ffff:1:2:3")).await;
         limited_by(&refused, "limits.login_failures_per_user_ip");
-        assert!(limits.login(&auth, "acme1", "right-pass", ip("2001:db8:0:2::1")).await.is_ok(), "another /64");
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("2001:db8:0:2::1")).await.is_ok(), "another /64");
     }
 
     #[test]

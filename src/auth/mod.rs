@@ -21,7 +21,21 @@ use tokio::sync::Semaphore;
 
 pub use cache::CredentialCache;
 
+use crate::secret::Secret;
 use crate::store::{Db, StoreError, User};
+
+/// Why a credential check could not come to a verdict (never "wrong
+/// password": that is `Ok(None)`). The caller answers 503 and logs it; the
+/// text names no secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The user table could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bcrypt task died or the verifier pool is gone (shutting down).
+    #[error("password check failed: {0}")]
+    Verifier(String),
+}
 
 /// bcrypt reads at most 72 bytes including a terminating NUL; we refuse
 /// longer passwords instead of silently ignoring their tail.
@@ -66,7 +80,7 @@ impl Authenticator {
 
     /// The user if `name`/`password` are right and the user is enabled:
     /// [`Self::lookup`], then, when the cache did not answer, the verify.
-    pub async fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>, StoreError> {
+    pub async fn authenticate(&self, name: &str, password: &Secret) -> Result<Option<User>, AuthError> {
         match self.lookup(name, password).await? {
             Lookup::Accepted(user) => Ok(Some(user)),
             Lookup::Verify(pending) => pending.verify().await,
@@ -81,7 +95,7 @@ impl Authenticator {
     /// The user row is read on every call, so a password changed, a user
     /// disabled or removed (by the CLI too) counts from the next request on,
     /// cache or not. Only a match of an enabled user is remembered.
-    pub async fn lookup(&self, name: &str, password: &str) -> Result<Lookup, StoreError> {
+    pub async fn lookup(&self, name: &str, password: &Secret) -> Result<Lookup, AuthError> {
         let lookup = name.to_owned();
         let user = self.db.run(move |s| s.user(&lookup)).await?;
         if let Some(user) = user.as_ref().filter(|u| self.remembered(Some(u), password)) {
@@ -91,7 +105,7 @@ impl Authenticator {
         Ok(Lookup::Verify(PendingVerify {
             auth: self.clone(),
             name: name.to_owned(),
-            password: password.to_owned(),
+            password: password.clone(),
             user,
         }))
     }
@@ -101,8 +115,8 @@ impl Authenticator {
         self.verifies.load(Ordering::Relaxed)
     }
 
-    fn remembered(&self, user: Option<&User>, password: &str) -> bool {
-        user.is_some_and(|u| u.enabled && self.cache.verified(&u.name, &u.password_hash, password))
+    fn remembered(&self, user: Option<&User>, password: &Secret) -> bool {
+        user.is_some_and(|u| u.enabled && self.cache.verified(&u.name, &u.password_hash, password.expose()))
     }
 }
 
@@ -118,7 +132,7 @@ pub enum Lookup {
 pub struct PendingVerify {
     auth: Authenticator,
     name: String,
-    password: String,
+    password: Secret,
     user: Option<User>,
 }
 
@@ -126,11 +140,11 @@ impl PendingVerify {
     /// Runs the verify (against a dummy hash for an unknown name, so both
     /// cost the same): the user if the password is right and the user
     /// enabled. At most one verify per core runs at a time.
-    pub async fn verify(self) -> Result<Option<User>, StoreError> {
+    pub async fn verify(self) -> Result<Option<User>, AuthError> {
         let PendingVerify { auth, name, password, user } = self;
         // Held by the blocking task itself, so a client that goes away does
         // not free a core that bcrypt is still using.
-        let permit = auth.verifiers.clone().acquire_owned().await.map_err(|e| StoreError::Task(e.to_string()))?;
+        let permit = auth.verifiers.clone().acquire_owned().await.map_err(|e| AuthError::Verifier(e.to_string()))?;
         // While we queued, a request with the same credentials may have
         // verified them.
         if auth.remembered(user.as_ref(), &password) {
@@ -144,22 +158,23 @@ impl PendingVerify {
         let cost = auth.cost;
         auth.verifies.fetch_add(1, Ordering::Relaxed);
         let (matches, rehashed) = tokio::task::spawn_blocking(move || {
-            let matches = verify_password(&password, &hash);
+            let password = password.expose();
+            let matches = verify_password(password, &hash);
             // Remembered before the permit goes, so the requests queued
             // behind this one with the same credentials find it.
             if matches && enabled {
-                cache.remember(&user_name, &hash, &password);
+                cache.remember(&user_name, &hash, password);
             }
             // Still on this core's permit: the rehash is another bcrypt run.
             let rehashed = (matches && enabled && hash_cost(&hash) != Some(cost))
-                .then(|| bcrypt::non_truncating_hash(&password, cost).ok())
+                .then(|| bcrypt::non_truncating_hash(password, cost).ok())
                 .flatten()
-                .inspect(|new| cache.remember(&user_name, new, &password));
+                .inspect(|new| cache.remember(&user_name, new, password));
             drop(permit);
             (matches, rehashed)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
+        .map_err(|e| AuthError::Verifier(e.to_string()))?;
         let mut user = user;
         if let (Some(new), Some(u)) = (rehashed, user.as_mut()) {
             let (id, old, fresh) = (u.id, u.password_hash.clone(), new.clone());
@@ -205,6 +220,10 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    fn pw(text: &str) -> Secret {
+        Secret::new(text)
+    }
+
     /// Users `acme1` (enabled) and `off` (disabled), both with `s3cret-pass`.
     fn two_users() -> Db {
         let mut store = Store::open_in_memory().unwrap();
@@ -217,11 +236,11 @@ mod tests {
     #[tokio::test]
     async fn right_wrong_unknown_disabled() {
         let auth = Authenticator::new(two_users(), 4).unwrap();
-        assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
-        assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
-        assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
-        assert!(auth.authenticate("off", "s3cret-pass").await.unwrap().is_none());
-        assert!(auth.authenticate("acme1", &"s".repeat(100)).await.unwrap().is_none());
+        assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
+        assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
+        assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
+        assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &pw(&"s".repeat(100))).await.unwrap().is_none());
     }
 
     fn cached(db: Db) -> Authenticator {
@@ -231,10 +250,10 @@ mod tests {
     #[tokio::test]
     async fn second_request_is_served_from_the_cache() {
         let auth = cached(two_users());
-        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), 1);
         for _ in 0..5 {
-            assert_eq!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().unwrap().name, "acme1");
+            assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
         }
         assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
     }
@@ -242,12 +261,14 @@ mod tests {
     #[tokio::test]
     async fn lookup_accepts_only_what_the_cache_vouches_for() {
         let auth = cached(two_users());
-        assert!(matches!(auth.lookup("acme1", "s3cret-pass").await.unwrap(), Lookup::Verify(_)));
-        let Lookup::Verify(pending) = auth.lookup("acme1", "s3cret-pass").await.unwrap() else { unreachable!() };
+        assert!(matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
+        let Lookup::Verify(pending) = auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap() else { unreachable!() };
         assert!(pending.verify().await.unwrap().is_some());
-        assert!(matches!(auth.lookup("acme1", "s3cret-pass").await.unwrap(), Lookup::Accepted(u) if u.name == "acme1"));
-        assert!(matches!(auth.lookup("acme1", "wrong").await.unwrap(), Lookup::Verify(_)));
-        assert!(matches!(auth.lookup("nobody", "s3cret-pass").await.unwrap(), Lookup::Verify(_)));
+        assert!(
+            matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Accepted(u) if u.name == "acme1")
+        );
+        assert!(matches!(auth.lookup("acme1", &pw("wrong")).await.unwrap(), Lookup::Verify(_)));
+        assert!(matches!(auth.lookup("nobody", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
         assert_eq!(auth.verifies(), 1, "lookups never run bcrypt");
     }
 
@@ -255,14 +276,14 @@ mod tests {
     async fn failures_are_never_remembered() {
         let auth = cached(two_users());
         for _ in 0..2 {
-            assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
-            assert!(auth.authenticate("nobody", "s3cret-pass").await.unwrap().is_none());
-            assert!(auth.authenticate("off", "s3cret-pass").await.unwrap().is_none());
+            assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
+            assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
+            assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
         }
         assert_eq!(auth.verifies(), 6, "every failure costs a verify: none was cached");
         // The right password after wrong ones still works (and is cached).
-        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
-        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), 7);
     }
 
@@ -276,27 +297,27 @@ mod tests {
         let mut cli = Store::open(&path).unwrap();
         cli.add_user("acme1", &hash_password("old-pass", 4).unwrap()).unwrap();
         let auth = cached(Db::new(Store::open(&path).unwrap()));
-        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
-        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("old-pass")).await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("old-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), 1);
 
         cli.set_password("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
-        assert!(auth.authenticate("acme1", "old-pass").await.unwrap().is_none());
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("old-pass")).await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), 3);
 
         cli.set_enabled("acme1", false).unwrap();
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_none());
         cli.set_enabled("acme1", true).unwrap();
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_some());
 
         cli.remove_user("acme1").unwrap();
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_none());
         // Re-created with the same password: a new salt, so a fresh verify.
         let before = auth.verifies();
         cli.add_user("acme1", &hash_password("new-pass", 4).unwrap()).unwrap();
-        assert!(auth.authenticate("acme1", "new-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("new-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), before + 1);
         drop(cli);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -308,7 +329,7 @@ mod tests {
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let auth = auth.clone();
-                tokio::spawn(async move { auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some() })
+                tokio::spawn(async move { auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some() })
             })
             .collect();
         for t in tasks {
@@ -330,15 +351,15 @@ mod tests {
             let db = db.clone();
             async move { db.run(|s| s.user("acme1")).await.unwrap().unwrap().password_hash }
         };
-        assert!(auth.authenticate("acme1", "wrong").await.unwrap().is_none());
+        assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
         assert_eq!(hash_cost(&stored(&db).await), Some(4), "a failure rehashes nothing");
-        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
         let new = stored(&db).await;
         assert_eq!(hash_cost(&new), Some(5));
         assert!(verify_password("s3cret-pass", &new));
         // The new hash is what the cache vouches for: no second verify.
         let verifies = auth.verifies();
-        assert!(auth.authenticate("acme1", "s3cret-pass").await.unwrap().is_some());
+        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
         assert_eq!(auth.verifies(), verifies);
         assert_eq!(hash_cost(&auth.dummy_hash), Some(4), "this test's dummy; Authenticator::new makes it at `cost`");
         assert_eq!(hash_cost(&Authenticator::new(db.clone(), 5).unwrap().dummy_hash), Some(5));

@@ -21,6 +21,7 @@ use crate::call::{Call, CallId, now_ms};
 use crate::daemon::App;
 use crate::limits::{LoginError, Refusal};
 use crate::phone::PhoneNumber;
+use crate::secret::Secret;
 use crate::store::{NewCall, NewCallLifecycle, StoreError, User};
 use crate::webhook::{WebhookUrl, check_url};
 
@@ -91,12 +92,12 @@ pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError>
 }
 
 /// Checks credentials behind the failed-login limits of `client` and the
-/// name; logs refusals and storage errors (never the password).
-pub async fn login(app: &App, name: &str, password: &str, client: IpAddr) -> Result<User, LoginError> {
+/// name; logs refusals and failed checks (never the password).
+pub async fn login(app: &App, name: &str, password: &Secret, client: IpAddr) -> Result<User, LoginError> {
     let result = app.limits.login(&app.auth, name, password, client).await;
     match &result {
         Err(LoginError::Limited(_)) => tracing::warn!(%client, "login refused: failed-login limit"),
-        Err(LoginError::Store(e)) => tracing::error!(error = %e, "authentication failed on a storage error"),
+        Err(LoginError::Auth(e)) => tracing::error!(error = %e, "credentials could not be checked"),
         Ok(_) | Err(LoginError::Unauthorized) => {}
     }
     result

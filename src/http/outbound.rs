@@ -21,12 +21,13 @@ use super::{HttpResponse, has_media_type, read_body, refusal_reply, seed_accepte
 use crate::call::options::parse_require_keypress;
 use crate::daemon::App;
 use crate::limits::LoginError;
+use crate::secret::Secret;
 
 /// What the seed API asks for, checked.
 struct Order {
     call: CheckedCall,
     username: String,
-    password: String,
+    password: Secret,
 }
 
 pub(super) async fn handle(app: &App, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
@@ -42,7 +43,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, client: IpAddr) ->
         Ok(user) => user,
         Err(LoginError::Unauthorized) => return seed_error(StatusCode::UNAUTHORIZED),
         Err(LoginError::Limited(refusal)) => return refusal_reply(&refusal),
-        Err(LoginError::Store(_)) => return unavailable(),
+        Err(LoginError::Auth(_)) => return unavailable(),
     };
     match intake::place(app, &user, order.call).await {
         Ok(call) => seed_accepted(call.id.as_str()),
@@ -87,7 +88,7 @@ fn check(app: &App, params: &Params) -> Result<Order, FieldError> {
     let require_keypress = require_keypress.map(parse_require_keypress).transpose()?;
     let order = CallOrder { number, code, callback_url: None, language, require_keypress };
     let call = intake::check(app, order)?;
-    Ok(Order { call, username: username.to_owned(), password: password.to_owned() })
+    Ok(Order { call, username: username.to_owned(), password: Secret::new(password) })
 }
 
 impl From<ParamError> for FieldError {

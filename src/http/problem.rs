@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{HttpResponse, json, refusal_status, with_retry_after};
 use crate::limits::Refusal;
+use crate::secret::Secret;
 
 /// The realm of `WWW-Authenticate`.
 pub const REALM: &str = "voice-otp";
@@ -61,7 +62,7 @@ pub fn unauthorized() -> HttpResponse {
 
 /// `Authorization: Basic base64(user:password)`, decoded. `None` when
 /// absent or malformed (both answered 401 alike).
-pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, Secret)> {
     let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -70,7 +71,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    Some((user.to_owned(), Secret::new(password)))
 }
 
 #[cfg(test)]
@@ -86,7 +87,7 @@ mod tests {
     #[test]
     fn basic_credentials_decode() {
         // base64("acme1:pa:ss") - the password may contain colons.
-        assert_eq!(basic_credentials(&headers("Basic YWNtZTE6cGE6c3M=")), Some(("acme1".into(), "pa:ss".into())));
+        assert_eq!(basic_credentials(&headers("Basic YWNtZTE6cGE6c3M=")), Some(("acme1".into(), Secret::new("pa:ss"))));
         assert_eq!(basic_credentials(&headers("basic YWNtZTE6cGE6c3M=")).map(|c| c.0), Some("acme1".into()));
         assert_eq!(basic_credentials(&headers("Bearer abc")), None);
         assert_eq!(basic_credentials(&headers("Basic !!!")), None);
