@@ -116,21 +116,22 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_reads_is_never_cut_off() {
         let (near, mut far) = tokio::io::duplex(4096);
-        let mut timed = WriteTimeout::new(near, Duration::from_millis(300));
+        let mut timed = WriteTimeout::new(near, Duration::from_secs(1));
         let reader = tokio::spawn(async move {
             let mut total = 0;
             let mut buf = [0u8; 1024];
             // Slower than the pipe, but each flush completes in time.
             while total < 3 * 16 * 1024 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
                 total += far.read(&mut buf).await.unwrap();
             }
             total
         });
+        // Idle time between flushes, longer than the timeout, never counts.
         for _ in 0..3 {
             timed.write_all(&[b'x'; 16 * 1024]).await.unwrap();
             timed.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
         }
         assert_eq!(reader.await.unwrap(), 3 * 16 * 1024);
     }
