@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::phone::{Country, NumberTemplate};
+use crate::phone::{Country, NumberTemplate, NumberType};
+use crate::secret::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -49,11 +50,26 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Address `/healthz` and `/metrics` are served on instead of `listen`
+    /// (which then answers 404 for them). `None` (absent or `""`): on
+    /// `listen`, like the APIs.
+    #[serde(deserialize_with = "optional_addr")]
+    pub ops_listen: Option<SocketAddr>,
     /// Largest accepted request body (POST form), in bytes.
     pub max_body_bytes: usize,
     /// Most client connections served at once; further ones wait in the
     /// kernel's accept queue until one ends.
     pub max_connections: usize,
+    /// Most connections served at once from one client address (IPv6: one
+    /// /64); more are answered 503 and closed at once. Trusted proxies are
+    /// exempt. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// A response that cannot be handed to the client within this many
+    /// seconds (the client stopped reading) closes the connection.
+    pub write_timeout_secs: u64,
+    /// Requests served on one keep-alive connection; the last answer says
+    /// `Connection: close`. 0: no cap.
+    pub max_requests_per_connection: u64,
     /// Time a client has to send a request head, and the longest a
     /// keep-alive connection may sit idle before its next request.
     pub header_timeout_secs: u64,
@@ -69,8 +85,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: None,
             max_body_bytes: 8192,
             max_connections: 1024,
+            max_connections_per_ip: 32,
+            write_timeout_secs: 10,
+            max_requests_per_connection: 1000,
             header_timeout_secs: 10,
             body_timeout_secs: 10,
             trusted_proxies: Vec::new(),
@@ -78,8 +98,19 @@ impl Default for HttpConfig {
     }
 }
 
+/// `""` is "not set", so the example file can show the key with its default.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not an address like 127.0.0.1:9090")))
+}
+
 /// `[ami]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmiConfigSection {
     /// Asterisk host running the manager interface.
@@ -88,25 +119,19 @@ pub struct AmiConfigSection {
     pub port: u16,
     /// Manager user (manager.conf section name).
     pub username: String,
-    /// Manager secret. Never logged.
-    pub secret: String,
+    /// Manager secret. Never logged: `Debug` shows `<redacted>`.
+    pub secret: Secret,
 }
 
 impl Default for AmiConfigSection {
     fn default() -> Self {
         // The sandbox's AMI user (asterisk-conf/sandbox/manager.conf).
-        Self { host: "127.0.0.1".into(), port: 5038, username: "voice-otp".into(), secret: "voice-otp-sandbox".into() }
-    }
-}
-
-impl std::fmt::Debug for AmiConfigSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmiConfigSection")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("secret", &"<redacted>")
-            .finish()
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5038,
+            username: "voice-otp".into(),
+            secret: Secret::new("voice-otp-sandbox"),
+        }
     }
 }
 
@@ -213,6 +238,9 @@ pub struct PhoneConfig {
     /// Toll-fraud guard: E.164 prefixes (`"+4420"`) calls may go to besides
     /// the allowed countries. `"+"` allows every destination.
     pub allowed_prefixes: Vec<String>,
+    /// Toll-fraud guard: kinds of line never called, even in an allowed
+    /// country or prefix (libphonenumber's types, in snake_case).
+    pub refused_number_types: Vec<NumberType>,
 }
 
 impl Default for PhoneConfig {
@@ -221,6 +249,12 @@ impl Default for PhoneConfig {
             default_country: Country::parse("PK").expect("PK is a country"),
             allowed_countries: None,
             allowed_prefixes: Vec::new(),
+            refused_number_types: vec![
+                NumberType::PremiumRate,
+                NumberType::SharedCost,
+                NumberType::Uan,
+                NumberType::PersonalNumber,
+            ],
         }
     }
 }
@@ -246,12 +280,27 @@ pub struct LimitsConfig {
     /// Calls to one destination number per 24 hours (counted from the
     /// stored calls, so a restart does not reset it).
     pub number_calls_per_day: u32,
-    /// Failed logins per user name per `login_failure_window_secs`; beyond
-    /// it the name is locked out (429) without a password check.
+    /// Calls one API user may place per 24 hours (counted in the database,
+    /// in hourly buckets): what a leaked credential can cost in a day.
+    pub user_calls_per_day: u32,
+    /// Failed logins per user name (from every address) per
+    /// `login_failure_window_secs`; beyond it the name is not locked, but
+    /// its password checks are rationed to `login_verifies_per_user_per_minute`.
     pub login_failures_per_user: u32,
-    /// Failed logins per client IP per `login_failure_window_secs`.
+    /// Failed logins per client address per `login_failure_window_secs`,
+    /// whatever the name; beyond it the address is refused (429) without a
+    /// password check.
     pub login_failures_per_ip: u32,
-    /// The window (and so the longest lockout) of the failed-login limits.
+    /// Failed logins per (user name, client address) per
+    /// `login_failure_window_secs`; beyond it that address is refused for
+    /// that name without a password check.
+    pub login_failures_per_user_ip: u32,
+    /// Password checks (bcrypt verifies) per minute for a name over
+    /// `login_failures_per_user`; a login that finds none free gets 429 with
+    /// a Retry-After of seconds. Credentials the cache vouches for need none.
+    pub login_verifies_per_user_per_minute: u32,
+    /// The window of the failed-login counts (and so the longest an address
+    /// stays refused).
     pub login_failure_window_secs: u64,
 }
 
@@ -262,8 +311,11 @@ impl Default for LimitsConfig {
             number_calls_per_window: 3,
             number_window_secs: 600,
             number_calls_per_day: 10,
+            user_calls_per_day: 1000,
             login_failures_per_user: 5,
             login_failures_per_ip: 20,
+            login_failures_per_user_ip: 5,
+            login_verifies_per_user_per_minute: 2,
             login_failure_window_secs: 900,
         }
     }
@@ -533,7 +585,7 @@ impl Config {
                 return Err(invalid(format!("{key} must not contain control characters")));
             }
         }
-        if self.ami.secret.chars().any(|c| c.is_control()) {
+        if self.ami.secret.expose().chars().any(|c| c.is_control()) {
             return Err(invalid("ami.secret must not contain control characters".into()));
         }
         let header = &self.dial.call_id_header;
@@ -556,6 +608,7 @@ impl Config {
                 )));
             }
         }
+        self.check_national_dialling().map_err(invalid)?;
         if self.agi.allowed_peers.is_empty() {
             return Err(invalid("agi.allowed_peers must list at least Asterisk's address".into()));
         }
@@ -565,6 +618,7 @@ impl Config {
         for (key, secs) in [
             ("http.header_timeout_secs", self.http.header_timeout_secs),
             ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.write_timeout_secs", self.http.write_timeout_secs),
             ("limits.login_failure_window_secs", self.limits.login_failure_window_secs),
             ("limits.number_window_secs", self.limits.number_window_secs),
         ] {
@@ -610,6 +664,40 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `{national}` is the number as dialled inside its own country: on the
+    /// home trunk, +44 20... would go out as 020..., someone else's number.
+    /// So a template with it may only serve destinations that share
+    /// `phone.default_country`'s calling code.
+    fn check_national_dialling(&self) -> Result<(), String> {
+        if !self.dial.channel.uses_national() {
+            return Ok(());
+        }
+        let home = self.phone.default_country;
+        let home_code = home.calling_code();
+        let abroad = |why: String| {
+            Err(format!(
+                "dial.channel uses {{national}}, the number as dialled inside its own country, but {why}, outside \
+                 phone.default_country {}: such calls would reach another number on the home trunk. Use {{e164}} or \
+                 {{digits}} in dial.channel, or allow only the default country",
+                home.code()
+            ))
+        };
+        for country in self.phone.allowed_countries() {
+            if country.calling_code() != home_code {
+                return abroad(format!("phone.allowed_countries allows {}", country.code()));
+            }
+        }
+        let home_prefix = home_code.map(|c| format!("+{c}")).unwrap_or_default();
+        for prefix in &self.phone.allowed_prefixes {
+            if home_prefix.is_empty() || !prefix.starts_with(&home_prefix) {
+                return abroad(format!("phone.allowed_prefixes allows \"{prefix}\""));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn line_hint(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
@@ -651,6 +739,16 @@ mod tests {
     fn bad_template_placeholder_is_an_error() {
         let err = Config::from_toml("[dial]\nchannel = \"PJSIP/{number}@x\"\n").unwrap_err();
         assert!(err.contains("{number}"), "{err}");
+    }
+
+    #[test]
+    fn refused_number_types_are_named_in_snake_case() {
+        let c = Config::from_toml("[phone]\nrefused_number_types = [\"premium_rate\", \"toll_free\"]\n").unwrap();
+        assert_eq!(c.phone.refused_number_types, [NumberType::PremiumRate, NumberType::TollFree]);
+        let err = Config::from_toml("[phone]\nrefused_number_types = [\"premium\"]\n").unwrap_err();
+        assert!(err.contains("`premium`") && err.contains("premium_rate"), "{err}");
+        let c = Config::from_toml("[phone]\nrefused_number_types = []\n").unwrap();
+        assert!(c.phone.refused_number_types.is_empty());
     }
 
     #[test]
@@ -706,6 +804,28 @@ mod tests {
         let w = &c.webhooks;
         assert_eq!((w.max_concurrent, w.max_concurrent_per_host, w.max_concurrent_per_user), (64, 8, 4));
         assert!(c.checked(Path::new("x")).is_ok());
+    }
+
+    #[test]
+    fn national_dialling_is_refused_for_destinations_abroad() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().checked(Path::new("x")).map(|_| ());
+        for (toml, named) in [
+            ("[phone]\nallowed_prefixes = [\"+4420\"]\n", "\"+4420\""),
+            ("[phone]\nallowed_prefixes = [\"+\"]\n", "\"+\""),
+            ("[phone]\nallowed_prefixes = [\"+9\"]\n", "\"+9\""),
+            ("[phone]\nallowed_countries = [\"PK\", \"GB\"]\n", "allows GB"),
+        ] {
+            let err = check(toml).unwrap_err().to_string();
+            assert!(err.contains("dial.channel") && err.contains("{national}"), "{toml}: {err}");
+            assert!(err.contains("phone.allowed_") && err.contains(named), "{toml}: {err}");
+            assert!(err.contains("phone.default_country PK"), "{toml}: {err}");
+        }
+        // The home country, prefixes inside it, or a template without {national}.
+        check("").unwrap();
+        check("[phone]\nallowed_prefixes = [\"+92\", \"+9230\"]\n").unwrap();
+        check("[dial]\nchannel = \"PJSIP/{e164}@carrier\"\n[phone]\nallowed_prefixes = [\"+\"]\n").unwrap();
+        // Countries that share the calling code share the numbering plan.
+        check("[phone]\ndefault_country = \"US\"\nallowed_countries = [\"US\", \"CA\"]\n").unwrap();
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct App {
 pub struct Bound {
     /// HTTP API.
     pub http: SocketAddr,
+    /// `/healthz` and `/metrics`, when `http.ops_listen` puts them apart.
+    pub ops: Option<SocketAddr>,
     /// FastAGI server.
     pub agi: SocketAddr,
 }
@@ -77,7 +79,7 @@ pub enum StartError {
     /// Binding a listener.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
-        /// "HTTP" or "FastAGI".
+        /// "HTTP", "HTTP ops" or "FastAGI".
         what: &'static str,
         /// The address.
         addr: SocketAddr,
@@ -109,6 +111,14 @@ impl Daemon {
             addr: config.http.listen,
             source,
         })?;
+        let ops = match config.http.ops_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                what: "HTTP ops",
+                addr,
+                source,
+            })?),
+            None => None,
+        };
         let agi = AgiServer::bind(config.agi.listen)
             .await
             .map_err(|source| StartError::Bind { what: "FastAGI", addr: config.agi.listen, source })?
@@ -116,6 +126,7 @@ impl Daemon {
             .with_max_sessions(config.agi.max_sessions);
         let bound = Bound {
             http: http.local_addr().unwrap_or(config.http.listen),
+            ops: ops.as_ref().and_then(|l| l.local_addr().ok()),
             agi: agi.local_addr().unwrap_or(config.agi.listen),
         };
 
@@ -125,7 +136,7 @@ impl Daemon {
             config.ami.host.clone(),
             config.ami.port,
             config.ami.username.clone(),
-            config.ami.secret.clone(),
+            config.ami.secret.expose().to_owned(),
         );
         let ami = AmiClient::spawn(ami_config, shutdown.clone());
         let live = LiveCalls::default();
@@ -158,7 +169,7 @@ impl Daemon {
         tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
         let limits = Limits::new(&config.limits, &config.phone);
         let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits });
-        tracker.spawn(crate::http::serve(http, app, shutdown.clone()));
+        tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })
     }
@@ -178,7 +189,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(http = %daemon.bound.http, agi = %daemon.bound.agi, "voice-otp ready");
     // One machine-readable line on stdout, for scripts and tests that start
     // the daemon on port 0.
-    println!("ready http={} agi={}", daemon.bound.http, daemon.bound.agi);
+    match daemon.bound.ops {
+        Some(ops) => println!("ready http={} agi={} ops={ops}", daemon.bound.http, daemon.bound.agi),
+        None => println!("ready http={} agi={}", daemon.bound.http, daemon.bound.agi),
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     daemon.shutdown().await;

@@ -2,18 +2,24 @@
 //! to. Every refusal names the configuration key of the rule that refused.
 //!
 //! A request to place a call passes, in this order:
-//! 1. [`Limits::login`]: the failed-login limits per user name and per
-//!    client IP, checked *before* the bcrypt verify, so a locked-out name or
-//!    address never reaches bcrypt; then the verify itself. Each login in
-//!    progress holds a failure slot until it is proven right, so neither
-//!    concurrent guesses nor clients that hang up mid-verify get more
-//!    verifies than the limit allows.
+//! 1. [`Limits::login`]: the failed-login limits, then the credentials.
+//!    Failures are counted per client address and per (user name, client
+//!    address); either one full refuses that address *before* any password
+//!    check. A name is never locked: when it has many recent failures (from
+//!    anywhere), the bcrypt verifies it may still cost are rationed to a slow
+//!    rate, so the right password from an address with no failures gets
+//!    through after a short wait at worst, and credentials the cache already
+//!    vouches for pass at once. Each login in progress holds its failure
+//!    slots until it is proven right, so neither concurrent guesses nor
+//!    clients that hang up mid-verify get more verifies than the limits allow.
 //! 2. [`Limits::check_request`]: the user's request rate, then the
-//!    toll-fraud guard (allowed destination countries and prefixes).
-//! 3. [`NumberQuota::check`], run in the same store operation as the insert
-//!    of the call: calls per destination number per short window and per
-//!    day, counted from the `calls` table (so they survive a restart and two
-//!    requests racing for the last slot cannot both get it).
+//!    toll-fraud guard (allowed destination countries and prefixes, refused
+//!    kinds of line such as premium rate).
+//! 3. [`NumberQuota::check`] and [`UserQuota::check`], run in the same store
+//!    operation as the insert of the call: calls per destination number per
+//!    short window and per day, counted from the `calls` table, and calls
+//!    per user per day, from hourly counts a trigger keeps (so they survive
+//!    a restart and two requests racing for the last slot cannot both get it).
 //!
 //! Any front end (the seed API, a JSON API) makes the same three calls.
 //! Per-minute and failed-login windows live in memory: a restart forgets
@@ -25,38 +31,57 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
-use crate::phone::{Country, PhoneNumber};
+use crate::phone::{Country, NumberType, PhoneNumber};
+use crate::secret::Secret;
 use crate::store::{Store, StoreError, User};
 
 /// One day, the window of `limits.number_calls_per_day`.
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Why a request was refused by a limit; the description is shown to the
-/// caller as is and names the configuration key of the rule.
+/// What kind of rule refused a request; each front end words it (the seed
+/// API's status and reason phrase, the JSON API's problem type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// A rate or quota is used up (HTTP 429); a retry can succeed later.
+    TooMany,
+    /// The toll-fraud guard (HTTP 403). Retrying does not help.
+    Forbidden,
+    /// The call queue is full (HTTP 503): Asterisk down or the trunk
+    /// saturated for long.
+    QueueFull,
+}
+
+/// Why a request was refused by a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// A rate or quota is used up: HTTP 429 with `Retry-After`.
-    TooMany {
-        /// `Too Many Requests: ...`, naming the limit.
-        description: String,
-        /// When a retry can succeed (at the earliest).
-        retry_after: Duration,
-    },
-    /// The toll-fraud guard: HTTP 403. Retrying does not help.
-    Forbidden {
-        /// `Forbidden: ...`, naming the rule.
-        description: String,
-    },
-    /// The call queue is full (Asterisk down or the trunk saturated for
-    /// long): HTTP 503 with `Retry-After`.
-    QueueFull {
-        /// `Service Unavailable: ...`, naming the limit.
-        description: String,
-        /// A suggested wait before retrying.
-        retry_after: Duration,
-    },
+pub struct Refusal {
+    /// Which kind of rule.
+    pub kind: RefusalKind,
+    /// What exactly, for the caller, naming the configuration key of the
+    /// rule, e.g. `limit of 3 calls per 600 s to this number reached
+    /// (limits.number_calls_per_window)`. No status words: the front end
+    /// adds its own.
+    pub detail: String,
+    /// When a retry can succeed at the earliest, when it can.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    /// A used-up rate or quota that frees up after `retry_after`.
+    pub fn too_many(detail: impl Into<String>, retry_after: Duration) -> Refusal {
+        Refusal { kind: RefusalKind::TooMany, detail: detail.into(), retry_after: Some(retry_after) }
+    }
+
+    /// A destination the toll-fraud guard does not allow.
+    pub fn forbidden(detail: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::Forbidden, detail: detail.into(), retry_after: None }
+    }
+
+    /// A full call queue; `retry_after` is a suggestion.
+    pub fn queue_full(detail: impl Into<String>, retry_after: Duration) -> Refusal {
+        Refusal { kind: RefusalKind::QueueFull, detail: detail.into(), retry_after: Some(retry_after) }
+    }
 }
 
 /// Why [`Limits::login`] let nobody in.
@@ -68,9 +93,9 @@ pub enum LoginError {
     /// Unknown user, wrong password or disabled user (one answer for all).
     #[error("unauthorized")]
     Unauthorized,
-    /// The user table could not be read.
+    /// The check could not come to a verdict (the user table, the bcrypt task).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Auth(#[from] AuthError),
 }
 
 /// The in-memory limits of one daemon, shared by every request.
@@ -79,9 +104,24 @@ pub struct Limits {
     config: LimitsConfig,
     allowed_countries: Vec<Country>,
     allowed_prefixes: Vec<String>,
+    refused_types: Vec<NumberType>,
     user_requests: Mutex<SlidingWindows<i64>>,
-    failures_by_user: Mutex<SlidingWindows<String>>,
-    failures_by_ip: Mutex<SlidingWindows<IpAddr>>,
+    logins: Mutex<LoginBook>,
+}
+
+/// Every failed-login count, behind one lock so that checking them and
+/// taking slots is one step.
+#[derive(Debug)]
+struct LoginBook {
+    /// Failures per client address, whatever the name.
+    by_ip: SlidingWindows<IpAddr>,
+    /// Failures per (name, client address).
+    by_user_ip: SlidingWindows<(String, IpAddr)>,
+    /// Failures per name, from every address: beyond the limit the name's
+    /// verifies are rationed by `verify_rate`.
+    by_user: SlidingWindows<String>,
+    /// The ration of verifies for names over their failure limit.
+    verify_rate: RateGates<String>,
 }
 
 impl Limits {
@@ -92,23 +132,44 @@ impl Limits {
             config: config.clone(),
             allowed_countries: phone.allowed_countries(),
             allowed_prefixes: phone.allowed_prefixes.clone(),
+            refused_types: phone.refused_number_types.clone(),
             user_requests: Mutex::new(SlidingWindows::new(config.user_requests_per_minute, Duration::from_secs(60))),
-            failures_by_user: Mutex::new(SlidingWindows::new(config.login_failures_per_user, failure_window)),
-            failures_by_ip: Mutex::new(SlidingWindows::new(config.login_failures_per_ip, failure_window)),
+            logins: Mutex::new(LoginBook {
+                by_ip: SlidingWindows::new(config.login_failures_per_ip, failure_window),
+                by_user_ip: SlidingWindows::new(config.login_failures_per_user_ip, failure_window),
+                by_user: SlidingWindows::new(config.login_failures_per_user, failure_window),
+                verify_rate: RateGates::per_minute(config.login_verifies_per_user_per_minute),
+            }),
         }
     }
 
-    /// Checks `name`/`password` unless the name or `client` is locked out,
-    /// and counts a failure against both.
+    /// Checks `name`/`password` from `client`, behind the failed-login
+    /// limits (see the module docs); a failure counts against the address,
+    /// the (name, address) pair and the name.
     pub async fn login(
         &self,
         auth: &Authenticator,
         name: &str,
-        password: &str,
+        password: &Secret,
         client: IpAddr,
     ) -> Result<User, LoginError> {
-        let attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
-        match auth.authenticate(name, password).await {
+        let mut attempt = self.begin_login(name, address_bucket(client)).map_err(LoginError::Limited)?;
+        let pending = match auth.lookup(name, password).await {
+            Ok(Lookup::Accepted(user)) => {
+                attempt.succeeded();
+                return Ok(user);
+            }
+            Ok(Lookup::Verify(pending)) => pending,
+            Err(e) => {
+                attempt.release();
+                return Err(LoginError::Auth(e));
+            }
+        };
+        // Refused here, the attempt stays a failure of the address and the
+        // pair: the password was not proven right, and giving the slots back
+        // would let a guess at a cached password cost nothing.
+        attempt.take_verify().map_err(LoginError::Limited)?;
+        match pending.verify().await {
             Ok(Some(user)) => {
                 attempt.succeeded();
                 Ok(user)
@@ -118,30 +179,34 @@ impl Limits {
                 Err(LoginError::Unauthorized)
             }
             Err(e) => {
-                // Our fault, not the caller's: give the slot back.
+                // Our fault, not the caller's: give the slots back.
                 attempt.release();
-                Err(LoginError::Store(e))
+                Err(LoginError::Auth(e))
             }
         }
     }
 
-    /// Takes a failure slot for `name` and for `client`, or says how long
-    /// until one is free.
+    /// Takes a failure slot for `client` and for (`name`, `client`), or
+    /// says how long until one is free.
     fn begin_login(&self, name: &str, client: IpAddr) -> Result<LoginAttempt<'_>, Refusal> {
         let now = Instant::now();
-        // Both locks together, so the two checks and the two records are one step.
-        let mut by_user = lock(&self.failures_by_user);
-        let mut by_ip = lock(&self.failures_by_ip);
-        let user_key = name.to_owned();
-        if let Err(wait) = by_user.check(&user_key, now) {
-            return Err(too_many("too many failed logins for this user name (limits.login_failures_per_user)", wait));
+        let mut book = lock(&self.logins);
+        if let Err(wait) = book.by_ip.check(&client, now) {
+            return Err(Refusal::too_many(
+                "too many failed logins from this address (limits.login_failures_per_ip)",
+                wait,
+            ));
         }
-        if let Err(wait) = by_ip.check(&client, now) {
-            return Err(too_many("too many failed logins from this address (limits.login_failures_per_ip)", wait));
+        let pair = (name.to_owned(), client);
+        if let Err(wait) = book.by_user_ip.check(&pair, now) {
+            return Err(Refusal::too_many(
+                "too many failed logins for this user name from this address (limits.login_failures_per_user_ip)",
+                wait,
+            ));
         }
-        by_user.record(user_key.clone(), now);
-        by_ip.record(client, now);
-        Ok(LoginAttempt { limits: self, user: user_key, client, settled: false })
+        book.by_ip.record(client, now);
+        book.by_user_ip.record(pair.clone(), now);
+        Ok(LoginAttempt { limits: self, pair, name_slot: false, settled: false })
     }
 
     /// After a successful login: the user's request rate, then the
@@ -155,7 +220,7 @@ impl Limits {
                     "limit of {} requests per minute per user reached (limits.user_requests_per_minute)",
                     self.config.user_requests_per_minute
                 );
-                return Err(too_many(&description, wait));
+                return Err(Refusal::too_many(description, wait));
             }
             requests.record(user.id, now);
         }
@@ -163,21 +228,32 @@ impl Limits {
     }
 
     /// The toll-fraud guard: `number` must be in an allowed country or
-    /// start with an allowed prefix.
+    /// start with an allowed prefix, and be of no refused kind (premium
+    /// rate, ...: fraud pays best inside an allowed country).
     pub fn check_destination(&self, number: &PhoneNumber) -> Result<(), Refusal> {
         let country = number.country();
         let by_country = country.is_some_and(|c| self.allowed_countries.contains(&c));
         let by_prefix = self.allowed_prefixes.iter().any(|p| number.e164().starts_with(p.as_str()));
         if by_country || by_prefix {
+            if self.refused_types.contains(&number.kind()) {
+                return Err(Refusal::forbidden(format!(
+                    "the destination is a {} number (phone.refused_number_types)",
+                    number.kind().name()
+                )));
+            }
             return Ok(());
         }
         let what = match country {
             Some(c) => format!("destination country {} is", c.code()),
             None => "a destination outside any country is".to_owned(),
         };
-        Err(Refusal::Forbidden {
-            description: format!("Forbidden: {what} not allowed (phone.allowed_countries, phone.allowed_prefixes)"),
-        })
+        Err(Refusal::forbidden(format!("{what} not allowed (phone.allowed_countries, phone.allowed_prefixes)")))
+    }
+
+    /// The user's daily cap, to be checked inside the store operation that
+    /// inserts the call.
+    pub fn user_quota(&self) -> UserQuota {
+        UserQuota { per_day: self.config.user_calls_per_day }
     }
 
     /// The per-number quotas, to be checked inside the store operation
@@ -220,35 +296,102 @@ impl NumberQuota {
                 self.per_window,
                 self.window.as_secs()
             );
-            return Ok(Err(too_many(&description, wait(calls.oldest_recent, window_ms))));
+            return Ok(Err(Refusal::too_many(description, wait(calls.oldest_recent, window_ms))));
         }
         if self.per_day > 0 && calls.since >= self.per_day {
             let description =
                 format!("limit of {} calls per day to this number reached (limits.number_calls_per_day)", self.per_day);
-            return Ok(Err(too_many(&description, wait(calls.oldest_since, day_ms))));
+            return Ok(Err(Refusal::too_many(description, wait(calls.oldest_since, day_ms))));
         }
         Ok(Ok(()))
     }
 }
 
-/// A login in progress holding one failure slot per key. Dropped without a
+/// The key an address is counted under by the per-address limits: an IPv4
+/// address as itself (also when it arrives IPv4-mapped, `::ffff:a.b.c.d`),
+/// an IPv6 address as its /64. One IPv6 host usually holds a whole /64 and
+/// can pick any address in it, so counting /128s apart would give it 2^64
+/// fresh addresses.
+pub fn address_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Calls one user may place per 24 hours: what a leaked credential costs.
+#[derive(Debug, Clone, Copy)]
+pub struct UserQuota {
+    per_day: u32,
+}
+
+impl UserQuota {
+    /// Whether user `user_id` may place one more call at `now_ms`. Reads at
+    /// most 24 hourly counts (kept by a trigger on every stored call), never
+    /// the user's calls. Run it in the same [`crate::store::Db::run`] as the
+    /// insert, like [`NumberQuota::check`].
+    pub fn check(&self, store: &Store, user_id: i64, now_ms: i64) -> Result<Result<(), Refusal>, StoreError> {
+        if self.per_day == 0 {
+            return Ok(Ok(()));
+        }
+        let day = store.user_calls_last_day(user_id, now_ms)?;
+        if day.calls < u64::from(self.per_day) {
+            return Ok(Ok(()));
+        }
+        // A slot frees up when the oldest hour counted leaves the day.
+        let wait = day.oldest_hour_starts_ms.map_or(0, |start| (start + millis(DAY) - now_ms).max(0));
+        let detail =
+            format!("limit of {} calls per day for this user reached (limits.user_calls_per_day)", self.per_day);
+        Ok(Err(Refusal::too_many(detail, Duration::from_millis(wait as u64))))
+    }
+}
+
+/// A login in progress holding its failure slots. Dropped without a
 /// verdict (the client hung up mid-verify, the bcrypt already running) it
 /// stays a failure: hanging up must not buy free verifies.
 struct LoginAttempt<'a> {
     limits: &'a Limits,
-    user: String,
-    client: IpAddr,
+    /// (name, client address).
+    pair: (String, IpAddr),
+    /// Whether a slot of the name's own count is held too (taken only for
+    /// a bcrypt verify: cache hits and refusals cost the name nothing).
+    name_slot: bool,
     settled: bool,
 }
 
 impl LoginAttempt<'_> {
-    /// The password was right: the name's failures are forgiven; the
-    /// address gives back only this attempt's slot (one right password must
-    /// not wipe an address's guesses at other names).
+    /// Before a bcrypt verify: a slot of the name's failure count, or, when
+    /// that is full, one of the name's rationed verifies.
+    fn take_verify(&mut self) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut book = lock(&self.limits.logins);
+        let name = &self.pair.0;
+        if book.by_user.check(name, now).is_err()
+            && let Err(wait) = book.verify_rate.take(name, now)
+        {
+            let description = format!(
+                "this user name has too many recent failed logins; its password checks are limited to {} per minute (limits.login_verifies_per_user_per_minute)",
+                self.limits.config.login_verifies_per_user_per_minute
+            );
+            return Err(Refusal::too_many(description, wait));
+        }
+        book.by_user.record(name.clone(), now);
+        self.name_slot = true;
+        Ok(())
+    }
+
+    /// The password was right: the name's and the pair's failures are
+    /// forgiven; the address gives back only this attempt's slot (one right
+    /// password must not wipe an address's guesses at other names).
     fn succeeded(mut self) {
         self.settled = true;
-        lock(&self.limits.failures_by_user).clear(&self.user);
-        lock(&self.limits.failures_by_ip).remove_one(&self.client);
+        let mut book = lock(&self.limits.logins);
+        book.by_user.clear(&self.pair.0);
+        book.by_user_ip.clear(&self.pair);
+        book.by_ip.remove_one(&self.pair.1);
     }
 
     /// The password was wrong: the slots stay taken, that is the failure.
@@ -256,19 +399,62 @@ impl LoginAttempt<'_> {
         self.settled = true;
     }
 
-    /// No verdict (storage failed): give both slots back.
+    /// No verdict (storage failed): give every slot back.
     fn release(mut self) {
         self.settled = true;
-        lock(&self.limits.failures_by_user).remove_one(&self.user);
-        lock(&self.limits.failures_by_ip).remove_one(&self.client);
+        let mut book = lock(&self.limits.logins);
+        if self.name_slot {
+            book.by_user.remove_one(&self.pair.0);
+        }
+        book.by_user_ip.remove_one(&self.pair);
+        book.by_ip.remove_one(&self.pair.1);
     }
 }
 
 impl Drop for LoginAttempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            tracing::debug!("login attempt abandoned; counted as a failure");
+            tracing::debug!("login attempt abandoned or refused; counted as a failure");
         }
+    }
+}
+
+/// "At most one event per `interval`" for many keys (a token bucket of one
+/// token): the slow rate at which a name over its failure limit may still
+/// cost a bcrypt verify.
+#[derive(Debug)]
+struct RateGates<K> {
+    /// `None`: no ration (the rate is 0, meaning "off").
+    interval: Option<Duration>,
+    /// When each key's next event is allowed; keys whose time has passed
+    /// are swept out like [`SlidingWindows`]' expired keys.
+    next: HashMap<K, Instant>,
+    sweep_at: usize,
+}
+
+impl<K: Hash + Eq> RateGates<K> {
+    fn per_minute(rate: u32) -> Self {
+        let interval = (rate > 0).then(|| Duration::from_secs(60) / rate);
+        RateGates { interval, next: HashMap::new(), sweep_at: MIN_SWEEP }
+    }
+
+    /// Takes `key`'s token if it is there, else says how long until it is.
+    fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration>
+    where
+        K: Clone,
+    {
+        let Some(interval) = self.interval else { return Ok(()) };
+        if let Some(&next) = self.next.get(key)
+            && next > now
+        {
+            return Err(next - now);
+        }
+        if self.next.len() >= self.sweep_at {
+            self.next.retain(|_, next| *next > now);
+            self.sweep_at = (self.next.len() * 2).max(MIN_SWEEP);
+        }
+        self.next.insert(key.clone(), now + interval);
+        Ok(())
     }
 }
 
@@ -347,10 +533,6 @@ fn expire(log: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     }
 }
 
-fn too_many(what: &str, retry_after: Duration) -> Refusal {
-    Refusal::TooMany { description: format!("Too Many Requests: {what}"), retry_after }
-}
-
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -417,61 +599,125 @@ mod tests {
         assert_eq!(w.events.len(), 1);
     }
 
-    #[tokio::test]
-    async fn locked_out_logins_never_reach_bcrypt() {
+    fn pw(text: &str) -> Secret {
+        Secret::new(text)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn authenticator() -> Authenticator {
         let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = limits("[limits]\nlogin_failures_per_user = 3\nlogin_failures_per_ip = 100\n");
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        Authenticator::new(Db::new(store), 4)
+            .unwrap()
+            .with_cache(crate::auth::CredentialCache::new(Duration::from_secs(300), 100))
+    }
+
+    fn limited_by(result: &Result<User, LoginError>, key: &str) -> Duration {
+        match result {
+            Err(LoginError::Limited(Refusal { kind: RefusalKind::TooMany, detail, retry_after: Some(wait) }))
+                if detail.contains(key) =>
+            {
+                *wait
+            }
+            other => panic!("expected a refusal naming {key}, got {other:?}"),
+        }
+    }
+
+    /// The attack: a stranger who knows the name guesses from one address;
+    /// the customer, from another, is served.
+    #[tokio::test]
+    async fn wrong_passwords_from_one_address_do_not_lock_the_name_elsewhere() {
+        let auth = authenticator();
+        let limits = limits("");
+        let (stranger, customer) = (ip("127.0.0.2"), ip("127.0.0.3"));
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(match limits.login(&auth, "acme1", &pw("wrong"), stranger).await {
+                Err(LoginError::Unauthorized) => "401",
+                Err(LoginError::Limited(_)) => "429",
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(answers, ["401", "401", "401", "401", "401", "429", "429", "429"]);
+        assert_eq!(auth.verifies(), 5, "refused guesses never reach bcrypt");
+        assert_eq!(limits.login(&auth, "acme1", &pw("right-pass"), customer).await.unwrap().name, "acme1");
+        // The stranger's address stays refused for the name, right password or not.
+        let refused = limits.login(&auth, "acme1", &pw("right-pass"), stranger).await;
+        assert!(limited_by(&refused, "limits.login_failures_per_user_ip") > Duration::from_secs(800));
+    }
+
+    #[tokio::test]
+    async fn an_address_is_refused_for_a_name_before_bcrypt() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 3\nlogin_failures_per_ip = 100\n");
+        let addr = ip("192.0.2.1");
         for _ in 0..3 {
-            assert!(matches!(limits.login(&auth, "acme1", "wrong", ip).await, Err(LoginError::Unauthorized)));
+            assert!(matches!(limits.login(&auth, "acme1", &pw("wrong"), addr).await, Err(LoginError::Unauthorized)));
         }
         let verifies = auth.verifies();
         for password in ["wrong", "right-pass"] {
-            match limits.login(&auth, "acme1", password, ip).await {
-                Err(LoginError::Limited(Refusal::TooMany { description, retry_after })) => {
-                    assert!(description.contains("limits.login_failures_per_user"), "{description}");
-                    assert!(retry_after > Duration::from_secs(800), "{retry_after:?}");
-                }
-                other => panic!("expected a lockout, got {other:?}"),
-            }
+            limited_by(&limits.login(&auth, "acme1", &pw(password), addr).await, "limits.login_failures_per_user_ip");
         }
-        assert_eq!(auth.verifies(), verifies, "no bcrypt verify while locked out");
-        // Another name from the same address is not locked.
-        assert!(matches!(limits.login(&auth, "other", "x", ip).await, Err(LoginError::Unauthorized)));
+        assert_eq!(auth.verifies(), verifies, "no bcrypt verify for a refused address");
+        // Another name from the same address is not refused.
+        assert!(matches!(limits.login(&auth, "other", &pw("x"), addr).await, Err(LoginError::Unauthorized)));
     }
 
     #[tokio::test]
-    async fn an_address_is_locked_across_names_and_success_forgives_the_name() {
-        let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = limits("[limits]\nlogin_failures_per_user = 2\nlogin_failures_per_ip = 3\n");
-        let ip: IpAddr = "2001:db8::1".parse().unwrap();
-        assert!(limits.login(&auth, "acme1", "wrong", ip).await.is_err());
-        assert!(limits.login(&auth, "acme1", "right-pass", ip).await.is_ok());
-        // The name's failure is forgiven: two more wrong tries are 401, not 429.
-        for name in ["acme1", "acme1"] {
-            assert!(matches!(limits.login(&auth, name, "wrong", ip).await, Err(LoginError::Unauthorized)));
+    async fn a_name_over_its_failures_is_rationed_not_locked_and_the_cache_still_passes() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user = 2\nlogin_verifies_per_user_per_minute = 2\n");
+        // A good login first: the credentials are now in the cache.
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("192.0.2.100")).await.is_ok());
+        assert_eq!(auth.verifies(), 1);
+        // Strangers from many addresses: two failures fill the name's count,
+        // the third guess takes the one rationed verify, the fourth waits.
+        for n in 1..=3 {
+            let guess = limits.login(&auth, "acme1", &pw("wrong"), ip(&format!("192.0.2.{n}"))).await;
+            assert!(matches!(guess, Err(LoginError::Unauthorized)), "{guess:?}");
+        }
+        let wait = limited_by(
+            &limits.login(&auth, "acme1", &pw("wrong"), ip("192.0.2.4")).await,
+            "limits.login_verifies_per_user_per_minute",
+        );
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert_eq!(auth.verifies(), 4);
+        // The customer's cached credentials need no verify: served at once,
+        // from any address.
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("198.51.100.9")).await.is_ok());
+        assert_eq!(auth.verifies(), 4);
+        // Other names are not rationed.
+        assert!(matches!(limits.login(&auth, "other", &pw("x"), ip("192.0.2.4")).await, Err(LoginError::Unauthorized)));
+    }
+
+    #[tokio::test]
+    async fn an_address_is_refused_across_names_and_success_forgives_the_name() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\nlogin_failures_per_ip = 3\n");
+        let addr = ip("2001:db8::1");
+        assert!(limits.login(&auth, "acme1", &pw("wrong"), addr).await.is_err());
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), addr).await.is_ok());
+        // The pair's failure is forgiven: two more wrong tries are 401, not 429.
+        for _ in 0..2 {
+            assert!(matches!(limits.login(&auth, "acme1", &pw("wrong"), addr).await, Err(LoginError::Unauthorized)));
         }
         // The address now has 3 failures (the success gave back only its own slot).
-        let other = limits.login(&auth, "someone", "x", ip).await;
-        assert!(
-            matches!(&other, Err(LoginError::Limited(Refusal::TooMany { description, .. })) if description.contains("limits.login_failures_per_ip")),
-            "{other:?}"
-        );
-        let elsewhere: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(limits.login(&auth, "someone", "x", elsewhere).await.is_err());
+        limited_by(&limits.login(&auth, "someone", &pw("x"), addr).await, "limits.login_failures_per_ip");
+        assert!(limits.login(&auth, "someone", &pw("x"), ip("192.0.2.7")).await.is_err());
     }
 
     #[tokio::test]
-    async fn concurrent_guesses_get_no_more_verifies_than_the_limit() {
-        let (store, _) = store_with_user();
-        let auth = Authenticator::new(Db::new(store), 4).unwrap();
-        let limits = std::sync::Arc::new(limits("[limits]\nlogin_failures_per_user = 4\n"));
-        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    async fn concurrent_guesses_get_no_more_verifies_than_the_limits() {
+        let auth = authenticator();
+        let limits = std::sync::Arc::new(limits(
+            "[limits]\nlogin_failures_per_user = 4\nlogin_failures_per_user_ip = 100\nlogin_failures_per_ip = 100\n",
+        ));
+        let addr = ip("192.0.2.9");
         let guesses = (0..40).map(|_| {
             let (auth, limits) = (auth.clone(), limits.clone());
-            tokio::spawn(async move { limits.login(&auth, "acme1", "wrong", ip).await })
+            tokio::spawn(async move { limits.login(&auth, "acme1", &pw("wrong"), addr).await })
         });
         let mut unauthorized = 0;
         for guess in guesses.collect::<Vec<_>>() {
@@ -479,17 +725,59 @@ mod tests {
                 unauthorized += 1;
             }
         }
-        assert_eq!(unauthorized, 4);
-        assert_eq!(auth.verifies(), 4);
+        // Four failures, then one rationed verify; the other 35 wait.
+        assert_eq!(unauthorized, 5);
+        assert_eq!(auth.verifies(), 5);
+    }
+
+    #[test]
+    fn addresses_are_counted_as_ipv4_or_ipv6_slash_64() {
+        assert_eq!(address_bucket(ip("192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_bucket(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_bucket(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(address_bucket(ip("2001:db8:1:2::1")), address_bucket(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(address_bucket(ip("2001:db8:1:2::1")), address_bucket(ip("2001:db8:1:3::1")));
+    }
+
+    #[tokio::test]
+    async fn one_ipv6_slash_64_is_one_address_to_the_login_limits() {
+        let auth = authenticator();
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\n");
+        for host in ["2001:db8:0:1::1", "2001:db8:0:1::2"] {
+            assert!(matches!(
+                limits.login(&auth, "acme1", &pw("wrong"), ip(host)).await,
+                Err(LoginError::Unauthorized)
+            ));
+        }
+        let refused = limits.login(&auth, "acme1", &pw("wrong"), ip("2001:db8:0:1:ffff:1:2:3")).await;
+        limited_by(&refused, "limits.login_failures_per_user_ip");
+        assert!(limits.login(&auth, "acme1", &pw("right-pass"), ip("2001:db8:0:2::1")).await.is_ok(), "another /64");
     }
 
     #[test]
     fn abandoned_logins_count_as_failures() {
-        let limits = limits("[limits]\nlogin_failures_per_user = 2\n");
-        let ip: IpAddr = "192.0.2.3".parse().unwrap();
-        drop(limits.begin_login("acme1", ip).unwrap());
-        drop(limits.begin_login("acme1", ip).unwrap());
-        assert!(limits.begin_login("acme1", ip).is_err());
+        let limits = limits("[limits]\nlogin_failures_per_user_ip = 2\n");
+        let addr = ip("192.0.2.3");
+        drop(limits.begin_login("acme1", addr).unwrap());
+        drop(limits.begin_login("acme1", addr).unwrap());
+        assert!(limits.begin_login("acme1", addr).is_err());
+        assert!(limits.begin_login("acme1", ip("192.0.2.4")).is_ok(), "only that address");
+    }
+
+    #[test]
+    fn rate_gates_let_one_event_per_interval_through() {
+        let mut gates = RateGates::per_minute(2);
+        let t0 = Instant::now();
+        assert!(gates.take(&"k", t0).is_ok());
+        assert_eq!(gates.take(&"k", t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
+        assert!(gates.take(&"other", t0).is_ok(), "keys are independent");
+        assert!(gates.take(&"k", t0 + Duration::from_secs(30)).is_ok());
+        assert!(gates.take(&"k", t0 + Duration::from_secs(31)).is_err());
+        let mut off = RateGates::per_minute(0);
+        for _ in 0..100 {
+            assert!(off.take(&"k", t0).is_ok());
+        }
+        assert!(off.next.is_empty());
     }
 
     #[test]
@@ -500,9 +788,9 @@ mod tests {
         assert!(limits.check_request(&user, &number).is_ok());
         assert!(limits.check_request(&user, &number).is_ok());
         match limits.check_request(&user, &number) {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("2 requests per minute"), "{description}");
-                assert!(description.contains("limits.user_requests_per_minute"), "{description}");
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after: Some(retry_after) }) => {
+                assert!(detail.contains("2 requests per minute"), "{detail}");
+                assert!(detail.contains("limits.user_requests_per_minute"), "{detail}");
                 assert!(retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(50));
             }
             other => panic!("{other:?}"),
@@ -515,12 +803,14 @@ mod tests {
         let number = |n: &str| PhoneNumber::parse(n, pk).unwrap();
         let default = limits("");
         assert!(default.check_destination(&number("03001234567")).is_ok());
-        let Err(Refusal::Forbidden { description }) = default.check_destination(&number("+442079460000")) else {
+        let Err(refusal) = default.check_destination(&number("+442079460000")) else {
             panic!("a UK number must be refused by default");
         };
         assert_eq!(
-            description,
-            "Forbidden: destination country GB is not allowed (phone.allowed_countries, phone.allowed_prefixes)"
+            refusal,
+            Refusal::forbidden(
+                "destination country GB is not allowed (phone.allowed_countries, phone.allowed_prefixes)"
+            )
         );
         assert!(default.check_destination(&number("+80012345678")).is_err(), "non-geographic");
 
@@ -532,6 +822,68 @@ mod tests {
         assert!(all.check_destination(&number("+80012345678")).is_ok());
         let none = limits("[phone]\nallowed_countries = []\n");
         assert!(none.check_destination(&number("03001234567")).is_err());
+    }
+
+    #[test]
+    fn refused_kinds_are_forbidden_inside_allowed_countries() {
+        let pk = Country::parse("PK").unwrap();
+        let number = |n: &str| PhoneNumber::parse(n, pk).unwrap();
+        let guard = limits("[phone]\nallowed_countries = [\"PK\", \"GB\", \"ES\"]\n");
+        assert!(guard.check_destination(&number("+442079460958")).is_ok());
+        for (n, kind) in [
+            ("+449098790000", "premium_rate"),
+            ("+34901123456", "shared_cost"),
+            ("+443069990000", "uan"),
+            ("+447031234567", "personal_number"),
+        ] {
+            assert_eq!(
+                guard.check_destination(&number(n)),
+                Err(Refusal::forbidden(format!("the destination is a {kind} number (phone.refused_number_types)"))),
+                "{n}"
+            );
+        }
+        // Even "+" (every destination) keeps refusing them; an empty list refuses none.
+        let all = limits("[phone]\nallowed_prefixes = [\"+\"]\n");
+        assert!(all.check_destination(&number("+449098790000")).is_err());
+        let none = limits("[phone]\nallowed_prefixes = [\"+\"]\nrefused_number_types = []\n");
+        assert!(none.check_destination(&number("+449098790000")).is_ok());
+    }
+
+    #[test]
+    fn user_quota_counts_a_day_of_the_users_calls() {
+        let (mut store, user) = store_with_user();
+        let other = store.add_user("acme2", "h").unwrap();
+        let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
+        let hour = 3_600_000;
+        let t = 1_000_000 * hour;
+        // Stored as if at `at`: the trigger counts a call in its creation hour.
+        let insert = |store: &mut Store, user_id: i64, at: i64| {
+            store
+                .conn_for_tests()
+                .execute(
+                    "INSERT INTO calls (id, user_id, number, status, created_at, updated_at)
+                     VALUES (?1, ?2, '+923001234567', 'queued', ?3, ?3)",
+                    rusqlite::params![CallId::generate().as_str(), user_id, at],
+                )
+                .unwrap();
+        };
+        insert(&mut store, user.id, t + 10);
+        insert(&mut store, user.id, t + 2 * hour);
+        insert(&mut store, other.id, t + 2 * hour);
+        assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
+        insert(&mut store, user.id, t + 3 * hour);
+        match quota.check(&store, user.id, t + 3 * hour).unwrap() {
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
+                // The first call's hour leaves the day 21 hours on.
+                assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
+        assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
+        let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
+        assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
     }
 
     #[test]
@@ -555,9 +907,9 @@ mod tests {
         insert(&mut store, t + 1_000);
         assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
         match quota.check(&store, number, t + 2_000).unwrap() {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("limits.number_calls_per_window"), "{description}");
-                assert_eq!(retry_after, Duration::from_millis(598_000));
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
+                assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
             }
             other => panic!("{other:?}"),
         }
@@ -566,10 +918,10 @@ mod tests {
         assert!(quota.check(&store, number, later).unwrap().is_ok());
         insert(&mut store, later);
         match quota.check(&store, number, later + 700_000).unwrap() {
-            Err(Refusal::TooMany { description, retry_after }) => {
-                assert!(description.contains("3 calls per day"), "{description}");
-                assert!(description.contains("limits.number_calls_per_day"), "{description}");
-                assert_eq!(retry_after, Duration::from_millis(86_400_000 - 700_000 - 600_000));
+            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                assert!(detail.contains("3 calls per day"), "{detail}");
+                assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
+                assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
             }
             other => panic!("{other:?}"),
         }

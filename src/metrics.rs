@@ -5,6 +5,11 @@
 //! webhook attempts); gauges that mirror state owned elsewhere (calls in the
 //! database, the AMI link, live FastAGI sessions, pending webhooks) are set
 //! from a [`Snapshot`] taken at scrape time, so they can never drift.
+//!
+//! Every label value comes from a fixed set ([`method_label`],
+//! [`status_label`], route templates), never from the request as sent: a
+//! client inventing methods must not be able to add series (memory, and
+//! scrape size) without bound.
 
 use std::sync::Mutex;
 
@@ -18,12 +23,35 @@ use prometheus_client::registry::Registry;
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// Method.
+    /// Method: one of [`METHODS`], else `other`.
     pub method: String,
     /// The route template (`/v1/calls/{id}`), never the raw path.
     pub route: String,
-    /// Response status.
+    /// Response status: one of [`STATUSES`], else its class (`4xx`, ...).
     pub status: String,
+}
+
+/// Methods counted under their own name (RFC 9110's and PATCH).
+pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// Statuses the handlers answer with, counted under their own code.
+pub const STATUSES: [u16; 15] = [200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 431, 500, 503];
+
+/// The `method` label of a request method: itself if standard, else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("other")
+}
+
+/// The `status` label of a status code: itself if one of [`STATUSES`], else
+/// its class (`1xx` .. `5xx`, `other` outside 100-599).
+pub fn status_label(status: u16) -> String {
+    if STATUSES.contains(&status) {
+        return status.to_string();
+    }
+    match status {
+        100..=599 => format!("{}xx", status / 100),
+        _ => "other".to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +139,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     webhook_attempts: Family<OutcomeLabels, Counter>,
+    http_connections_refused: Counter,
     calls: Family<CallLabels, Gauge>,
     ami_connected: Gauge,
     ami_reconnects: Counter,
@@ -149,6 +178,12 @@ impl Metrics {
             "Webhook delivery attempts by outcome (delivered, failed = will retry, gave_up)",
             webhook_attempts.clone(),
         );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once: their address had http.max_connections_per_ip open",
+            http_connections_refused.clone(),
+        );
         let calls = Family::<CallLabels, Gauge>::default();
         registry.register("calls", "Calls on record by status and reason (reason empty unless failed)", calls.clone());
         let ami_connected = Gauge::default();
@@ -184,6 +219,7 @@ impl Metrics {
             http_requests,
             http_duration,
             webhook_attempts,
+            http_connections_refused,
             calls,
             ami_connected,
             ami_reconnects,
@@ -196,7 +232,11 @@ impl Metrics {
 
     /// Counts one answered HTTP request.
     pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let labels = HttpLabels { method: method.to_owned(), route: route.to_owned(), status: status.to_string() };
+        let labels = HttpLabels {
+            method: method_label(method).to_owned(),
+            route: route.to_owned(),
+            status: status_label(status),
+        };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
     }
@@ -204,6 +244,11 @@ impl Metrics {
     /// Counts one FastAGI session refused.
     pub fn agi_session_refused(&self, why: RefusedSession) {
         self.agi_refused.get_or_create(&ReasonLabels { reason: why.as_str() }).inc();
+    }
+
+    /// Counts one connection refused for its address's cap.
+    pub fn http_connection_refused(&self) {
+        self.http_connections_refused.inc();
     }
 
     /// Counts one webhook attempt.
@@ -240,6 +285,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_come_from_fixed_sets() {
+        let m = Metrics::new();
+        for i in 0..300 {
+            m.http_request(&format!("XYZ{i}"), "/healthz", 405, 0.001);
+            m.http_request("GET", "/healthz", 600 + i, 0.001);
+        }
+        m.http_request("GET", "/healthz", 418, 0.001);
+        let text = m.render(&Snapshot::default());
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("voice_otp_http_requests_total{")).collect();
+        assert_eq!(series.len(), 3, "{series:#?}");
+        assert!(text.contains("method=\"other\",route=\"/healthz\",status=\"405\"} 300"), "{text}");
+        assert!(text.contains("method=\"GET\",route=\"/healthz\",status=\"other\"} 300"), "{text}");
+        assert!(text.contains("method=\"GET\",route=\"/healthz\",status=\"4xx\"} 1"), "{text}");
+        assert_eq!(method_label("get"), "other", "methods are case-sensitive");
+    }
 
     #[test]
     fn renders_every_family() {

@@ -31,6 +31,11 @@ impl Country {
     pub fn code(&self) -> &str {
         self.0.as_ref()
     }
+
+    /// Its international calling code (`92` for PK, `1` for US and CA alike).
+    pub fn calling_code(&self) -> Option<u16> {
+        phonenumber::metadata::DATABASE.by_id(self.code()).map(|m| m.country_code())
+    }
 }
 
 impl fmt::Debug for Country {
@@ -46,12 +51,103 @@ impl<'de> Deserialize<'de> for Country {
     }
 }
 
+/// What kind of line a number is, as libphonenumber's numbering plans say
+/// (its `PhoneNumberType`); written in snake_case in the configuration
+/// (`[phone] refused_number_types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberType {
+    /// A fixed line.
+    FixedLine,
+    /// A mobile phone.
+    Mobile,
+    /// Either; some plans (e.g. the USA's) do not tell them apart.
+    FixedLineOrMobile,
+    /// Freephone.
+    TollFree,
+    /// Premium rate: the caller pays the callee's price (toll fraud's favourite).
+    PremiumRate,
+    /// Shared cost between caller and callee.
+    SharedCost,
+    /// A personal number, routed on to wherever its owner says.
+    PersonalNumber,
+    /// Voice over IP.
+    Voip,
+    /// A pager.
+    Pager,
+    /// A universal access ("company") number.
+    Uan,
+    /// An emergency number.
+    Emergency,
+    /// Voicemail access.
+    Voicemail,
+    /// A short code.
+    ShortCode,
+    /// Standard rate.
+    StandardRate,
+    /// A carrier-specific number.
+    Carrier,
+    /// Not reachable from abroad.
+    NoInternational,
+    /// Valid, but of no type the plan names.
+    Unknown,
+}
+
+impl NumberType {
+    /// The snake_case name, as in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            NumberType::FixedLine => "fixed_line",
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::TollFree => "toll_free",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::PersonalNumber => "personal_number",
+            NumberType::Voip => "voip",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Emergency => "emergency",
+            NumberType::Voicemail => "voicemail",
+            NumberType::ShortCode => "short_code",
+            NumberType::StandardRate => "standard_rate",
+            NumberType::Carrier => "carrier",
+            NumberType::NoInternational => "no_international",
+            NumberType::Unknown => "unknown",
+        }
+    }
+
+    fn of(kind: phonenumber::Type) -> NumberType {
+        use phonenumber::Type;
+        match kind {
+            Type::FixedLine => NumberType::FixedLine,
+            Type::Mobile => NumberType::Mobile,
+            Type::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            Type::TollFree => NumberType::TollFree,
+            Type::PremiumRate => NumberType::PremiumRate,
+            Type::SharedCost => NumberType::SharedCost,
+            Type::PersonalNumber => NumberType::PersonalNumber,
+            Type::Voip => NumberType::Voip,
+            Type::Pager => NumberType::Pager,
+            Type::Uan => NumberType::Uan,
+            Type::Emergency => NumberType::Emergency,
+            Type::Voicemail => NumberType::Voicemail,
+            Type::ShortCode => NumberType::ShortCode,
+            Type::StandardRate => NumberType::StandardRate,
+            Type::Carrier => NumberType::Carrier,
+            Type::NoInternational => NumberType::NoInternational,
+            Type::Unknown => NumberType::Unknown,
+        }
+    }
+}
+
 /// A valid destination, kept in the three forms dial templates use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhoneNumber {
     e164: String,
     national: String,
     country: Option<Country>,
+    kind: NumberType,
 }
 
 /// Why a number was refused; the text is shown to the API caller after
@@ -118,7 +214,8 @@ impl PhoneNumber {
             return Err(NumberError::Invalid);
         }
         let country = parsed.country().id().map(Country);
-        Ok(PhoneNumber { e164, national, country })
+        let kind = NumberType::of(parsed.number_type(&phonenumber::metadata::DATABASE));
+        Ok(PhoneNumber { e164, national, country, kind })
     }
 
     /// `+923001234567`
@@ -135,6 +232,11 @@ impl PhoneNumber {
     /// non-geographic numbers (`+800`, `+881` satellite, ...).
     pub fn country(&self) -> Option<Country> {
         self.country
+    }
+
+    /// What kind of line it is, by the numbering plan.
+    pub fn kind(&self) -> NumberType {
+        self.kind
     }
 
     /// `03001234567`: as dialled inside the number's own country.
@@ -194,6 +296,12 @@ impl NumberTemplate {
             return Err(format!("template `{template}` has no number placeholder"));
         }
         Ok(NumberTemplate { parts })
+    }
+
+    /// True if it dials the national form (`{national}`), which reaches the
+    /// right phone only from inside the number's own country.
+    pub fn uses_national(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::National))
     }
 
     /// The dial string for `number`.
@@ -311,7 +419,27 @@ mod tests {
     }
 
     #[test]
+    fn number_types_come_from_the_numbering_plan() {
+        let kind = |n: &str| PhoneNumber::parse(n, pk()).unwrap().kind();
+        assert_eq!(kind("03001234567"), NumberType::Mobile);
+        assert_eq!(kind("+442079460958"), NumberType::FixedLine);
+        // Ofcom's ranges for drama (TV, film) use: real premium-rate, UAN
+        // and personal numbers nobody answers. The UK has no shared-cost
+        // type (08xx is premium rate there); Spain's 901 is.
+        assert_eq!(kind("+449098790000"), NumberType::PremiumRate);
+        assert_eq!(kind("+34901123456"), NumberType::SharedCost);
+        assert_eq!(kind("+443069990000"), NumberType::Uan);
+        assert_eq!(kind("+447031234567"), NumberType::PersonalNumber);
+        assert_eq!(kind("+448081570000"), NumberType::TollFree);
+        assert_eq!(NumberType::PremiumRate.name(), "premium_rate");
+    }
+
+    #[test]
     fn country_codes() {
+        assert_eq!(Country::parse("pk").unwrap().calling_code(), Some(92));
+        assert_eq!(Country::parse("CA").unwrap().calling_code(), Some(1));
+        assert!(NumberTemplate::parse("PJSIP/{national}@x").unwrap().uses_national());
+        assert!(!NumberTemplate::parse("PJSIP/{e164}@x").unwrap().uses_national());
         assert_eq!(Country::parse("pk").unwrap().code(), "PK");
         assert!(Country::parse("XX").unwrap_err().contains("XX"));
     }

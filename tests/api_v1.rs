@@ -389,11 +389,11 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
 
 /// The JSON API passes the seed API's limits, answered as problem+json:
 /// the per-number quota is one count for both front ends, the toll-fraud
-/// guard says 403, the user's request rate and the failed-login lockout
+/// guard says 403, the user's request rate and the failed-login limits
 /// 429 with Retry-After, and no refused request dials anybody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_apis_limits_apply_as_problems() {
-    let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user = 2\n";
+    let extra = "[limits]\nuser_requests_per_minute = 6\nlogin_failures_per_user_ip = 2\n";
     let busy = FakeScript::outcome(OriginateOutcome::busy());
     let (_home, fake, daemon, _) = setup("v1-limits", busy, extra).await;
     let limited = |resp: &Response, rule: &str| {
@@ -438,17 +438,47 @@ async fn the_seed_apis_limits_apply_as_problems() {
     assert_eq!(resp.status, 202, "{}", resp.body);
     assert_eq!(api(&daemon, "GET", "/v1/calls", None).status, 200);
 
-    // Two wrong passwords lock the name: then even the right one gets 429
-    // without a password check.
+    // Two wrong passwords refuse this address for the name: then even the
+    // right one gets 429 without a password check.
     for _ in 0..2 {
         let resp =
             tokio::task::block_in_place(|| http::with_basic(daemon.http, "GET", "/v1/calls", "other1", "wrong", None));
         assert_eq!(resp.status, 401);
     }
-    limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user");
+    limited(&api_as(&daemon, "other1", "GET", "/v1/calls", None), "limits.login_failures_per_user_ip");
 
     // Once every stored call has ended (busy), nothing is on its way: the
     // four stored - three of acme1, one of other1 - are all that was dialled.
     let stored = assert_each_dialled_once(&daemon, &fake);
     assert_eq!(stored.len(), 4, "three calls of acme1, one of other1: {stored:?}");
+}
+
+/// With `http.ops_listen`, `/healthz` and `/metrics` answer on their own
+/// address only, and the API's port answers 404 for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_listen_moves_health_and_metrics_off_the_api_port() {
+    let (_home, _fake, daemon) =
+        Setup::new("ops-listen").http_keys("ops_listen = \"127.0.0.1:0\"\n").fake(FakeScript::for_daemon()).await;
+    let ops = daemon.ops.expect("ops address in the ready line");
+    assert_ne!(ops, daemon.http);
+    support::blocking(|| {
+        for path in ["/healthz", "/metrics"] {
+            assert_eq!(http::get(daemon.http, path).status, 404, "{path} on the API port");
+        }
+        // Healthy once the AMI login's answer is in (the fake saw the Login).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let health = loop {
+            let health = http::get(ops, "/healthz");
+            if health.status == 200 || std::time::Instant::now() > deadline {
+                break health;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(health.status, 200, "{}", health.body);
+        let metrics = http::get(ops, "/metrics");
+        assert_eq!(metrics.status, 200);
+        assert!(metrics.body.contains("voice_otp_ami_connected 1"), "{}", metrics.body);
+        assert_eq!(http::get(ops, "/v1/calls").status, 404, "the APIs stay on their port");
+        assert_eq!(http::with_basic(daemon.http, "GET", "/v1/calls", "acme1", PASSWORD, None).status, 200);
+    });
 }

@@ -221,6 +221,47 @@ async fn hundreds_of_malformed_http_requests_get_4xx_and_the_daemon_stays_health
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
 }
 
+/// The metric series in a `/metrics` scrape: each sample line without its value.
+fn metric_series(daemon: &Daemon) -> std::collections::BTreeSet<String> {
+    let resp = http::get(daemon.http, "/metrics");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    resp.body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .collect()
+}
+
+/// Issue 10, attack 3: requests with made-up methods must not add metric
+/// series (each used to add a line to every later scrape, for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_add_no_metric_series() {
+    let (_home, _fake, daemon) = setup("metric-series", FakeScript::for_daemon(), "").await;
+    let targets = ["/healthz", "/metrics", "/outbound.cgi", "/v1/calls", "/v1/calls/abc", "/nothing"];
+    let made_up = |i: usize| {
+        let target = targets[i % targets.len()];
+        let method: String = noise(i as u64 + 1, 3 + i % 10).iter().map(|b| (b'A' + b % 26) as char).collect();
+        format!("{method}{i} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    };
+    tokio::task::block_in_place(|| {
+        // Once per target, so every (route, status) these answers make
+        // exists, and one scrape, which counts itself.
+        for i in 0..targets.len() {
+            let status = status_of(daemon.http, made_up(i).as_bytes());
+            assert!(status.is_some_and(|s| s == 404 || s == 405), "{status:?} for {}", made_up(i));
+        }
+        metric_series(&daemon);
+        let before = metric_series(&daemon);
+        for i in targets.len()..targets.len() + 300 {
+            assert!(status_of(daemon.http, made_up(i).as_bytes()).is_some());
+        }
+        let after = metric_series(&daemon);
+        let added: Vec<&String> = after.difference(&before).collect();
+        assert!(added.is_empty(), "series added by made-up methods: {added:#?}");
+        assert!(after.iter().any(|s| s.contains("method=\"other\"")), "{after:#?}");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_and_slow_clients_are_cut_off_and_the_connection_cap_holds() {
     let (_home, fake, daemon) =
@@ -255,6 +296,125 @@ async fn idle_keep_alive_and_slow_clients_are_cut_off_and_the_connection_cap_hol
         }
     });
     good_call(&daemon, &fake, "03001234567").await;
+}
+
+/// Reads until the server closes (or resets) the connection; `None` if it
+/// is still open after `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                return None;
+            }
+            Err(_) => return Some(got),
+        }
+    }
+}
+
+/// Review item 10: one address cannot take every connection slot. Over
+/// `http.max_connections_per_ip` a connection is answered 503 and closed
+/// at once; other addresses are served; a closed connection gives its slot
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let http_keys = "max_connections = 8\nmax_connections_per_ip = 2\n";
+    let (_home, _fake, daemon) = setup("per-ip", FakeScript::for_daemon(), http_keys).await;
+    let addr = daemon.http;
+    let greedy: Option<std::net::IpAddr> = Some("127.0.0.2".parse().unwrap());
+    let refused = tokio::task::block_in_place(|| {
+        let mut held: Vec<TcpStream> = (0..2).map(|_| http::connect_from(greedy, addr)).collect();
+        for s in &mut held {
+            s.write_all(b"GET /nothing HTTP/1.1\r\nHo").unwrap();
+        }
+        // Accepted (and counted) in arrival order: the third is over the cap.
+        let mut third = http::connect_from(greedy, addr);
+        let answer = read_until_closed(&mut third, Duration::from_secs(5)).expect("closed at once");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(text.contains("http.max_connections_per_ip"), "{text}");
+        let other = http::get_from(Some("127.0.0.3".parse().unwrap()), addr, "/nothing");
+        assert_eq!(other.status, 404, "another address is served");
+        drop(held);
+        // Until the server has seen those two close, a new one is still refused.
+        let mut refused = 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = http::connect_from(greedy, addr);
+            let _ = again.write_all(b"GET /nothing HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let answer = read_until_closed(&mut again, Duration::from_secs(10)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&answer);
+            if text.starts_with("HTTP/1.1 404") {
+                break;
+            }
+            if text.starts_with("HTTP/1.1 503") {
+                refused += 1;
+            }
+            assert!(std::time::Instant::now() < deadline, "the slots were not given back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        refused
+    });
+    let metrics = tokio::task::block_in_place(|| http::get(addr, "/metrics"));
+    let line = format!("voice_otp_http_connections_refused_total {refused}");
+    assert!(metrics.body.contains(&line), "{line} missing:\n{}", metrics.body);
+}
+
+/// Review item 10: a client that pipelines requests and never reads the
+/// answers used to hold its connection (and here the only slot) forever.
+/// Past `http.write_timeout_secs` it is closed and the next client served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let http_keys = "max_connections = 1\nwrite_timeout_secs = 1\nmax_requests_per_connection = 0\n";
+    let (_home, _fake, daemon) = setup("write-timeout", FakeScript::for_daemon(), http_keys).await;
+    let addr = daemon.http;
+    tokio::task::block_in_place(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // A small window, so the answers pile up on the server's side.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut greedy: TcpStream = socket.into();
+        // Far more answer bytes than the kernel buffers on both sides hold.
+        let requests = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3000);
+        let mut writer = greedy.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&requests);
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The only slot is the greedy client's until the server gives up on it.
+        let started = std::time::Instant::now();
+        let next = http::get(addr, "/nothing");
+        assert_eq!(next.status, 404);
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        let answered = read_until_closed(&mut greedy, Duration::from_secs(20)).expect("the greedy client is closed");
+        let responses = String::from_utf8_lossy(&answered).matches("HTTP/1.1 200").count();
+        assert!(responses < 3000, "all {responses} answers arrived: the write never stalled");
+        let _ = sender.join();
+    });
+}
+
+/// Review item 10: a keep-alive connection serves at most
+/// `http.max_requests_per_connection` requests; the last answer says
+/// `Connection: close` and the server closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_serves_a_bounded_number_of_requests() {
+    let http_keys = "max_requests_per_connection = 3\nheader_timeout_secs = 2\n";
+    let (_home, _fake, daemon) = setup("max-requests", FakeScript::for_daemon(), http_keys).await;
+    tokio::task::block_in_place(|| {
+        let mut stream = TcpStream::connect(daemon.http).unwrap();
+        stream.write_all(&b"GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n".repeat(5)).unwrap();
+        // Without the cap all five would be answered and the connection
+        // closed only when idle (header_timeout_secs).
+        let answered = read_until_closed(&mut stream, Duration::from_secs(5)).expect("closed after the third answer");
+        let text = String::from_utf8_lossy(&answered);
+        assert_eq!(text.matches("HTTP/1.1 404").count(), 3, "{text}");
+        let last = text.rsplit("HTTP/1.1 404").next().unwrap().to_ascii_lowercase();
+        assert!(last.contains("connection: close"), "{text}");
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

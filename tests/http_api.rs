@@ -29,152 +29,133 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
     let (_home, fake, daemon) = setup("bad").await;
     let addr = daemon.http;
     let ok_rest = format!("&username=acme1&password={PASSWORD}");
+    // (target, status, detail: "" for none)
     let cases: Vec<(String, u16, &str)> = vec![
-        (format!("/outbound.cgi?code=482915{ok_rest}"), 400, "Bad Request: number is required"),
-        (format!("/outbound.cgi?number=&code=482915{ok_rest}"), 400, "Bad Request: number is empty"),
-        (format!("/outbound.cgi?number=03001234567{ok_rest}"), 400, "Bad Request: code is required"),
-        (format!("/outbound.cgi?number=03001234567&code={ok_rest}"), 400, "Bad Request: code is empty"),
-        (
-            format!("/outbound.cgi?number=03001234567&code=1234&code=5678{ok_rest}"),
-            400,
-            "Bad Request: code is given more than once",
-        ),
+        (format!("/outbound.cgi?code=482915{ok_rest}"), 400, "number is required"),
+        (format!("/outbound.cgi?number=&code=482915{ok_rest}"), 400, "number is empty"),
+        (format!("/outbound.cgi?number=03001234567{ok_rest}"), 400, "code is required"),
+        (format!("/outbound.cgi?number=03001234567&code={ok_rest}"), 400, "code is empty"),
+        (format!("/outbound.cgi?number=03001234567&code=1234&code=5678{ok_rest}"), 400, "code is given more than once"),
         (
             format!("/outbound.cgi?number=03001234567&number=03001234568&code=1234{ok_rest}"),
             400,
-            "Bad Request: number is given more than once",
+            "number is given more than once",
         ),
-        (
-            format!("/outbound.cgi?number=03001234567&code=1234&password={PASSWORD}"),
-            400,
-            "Bad Request: username is required",
-        ),
-        ("/outbound.cgi?number=03001234567&code=1234&username=acme1".into(), 400, "Bad Request: password is required"),
+        (format!("/outbound.cgi?number=03001234567&code=1234&password={PASSWORD}"), 400, "username is required"),
+        ("/outbound.cgi?number=03001234567&code=1234&username=acme1".into(), 400, "password is required"),
         (
             format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&username=acme1&password={PASSWORD}"),
             400,
-            "Bad Request: username is given more than once",
+            "username is given more than once",
         ),
-        (
-            format!("/outbound.cgi?number=03001234567&code=123{ok_rest}"),
-            400,
-            "Bad Request: code must be 4 to 20 digits long",
-        ),
+        (format!("/outbound.cgi?number=03001234567&code=123{ok_rest}"), 400, "code must be 4 to 20 digits long"),
         (
             format!("/outbound.cgi?number=03001234567&code=123456789012345678901{ok_rest}"),
             400,
-            "Bad Request: code must be 4 to 20 digits long",
+            "code must be 4 to 20 digits long",
         ),
-        (
-            format!("/outbound.cgi?number=03001234567&code=12a4{ok_rest}"),
-            400,
-            "Bad Request: code must contain only digits 0-9",
-        ),
+        (format!("/outbound.cgi?number=03001234567&code=12a4{ok_rest}"), 400, "code must contain only digits 0-9"),
         (
             format!("/outbound.cgi?number=03001234567&code=1234%0D%0AAction:%20Logoff{ok_rest}"),
             400,
-            "Bad Request: code must contain only digits 0-9",
+            "code must contain only digits 0-9",
         ),
         (
             format!("/outbound.cgi?number=0300%201234567&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
         (
             format!("/outbound.cgi?number=0300+1234567&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
         (
             format!("/outbound.cgi?number=0300123456a&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
         (
             format!("/outbound.cgi?number=03001234567%0D%0AAction:%20Originate&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
         (
             format!("/outbound.cgi?number=%0A03001234567&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
-        (
-            format!("/outbound.cgi?number=%2B9230012345678901&code=1234{ok_rest}"),
-            400,
-            "Bad Request: number has more than 15 digits",
-        ),
-        (
-            format!("/outbound.cgi?number=0300123&code=1234{ok_rest}"),
-            400,
-            "Bad Request: number is not a valid phone number",
-        ),
-        (
-            format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"),
-            400,
-            "Bad Request: number is not a valid phone number",
-        ),
+        (format!("/outbound.cgi?number=%2B9230012345678901&code=1234{ok_rest}"), 400, "number has more than 15 digits"),
+        (format!("/outbound.cgi?number=0300123&code=1234{ok_rest}"), 400, "number is not a valid phone number"),
+        (format!("/outbound.cgi?number=%2B920001234567&code=1234{ok_rest}"), 400, "number is not a valid phone number"),
         (
             format!("/outbound.cgi?number=%FF%FE&code=1234{ok_rest}"),
             400,
-            "Bad Request: number must contain only digits, optionally prefixed by + or 00",
+            "number must contain only digits, optionally prefixed by + or 00",
         ),
-        ("/outbound.cgi".into(), 400, "Bad Request: number is required"),
+        ("/outbound.cgi".into(), 400, "number is required"),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=fr"),
             400,
-            "Bad Request: language must be one of: en, ur",
+            "language must be one of: en, ur",
         ),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=UR"),
             400,
-            "Bad Request: language must be one of: en, ur",
+            "language must be one of: en, ur",
         ),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=../en"),
             400,
-            "Bad Request: language must be one of: en, ur",
+            "language must be one of: en, ur",
         ),
-        (
-            format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language="),
-            400,
-            "Bad Request: language is empty",
-        ),
+        (format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language="), 400, "language is empty"),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&language=en&language=ur"),
             400,
-            "Bad Request: language is given more than once",
+            "language is given more than once",
         ),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress=yes"),
             400,
-            "Bad Request: require_keypress must be one of: 1, 0, true, false",
+            "require_keypress must be one of: 1, 0, true, false",
         ),
         (
             format!("/outbound.cgi?number=03001234567&code=1234{ok_rest}&require_keypress="),
             400,
-            "Bad Request: require_keypress is empty",
+            "require_keypress is empty",
         ),
         // Field checks come before credentials: a bad option with a bad password is a 400.
         (
             "/outbound.cgi?number=03001234567&code=1234&username=acme1&password=wrong&language=fr".to_string(),
             400,
-            "Bad Request: language must be one of: en, ur",
+            "language must be one of: en, ur",
         ),
-        (seed("03001234567", "482915", "nobody", PASSWORD), 401, "Unauthorized"),
-        (seed("03001234567", "482915", "acme1", "wrong-password"), 401, "Unauthorized"),
-        (seed("03001234567", "482915", "off1", PASSWORD), 401, "Unauthorized"),
-        (seed("03001234567", "482915", "acme1", &"x".repeat(100)), 401, "Unauthorized"),
-        ("/nothing-here".into(), 404, "Not Found"),
-        ("/outbound.cgi/extra".into(), 404, "Not Found"),
+        (seed("03001234567", "482915", "nobody", PASSWORD), 401, ""),
+        (seed("03001234567", "482915", "acme1", "wrong-password"), 401, ""),
+        (seed("03001234567", "482915", "off1", PASSWORD), 401, ""),
+        (seed("03001234567", "482915", "acme1", &"x".repeat(100)), 401, ""),
+        ("/nothing-here".into(), 404, ""),
+        ("/outbound.cgi/extra".into(), 404, ""),
     ];
     let mut unauthorized_bodies = Vec::new();
-    for (target, status, description) in &cases {
+    for (target, status, detail) in &cases {
         let resp = tokio::task::block_in_place(|| http::get(addr, target));
         assert_eq!(resp.status, *status, "{target}: {}", resp.body);
         assert_eq!(resp.json_field("response_code").as_deref(), Some(status.to_string().as_str()), "{target}");
-        assert_eq!(resp.json_field("response_description").as_deref(), Some(*description), "{target}");
+        // The seed's table pairs each code with a fixed description, which
+        // clients may compare verbatim; what exactly is wrong is `detail`,
+        // and the field at fault `field` (each message starts with its name).
+        let phrase = match status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            _ => "Not Found",
+        };
+        assert_eq!(resp.json_field("response_description").as_deref(), Some(phrase), "{target}");
+        let expected_detail = (!detail.is_empty()).then_some(*detail);
+        assert_eq!(resp.json_field("detail").as_deref(), expected_detail, "{target}");
+        let expected_field = expected_detail.and_then(|d| d.split(' ').next());
+        assert_eq!(resp.json_field("field").as_deref(), expected_field, "{target}");
         assert_eq!(resp.header("content-type"), Some("application/json"), "{target}");
         assert!(resp.json_field("call_id").is_none(), "{target}: no call id on errors");
         if *status == 401 {
@@ -193,14 +174,19 @@ async fn bad_requests_get_a_precise_error_and_dial_nobody() {
         tokio::task::block_in_place(|| http::send(addr, "POST", "/outbound.cgi", "application/json", body.as_bytes()));
     assert_eq!(resp.status, 415);
     assert_eq!(resp.json_field("response_code").as_deref(), Some("415"));
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Unsupported Media Type"));
     let big = format!("{body}&pad={}", "x".repeat(9000));
     let resp = tokio::task::block_in_place(|| http::post_form(addr, "/outbound.cgi", &big));
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json_field("response_code").as_deref(), Some("413"));
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Payload Too Large"));
+    assert_eq!(resp.json_field("detail").as_deref(), Some("the body may be at most 8192 bytes"));
     // The same field in the query and in the body is a repeat.
     let resp = tokio::task::block_in_place(|| http::post_form(addr, "/outbound.cgi?code=1111", &body));
     assert_eq!(resp.status, 400);
-    assert_eq!(resp.json_field("response_description").as_deref(), Some("Bad Request: code is given more than once"));
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Bad Request"));
+    assert_eq!(resp.json_field("detail").as_deref(), Some("code is given more than once"));
+    assert_eq!(resp.json_field("field").as_deref(), Some("code"));
     // A request head far over the limit is refused, not buffered.
     let huge = format!("/outbound.cgi?number={}", "1".repeat(40_000));
     let resp = tokio::task::block_in_place(|| http::get(addr, &huge));

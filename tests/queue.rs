@@ -161,9 +161,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
     let resp = daemon.seed("03001234567", "482915", "");
     assert_eq!(resp.status, 503, "{}", resp.body);
     assert_eq!(resp.header("retry-after"), Some("30"));
-    assert_eq!(
-        resp.json_field("response_description").as_deref(),
-        Some("Service Unavailable: 2 calls are waiting to be dialled (queue.max_queued)")
-    );
+    assert_eq!(resp.json_field("response_description").as_deref(), Some("Service Unavailable"));
+    assert_eq!(resp.json_field("detail").as_deref(), Some("2 calls are waiting to be dialled (queue.max_queued)"));
     assert_eq!(daemon.stored_calls().len(), 2, "the refused call is not stored: {:?}", daemon.stored_calls());
 }

@@ -23,7 +23,7 @@ pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize
     std::fs::create_dir_all(dir).expect("bench folder");
     let config = dir.join("voice-otp.toml");
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\n[agi]\nlisten = \"127.0.0.1:0\"\nmax_sessions = {agi_sessions}\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{HTTP_OUT_OF_REACH}\n[agi]\nlisten = \"127.0.0.1:0\"\nmax_sessions = {agi_sessions}\n\n\
          [database]\npath = \"bench.db\"\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{LIMITS_OUT_OF_REACH}\n{extra}\n",
         ami.ip(),
         ami.port()
@@ -95,10 +95,16 @@ pub fn seed_targets() -> crate::http_load::Target {
     std::sync::Arc::new(|n| seed_target(&format!("0300{:07}", n % 10_000_000)))
 }
 
+/// The `[http]` caps on one client's connections and requests per
+/// connection, off: the load generator is one address with long-lived
+/// keep-alive connections.
+pub const HTTP_OUT_OF_REACH: &str = "max_connections_per_ip = 0\nmax_requests_per_connection = 0\n";
+
 /// `[limits]` and `[queue]` that never refuse the benchmark but still count:
 /// each limit is on (its bookkeeping runs on every request) with a bound out
 /// of reach, and the trunk is as wide as the load generator's.
 pub const LIMITS_OUT_OF_REACH: &str = "[limits]\nuser_requests_per_minute = 1000000000\n\
-    number_calls_per_window = 1000000000\nnumber_calls_per_day = 1000000000\n\
-    login_failures_per_user = 1000000000\nlogin_failures_per_ip = 1000000000\n\n\
+    number_calls_per_window = 1000000000\nnumber_calls_per_day = 1000000000\nuser_calls_per_day = 1000000000\n\
+    login_failures_per_user = 1000000000\nlogin_failures_per_ip = 1000000000\n\
+    login_failures_per_user_ip = 1000000000\n\n\
     [queue]\nmax_concurrent_calls = 1000000\nmax_queued = 1000000000\n";

@@ -110,7 +110,7 @@ async fn authenticate(app: &App, req: &Request<Incoming>, client: IpAddr) -> Res
         Ok(user) => Ok(user),
         Err(LoginError::Unauthorized) => Err(unauthorized()),
         Err(LoginError::Limited(refusal)) => Err(refused(&refusal)),
-        Err(LoginError::Store(_)) => Err(unavailable()),
+        Err(LoginError::Auth(_)) => Err(unavailable()),
     }
 }
 

@@ -3,11 +3,12 @@
 //!
 //! 1. [`check`]: number, code, `language`, `require_keypress`, callback URL
 //!    (cheap, no database);
-//! 2. [`login`]: the failed-login lockout, then the bcrypt verify
+//! 2. [`login`]: the failed-login limits, then the bcrypt verify
 //!    ([`crate::limits::Limits::login`]);
 //! 3. [`place`]: the user's request rate and the toll-fraud guard, then in
-//!    one database step the per-number quotas, the user's call defaults and
-//!    the insert; then the call goes to the dialler.
+//!    one database step the queue's room, the per-number quotas, the user's
+//!    daily cap, the user's call defaults and the insert; then the call goes
+//!    to the dialler.
 //!
 //! The front ends differ only in how they read fields and credentials (the
 //! JSON API authenticates before reading its body) and in how they word
@@ -20,6 +21,7 @@ use crate::call::{Call, CallId, now_ms};
 use crate::daemon::App;
 use crate::limits::{LoginError, Refusal};
 use crate::phone::PhoneNumber;
+use crate::secret::Secret;
 use crate::store::{NewCall, NewCallLifecycle, StoreError, User};
 use crate::webhook::{WebhookUrl, check_url};
 
@@ -90,12 +92,12 @@ pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError>
 }
 
 /// Checks credentials behind the failed-login limits of `client` and the
-/// name; logs refusals and storage errors (never the password).
-pub async fn login(app: &App, name: &str, password: &str, client: IpAddr) -> Result<User, LoginError> {
+/// name; logs refusals and failed checks (never the password).
+pub async fn login(app: &App, name: &str, password: &Secret, client: IpAddr) -> Result<User, LoginError> {
     let result = app.limits.login(&app.auth, name, password, client).await;
     match &result {
         Err(LoginError::Limited(_)) => tracing::warn!(%client, "login refused: failed-login limit"),
-        Err(LoginError::Store(e)) => tracing::error!(error = %e, "authentication failed on a storage error"),
+        Err(LoginError::Auth(e)) => tracing::error!(error = %e, "credentials could not be checked"),
         Ok(_) | Err(LoginError::Unauthorized) => {}
     }
     result
@@ -113,7 +115,7 @@ pub enum PlaceError {
 }
 
 /// For an authenticated `user`: the request rate and the toll-fraud guard,
-/// then the per-number quotas, the options (request, else the user's
+/// then the per-number quotas, the user's daily cap, the options (request, else the user's
 /// defaults, else `[call]`) and the insert as one database step, so two
 /// requests cannot both take a number's last slot. The stored call then
 /// goes to the dialler and is returned.
@@ -131,6 +133,7 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
     };
     let (requested, call_config) = (call.options, app.config.call.clone());
     let quota = app.limits.number_quota();
+    let user_quota = app.limits.user_quota();
     let max_queued = u64::from(app.config.queue.max_queued);
     let code = call.code;
     let stored = {
@@ -138,14 +141,16 @@ pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, Pl
         app.db
             .run(move |s| {
                 if s.queued_count()? >= max_queued {
-                    return Ok(Err(Refusal::QueueFull {
-                        description: format!(
-                            "Service Unavailable: {max_queued} calls are waiting to be dialled (queue.max_queued)"
-                        ),
-                        retry_after: QUEUE_FULL_RETRY,
-                    }));
+                    return Ok(Err(Refusal::queue_full(
+                        format!("{max_queued} calls are waiting to be dialled (queue.max_queued)"),
+                        QUEUE_FULL_RETRY,
+                    )));
                 }
-                if let Err(refusal) = quota.check(s, &number, now_ms())? {
+                let now = now_ms();
+                if let Err(refusal) = quota.check(s, &number, now)? {
+                    return Ok(Err(refusal));
+                }
+                if let Err(refusal) = user_quota.check(s, user_id, now)? {
                     return Ok(Err(refusal));
                 }
                 let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);

@@ -11,10 +11,13 @@
 //! password and the code in the query string, so a URI is never logged whole.
 //!
 //! Limits against slow or greedy clients: at most `[http] max_connections`
-//! connections at once (the rest wait in the kernel's queue), a request head
-//! of at most 16 KiB arriving within `header_timeout_secs` (which also ends
-//! idle keep-alive connections), a body within `max_body_bytes` and
-//! `body_timeout_secs`.
+//! connections at once (the rest wait in the kernel's queue) and
+//! `max_connections_per_ip` from one address (more are answered 503 and
+//! closed), a request head of at most 16 KiB arriving within
+//! `header_timeout_secs` (which also ends idle keep-alive connections), a
+//! body within `max_body_bytes` and `body_timeout_secs`, responses handed
+//! over within `write_timeout_secs` (a client that stops reading loses its
+//! connection), and `max_requests_per_connection` requests per connection.
 
 mod api;
 pub mod intake;
@@ -22,29 +25,32 @@ mod ops;
 mod outbound;
 mod params;
 mod problem;
+mod timeout_io;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
 use crate::daemon::App;
-use crate::limits::Refusal;
+use crate::limits::{Refusal, RefusalKind, address_bucket};
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -52,12 +58,49 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// Largest request head (request line + headers) accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Serves the API on `listener` until `shutdown`, then lets requests in
-/// flight finish.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// `http.listen`: the APIs (and `/healthz`, `/metrics` unless `ops` is apart).
+    Api,
+    /// `http.ops_listen`: `/healthz` and `/metrics` only.
+    Ops,
+}
+
+/// Serves the API on `api` and, when given, `/healthz` and `/metrics` on
+/// `ops` instead of `api`, until `shutdown`; then lets requests in flight
+/// finish.
+pub async fn serve(api: TcpListener, ops: Option<TcpListener>, app: Arc<App>, shutdown: CancellationToken) {
+    let front = Arc::new(Frontend {
+        app,
+        health: ops::HealthProbe::default(),
+        ops_apart: ops.is_some(),
+        per_ip: PerIp::default(),
+    });
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(app.config.http.max_connections));
-    let header_timeout = Duration::from_secs(app.config.http.header_timeout_secs);
+    if let Some(ops) = ops {
+        tracker.spawn(accept_loop(ops, Port::Ops, front.clone(), tracker.clone(), shutdown.clone()));
+    }
+    accept_loop(api, Port::Api, front, tracker.clone(), shutdown).await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Accepts connections on one listener, each served by a task on `tracker`,
+/// until `shutdown`. Each listener has its own `max_connections` slots, so
+/// a saturated API port does not keep the operator's scrapes out.
+async fn accept_loop(
+    listener: TcpListener,
+    port: Port,
+    front: Arc<Frontend>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let http = &front.app.config.http;
+    let connections = Arc::new(Semaphore::new(http.max_connections));
+    let header_timeout = Duration::from_secs(http.header_timeout_secs);
+    let write_timeout = Duration::from_secs(http.write_timeout_secs);
+    let max_requests = http.max_requests_per_connection;
     loop {
         // Take a connection slot first: at the limit, clients wait in the
         // kernel's accept queue instead of costing us a task each.
@@ -80,17 +123,30 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
                 }
             },
         };
-        let app = app.clone();
+        let Some(ip_slot) = front.per_ip.take(peer.ip(), &front.app.config.http) else {
+            refuse_connection(&stream, &front.app, peer);
+            continue;
+        };
+        let front = front.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
+            let served = Arc::new(AtomicU64::new(0));
             let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+                let (front, served) = (front.clone(), served.clone());
+                async move {
+                    let mut resp = route(&front, port, req, peer).await;
+                    // hyper closes the connection after an answer that says so.
+                    if max_requests > 0 && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
+                        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(timeout_io::WriteTimeout::new(stream, write_timeout));
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
@@ -105,38 +161,112 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             }
         });
     }
-    // Closed now, not when the drain below ends: new clients must be
-    // refused at once rather than queue for a server that will not answer.
+    // Closed now, not when the drain ends: new clients must be refused at
+    // once rather than queue for a server that will not answer.
     drop(listener);
-    tracker.close();
-    tracker.wait().await;
 }
 
-async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+/// What every connection of the HTTP server shares.
+struct Frontend {
+    app: Arc<App>,
+    /// The last database probe of `/healthz`.
+    health: ops::HealthProbe,
+    /// `/healthz` and `/metrics` are served on their own listener only.
+    ops_apart: bool,
+    /// Connections open per client address, on every listener.
+    per_ip: PerIp,
+}
+
+/// Connections open per client address ([`address_bucket`]), for
+/// `http.max_connections_per_ip`.
+#[derive(Default)]
+struct PerIp {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `peer`, held until dropped;
+    /// `None` when that address has its fill. Trusted proxies carry many
+    /// clients and are not capped.
+    fn take(&self, peer: IpAddr, http: &HttpConfig) -> Option<IpSlot> {
+        let key = address_bucket(peer);
+        let cap = http.max_connections_per_ip;
+        if cap == 0 || http.trusted_proxies.iter().any(|p| p.to_canonical() == peer.to_canonical()) {
+            return Some(IpSlot { open: None, key });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { open: Some(self.open.clone()), key })
+    }
+}
+
+/// One connection's place in [`PerIp`]'s count.
+struct IpSlot {
+    open: Option<Arc<Mutex<HashMap<IpAddr, usize>>>>,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some(open) = &self.open else { return };
+        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The whole answer to a connection over its address's cap: sent without
+/// waiting (a fresh socket's buffer has room; if not, the client just sees
+/// the close), then the connection is dropped.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Retry-After: 1\r\nConnection: close\r\nContent-Length: 148\r\n\r\n\
+{\"response_code\":\"503\",\"response_description\":\"Service Unavailable\",\
+\"detail\":\"too many connections from this address (http.max_connections_per_ip)\"}";
+
+fn refuse_connection(stream: &TcpStream, app: &App, peer: SocketAddr) {
+    let _ = stream.try_write(OVER_CAP);
+    app.metrics.http_connection_refused();
+    tracing::debug!(%peer, "connection refused: http.max_connections_per_ip");
+}
+
+async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let app = front.app.as_ref();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let client = client_ip(peer.ip(), req.headers(), &app.config.http.trusted_proxies);
+    let is_ops = path == "/healthz" || path == "/metrics";
     let (route, response) = match path.as_str() {
+        // Each listener serves its own paths only.
+        _ if port == Port::Ops && !is_ops => ("other", seed_error(StatusCode::NOT_FOUND)),
+        "/healthz" | "/metrics" if port == Port::Api && front.ops_apart => ("other", seed_error(StatusCode::NOT_FOUND)),
         "/outbound.cgi" => (
             "/outbound.cgi",
             match method {
                 Method::GET | Method::POST => outbound::handle(app, req, client).await,
-                _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"), "GET, POST"),
+                _ => with_allow(seed_error(StatusCode::METHOD_NOT_ALLOWED), "GET, POST"),
             },
         ),
         "/healthz" | "/metrics" if method != Method::GET && method != Method::HEAD => (
             if path == "/healthz" { "/healthz" } else { "/metrics" },
             with_allow(problem::problem(StatusCode::METHOD_NOT_ALLOWED, "use GET", None), "GET"),
         ),
-        "/healthz" => ("/healthz", ops::healthz(app).await),
+        "/healthz" => ("/healthz", ops::healthz(app, &front.health).await),
         "/metrics" => ("/metrics", ops::metrics(app).await),
         other => match api::Endpoint::parse(other) {
             Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req, client).await),
             None if other.starts_with("/v1/") => {
                 ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None))
             }
-            None => ("other", seed_error(StatusCode::NOT_FOUND, "Not Found")),
+            None => ("other", seed_error(StatusCode::NOT_FOUND)),
         },
     };
     let status = response.status().as_u16();
@@ -193,37 +323,69 @@ async fn read_body(req: Request<Incoming>, http: &HttpConfig) -> Result<Bytes, B
 }
 
 /// The seed API's body: `{"response_code":"200","response_description":"OK",...}`.
+///
+/// `response_description` is exactly the status's reason phrase, as the
+/// seed's error table pairs them (`400` "Bad Request", `401`
+/// "Unauthorized"): a client written for the seed's service may compare it
+/// verbatim. What exactly went wrong is in fields of its own.
 #[derive(Serialize)]
 struct SeedBody<'a> {
     response_code: String,
     response_description: &'a str,
+    /// What exactly went wrong, e.g. `code must be 4 to 20 digits long`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call_id: Option<&'a str>,
 }
 
-/// A seed-shaped JSON reply whose HTTP status equals `response_code`.
-pub fn seed_reply(status: StatusCode, description: &str, call_id: Option<&str>) -> HttpResponse {
-    let body = SeedBody { response_code: status.as_u16().to_string(), response_description: description, call_id };
+fn seed_body(status: StatusCode, detail: Option<&str>, field: Option<&str>, call_id: Option<&str>) -> HttpResponse {
+    let body = SeedBody {
+        response_code: status.as_u16().to_string(),
+        response_description: status.canonical_reason().unwrap_or("Error"),
+        detail,
+        field,
+        call_id,
+    };
     json(status, &body)
 }
 
-/// A seed-shaped error reply.
-pub fn seed_error(status: StatusCode, description: &str) -> HttpResponse {
-    seed_reply(status, description, None)
+/// The seed API's success: 200 `OK` with the new call's id.
+pub fn seed_accepted(call_id: &str) -> HttpResponse {
+    seed_body(StatusCode::OK, None, None, Some(call_id))
 }
 
-/// The seed-shaped reply to a request a limit refused: 429 with
-/// `Retry-After` (whole seconds, rounded up), 403, or 503 with
-/// `Retry-After` when the call queue is full.
+/// A seed-shaped error with nothing to add to its status (401, 404, 405).
+pub fn seed_error(status: StatusCode) -> HttpResponse {
+    seed_body(status, None, None, None)
+}
+
+/// A seed-shaped error saying what exactly is wrong and, if it is one
+/// field, which.
+pub fn seed_detail(status: StatusCode, detail: &str, field: Option<&str>) -> HttpResponse {
+    seed_body(status, Some(detail), field, None)
+}
+
+/// The HTTP status of a kind of refusal.
+pub fn refusal_status(kind: RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+        RefusalKind::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The seed-shaped reply to a request a limit refused: 429 or 503 with
+/// `Retry-After` (whole seconds, rounded up), or 403; the refusal's detail
+/// in `detail`.
 pub fn refusal_reply(refusal: &Refusal) -> HttpResponse {
-    match refusal {
-        Refusal::TooMany { description, retry_after } => {
-            with_retry_after(seed_error(StatusCode::TOO_MANY_REQUESTS, description), *retry_after)
-        }
-        Refusal::Forbidden { description } => seed_error(StatusCode::FORBIDDEN, description),
-        Refusal::QueueFull { description, retry_after } => {
-            with_retry_after(seed_error(StatusCode::SERVICE_UNAVAILABLE, description), *retry_after)
-        }
+    let resp = seed_detail(refusal_status(refusal.kind), &refusal.detail, None);
+    match refusal.retry_after {
+        Some(wait) => with_retry_after(resp, wait),
+        None => resp,
     }
 }
 
@@ -295,6 +457,31 @@ mod tests {
     }
 
     #[test]
+    fn the_over_cap_answer_is_a_well_formed_response() {
+        let text = std::str::from_utf8(OVER_CAP).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["response_description"], "Service Unavailable");
+    }
+
+    #[test]
+    fn per_ip_slots_are_counted_by_bucket_and_given_back() {
+        let http = HttpConfig { max_connections_per_ip: 2, ..HttpConfig::default() };
+        let per_ip = PerIp::default();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let first = per_ip.take(a, &http).unwrap();
+        let _second = per_ip.take(b, &http).unwrap();
+        assert!(per_ip.take(a, &http).is_none(), "one /64 is one address");
+        assert!(per_ip.take("192.0.2.1".parse().unwrap(), &http).is_some());
+        drop(first);
+        assert!(per_ip.take(b, &http).is_some());
+        let proxied = HttpConfig { trusted_proxies: vec![a], ..http.clone() };
+        assert!((0..10).all(|_| per_ip.take(a, &proxied).is_some()), "a trusted proxy is not capped");
+    }
+
+    #[test]
     fn client_ip_believes_only_trusted_proxies() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "203.0.113.5".parse().unwrap();
@@ -312,18 +499,46 @@ mod tests {
         assert_eq!(client_ip(mapped, &forwarded(&["203.0.113.5"]), &trusted), client);
     }
 
-    #[test]
-    fn refusals_become_429_with_retry_after_or_403() {
-        let resp = refusal_reply(&Refusal::TooMany {
-            description: "Too Many Requests: x (limits.y)".into(),
-            retry_after: Duration::from_millis(1500),
-        });
+    async fn body(resp: HttpResponse) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_become_429_with_retry_after_or_403() {
+        let resp = refusal_reply(&Refusal::too_many("x (limits.y)", Duration::from_millis(1500)));
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[RETRY_AFTER], "2");
-        let resp = refusal_reply(&Refusal::TooMany { description: "x".into(), retry_after: Duration::ZERO });
+        assert_eq!(
+            body(resp).await,
+            serde_json::json!({"response_code": "429", "response_description": "Too Many Requests", "detail": "x (limits.y)"})
+        );
+        let resp = refusal_reply(&Refusal::too_many("x", Duration::ZERO));
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
-        let resp = refusal_reply(&Refusal::Forbidden { description: "Forbidden: z".into() });
+        let resp = refusal_reply(&Refusal::forbidden("z"));
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(body(resp).await["response_description"], "Forbidden");
+        let resp = refusal_reply(&Refusal::queue_full("q", Duration::from_secs(30)));
+        assert_eq!(
+            (resp.status(), &resp.headers()[RETRY_AFTER]),
+            (StatusCode::SERVICE_UNAVAILABLE, &HeaderValue::from(30))
+        );
+    }
+
+    #[tokio::test]
+    async fn seed_descriptions_are_exactly_the_reason_phrases() {
+        assert_eq!(
+            body(seed_detail(StatusCode::BAD_REQUEST, "code is required", Some("code"))).await,
+            serde_json::json!({"response_code": "400", "response_description": "Bad Request", "detail": "code is required", "field": "code"})
+        );
+        assert_eq!(
+            body(seed_error(StatusCode::UNAUTHORIZED)).await,
+            serde_json::json!({"response_code": "401", "response_description": "Unauthorized"})
+        );
+        assert_eq!(
+            body(seed_accepted("abc")).await,
+            serde_json::json!({"response_code": "200", "response_description": "OK", "call_id": "abc"})
+        );
     }
 }

@@ -1,8 +1,15 @@
 //! Operations endpoints, unauthenticated (keep the HTTP listener private or
 //! filter these paths at the proxy): `GET /healthz` and `GET /metrics`.
+//!
+//! Both are cheap whatever the history and however often they are asked: a
+//! scrape reads a few rows of counts kept by triggers, and `/healthz` writes
+//! its database probe at most once per [`PROBE_EVERY`], answering the
+//! requests in between from the last result, so a loop on either cannot
+//! crowd the database thread that calls wait on.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -11,9 +18,40 @@ use serde::Serialize;
 use super::{HttpResponse, json};
 use crate::daemon::App;
 use crate::metrics::Snapshot;
+use crate::store::ScrapeCounts;
 
 /// A health check that takes longer than this counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The database probe (one small write) runs at most this often.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The last database probe's verdict and when it was taken.
+#[derive(Default)]
+pub(super) struct HealthProbe {
+    /// Async, and held across the probe: concurrent health checks wait for
+    /// the one probe in flight instead of each starting their own.
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl HealthProbe {
+    /// The last verdict if younger than [`PROBE_EVERY`], else `probe`'s.
+    pub(super) async fn up<F, Fut>(&self, probe: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, up)) = *last
+            && at.elapsed() < PROBE_EVERY
+        {
+            return up;
+        }
+        let up = probe().await;
+        *last = Some((Instant::now(), up));
+        up
+    }
+}
 
 #[derive(Serialize)]
 struct Health {
@@ -33,21 +71,12 @@ struct Checks {
 }
 
 /// 200 when the AMI link is logged in, the FastAGI listener is serving and
-/// the database takes a write; 503 naming what is down otherwise.
-pub(super) async fn healthz(app: &App) -> HttpResponse {
+/// the database takes a write (probed at most once per [`PROBE_EVERY`]);
+/// 503 naming what is down otherwise.
+pub(super) async fn healthz(app: &App, probe: &HealthProbe) -> HttpResponse {
     let ami = app.ami.is_connected();
     let agi = app.agi_listening.load(Ordering::Relaxed);
-    let db = match tokio::time::timeout(CHECK_TIMEOUT, app.db.run(|s| s.probe_write())).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: database write failed");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("health check: database write timed out");
-            false
-        }
-    };
+    let db = probe.up(|| database_takes_a_write(app)).await;
     let word = |up: bool| if up { "up" } else { "down" };
     let down: Vec<&'static str> =
         [("ami", ami), ("fastagi", agi), ("database", db)].into_iter().filter(|(_, up)| !up).map(|(n, _)| n).collect();
@@ -62,13 +91,27 @@ pub(super) async fn healthz(app: &App) -> HttpResponse {
     resp
 }
 
+async fn database_takes_a_write(app: &App) -> bool {
+    match tokio::time::timeout(CHECK_TIMEOUT, app.db.run(|s| s.probe_write())).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check: database write failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("health check: database write timed out");
+            false
+        }
+    }
+}
+
 /// Every metric, OpenMetrics text.
 pub(super) async fn metrics(app: &App) -> HttpResponse {
-    let stored = app.db.run(|s| Ok((s.call_counts()?, s.pending_deliveries()?))).await;
-    let (calls, webhooks_pending) = stored.unwrap_or_else(|e| {
+    let counts = app.db.run(|s| s.scrape_counts()).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "metrics: database unreadable; call gauges left empty");
-        (Vec::new(), 0)
+        ScrapeCounts::default()
     });
+    let ScrapeCounts { calls, webhooks_pending } = counts;
     let snap = Snapshot {
         calls,
         ami_connected: app.ami.is_connected(),
@@ -82,4 +125,38 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn the_database_is_probed_at_most_once_per_interval() {
+        let probe = Arc::new(HealthProbe::default());
+        let probes = Arc::new(AtomicUsize::new(0));
+        let check = |probe: Arc<HealthProbe>, probes: Arc<AtomicUsize>| async move {
+            probe
+                .up(|| async {
+                    probes.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    true
+                })
+                .await
+        };
+        // A burst, concurrent and then in a row: one probe.
+        let burst: Vec<_> = (0..50).map(|_| tokio::spawn(check(probe.clone(), probes.clone()))).collect();
+        for b in burst {
+            assert!(b.await.unwrap());
+        }
+        for _ in 0..50 {
+            assert!(check(probe.clone(), probes.clone()).await);
+        }
+        assert_eq!(probes.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(PROBE_EVERY).await;
+        assert!(check(probe.clone(), probes.clone()).await);
+        assert_eq!(probes.load(Ordering::Relaxed), 2, "a new probe once the last is a second old");
+    }
 }

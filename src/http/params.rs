@@ -6,7 +6,7 @@
 /// (proxies, frameworks) disagree on which copy wins.
 pub struct Params(Vec<(String, String)>);
 
-/// Why a field was refused; rendered as `Bad Request: <field> <why>`.
+/// Why a field was refused; rendered as `<field> <why>`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ParamError {
     /// Not given.
@@ -23,6 +23,15 @@ impl std::fmt::Display for ParamError {
             ParamError::Missing(field) => write!(f, "{field} is required"),
             ParamError::Repeated(field) => write!(f, "{field} is given more than once"),
             ParamError::Empty(field) => write!(f, "{field} is empty"),
+        }
+    }
+}
+
+impl ParamError {
+    /// The field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ParamError::Missing(field) | ParamError::Repeated(field) | ParamError::Empty(field) => field,
         }
     }
 }

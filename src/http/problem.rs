@@ -6,8 +6,9 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpResponse, json, with_retry_after};
+use super::{HttpResponse, json, refusal_status, with_retry_after};
 use crate::limits::Refusal;
+use crate::secret::Secret;
 
 /// The realm of `WWW-Authenticate`.
 pub const REALM: &str = "voice-otp";
@@ -39,22 +40,14 @@ pub fn bad_field(field: &str, detail: &str) -> HttpResponse {
     problem(StatusCode::BAD_REQUEST, detail, Some(field))
 }
 
-/// A limit's refusal: 429 with `Retry-After`, or 403 from the toll-fraud
-/// guard. The detail names the configuration key of the rule; the status
-/// words the seed API puts in front of it are the problem's title here.
+/// A limit's refusal: 429 or 503 with `Retry-After`, or 403 from the
+/// toll-fraud guard; the refusal's detail (naming the configuration key of
+/// the rule) is the problem's detail.
 pub fn refused(refusal: &Refusal) -> HttpResponse {
-    match refusal {
-        Refusal::TooMany { description, retry_after } => {
-            let detail = description.strip_prefix("Too Many Requests: ").unwrap_or(description);
-            with_retry_after(problem(StatusCode::TOO_MANY_REQUESTS, detail, None), *retry_after)
-        }
-        Refusal::Forbidden { description } => {
-            problem(StatusCode::FORBIDDEN, description.strip_prefix("Forbidden: ").unwrap_or(description), None)
-        }
-        Refusal::QueueFull { description, retry_after } => {
-            let detail = description.strip_prefix("Service Unavailable: ").unwrap_or(description);
-            with_retry_after(problem(StatusCode::SERVICE_UNAVAILABLE, detail, None), *retry_after)
-        }
+    let resp = problem(refusal_status(refusal.kind), &refusal.detail, None);
+    match refusal.retry_after {
+        Some(wait) => with_retry_after(resp, wait),
+        None => resp,
     }
 }
 
@@ -69,7 +62,7 @@ pub fn unauthorized() -> HttpResponse {
 
 /// `Authorization: Basic base64(user:password)`, decoded. `None` when
 /// absent or malformed (both answered 401 alike).
-pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, Secret)> {
     let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -78,7 +71,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    Some((user.to_owned(), Secret::new(password)))
 }
 
 #[cfg(test)]
@@ -94,7 +87,7 @@ mod tests {
     #[test]
     fn basic_credentials_decode() {
         // base64("acme1:pa:ss") - the password may contain colons.
-        assert_eq!(basic_credentials(&headers("Basic YWNtZTE6cGE6c3M=")), Some(("acme1".into(), "pa:ss".into())));
+        assert_eq!(basic_credentials(&headers("Basic YWNtZTE6cGE6c3M=")), Some(("acme1".into(), Secret::new("pa:ss"))));
         assert_eq!(basic_credentials(&headers("basic YWNtZTE6cGE6c3M=")).map(|c| c.0), Some("acme1".into()));
         assert_eq!(basic_credentials(&headers("Bearer abc")), None);
         assert_eq!(basic_credentials(&headers("Basic !!!")), None);
@@ -113,16 +106,15 @@ mod tests {
 
     #[test]
     fn refusals_are_problems_with_retry_after() {
-        let too_many = Refusal::TooMany {
-            description: "Too Many Requests: limit reached (limits.user_requests_per_minute)".into(),
-            retry_after: std::time::Duration::from_millis(2500),
-        };
+        let too_many = Refusal::too_many(
+            "limit reached (limits.user_requests_per_minute)",
+            std::time::Duration::from_millis(2500),
+        );
         let resp = refused(&too_many);
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "3");
-        let resp =
-            refused(&Refusal::Forbidden { description: "Forbidden: destination country XX is not allowed".into() });
+        let resp = refused(&Refusal::forbidden("destination country XX is not allowed"));
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(hyper::header::RETRY_AFTER).is_none());
     }

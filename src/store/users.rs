@@ -77,6 +77,16 @@ impl Store {
         self.update_user(name, "UPDATE users SET password_hash = ?2 WHERE name = ?1", password_hash)
     }
 
+    /// Replaces user `id`'s hash with `new` only if it still is `old` (the
+    /// one just verified); false if it changed meanwhile (`user passwd`).
+    pub fn replace_password_hash(&mut self, id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2")?
+            .execute(params![id, old, new])?;
+        Ok(n == 1)
+    }
+
     /// Enables or disables a user.
     pub fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<(), StoreError> {
         self.update_user(name, "UPDATE users SET enabled = ?2 WHERE name = ?1", enabled)

@@ -108,6 +108,8 @@ pub struct Daemon {
     pub http: SocketAddr,
     /// FastAGI address.
     pub agi: SocketAddr,
+    /// `/healthz` and `/metrics`, when the config puts them on `http.ops_listen`.
+    pub ops: Option<SocketAddr>,
     /// The config file it runs with.
     pub config: PathBuf,
     logs: Arc<Mutex<String>>,
@@ -152,10 +154,12 @@ impl Daemon {
         };
         let mut http = None;
         let mut agi = None;
+        let mut ops = None;
         for kv in rest.split_whitespace() {
             match kv.split_once('=') {
                 Some(("http", a)) => http = a.parse().ok(),
                 Some(("agi", a)) => agi = a.parse().ok(),
+                Some(("ops", a)) => ops = a.parse().ok(),
                 _ => {}
             }
         }
@@ -163,6 +167,7 @@ impl Daemon {
             child,
             http: http.expect("http address in ready line"),
             agi: agi.expect("agi address in ready line"),
+            ops,
             config: config.to_owned(),
             logs,
             caller: None,

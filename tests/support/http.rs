@@ -2,7 +2,7 @@
 //! to send malformed requests no well-behaved client library would.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// A parsed response.
@@ -33,7 +33,24 @@ impl Response {
 
 /// Sends raw bytes, reads until the server closes, parses the response.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect to daemon");
+    raw_from(None, addr, request)
+}
+
+/// A TCP connection to `addr` from `source` (any port), or from wherever
+/// the kernel picks when `None`. Every 127.x.y.z address is the loopback
+/// interface's, so a test can play several clients on one machine.
+pub fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> TcpStream {
+    let Some(source) = source else { return TcpStream::connect(addr).expect("connect to daemon") };
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).expect("client socket");
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket.connect(&addr.into()).expect("connect to daemon");
+    socket.into()
+}
+
+/// [`raw`] from the client address `source` (see [`connect_from`]).
+pub fn raw_from(source: Option<IpAddr>, addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = connect_from(source, addr);
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(request).expect("send request");
     let mut buf = Vec::new();
@@ -43,7 +60,12 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
 
 /// `GET target`.
 pub fn get(addr: SocketAddr, target: &str) -> Response {
-    raw(addr, format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+    get_from(None, addr, target)
+}
+
+/// `GET target` from the client address `source` (see [`connect_from`]).
+pub fn get_from(source: Option<IpAddr>, addr: SocketAddr, target: &str) -> Response {
+    raw_from(source, addr, format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
 /// `METHOD target` with a body of `content_type`.

@@ -1,0 +1,201 @@
+//! Counts kept by triggers (migration 9), so that reading them costs a
+//! handful of rows whatever the history: for `/metrics`, calls per (status,
+//! reason) and webhook deliveries still pending; for the per-user daily
+//! cap, each user's calls per hour.
+
+use super::{Store, StoreError};
+
+/// The calls on record per (status, reason); `reason` '' stands for none.
+const SCRAPE_CALLS: &str = "SELECT status, reason, n FROM call_counts WHERE n > 0";
+
+/// Webhook deliveries neither delivered nor given up.
+const SCRAPE_PENDING: &str = "SELECT pending FROM webhook_backlog WHERE id = 1";
+
+/// A user's calls in the hours after ?2, and the oldest of those hours.
+const USER_DAY: &str = "SELECT COALESCE(SUM(n), 0), MIN(hour) FROM user_call_hours WHERE user_id = ?1 AND hour > ?2";
+
+/// Every statement run per scrape or per request here, for the test that
+/// none of them reads `calls`.
+#[cfg(test)]
+const STATEMENTS: [&str; 3] = [SCRAPE_CALLS, SCRAPE_PENDING, USER_DAY];
+
+/// One hour, the bucket of the per-user daily count.
+const HOUR_MS: i64 = 3_600_000;
+
+/// What [`Store::user_calls_last_day`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserDay {
+    /// Calls stored in this hour and the 23 before.
+    pub calls: u64,
+    /// When (Unix ms) the oldest of those hours began: a day after that,
+    /// its calls stop counting.
+    pub oldest_hour_starts_ms: Option<i64>,
+}
+
+/// What a `/metrics` scrape needs from the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrapeCounts {
+    /// Calls on record per (status, reason), zero counts left out.
+    pub calls: Vec<(String, Option<String>, u64)>,
+    /// Webhook deliveries waiting.
+    pub webhooks_pending: u64,
+}
+
+impl Store {
+    /// The counts a scrape shows, read from the tables the triggers keep:
+    /// a few rows, not a scan of the calls.
+    pub fn scrape_counts(&self) -> Result<ScrapeCounts, StoreError> {
+        let mut stmt = self.conn.prepare_cached(SCRAPE_CALLS)?;
+        let rows = stmt.query_map([], |r| {
+            let reason: String = r.get(1)?;
+            Ok((r.get(0)?, (!reason.is_empty()).then_some(reason), r.get(2)?))
+        })?;
+        let calls = rows.collect::<Result<_, _>>()?;
+        let webhooks_pending = self.conn.prepare_cached(SCRAPE_PENDING)?.query_row([], |r| r.get(0))?;
+        Ok(ScrapeCounts { calls, webhooks_pending })
+    }
+
+    /// The calls user `user_id` stored in the 24 hourly buckets up to and
+    /// including `now_ms`'s (so between 23 and 24 hours back).
+    pub fn user_calls_last_day(&self, user_id: i64, now_ms: i64) -> Result<UserDay, StoreError> {
+        let day =
+            self.conn.prepare_cached(USER_DAY)?.query_row(rusqlite::params![user_id, now_ms / HOUR_MS - 24], |r| {
+                let oldest: Option<i64> = r.get(1)?;
+                Ok(UserDay { calls: r.get(0)?, oldest_hour_starts_ms: oldest.map(|h| h * HOUR_MS) })
+            })?;
+        Ok(day)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::options::CallOptions;
+    use crate::call::{CallId, FailReason};
+    use crate::store::{CallEnd, NewCall, NewCallLifecycle};
+
+    /// The kept counts next to what a full scan says, both sorted.
+    fn assert_counts_true(s: &Store, step: &str) {
+        let mut kept = s.scrape_counts().unwrap();
+        kept.calls.sort();
+        let mut scanned = s.call_counts().unwrap();
+        scanned.sort();
+        assert_eq!(kept.calls, scanned, "calls after {step}");
+        assert_eq!(kept.webhooks_pending, s.pending_deliveries().unwrap(), "pending webhooks after {step}");
+    }
+
+    fn add(s: &mut Store, user_id: i64, deadline_at: Option<i64>) -> CallId {
+        let id = CallId::generate();
+        let options = CallOptions { language: "en".into(), require_keypress: false };
+        let new = NewCall { id: &id, user_id, number: "+923001234567", code: "1234", options: &options };
+        s.insert_call_with(&new, &NewCallLifecycle { deadline_at, callback_url: None }).unwrap();
+        id
+    }
+
+    #[test]
+    fn kept_counts_equal_a_full_scan_through_every_change() {
+        let mut s = Store::open_in_memory().unwrap();
+        assert_counts_true(&s, "nothing");
+        let user = s.add_user("acme1", "h").unwrap();
+        // Every status change of this user's calls queues a webhook.
+        s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
+        let calls: Vec<CallId> = (0..7).map(|_| add(&mut s, user.id, Some(1_000))).collect();
+        assert_counts_true(&s, "inserts");
+        let [done, busy, refined, expired, canceled, ringing, queued] = calls.as_slice() else { unreachable!() };
+        for id in [done, busy, refined, canceled, ringing] {
+            assert!(s.mark_dialing(id).unwrap());
+        }
+        assert_counts_true(&s, "dialing");
+        assert!(s.mark_ringing(done).unwrap() && s.mark_ringing(ringing).unwrap());
+        assert!(s.mark_answered(done).unwrap());
+        assert_counts_true(&s, "ringing, answered");
+        let completed =
+            CallEnd { status: crate::call::CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
+        assert!(s.finish_call(done, &completed).unwrap());
+        assert!(s.finish_call(busy, &CallEnd::failed(FailReason::Busy, None)).unwrap());
+        assert!(s.finish_call(refined, &CallEnd::failed(FailReason::SystemError, None)).unwrap());
+        assert_counts_true(&s, "finished");
+        // A late Hangup turns system_error into the reason its cause stands for.
+        s.record_cause(refined, 17, "User busy").unwrap();
+        assert_eq!(s.call(refined).unwrap().unwrap().reason.as_deref(), Some("busy"));
+        assert_counts_true(&s, "reason refined");
+        assert!(s.cancel_call(canceled).unwrap());
+        assert!(s.expire_call(expired, 2_000).unwrap());
+        assert!(!s.expire_call(queued, 500).unwrap(), "not yet due");
+        assert_counts_true(&s, "cancel, expiry");
+        assert!(s.requeue(ringing).is_ok());
+        // A failed write changes nothing.
+        {
+            let tx = s.conn.transaction().unwrap();
+            tx.execute("UPDATE calls SET status = 'failed', reason = 'congestion'", []).unwrap();
+            tx.execute("DELETE FROM webhook_deliveries", []).unwrap();
+        }
+        assert_counts_true(&s, "a rolled back write");
+        // Deliveries delivered and given up leave the backlog.
+        let pending = s.pending_deliveries().unwrap();
+        assert!(pending >= 10, "{pending}");
+        s.conn.execute("UPDATE webhook_deliveries SET delivered_at = 1 WHERE id % 3 = 0", []).unwrap();
+        s.conn.execute("UPDATE webhook_deliveries SET gave_up_at = 1 WHERE id % 3 = 1", []).unwrap();
+        s.conn.execute("UPDATE webhook_deliveries SET gave_up_at = 2 WHERE id % 3 = 0", []).unwrap();
+        assert_counts_true(&s, "deliveries settled");
+        // The retention purge takes final calls and, by cascade, their deliveries.
+        assert!(s.purge_calls(i64::MAX).unwrap() >= 5);
+        assert_counts_true(&s, "purge");
+        s.remove_user("acme1").unwrap();
+        assert_counts_true(&s, "user removed");
+    }
+
+    #[test]
+    fn a_database_with_history_gets_its_counts_at_migration() {
+        let dir = std::env::temp_dir().join(format!("voice-otp-stats-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("old.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            let user = s.add_user("acme1", "h").unwrap();
+            s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
+            for _ in 0..3 {
+                let id = add(&mut s, user.id, None);
+                s.mark_dialing(&id).unwrap();
+                s.finish_call(&id, &CallEnd::failed(FailReason::NoAnswer, None)).unwrap();
+            }
+            add(&mut s, user.id, None);
+            // As if the database were from before migration 9.
+            let version = super::super::migrations::LATEST - 1;
+            s.conn
+                .execute_batch(&format!(
+                    "DROP TABLE call_counts; DROP TABLE webhook_backlog;
+                     DROP TRIGGER call_counts_insert; DROP TRIGGER call_counts_update; DROP TRIGGER call_counts_delete;
+                     DROP TRIGGER webhook_backlog_insert; DROP TRIGGER webhook_backlog_update;
+                     DROP TRIGGER webhook_backlog_delete; DROP TABLE user_call_hours;
+                     DROP TRIGGER user_call_hours_insert; PRAGMA user_version = {version};"
+                ))
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_counts_true(&s, "migration");
+        assert!(s.scrape_counts().unwrap().calls.contains(&("failed".into(), Some("no_answer".into()), 3)));
+        let user = s.user("acme1").unwrap().unwrap();
+        assert_eq!(s.user_calls_last_day(user.id, crate::call::now_ms()).unwrap().calls, 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_are_read_without_the_calls_or_deliveries_tables() {
+        let s = Store::open_in_memory().unwrap();
+        for sql in STATEMENTS {
+            let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for step in &plan {
+                let tables: Vec<&str> = step.split_whitespace().collect();
+                assert!(!tables.contains(&"calls") && !tables.contains(&"webhook_deliveries"), "{sql}: {plan:?}");
+                assert!(!step.contains("USING TEMP B-TREE"), "{sql}: {plan:?}");
+            }
+        }
+    }
+}
