@@ -1,4 +1,4 @@
-//! What the callee hears, as a small script over typed AGI commands.
+//! What the callee hears: the call script, over typed playback requests.
 //!
 //! ```text
 //! set the channel language     (Asterisk then plays sounds/<lang>/...)
@@ -24,10 +24,12 @@
 //! the answer pause and the intro are ignored too. In voicemail-safe mode any
 //! key (`0-9*#`) starts the code.
 //!
-//! The flow knows nothing of sockets or bytes: it runs against any
-//! [`AgiChannel`], so tests drive it with a scripted peer.
+//! This file is the script alone: what is said in which order, and what
+//! keys do. Playing a sound or waiting for a key, and what Asterisk's
+//! replies mean, are [`crate::agi::playback`]'s; the flow runs against any
+//! [`Playback`], so its tests drive it with a scripted callee.
 
-use crate::agi::{AgiChannel, AgiError, Command};
+use crate::agi::{Playback, PlaybackError, Played, Waited};
 use crate::config::CallConfig;
 
 use super::options::CallOptions;
@@ -113,25 +115,22 @@ enum Stop {
     Error(String),
 }
 
-impl From<AgiError> for Stop {
-    fn from(e: AgiError) -> Stop {
+impl From<PlaybackError> for Stop {
+    fn from(e: PlaybackError) -> Stop {
         match e {
-            AgiError::HungUp => Stop::HungUp,
+            PlaybackError::HungUp => Stop::HungUp,
             // A callee's hang-up always comes with a HANGUP line first; a
             // connection that just ends means Asterisk (or the network) died.
-            AgiError::Closed => Stop::Error("FastAGI connection closed without HANGUP (Asterisk gone?)".into()),
-            other => Stop::Error(other.to_string()),
+            PlaybackError::Agi(crate::agi::AgiError::Closed) => {
+                Stop::Error("FastAGI connection closed without HANGUP (Asterisk gone?)".into())
+            }
+            PlaybackError::Agi(other) => Stop::Error(other.to_string()),
         }
     }
 }
 
 /// Reads `code` (ASCII digits) to the callee on `chan`.
-pub async fn read_code<C: AgiChannel>(
-    chan: &mut C,
-    code: &str,
-    cfg: &CallConfig,
-    options: &CallOptions,
-) -> FlowOutcome {
+pub async fn read_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, options: &CallOptions) -> FlowOutcome {
     let mut flow = Flow { chan, cfg, code, readings: 0, keys: String::new(), extra_left: cfg.max_extra_readings };
     let end = match flow.script(options).await {
         Ok(end) => end,
@@ -150,9 +149,9 @@ enum Reading {
     Replay,
 }
 
-/// What playing a sound or waiting for a key gave.
+/// What the callee did while a sound played or the flow waited.
 enum Heard {
-    /// It played to the end / the wait timed out.
+    /// Nothing: it played to the end / the wait timed out.
     Nothing,
     /// This key was pressed (and ended the playback or the wait).
     Key(char),
@@ -160,8 +159,8 @@ enum Heard {
     Missing,
 }
 
-struct Flow<'a, C> {
-    chan: &'a mut C,
+struct Flow<'a, P> {
+    chan: &'a mut P,
     cfg: &'a CallConfig,
     code: &'a str,
     readings: u32,
@@ -169,9 +168,9 @@ struct Flow<'a, C> {
     extra_left: u32,
 }
 
-impl<C: AgiChannel> Flow<'_, C> {
+impl<P: Playback> Flow<'_, P> {
     async fn script(&mut self, options: &CallOptions) -> Result<FlowEnd, Stop> {
-        self.chan.run(Command::SetVariable("CHANNEL(language)".into(), options.language.clone())).await?;
+        self.chan.set_language(&options.language).await?;
         self.pause(self.cfg.answer_pause_ms, "").await?;
         if options.require_keypress && !self.wait_for_any_key().await? {
             self.pause(self.cfg.reading_pause_ms, "").await?;
@@ -299,11 +298,9 @@ impl<C: AgiChannel> Flow<'_, C> {
 
     /// Waits up to `ms` for a key.
     async fn wait(&mut self, ms: u32) -> Result<Heard, Stop> {
-        let reply = self.chan.run(Command::WaitForDigit { timeout_ms: i64::from(ms) }).await?;
-        match reply.result {
-            Some(-1) => Err(Stop::HungUp),
-            Some(code) if code > 0 => Ok(self.key(code)),
-            _ => Ok(Heard::Nothing),
+        match self.chan.wait_for_digit(ms).await? {
+            Waited::Key(k) => Ok(self.key(k)),
+            Waited::Timeout => Ok(Heard::Nothing),
         }
     }
 
@@ -319,102 +316,140 @@ impl<C: AgiChannel> Flow<'_, C> {
     }
 
     /// Plays a sound, interruptible by the keys in `escape`.
-    ///
-    /// `result=-1` means either "file not found" or "hung up mid-playback".
-    /// A 1 ms `WAIT FOR DIGIT` tells them apart: on a dead channel Asterisk
-    /// answers it with `511`/`HANGUP`, on a live one with `200`.
     async fn stream(&mut self, sound: &str, escape: &str) -> Result<Heard, Stop> {
-        let reply = self
-            .chan
-            .run(Command::StreamFile { file: sound.to_owned(), escape_digits: escape.to_owned(), offset: None })
-            .await?;
-        match reply.result {
-            Some(-1) => {}
-            Some(code) if code > 0 => return Ok(self.key(code)),
-            _ => return Ok(Heard::Nothing),
+        match self.chan.stream(sound, escape).await? {
+            Played::Ended => Ok(Heard::Nothing),
+            Played::Key(k) => Ok(self.key(k)),
+            Played::Missing => Ok(Heard::Missing),
         }
-        let probe = self.chan.run(Command::WaitForDigit { timeout_ms: 1 }).await?;
-        if probe.result == Some(-1) {
-            return Err(Stop::HungUp);
-        }
-        Ok(Heard::Missing)
     }
 
-    /// Notes a key from a reply's ASCII code. Anything but `0-9*#` (which
-    /// Asterisk never sends) counts as no key.
-    fn key(&mut self, code: i64) -> Heard {
-        match u8::try_from(code).ok().map(char::from).filter(|c| ANY_KEY.contains(*c)) {
-            Some(k) => {
-                self.keys.push(k);
-                Heard::Key(k)
-            }
-            None => Heard::Nothing,
+    /// Notes a key. Anything but `0-9*#` (the A-D of some keypads, never
+    /// seen on a phone) counts as no key.
+    fn key(&mut self, k: char) -> Heard {
+        if !ANY_KEY.contains(k) {
+            return Heard::Nothing;
         }
+        self.keys.push(k);
+        Heard::Key(k)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agi::Reply;
-    use std::collections::VecDeque;
+    use crate::agi::AgiError;
 
-    /// Keys a scripted callee presses: (command prefix, which of the
-    /// matching commands (0-based), key).
-    type Presses = Vec<(&'static str, usize, char)>;
-
-    /// A scripted Asterisk: records every command, answers from a list of
-    /// outcomes, presses keys on chosen commands; when the list runs out
-    /// every command succeeds with nothing pressed.
-    struct Scripted {
-        sent: Vec<String>,
-        answers: VecDeque<Result<Reply, AgiError>>,
-        hang_up_after: Option<usize>,
-        presses: Presses,
+    /// One request the flow made of the channel.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Asked {
+        Language(String),
+        Play { sound: String, escape: String },
+        Wait(u32),
     }
 
-    fn ok(result: i64) -> Result<Reply, AgiError> {
-        Ok(Reply { code: 200, result: Some(result), data: None, endpos: Some(1000), text: String::new() })
+    fn play(sound: &str, escape: &str) -> Asked {
+        Asked::Play { sound: sound.into(), escape: escape.into() }
+    }
+
+    /// Where a scripted callee presses a key.
+    #[derive(Debug, Clone, Copy)]
+    enum At {
+        /// During the playback of a sound whose name starts with this.
+        Sound(&'static str),
+        /// During a wait of this many ms.
+        Wait(u32),
+    }
+
+    /// Keys a scripted callee presses: (where, which of the matching
+    /// requests (0-based), key).
+    type Presses = Vec<(At, usize, char)>;
+
+    /// A scripted callee behind typed playback: records every request,
+    /// presses keys where told (a key stops a playback only if it is one of
+    /// its escape keys, as in Asterisk), has no sounds named in `missing`,
+    /// and hangs up or fails after a given number of requests.
+    #[derive(Default)]
+    struct Scripted {
+        asked: Vec<Asked>,
+        presses: Presses,
+        missing: Vec<&'static str>,
+        hang_up_after: Option<usize>,
+        fail_at: Option<usize>,
     }
 
     impl Scripted {
         fn new() -> Self {
-            Scripted { sent: Vec::new(), answers: VecDeque::new(), hang_up_after: None, presses: Vec::new() }
+            Scripted::default()
         }
         fn hanging_up_after(n: usize) -> Self {
             Scripted { hang_up_after: Some(n), ..Scripted::new() }
         }
-        /// Presses `key` in reply to the `nth` command starting with `prefix`.
-        fn pressing(mut self, prefix: &'static str, nth: usize, key: char) -> Self {
-            self.presses.push((prefix, nth, key));
+        /// Presses `key` during the `nth` request matching `at`.
+        fn pressing(mut self, at: At, nth: usize, key: char) -> Self {
+            self.presses.push((at, nth, key));
             self
         }
         fn played(&self) -> Vec<&str> {
-            self.sent
+            self.asked
                 .iter()
-                .filter_map(|c| c.strip_prefix("STREAM FILE "))
-                .map(|c| c.split(' ').next().unwrap())
+                .filter_map(|a| match a {
+                    Asked::Play { sound, .. } => Some(sound.as_str()),
+                    _ => None,
+                })
                 .collect()
         }
         fn digits_played(&self) -> usize {
             self.played().iter().filter(|p| p.starts_with("digits/")).count()
         }
+        fn waits(&self, ms: u32) -> usize {
+            self.asked.iter().filter(|a| **a == Asked::Wait(ms)).count()
+        }
+        /// Records `asked`; `Err` if the callee is gone by now.
+        fn ask(&mut self, asked: Asked) -> Result<(), PlaybackError> {
+            self.asked.push(asked);
+            if self.hang_up_after.is_some_and(|n| self.asked.len() > n) {
+                return Err(PlaybackError::HungUp);
+            }
+            if self.fail_at == Some(self.asked.len() - 1) {
+                return Err(PlaybackError::Agi(AgiError::UnknownCommand("510 Invalid or unknown command".into())));
+            }
+            Ok(())
+        }
+        /// The key pressed during the last request, if the script says so.
+        fn pressed(&self) -> Option<char> {
+            let last = self.asked.last()?;
+            let matches = |at: &At, a: &Asked| match (at, a) {
+                (At::Sound(prefix), Asked::Play { sound, .. }) => sound.starts_with(prefix),
+                (At::Wait(ms), Asked::Wait(w)) => ms == w,
+                _ => false,
+            };
+            self.presses.iter().find_map(|(at, nth, key)| {
+                let seen = self.asked.iter().filter(|a| matches(at, a)).count();
+                (matches(at, last) && seen == nth + 1).then_some(*key)
+            })
+        }
     }
 
-    impl AgiChannel for Scripted {
-        async fn run(&mut self, cmd: Command) -> Result<Reply, AgiError> {
-            let line = cmd.to_line().expect("valid command").trim_end().to_owned();
-            self.sent.push(line.clone());
-            if self.hang_up_after.is_some_and(|n| self.sent.len() > n) {
-                return Err(AgiError::HungUp);
+    impl Playback for Scripted {
+        async fn set_language(&mut self, language: &str) -> Result<(), PlaybackError> {
+            self.ask(Asked::Language(language.into()))
+        }
+
+        async fn stream(&mut self, sound: &str, escape: &str) -> Result<Played, PlaybackError> {
+            self.ask(play(sound, escape))?;
+            if self.missing.contains(&sound) {
+                return Ok(Played::Missing);
             }
-            for &(prefix, nth, key) in &self.presses {
-                let seen = self.sent.iter().filter(|c| c.starts_with(prefix)).count();
-                if line.starts_with(prefix) && seen == nth + 1 {
-                    return ok(key as i64);
-                }
-            }
-            self.answers.pop_front().unwrap_or_else(|| ok(0))
+            Ok(match self.pressed() {
+                Some(key) if escape.contains(key) => Played::Key(key),
+                _ => Played::Ended,
+            })
+        }
+
+        async fn wait_for_digit(&mut self, ms: u32) -> Result<Waited, PlaybackError> {
+            self.ask(Asked::Wait(ms))?;
+            Ok(self.pressed().map_or(Waited::Timeout, Waited::Key))
         }
     }
 
@@ -444,17 +479,17 @@ mod tests {
         expected.extend(["voice-otp/press1", "voice-otp/goodbye"]);
         assert_eq!(chan.played(), expected);
         // The channel language first, then a pause (carriers clip the start of audio).
-        assert_eq!(chan.sent[0], "SET VARIABLE CHANNEL(language) \"en\"");
-        assert_eq!(chan.sent[1], "WAIT FOR DIGIT 1000");
+        assert_eq!(chan.asked[..3], [Asked::Language("en".into()), Asked::Wait(1000), play("voice-otp/intro", "")]);
         // A pause before every digit; 1 interrupts digits while replays are left.
-        let before_digits =
-            chan.sent.windows(2).filter(|w| w[1].starts_with("STREAM FILE digits/") && w[0] == "WAIT FOR DIGIT 400");
+        let digit = |a: &Asked| matches!(a, Asked::Play { sound, .. } if sound.starts_with("digits/"));
+        let before_digits = chan.asked.windows(2).filter(|w| digit(&w[1]) && w[0] == Asked::Wait(400));
         assert_eq!(before_digits.count(), 8);
-        assert!(chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/")).all(|c| c.ends_with(" \"1\"")));
+        assert!(
+            chan.asked.iter().filter(|a| digit(a)).all(|a| matches!(a, Asked::Play { escape, .. } if escape == "1"))
+        );
         // The offer takes any key, then waits for one.
-        let offer = chan.sent.iter().position(|c| c.starts_with("STREAM FILE voice-otp/press1")).unwrap();
-        assert_eq!(chan.sent[offer], "STREAM FILE voice-otp/press1 \"0123456789*#\"");
-        assert_eq!(chan.sent[offer + 1], "WAIT FOR DIGIT 5000");
+        let offer = chan.asked.iter().position(|a| *a == play("voice-otp/press1", "0123456789*#")).unwrap();
+        assert_eq!(chan.asked[offer + 1], Asked::Wait(5000));
     }
 
     #[tokio::test]
@@ -462,7 +497,7 @@ mod tests {
         let mut chan = Scripted::new();
         let options = CallOptions { language: "ur".into(), require_keypress: false };
         read_code(&mut chan, "4821", &cfg(), &options).await;
-        assert_eq!(chan.sent[0], "SET VARIABLE CHANNEL(language) \"ur\"");
+        assert_eq!(chan.asked[0], Asked::Language("ur".into()));
         // Sound names stay language-neutral: Asterisk maps them to sounds/ur/.
         assert!(chan.played().contains(&"digits/4"));
     }
@@ -477,16 +512,20 @@ mod tests {
         assert_eq!(chan.played().iter().filter(|p| **p == "voice-otp/repeat").count(), 2);
         // No replay left: no offer, and 1 does not interrupt the digits.
         assert!(!chan.played().contains(&"voice-otp/press1"));
-        assert!(chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/")).all(|c| c.ends_with(" \"\"")));
+        let digits = chan.asked.iter().filter_map(|a| match a {
+            Asked::Play { sound, escape } if sound.starts_with("digits/") => Some(escape.as_str()),
+            _ => None,
+        });
+        assert!(digits.clone().count() == 24 && digits.into_iter().all(str::is_empty));
     }
 
     #[tokio::test]
     async fn one_at_the_offer_replays_until_the_extra_readings_are_spent() {
         // The callee presses 1 at every offer: 2 readings + 3 extra, then goodbye.
         let mut chan = Scripted::new()
-            .pressing("STREAM FILE voice-otp/press1", 0, '1')
-            .pressing("STREAM FILE voice-otp/press1", 1, '1')
-            .pressing("STREAM FILE voice-otp/press1", 2, '1');
+            .pressing(At::Sound("voice-otp/press1"), 0, '1')
+            .pressing(At::Sound("voice-otp/press1"), 1, '1')
+            .pressing(At::Sound("voice-otp/press1"), 2, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 5, keys: "111".into(), end: FlowEnd::Finished });
         assert_eq!(chan.digits_played(), 20);
@@ -500,7 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_in_the_wait_after_the_offer_replays_and_other_keys_say_goodbye() {
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 5000", 0, '1').pressing("WAIT FOR DIGIT 5000", 1, '7');
+        let mut chan = Scripted::new().pressing(At::Wait(5000), 0, '1').pressing(At::Wait(5000), 1, '7');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 3, keys: "17".into(), end: FlowEnd::Finished });
         let played = chan.played();
@@ -512,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn one_mid_reading_starts_the_code_over_and_adds_a_reading() {
         // 1 pressed during the third digit of the first reading.
-        let mut chan = Scripted::new().pressing("STREAM FILE digits/", 2, '1');
+        let mut chan = Scripted::new().pressing(At::Sound("digits/"), 2, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 3, keys: "1".into(), end: FlowEnd::Finished });
         let played = chan.played();
@@ -528,13 +567,13 @@ mod tests {
     #[tokio::test]
     async fn one_in_a_pause_or_during_i_repeat_is_honoured_too() {
         // During the pause before the second digit of the first reading.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 400", 1, '1');
+        let mut chan = Scripted::new().pressing(At::Wait(400), 1, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!((out.readings, out.keys.as_str()), (3, "1"));
         assert_eq!(chan.played()[..3], ["voice-otp/intro", "digits/4", "digits/4"]);
 
         // During "I repeat": the second reading starts at once, and a third follows.
-        let mut chan = Scripted::new().pressing("STREAM FILE voice-otp/repeat", 0, '1');
+        let mut chan = Scripted::new().pressing(At::Sound("voice-otp/repeat"), 0, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 3);
         let played = chan.played();
@@ -546,7 +585,11 @@ mod tests {
     async fn other_keys_mid_reading_are_ignored() {
         // Asterisk only interrupts playback for escape digits ("1"); a key
         // in a pause ends that pause, and the reading goes on.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 400", 1, '5').pressing("WAIT FOR DIGIT 400", 2, '#');
+        let mut chan = Scripted::new().pressing(At::Wait(400), 1, '5').pressing(At::Wait(400), 2, '#').pressing(
+            At::Sound("digits/"),
+            3,
+            '9',
+        );
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: "5#".into(), end: FlowEnd::Finished });
         assert_eq!(chan.digits_played(), 8);
@@ -556,32 +599,36 @@ mod tests {
     async fn pressing_one_all_the_time_is_bounded_by_max_extra_readings() {
         // 1 on every digit: three restarts, then 1 no longer interrupts.
         let mut chan = Scripted::new();
-        chan.presses = (0..200).map(|i| ("STREAM FILE digits/", i, '1')).collect();
+        chan.presses = (0..200).map(|i| (At::Sound("digits/"), i, '1')).collect();
         let config = CallConfig { max_extra_readings: 3, ..cfg() };
         let out = read_code(&mut chan, "4821", &config, &en()).await;
         assert_eq!(out.end, FlowEnd::Finished);
         // Three 1s honoured (each cut a reading after its first digit),
         // then the planned 2 + 3 readings play in full.
-        assert_eq!(out.readings, 5);
+        assert_eq!((out.readings, out.keys.as_str()), (5, "111"));
         assert_eq!(chan.digits_played(), 3 + 5 * 4);
         assert!(!chan.played().contains(&"voice-otp/press1"));
-        let quiet = chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/") && c.ends_with(" \"\"")).count();
+        let quiet = chan
+            .asked
+            .iter()
+            .filter(|a| matches!(a, Asked::Play { sound, escape } if sound.starts_with("digits/") && escape.is_empty()))
+            .count();
         assert_eq!(quiet, 5 * 4, "once spent, digits are played without escape digits");
     }
 
     #[tokio::test]
     async fn keypress_mode_reads_the_code_only_after_a_key() {
         // The key comes in the wait after the second prompt.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 5000", 1, '3');
+        let mut chan = Scripted::new().pressing(At::Wait(5000), 1, '3');
         let out = read_code(&mut chan, "4821", &cfg(), &keypress()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: "3".into(), end: FlowEnd::Finished });
         let played = chan.played();
         assert_eq!(played[..3], ["voice-otp/press_any_key", "voice-otp/press_any_key", "voice-otp/intro"]);
-        assert_eq!(chan.sent[2], "STREAM FILE voice-otp/press_any_key \"0123456789*#\"");
+        assert_eq!(chan.asked[2], play("voice-otp/press_any_key", "0123456789*#"));
         assert_eq!(chan.digits_played(), 8);
 
         // A key during the prompt itself counts at once.
-        let mut chan = Scripted::new().pressing("STREAM FILE voice-otp/press_any_key", 0, '*');
+        let mut chan = Scripted::new().pressing(At::Sound("voice-otp/press_any_key"), 0, '*');
         let out = read_code(&mut chan, "4821", &cfg(), &keypress()).await;
         assert_eq!((out.readings, out.keys.as_str()), (2, "*"));
         assert_eq!(chan.played()[..2], ["voice-otp/press_any_key", "voice-otp/intro"]);
@@ -596,15 +643,15 @@ mod tests {
         let mut expected = vec!["voice-otp/press_any_key"; 4];
         expected.push("voice-otp/goodbye");
         assert_eq!(chan.played(), expected);
-        assert_eq!(chan.sent.iter().filter(|c| *c == "WAIT FOR DIGIT 5000").count(), 4);
+        assert_eq!(chan.waits(5000), 4);
     }
 
-    /// Every command of a run, as a list, for the hang-up sweep.
-    async fn full_run(code: &str, options: &CallOptions, presses: &[(&'static str, usize, char)]) -> Vec<String> {
+    /// Every request of a run, as a list, for the hang-up sweep.
+    async fn full_run(code: &str, options: &CallOptions, presses: &Presses) -> Vec<Asked> {
         let mut chan = Scripted::new();
-        chan.presses = presses.to_vec();
+        chan.presses = presses.clone();
         read_code(&mut chan, code, &cfg(), options).await;
-        chan.sent
+        chan.asked
     }
 
     #[tokio::test]
@@ -612,9 +659,9 @@ mod tests {
         // Plain, keypress mode, a restart mid-reading and a replay at the offer.
         let scenarios: [(CallOptions, Presses); 4] = [
             (en(), vec![]),
-            (keypress(), vec![("WAIT FOR DIGIT 5000", 0, '5')]),
-            (en(), vec![("STREAM FILE digits/", 2, '1')]),
-            (en(), vec![("STREAM FILE voice-otp/press1", 0, '1')]),
+            (keypress(), vec![(At::Wait(5000), 0, '5')]),
+            (en(), vec![(At::Sound("digits/"), 2, '1')]),
+            (en(), vec![(At::Sound("voice-otp/press1"), 0, '1')]),
         ];
         for (options, presses) in scenarios {
             let full = full_run("4821", &options, &presses).await;
@@ -623,56 +670,46 @@ mod tests {
             let last_digit: Vec<usize> = full
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.starts_with("STREAM FILE digits/1"))
+                .filter(|(_, a)| matches!(a, Asked::Play { sound, .. } if sound == "digits/1"))
                 .map(|(i, _)| i)
                 .collect();
             for n in 0..full.len() {
                 let mut chan = Scripted::hanging_up_after(n);
                 chan.presses = presses.clone();
                 let out = read_code(&mut chan, "4821", &cfg(), &options).await;
-                let at = format!("hang-up after {n} commands, {options:?} {presses:?}");
+                let at = format!("hang-up after {n} requests, {options:?} {presses:?}");
                 assert_eq!(out.end, FlowEnd::HungUp, "{at}");
                 let expected = last_digit.iter().filter(|&&i| i < n).count() as u32;
                 assert_eq!(out.readings, expected, "{at}");
-                assert_eq!(chan.sent.len(), n + 1, "nothing is sent after the hang-up: {at}");
-                assert_eq!(chan.sent[..], full[..=n], "the same script up to the hang-up: {at}");
+                assert_eq!(chan.asked.len(), n + 1, "nothing is asked after the hang-up: {at}");
+                assert_eq!(chan.asked[..], full[..=n], "the same script up to the hang-up: {at}");
             }
         }
     }
 
     #[tokio::test]
-    async fn minus_one_then_dead_probe_is_a_hang_up() {
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(-1), Err(AgiError::HungUp)]);
-        let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
-        assert_eq!(out, FlowOutcome { readings: 0, keys: String::new(), end: FlowEnd::HungUp });
-        assert_eq!(chan.sent[3], "WAIT FOR DIGIT 1");
-    }
-
-    #[tokio::test]
     async fn a_missing_prompt_is_skipped_but_a_missing_digit_is_an_error() {
-        // Intro missing (-1, channel alive): the code is still read.
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(-1), ok(0)]);
+        // Intro missing (the channel alive): the code is still read.
+        let mut chan = Scripted { missing: vec!["voice-otp/intro"], ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: String::new(), end: FlowEnd::Finished });
+        assert_eq!(chan.digits_played(), 8);
 
         // First digit missing: stop with an error, nothing more is played.
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(0), ok(0), ok(-1), ok(0)]);
+        let mut chan = Scripted { missing: vec!["digits/4"], ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 0);
         assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("digits/4")), "{out:?}");
-        assert_eq!(chan.sent.len(), 6);
+        assert_eq!(chan.played(), ["voice-otp/intro", "digits/4"]);
     }
 
     #[tokio::test]
     async fn asterisk_errors_end_the_flow() {
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), Err(AgiError::UnknownCommand("510 Invalid or unknown command".into()))]);
+        let mut chan = Scripted { fail_at: Some(1), ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 0);
-        assert!(matches!(out.end, FlowEnd::Error(_)));
+        assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("510")), "{out:?}");
+        assert_eq!(chan.asked.len(), 2, "nothing after the failure");
     }
 
     #[test]
