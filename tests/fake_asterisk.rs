@@ -213,7 +213,17 @@ async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
     let real = fake.agi_token(&id).expect("the Originate carries a token");
     assert_eq!(real.len(), 32, "128 random bits in hex");
     let forged = "0".repeat(32);
-    let before = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+    // The scripted Asterisk answers at once: wait until the daemon has
+    // recorded that, or the snapshot races the OriginateResponse.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let call = tokio::task::block_in_place(|| support::daemon::call_show(&daemon.config, &id));
+        if call["status"] == "answered" {
+            break call;
+        }
+        assert!(std::time::Instant::now() < deadline, "never answered: {call:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for token in [None, Some(""), Some(forged.as_str()), Some(&real[..31])] {
         let commands = raw_agi_session(daemon.agi, &id, token, None, None).await;
         assert_eq!(commands, [fake_agi::ASK_TOKEN, "EXEC Hangup \"16\""], "token {token:?}");
