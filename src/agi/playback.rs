@@ -3,15 +3,19 @@
 //! read here and nowhere else, so the call script above never sees a
 //! `result=` or an ASCII code.
 //!
-//! One quirk shapes [`Playback::stream`]: Asterisk answers `STREAM FILE`
-//! with `result=-1` both for a sound it cannot find and for a channel that
-//! hung up mid-playback. A 1 ms `WAIT FOR DIGIT` tells them apart: a dead
-//! channel answers it with `511` or `HANGUP` (or `-1`), a live one with
-//! `200`.
+//! One quirk shapes [`Playback::stream`] and [`Playback::get_data`]:
+//! Asterisk answers `STREAM FILE` and `GET DATA` with `result=-1` both for a
+//! sound it cannot find and for a channel that hung up mid-playback. A 1 ms
+//! `WAIT FOR DIGIT` tells them apart: a dead channel answers it with `511`
+//! or `HANGUP` (or `-1`), a live one with `200`.
+//!
+//! The keys a callee types into `GET DATA` may be a code: they travel only
+//! as a [`Secret`], and no error here repeats a reply's text.
 
 use std::future::Future;
 
-use super::{AgiChannel, AgiError, Command};
+use super::{AgiChannel, AgiError, Command, Reply};
+use crate::secret::Secret;
 
 /// How a playback ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,23 @@ pub enum Waited {
     Timeout,
     /// This key was pressed.
     Key(char),
+}
+
+/// What a keypad entry (`GET DATA`) collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The keys typed, in order (`0-9`, `*`, `A-D`; never the `#` that
+    /// ended the entry), perhaps none (a lone `#`, or silence). `timed_out`:
+    /// the wait for a key ran out rather than `#` or the most keys ending it.
+    Typed {
+        /// The keys; may be a code.
+        keys: Secret,
+        /// The entry ended by the timeout.
+        timed_out: bool,
+    },
+    /// Asterisk has no such prompt (the channel is alive); nothing was
+    /// collected.
+    Missing,
 }
 
 /// Why playback cannot go on.
@@ -70,6 +91,16 @@ pub trait Playback {
 
     /// Waits up to `ms` for any key.
     fn wait_for_digit(&mut self, ms: u32) -> impl Future<Output = Result<Waited, PlaybackError>> + Send;
+
+    /// Plays `prompt` and collects keys, those pressed while it plays
+    /// included: `#`, `max_keys` keys or `timeout_ms` without a key (after
+    /// the prompt, and between keys) end the entry.
+    fn get_data(
+        &mut self,
+        prompt: &str,
+        timeout_ms: u32,
+        max_keys: u32,
+    ) -> impl Future<Output = Result<Entry, PlaybackError>> + Send;
 }
 
 impl<C: AgiChannel> Playback for C {
@@ -99,6 +130,36 @@ impl<C: AgiChannel> Playback for C {
         }
         Ok(reply.digit().map_or(Waited::Timeout, Waited::Key))
     }
+
+    async fn get_data(&mut self, prompt: &str, timeout_ms: u32, max_keys: u32) -> Result<Entry, PlaybackError> {
+        let reply = self.run(Command::GetData { file: prompt.to_owned(), timeout_ms, max_digits: max_keys }).await?;
+        if reply.result != Some(-1) {
+            return typed(&reply);
+        }
+        let probe = self.run(Command::WaitForDigit { timeout_ms: 1 }).await?;
+        if probe.result == Some(-1) {
+            return Err(PlaybackError::HungUp);
+        }
+        Ok(Entry::Missing)
+    }
+}
+
+/// Reads `GET DATA`'s `result=<keys> [(timeout)]` from the reply's text:
+/// `Reply::result` holds a number, which would drop a leading `0` and stop
+/// at a `*`.
+fn typed(reply: &Reply) -> Result<Entry, PlaybackError> {
+    let garbled = || PlaybackError::Agi(AgiError::Protocol("GET DATA reply is not result=<keys>".into()));
+    let rest = reply.text.trim_end().strip_prefix("result=").ok_or_else(garbled)?;
+    let (keys, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    let timed_out = match tail.trim() {
+        "" => false,
+        "(timeout)" => true,
+        _ => return Err(garbled()),
+    };
+    if !keys.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'A'..=b'D')) {
+        return Err(garbled());
+    }
+    Ok(Entry::Typed { keys: Secret::new(keys), timed_out })
 }
 
 #[cfg(test)]
@@ -189,6 +250,61 @@ mod tests {
             wire.sent,
             ["WAIT FOR DIGIT 5000", "WAIT FOR DIGIT 5000", "WAIT FOR DIGIT 400", "WAIT FOR DIGIT 400"]
         );
+    }
+
+    fn typed(keys: &str, timed_out: bool) -> Entry {
+        Entry::Typed { keys: Secret::new(keys), timed_out }
+    }
+
+    #[tokio::test]
+    async fn get_data_reads_the_keys_as_text() {
+        let mut wire = Wire::answering([
+            ok("result=246810"),
+            ok("result=0123"),
+            ok("result=12*3 (timeout)"),
+            ok("result="),
+            ok("result= (timeout)"),
+        ]);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(wire.get_data("voice-otp/enter_code", 6000, 6).await.unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                typed("246810", false),
+                // A leading zero and a star survive: the text is read, not the number.
+                typed("0123", false),
+                typed("12*3", true),
+                // A lone #, and silence.
+                typed("", false),
+                typed("", true),
+            ]
+        );
+        assert!(wire.sent.iter().all(|c| c == "GET DATA voice-otp/enter_code 6000 6"), "{:?}", wire.sent);
+        let Entry::Typed { keys, .. } = &got[0] else { unreachable!() };
+        assert!(!format!("{:?}", got[0]).contains("246810") && keys.expose() == "246810", "typed keys are a secret");
+    }
+
+    #[tokio::test]
+    async fn get_data_minus_one_is_a_missing_prompt_or_the_hang_up() {
+        let mut wire = Wire::answering([ok("result=-1"), ok("result=0")]);
+        assert_eq!(wire.get_data("voice-otp/try_again", 3000, 4).await.unwrap(), Entry::Missing);
+        assert_eq!(wire.sent, ["GET DATA voice-otp/try_again 3000 4", "WAIT FOR DIGIT 1"]);
+        let mut wire = Wire::answering([ok("result=-1"), Err(AgiError::HungUp)]);
+        assert!(matches!(wire.get_data("voice-otp/enter_code", 6000, 6).await, Err(PlaybackError::HungUp)));
+        let mut wire = Wire::answering([Err(AgiError::HungUp)]);
+        assert!(matches!(wire.get_data("voice-otp/enter_code", 6000, 6).await, Err(PlaybackError::HungUp)));
+    }
+
+    #[tokio::test]
+    async fn a_garbled_get_data_reply_is_an_error_that_repeats_nothing() {
+        for text in ["result=12x4", "result=1234 (hangup)", "result=#1", "12345"] {
+            let mut wire = Wire::answering([ok(text)]);
+            let err = wire.get_data("voice-otp/enter_code", 6000, 6).await.unwrap_err();
+            assert!(matches!(err, PlaybackError::Agi(AgiError::Protocol(_))), "{text}: {err:?}");
+            assert!(!err.to_string().contains("12"), "{text}: {err}");
+        }
     }
 
     #[tokio::test]

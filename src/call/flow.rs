@@ -1,4 +1,6 @@
-//! What the callee hears: the call script, over typed playback requests.
+//! What the callee hears: the call scripts, over typed playback requests.
+//!
+//! Read mode ([`read_code`]):
 //!
 //! ```text
 //! set the channel language     (Asterisk then plays sounds/<lang>/...)
@@ -24,13 +26,36 @@
 //! the answer pause and the intro are ignored too. In voicemail-safe mode any
 //! key (`0-9*#`) starts the code.
 //!
+//! Enter mode ([`take_code`]): the callee types the code.
+//!
+//! ```text
+//! set the channel language
+//! pause after answer           (keys ignored)
+//! entry                        "please enter your verification code, then press
+//!                              the hash key" while keys are collected (GET DATA):
+//!                              `#`, the code's length or entry_timeout_ms without
+//!                              a key ends it
+//! right                        "thank you, you are verified", goodbye: Verified
+//! wrong                        "that code is not correct" (not interruptible: it
+//!                              swallows the `#` after a code typed in full), then
+//!                              "please try again" as the next entry's prompt
+//! nothing typed                (silence, or `#` alone) the first prompt again
+//! entry_attempts entries       then goodbye: WrongCode if any code was typed,
+//!                              else NoInput
+//! ```
+//!
+//! The typed keys are compared with the code in constant time and go no
+//! further: they are not kept in `keys`, stored or logged.
+//!
 //! This file is the script alone: what is said in which order, and what
 //! keys do. Playing a sound or waiting for a key, and what Asterisk's
 //! replies mean, are [`crate::agi::playback`]'s; the flow runs against any
 //! [`Playback`], so its tests drive it with a scripted callee.
 
+use crate::agi::playback::Entry;
 use crate::agi::{Playback, PlaybackError, Played, Waited};
 use crate::config::CallConfig;
+use crate::secret::constant_time_eq;
 
 use super::options::CallOptions;
 
@@ -49,12 +74,29 @@ pub enum Prompt {
     PressAnyKey,
     /// "Goodbye"
     Goodbye,
+    /// "Please enter your verification code, then press the hash key" (enter mode)
+    EnterCode,
+    /// "That code is not correct." (enter mode)
+    WrongCode,
+    /// "Please try again." (enter mode)
+    TryAgain,
+    /// "Thank you, you are verified." (enter mode)
+    Verified,
 }
 
 impl Prompt {
-    /// Every prompt, for sound checks.
-    pub const ALL: [Prompt; 5] =
-        [Prompt::Intro, Prompt::Repeat, Prompt::PressOne, Prompt::PressAnyKey, Prompt::Goodbye];
+    /// Every prompt, for sound checks: a call of either mode may come.
+    pub const ALL: [Prompt; 9] = [
+        Prompt::Intro,
+        Prompt::Repeat,
+        Prompt::PressOne,
+        Prompt::PressAnyKey,
+        Prompt::Goodbye,
+        Prompt::EnterCode,
+        Prompt::WrongCode,
+        Prompt::TryAgain,
+        Prompt::Verified,
+    ];
 
     /// The sound name Asterisk resolves under `sounds/<language>/`.
     pub fn sound(self) -> &'static str {
@@ -64,6 +106,10 @@ impl Prompt {
             Prompt::PressOne => "voice-otp/press1",
             Prompt::PressAnyKey => "voice-otp/press_any_key",
             Prompt::Goodbye => "voice-otp/goodbye",
+            Prompt::EnterCode => "voice-otp/enter_code",
+            Prompt::WrongCode => "voice-otp/wrong_code",
+            Prompt::TryAgain => "voice-otp/try_again",
+            Prompt::Verified => "voice-otp/verified",
         }
     }
 }
@@ -93,7 +139,7 @@ pub enum FlowEnd {
     Error(String),
 }
 
-/// The result of one flow run.
+/// The result of one read-mode run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowOutcome {
     /// Readings of the whole code that were played to the end.
@@ -138,6 +184,112 @@ pub async fn read_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, 
         Err(Stop::Error(e)) => FlowEnd::Error(e),
     };
     FlowOutcome { readings: flow.readings, keys: flow.keys, end }
+}
+
+/// What a keypad entry decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The callee typed the code.
+    Verified,
+    /// They typed codes, every one wrong.
+    WrongCode,
+    /// They typed nothing at any prompt.
+    NoInput,
+}
+
+/// The result of one enter-mode run. Never holds what was typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryOutcome {
+    /// Codes typed and compared (silence or a lone `#` is none).
+    pub attempts: u32,
+    /// What the entry decided, once it did: `None` when the callee hung up
+    /// (or the flow failed) before.
+    pub verdict: Option<Verdict>,
+    /// How the script ended: [`FlowEnd::Finished`], `HungUp` or `Error`.
+    pub end: FlowEnd,
+}
+
+/// Has the callee on `chan` type `code` (ASCII digits) and says whether it
+/// was right.
+pub async fn take_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, options: &CallOptions) -> EntryOutcome {
+    let mut keypad = Keypad { chan, cfg, code, attempts: 0, verdict: None };
+    let end = match keypad.script(&options.language).await {
+        Ok(()) => FlowEnd::Finished,
+        Err(Stop::HungUp) => FlowEnd::HungUp,
+        Err(Stop::Error(e)) => FlowEnd::Error(e),
+    };
+    EntryOutcome { attempts: keypad.attempts, verdict: keypad.verdict, end }
+}
+
+struct Keypad<'a, P> {
+    chan: &'a mut P,
+    cfg: &'a CallConfig,
+    code: &'a str,
+    attempts: u32,
+    verdict: Option<Verdict>,
+}
+
+impl<P: Playback> Keypad<'_, P> {
+    async fn script(&mut self, language: &str) -> Result<(), Stop> {
+        self.chan.set_language(language).await?;
+        self.quiet(self.cfg.answer_pause_ms).await?;
+        let mut prompt = Prompt::EnterCode;
+        for round in 1..=self.cfg.entry_attempts {
+            let last = round == self.cfg.entry_attempts;
+            let typed = self.entry(prompt).await?;
+            if typed.is_empty() {
+                if last {
+                    self.verdict = Some(if self.attempts > 0 { Verdict::WrongCode } else { Verdict::NoInput });
+                }
+                prompt = Prompt::EnterCode;
+                continue;
+            }
+            self.attempts += 1;
+            if constant_time_eq(typed.expose().as_bytes(), self.code.as_bytes()) {
+                self.verdict = Some(Verdict::Verified);
+                self.say(Prompt::Verified).await?;
+                return self.goodbye().await;
+            }
+            if last {
+                self.verdict = Some(Verdict::WrongCode);
+            }
+            self.say(Prompt::WrongCode).await?;
+            prompt = Prompt::TryAgain;
+        }
+        self.goodbye().await
+    }
+
+    /// One entry, `prompt` playing while keys are collected: at most the
+    /// code's length of them. A missing prompt ends the call: without it
+    /// the callee cannot know what to do (`sounds check` finds it first).
+    async fn entry(&mut self, prompt: Prompt) -> Result<crate::secret::Secret, Stop> {
+        let max_keys = u32::try_from(self.code.len()).unwrap_or(u32::MAX);
+        match self.chan.get_data(prompt.sound(), self.cfg.entry_timeout_ms, max_keys).await? {
+            Entry::Typed { keys, .. } => Ok(keys),
+            Entry::Missing => Err(Stop::Error(format!("sound {} is missing", prompt.sound()))),
+        }
+    }
+
+    /// A prompt no key interrupts; a missing one is logged and skipped.
+    async fn say(&mut self, which: Prompt) -> Result<(), Stop> {
+        if let Played::Missing = self.chan.stream(which.sound(), "").await? {
+            tracing::warn!(sound = which.sound(), "prompt missing in Asterisk's sounds; skipped");
+        }
+        Ok(())
+    }
+
+    /// Silence of `ms` (none for 0); a key only shortens it.
+    async fn quiet(&mut self, ms: u32) -> Result<(), Stop> {
+        if ms > 0 {
+            self.chan.wait_for_digit(ms).await?;
+        }
+        Ok(())
+    }
+
+    async fn goodbye(&mut self) -> Result<(), Stop> {
+        self.quiet(self.cfg.reading_pause_ms).await?;
+        self.say(Prompt::Goodbye).await
+    }
 }
 
 /// How one reading went.
@@ -339,6 +491,9 @@ impl<P: Playback> Flow<'_, P> {
 mod tests {
     use super::*;
     use crate::agi::AgiError;
+    use crate::call::options::CallMode;
+    use crate::secret::Secret;
+    use std::collections::VecDeque;
 
     /// One request the flow made of the channel.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +501,11 @@ mod tests {
         Language(String),
         Play { sound: String, escape: String },
         Wait(u32),
+        Entry { prompt: String, timeout_ms: u32, max_keys: u32 },
+    }
+
+    fn entry(prompt: &str, max_keys: u32) -> Asked {
+        Asked::Entry { prompt: prompt.into(), timeout_ms: 6000, max_keys }
     }
 
     fn play(sound: &str, escape: &str) -> Asked {
@@ -367,12 +527,14 @@ mod tests {
 
     /// A scripted callee behind typed playback: records every request,
     /// presses keys where told (a key stops a playback only if it is one of
-    /// its escape keys, as in Asterisk), has no sounds named in `missing`,
-    /// and hangs up or fails after a given number of requests.
+    /// its escape keys, as in Asterisk), types `typing` at its entries, one
+    /// each, then nothing; has no sounds named in `missing`, and hangs up
+    /// or fails after a given number of requests.
     #[derive(Default)]
     struct Scripted {
         asked: Vec<Asked>,
         presses: Presses,
+        typing: VecDeque<Entry>,
         missing: Vec<&'static str>,
         hang_up_after: Option<usize>,
         fail_at: Option<usize>,
@@ -384,6 +546,21 @@ mod tests {
         }
         fn hanging_up_after(n: usize) -> Self {
             Scripted { hang_up_after: Some(n), ..Scripted::new() }
+        }
+        /// Types each of `entries` (`#` ends one; `~` at its end: the
+        /// timeout did), one per entry.
+        fn typing(mut self, entries: &[&str]) -> Self {
+            self.typing = entries.iter().map(|e| typed(e)).collect();
+            self
+        }
+        fn entries(&self) -> Vec<&str> {
+            self.asked
+                .iter()
+                .filter_map(|a| match a {
+                    Asked::Entry { prompt, .. } => Some(prompt.as_str()),
+                    _ => None,
+                })
+                .collect()
         }
         /// Presses `key` during the `nth` request matching `at`.
         fn pressing(mut self, at: At, nth: usize, key: char) -> Self {
@@ -451,6 +628,22 @@ mod tests {
             self.ask(Asked::Wait(ms))?;
             Ok(self.pressed().map_or(Waited::Timeout, Waited::Key))
         }
+
+        async fn get_data(&mut self, prompt: &str, timeout_ms: u32, max_keys: u32) -> Result<Entry, PlaybackError> {
+            self.ask(Asked::Entry { prompt: prompt.into(), timeout_ms, max_keys })?;
+            if self.missing.contains(&prompt) {
+                return Ok(Entry::Missing);
+            }
+            Ok(self.typing.pop_front().unwrap_or_else(|| typed("~")))
+        }
+    }
+
+    /// An entry as Asterisk reports it: the keys before a `#` (or `~`, the
+    /// timeout), or all of them.
+    fn typed(keys: &str) -> Entry {
+        let timed_out = keys.ends_with('~');
+        let keys = keys.trim_end_matches(['#', '~']);
+        Entry::Typed { keys: Secret::new(keys), timed_out }
     }
 
     fn cfg() -> CallConfig {
@@ -458,11 +651,15 @@ mod tests {
     }
 
     fn en() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: false }
+        CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: false }
     }
 
     fn keypress() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: true }
+        CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: true }
+    }
+
+    fn enter() -> CallOptions {
+        CallOptions { mode: CallMode::Enter, language: "en".into(), require_keypress: false }
     }
 
     const CODE_4821: [&str; 4] = ["digits/4", "digits/8", "digits/2", "digits/1"];
@@ -495,7 +692,7 @@ mod tests {
     #[tokio::test]
     async fn the_language_is_set_on_the_channel() {
         let mut chan = Scripted::new();
-        let options = CallOptions { language: "ur".into(), require_keypress: false };
+        let options = CallOptions { language: "ur".into(), ..en() };
         read_code(&mut chan, "4821", &cfg(), &options).await;
         assert_eq!(chan.asked[0], Asked::Language("ur".into()));
         // Sound names stay language-neutral: Asterisk maps them to sounds/ur/.
@@ -712,11 +909,173 @@ mod tests {
         assert_eq!(chan.asked.len(), 2, "nothing after the failure");
     }
 
+    const CODE: &str = "246810";
+
+    async fn enter_run(chan: &mut Scripted) -> EntryOutcome {
+        take_code(chan, CODE, &cfg(), &enter()).await
+    }
+
+    #[tokio::test]
+    async fn entry_right_first_time_is_verified() {
+        let mut chan = Scripted::new().typing(&["246810"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(
+            chan.asked,
+            [
+                Asked::Language("en".into()),
+                Asked::Wait(1000),
+                // At most the code's length of keys: the sixth ends the entry.
+                entry("voice-otp/enter_code", 6),
+                play("voice-otp/verified", ""),
+                Asked::Wait(600),
+                play("voice-otp/goodbye", ""),
+            ]
+        );
+        // Ended by # or by the timeout after the code: the same.
+        for typing in ["246810#", "246810~"] {
+            let mut chan = Scripted::new().typing(&[typing]);
+            assert_eq!(enter_run(&mut chan).await.verdict, Some(Verdict::Verified), "{typing}");
+        }
+    }
+
+    #[tokio::test]
+    async fn entry_wrong_then_right_is_verified_in_two_attempts() {
+        let mut chan = Scripted::new().typing(&["135790", "246810#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 2, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again"]);
+        // "That code is not correct" takes no key (it swallows the wrong
+        // code's #), then "please try again" collects the next one.
+        let wrong = chan.asked.iter().position(|a| *a == play("voice-otp/wrong_code", "")).expect("said wrong");
+        assert_eq!(chan.asked[wrong - 1], entry("voice-otp/enter_code", 6));
+        assert_eq!(chan.asked[wrong + 1], entry("voice-otp/try_again", 6));
+        assert_eq!(chan.played(), ["voice-otp/wrong_code", "voice-otp/verified", "voice-otp/goodbye"]);
+    }
+
+    #[tokio::test]
+    async fn entry_all_wrong_is_wrong_code() {
+        let mut chan = Scripted::new().typing(&["135790#", "000000", "2468#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 3, verdict: Some(Verdict::WrongCode), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again", "voice-otp/try_again"]);
+        assert_eq!(
+            chan.played(),
+            ["voice-otp/wrong_code", "voice-otp/wrong_code", "voice-otp/wrong_code", "voice-otp/goodbye"],
+            "the last wrong code is not followed by 'try again'"
+        );
+
+        // The number of entries follows the config.
+        let mut chan = Scripted::new().typing(&["1", "2", "3", "4", "5"]);
+        let config = CallConfig { entry_attempts: 5, ..cfg() };
+        let out = take_code(&mut chan, CODE, &config, &enter()).await;
+        assert_eq!((out.attempts, out.verdict), (5, Some(Verdict::WrongCode)));
+    }
+
+    #[tokio::test]
+    async fn entry_with_nothing_typed_is_no_input() {
+        let mut chan = Scripted::new();
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 0, verdict: Some(Verdict::NoInput), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code"; 3], "the instructions again after each silence");
+        assert_eq!(chan.played(), ["voice-otp/goodbye"]);
+
+        // A wrong code, then silence: the code typed was wrong.
+        let mut chan = Scripted::new().typing(&["135790"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (1, Some(Verdict::WrongCode)));
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again", "voice-otp/enter_code"]);
+    }
+
+    #[tokio::test]
+    async fn entry_hash_alone_is_no_attempt() {
+        let mut chan = Scripted::new().typing(&["#", "246810#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/enter_code"]);
+        assert!(!chan.played().contains(&"voice-otp/wrong_code"), "nothing typed is not a wrong code");
+
+        let mut chan = Scripted::new().typing(&["#", "#", "#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (0, Some(Verdict::NoInput)));
+    }
+
+    #[tokio::test]
+    async fn entry_with_too_many_digits_is_wrong() {
+        // Asterisk stops at the code's length (max_keys); a peer that hands
+        // back more, or a prefix with more after it, never matches.
+        let mut chan = Scripted::new().typing(&["2468101", "24681", "246810"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (3, Some(Verdict::Verified)));
+        assert_eq!(chan.played()[..2], ["voice-otp/wrong_code", "voice-otp/wrong_code"]);
+        assert!(chan.asked.iter().all(|a| !matches!(a, Asked::Entry { max_keys, .. } if *max_keys != 6)));
+        // A four-digit code is asked for with at most four keys.
+        let mut chan = Scripted::new().typing(&["4821"]);
+        let out = take_code(&mut chan, "4821", &cfg(), &enter()).await;
+        assert_eq!(out.verdict, Some(Verdict::Verified));
+        assert_eq!(chan.asked[2], entry("voice-otp/enter_code", 4));
+    }
+
+    #[tokio::test]
+    async fn entry_hang_up_at_every_step_keeps_what_was_decided() {
+        let scenarios: [&[&str]; 3] = [&["135790", "246810#"], &[], &["1", "2", "3"]];
+        for typing in scenarios {
+            let mut chan = Scripted::new().typing(typing);
+            enter_run(&mut chan).await;
+            let full = chan.asked;
+            // The verdict is known from the entry that decides it on.
+            let decided_at = |full: &[Asked]| {
+                let entries: Vec<usize> =
+                    full.iter().enumerate().filter(|(_, a)| matches!(a, Asked::Entry { .. })).map(|(i, _)| i).collect();
+                let right = typing.iter().position(|t| t.trim_end_matches('#') == CODE);
+                entries[right.unwrap_or(entries.len() - 1)]
+            };
+            let decided = decided_at(&full);
+            for n in 0..full.len() {
+                let mut chan = Scripted::hanging_up_after(n).typing(typing);
+                let out = enter_run(&mut chan).await;
+                let at = format!("hang-up after {n} requests, typing {typing:?}");
+                assert_eq!(out.end, FlowEnd::HungUp, "{at}");
+                assert_eq!(out.verdict.is_some(), n > decided, "{at}: {out:?}");
+                assert_eq!(chan.asked[..], full[..=n], "the same script up to the hang-up: {at}");
+            }
+        }
+        // Mid-entry: nothing decided, the codes typed before counted.
+        let mut chan = Scripted { hang_up_after: Some(4), ..Scripted::new().typing(&["135790"]) };
+        let out = enter_run(&mut chan).await;
+        assert_eq!(chan.asked.last(), Some(&entry("voice-otp/try_again", 6)));
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: None, end: FlowEnd::HungUp });
+    }
+
+    #[tokio::test]
+    async fn entry_prompts_missing() {
+        // Without the instructions the callee cannot know what to type.
+        let mut chan = Scripted { missing: vec!["voice-otp/enter_code"], ..Scripted::new() };
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out.verdict, None);
+        assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("voice-otp/enter_code")), "{out:?}");
+        assert_eq!(chan.asked.len(), 3, "nothing after it");
+        // A missing "verified" is skipped: the verdict stands.
+        let mut chan = Scripted { missing: vec!["voice-otp/verified"], ..Scripted::new().typing(&[CODE]) };
+        assert_eq!(enter_run(&mut chan).await.verdict, Some(Verdict::Verified));
+        assert_eq!(chan.played().last(), Some(&"voice-otp/goodbye"));
+    }
+
+    #[tokio::test]
+    async fn entry_language_and_no_keys_kept() {
+        let mut chan = Scripted::new().typing(&[CODE]);
+        let options = CallOptions { language: "ur".into(), ..enter() };
+        let out = take_code(&mut chan, CODE, &cfg(), &options).await;
+        assert_eq!(chan.asked[0], Asked::Language("ur".into()));
+        assert!(!format!("{out:?}").contains(CODE), "the outcome holds nothing typed: {out:?}");
+    }
+
     #[test]
     fn every_language_needs_the_prompts_and_ten_digits() {
         let needed = sounds_needed();
-        assert_eq!(needed.len(), 15);
+        assert_eq!(needed.len(), 19);
         assert!(needed.contains(&"voice-otp/press_any_key".to_owned()));
+        assert!(needed.contains(&"voice-otp/enter_code".to_owned()));
         assert!(needed.contains(&"digits/0".to_owned()) && needed.contains(&"digits/9".to_owned()));
     }
 }

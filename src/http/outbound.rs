@@ -1,4 +1,4 @@
-//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=]`:
+//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=][&mode=]`:
 //! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
@@ -82,7 +82,8 @@ fn check(app: &App, params: &Params) -> Result<Order, String> {
     let language = params.optional("language").map_err(|e| e.to_string())?;
     let require_keypress = params.optional("require_keypress").map_err(|e| e.to_string())?;
     let require_keypress = require_keypress.map(parse_require_keypress).transpose().map_err(|e| e.to_string())?;
-    let order = CallOrder { number, code, callback_url: None, language, require_keypress };
+    let mode = params.optional("mode").map_err(|e| e.to_string())?;
+    let order = CallOrder { number, code, callback_url: None, language, require_keypress, mode };
     let call = intake::check(app, order).map_err(|e| e.message)?;
     Ok(Order { call, username: username.to_owned(), password: password.to_owned() })
 }

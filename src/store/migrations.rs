@@ -104,6 +104,14 @@ const MIGRATIONS: &[&str] = &[
     // FastAGI session must present the token to be served; calls dialled
     // before this migration have none and cannot be (they are long over).
     "ALTER TABLE calls ADD COLUMN agi_token_hash BLOB;",
+    // 11: keypad entry. A call's mode (`read`, as every earlier call was,
+    // or `enter`), whether the callee typed its code right, how many codes
+    // they typed (never the digits themselves), and users' default mode
+    // (NULL = the config's).
+    "ALTER TABLE calls ADD COLUMN mode TEXT NOT NULL DEFAULT 'read';
+    ALTER TABLE calls ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN mode TEXT;",
 ];
 
 /// The schema version this build writes.
