@@ -17,10 +17,12 @@
 //!   quotas, the toll-fraud guard.
 //! - [`store`]: SQLite - users, calls, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
-//! - [`call`]: the call domain - status, the dispatcher (AMI side), the flow
-//!   the callee hears and its FastAGI entry point.
+//! - [`call`]: the call domain - status, the dispatcher (AMI side), the flows
+//!   the callee hears (the code read, or typed on the keypad) and their
+//!   FastAGI entry point.
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, client connection.
-//! - [`agi`]: FastAGI - codec, typed commands, session, server.
+//! - [`agi`]: FastAGI - codec, typed commands, session, playback (sounds
+//!   and keys as typed outcomes), server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
 //! - [`secret`]: [`secret::Secret`], the one type for secrets in memory
 //!   (redacted in `Debug`, compared in constant time).
