@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::hash_password;
 use crate::call::CallId;
-use crate::call::options::{REQUIRE_KEYPRESS_VALUES, check_language, parse_require_keypress};
+use crate::call::options::{
+    CallMode, MODE_VALUES, REQUIRE_KEYPRESS_VALUES, check_language, parse_mode, parse_require_keypress,
+};
 use crate::config::{CallConfig, Config};
 use crate::sounds::{self, DEFAULT_SOUNDS_DIR};
 use crate::store::{Store, StoreError, UserDefaultsChange};
@@ -83,6 +85,10 @@ pub enum UserCommand {
         /// for `[call] require_keypress`.
         #[arg(long, value_name = "BOOL")]
         require_keypress: Option<String>,
+        /// Default mode: `read` (the code is read to the callee), `enter`
+        /// (they type it), or `default` for `[call] mode`.
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
     },
     /// Set a new password.
     Passwd {
@@ -186,25 +192,27 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
         }
         UserCommand::List => {
             println!(
-                "{:<32} {:<8} {:<10} {:<17} {:<24} webhook_url",
-                "name", "enabled", "language", "require_keypress", "created"
+                "{:<32} {:<8} {:<10} {:<17} {:<8} {:<24} webhook_url",
+                "name", "enabled", "language", "require_keypress", "mode", "created"
             );
             for u in store.users().map_err(db)? {
                 let defaults = store.user_call_defaults(u.id).map_err(db)?;
                 let webhook_url = store.webhook_url(&u.name).map_err(db)?;
                 println!(
-                    "{:<32} {:<8} {:<10} {:<17} {:<24} {}",
+                    "{:<32} {:<8} {:<10} {:<17} {:<8} {:<24} {}",
                     u.name,
                     if u.enabled { "yes" } else { "no" },
                     defaults.language.as_deref().unwrap_or("default"),
                     defaults.require_keypress.map_or("default", |k| if k { "true" } else { "false" }),
+                    defaults.mode.map_or("default", CallMode::as_str),
                     format_ms(u.created_at),
                     webhook_url.as_deref().unwrap_or("-")
                 );
             }
         }
-        UserCommand::Set { name, language, require_keypress } => {
-            let change = defaults_change(&config.call, language.as_deref(), require_keypress.as_deref())?;
+        UserCommand::Set { name, language, require_keypress, mode } => {
+            let change =
+                defaults_change(&config.call, language.as_deref(), require_keypress.as_deref(), mode.as_deref())?;
             store.set_user_call_defaults(&name, &change).map_err(db)?;
             println!("call defaults set for {name}");
         }
@@ -263,6 +271,11 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
             println!("readings={}", c.readings);
             println!("language={}", c.options.language);
             println!("require_keypress={}", c.options.require_keypress);
+            println!("mode={}", c.options.mode);
+            // Empty in read mode, as `null` in the JSON.
+            let entered = c.options.mode == CallMode::Enter;
+            println!("verified={}", if entered { c.verified.to_string() } else { String::new() });
+            println!("attempts={}", if entered { c.attempts.to_string() } else { String::new() });
             println!("keys={}", c.keys);
             println!("created_at={}", format_ms(c.created_at));
             println!("dialed_at={}", when(c.dialed_at));
@@ -310,9 +323,10 @@ fn defaults_change(
     cfg: &CallConfig,
     language: Option<&str>,
     require_keypress: Option<&str>,
+    mode: Option<&str>,
 ) -> Result<UserDefaultsChange, String> {
-    if language.is_none() && require_keypress.is_none() {
-        return Err("nothing to set: give --language and/or --require-keypress".into());
+    if language.is_none() && require_keypress.is_none() && mode.is_none() {
+        return Err("nothing to set: give --language, --require-keypress and/or --mode".into());
     }
     let language = language
         .map(|l| match l {
@@ -330,7 +344,13 @@ fn defaults_change(
                 .map_err(|_| format!("--require-keypress must be one of: {REQUIRE_KEYPRESS_VALUES}, default")),
         })
         .transpose()?;
-    Ok(UserDefaultsChange { language, require_keypress })
+    let mode = mode
+        .map(|m| match m {
+            "default" => Ok(None),
+            m => parse_mode(m).map(Some).map_err(|_| format!("--mode must be one of: {MODE_VALUES}, default")),
+        })
+        .transpose()?;
+    Ok(UserDefaultsChange { mode, language, require_keypress })
 }
 
 fn sounds_check(cfg: &CallConfig, dir: &std::path::Path) -> CliResult {
@@ -399,16 +419,27 @@ mod tests {
     #[test]
     fn user_set_flags() {
         let cfg = CallConfig::default();
-        let change = defaults_change(&cfg, Some("ur"), Some("1")).unwrap();
+        let change = defaults_change(&cfg, Some("ur"), Some("1"), None).unwrap();
         assert_eq!(
             change,
-            UserDefaultsChange { language: Some(Some("ur".into())), require_keypress: Some(Some(true)) }
+            UserDefaultsChange { mode: None, language: Some(Some("ur".into())), require_keypress: Some(Some(true)) }
         );
-        let change = defaults_change(&cfg, Some("default"), None).unwrap();
-        assert_eq!(change, UserDefaultsChange { language: Some(None), require_keypress: None });
-        assert_eq!(defaults_change(&cfg, Some("fr"), None).unwrap_err(), "--language must be one of: en, ur, default");
-        assert!(defaults_change(&cfg, None, Some("yes")).unwrap_err().contains("--require-keypress"));
-        assert!(defaults_change(&cfg, None, None).is_err());
+        let change = defaults_change(&cfg, Some("default"), None, None).unwrap();
+        assert_eq!(change, UserDefaultsChange { language: Some(None), ..UserDefaultsChange::default() });
+        let change = defaults_change(&cfg, None, None, Some("enter")).unwrap();
+        assert_eq!(change, UserDefaultsChange { mode: Some(Some(CallMode::Enter)), ..UserDefaultsChange::default() });
+        let change = defaults_change(&cfg, None, None, Some("default")).unwrap();
+        assert_eq!(change, UserDefaultsChange { mode: Some(None), ..UserDefaultsChange::default() });
+        assert_eq!(
+            defaults_change(&cfg, Some("fr"), None, None).unwrap_err(),
+            "--language must be one of: en, ur, default"
+        );
+        assert!(defaults_change(&cfg, None, Some("yes"), None).unwrap_err().contains("--require-keypress"));
+        assert_eq!(
+            defaults_change(&cfg, None, None, Some("type")).unwrap_err(),
+            "--mode must be one of: read, enter, default"
+        );
+        assert!(defaults_change(&cfg, None, None, None).is_err());
     }
 
     #[test]

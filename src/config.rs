@@ -371,6 +371,15 @@ pub struct CallConfig {
     pub keypress_prompts: u32,
     /// Voicemail-safe mode: how long to wait for a key after each prompt.
     pub keypress_wait_ms: u32,
+    /// Mode of calls and users that do not say: `read` the code to the
+    /// callee, or have them `enter` it on the keypad.
+    pub mode: crate::call::options::CallMode,
+    /// Enter mode: codes the callee may type before the call ends
+    /// `wrong_code`.
+    pub entry_attempts: u32,
+    /// Enter mode: how long to wait for a key, after the prompt and between
+    /// keys, before an entry ends.
+    pub entry_timeout_ms: u32,
 }
 
 impl Default for CallConfig {
@@ -387,6 +396,9 @@ impl Default for CallConfig {
             require_keypress: false,
             keypress_prompts: 3,
             keypress_wait_ms: 5000,
+            mode: crate::call::options::CallMode::Read,
+            entry_attempts: 3,
+            entry_timeout_ms: 6000,
         }
     }
 }
@@ -460,12 +472,20 @@ impl CallConfig {
         if self.keypress_prompts == 0 || self.keypress_prompts > 10 {
             return Err(format!("call.keypress_prompts must be 1..=10, got {}", self.keypress_prompts));
         }
+        if self.entry_attempts == 0 || self.entry_attempts > 10 {
+            return Err(format!("call.entry_attempts must be 1..=10, got {}", self.entry_attempts));
+        }
+        // 0 would hand Asterisk's GET DATA its own defaults (6 s, then 2 s).
+        if self.entry_timeout_ms == 0 {
+            return Err("call.entry_timeout_ms must be at least 1".into());
+        }
         for (key, ms) in [
             ("answer_pause_ms", self.answer_pause_ms),
             ("digit_pause_ms", self.digit_pause_ms),
             ("reading_pause_ms", self.reading_pause_ms),
             ("replay_wait_ms", self.replay_wait_ms),
             ("keypress_wait_ms", self.keypress_wait_ms),
+            ("entry_timeout_ms", self.entry_timeout_ms),
         ] {
             if ms > MAX_CALL_WAIT_MS {
                 return Err(format!("call.{key} must be at most {MAX_CALL_WAIT_MS}, got {ms}"));
@@ -778,6 +798,10 @@ mod tests {
             ("[call]\nlanguages = [\"en\", \"../x\"]\n", "../x"),
             ("[call]\nlanguages = [\"en\", \"en\"]\n", "twice"),
             ("[call]\ndefault_language = \"fr\"\n", "call.default_language"),
+            ("[call]\nentry_attempts = 0\n", "call.entry_attempts"),
+            ("[call]\nentry_attempts = 11\n", "call.entry_attempts"),
+            ("[call]\nentry_timeout_ms = 0\n", "call.entry_timeout_ms"),
+            ("[call]\nentry_timeout_ms = 60001\n", "call.entry_timeout_ms"),
         ];
         for (toml, needle) in refused {
             let c = Config::from_toml(toml).unwrap();
@@ -787,6 +811,10 @@ mod tests {
         let c =
             Config::from_toml("[call]\nlanguages = [\"en\", \"ur\", \"pt_BR\"]\ndefault_language = \"ur\"\n").unwrap();
         assert!(c.checked(Path::new("x")).is_ok());
+        let c = Config::from_toml("[call]\nmode = \"enter\"\n").unwrap();
+        assert_eq!(c.call.mode, crate::call::options::CallMode::Enter);
+        let err = Config::from_toml("[call]\nmode = \"type\"\n").unwrap_err();
+        assert!(err.contains("read") && err.contains("enter"), "{err}");
     }
 
     #[test]

@@ -21,10 +21,12 @@
 //!   checks with attempts and expiry.
 //! - [`call`]: the call domain - status, the dispatcher (its dialler: queue
 //!   -> Originate, reconciliation, expiry; its event follower: AMI events ->
-//!   status), the flow the callee hears and its FastAGI entry point.
+//!   status), the flows the callee hears (the code read, or typed on the
+//!   keypad) and their FastAGI entry point.
 //! - [`ami`]: Asterisk Manager Interface - codec, actions, typed events and
 //!   answers, client connection.
-//! - [`agi`]: FastAGI - codec, typed commands, session, server.
+//! - [`agi`]: FastAGI - codec, typed commands, session, playback (sounds
+//!   and keys as typed outcomes), server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
 //! - [`time`]: timestamps - Unix ms stored, RFC 3339 UTC shown (jiff).
 //! - [`secret`]: [`secret::Secret`], the one type for secrets in memory

@@ -895,7 +895,11 @@ mod tests {
         let number = "+923001234567";
         let insert = |store: &mut Store, at: i64| {
             let id = CallId::generate();
-            let options = crate::call::options::CallOptions { language: "en".into(), require_keypress: false };
+            let options = crate::call::options::CallOptions {
+                mode: crate::call::options::CallMode::Read,
+                language: "en".into(),
+                require_keypress: false,
+            };
             store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
             store
                 .conn_for_tests()

@@ -68,7 +68,7 @@ mod tests {
             }
         }
         assert!(check(&dir, &cfg).iter().all(|s| s.found.is_some()));
-        assert_eq!(check(&dir, &cfg).len(), 2 * 15);
+        assert_eq!(check(&dir, &cfg).len(), 2 * 19);
 
         // Another format is as good; a missing Urdu digit is missing even
         // though the English one exists (Asterisk's fallback is not ours).

@@ -186,7 +186,8 @@ proptest! {
     ) {
         let commands = [
             Command::StreamFile { file: file.clone(), escape_digits: escape.clone(), offset: None },
-            Command::GetOption { file, escape_digits: escape.clone(), timeout_ms: None },
+            Command::GetOption { file: file.clone(), escape_digits: escape.clone(), timeout_ms: None },
+            Command::GetData { file, timeout_ms: timeout as u32, max_digits: (timeout >> 32) as u32 },
             Command::SayDigits { digits, escape_digits: escape },
             Command::WaitForDigit { timeout_ms: timeout },
         ];

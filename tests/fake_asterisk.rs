@@ -203,7 +203,9 @@ async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
     let id = daemon.seed_call("03001234567", "482915");
     let real = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("the Originate carries a token");
     assert_eq!(real.len(), 32, "128 random bits in hex");
-    let before = daemon.show(&id);
+    // The scripted Asterisk answers at once: wait until the daemon has
+    // recorded that, or the snapshot races the OriginateResponse.
+    let before = daemon.wait_status(&id, "answered", Duration::from_secs(10));
     let forged = "0".repeat(32);
     for token in [None, Some(""), Some(forged.as_str()), Some(&real[..31])] {
         let commands = fake_agi::session(daemon.agi, &id, Callee { token, ..Callee::default() }).await;
@@ -307,4 +309,220 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((call["status"].as_str(), call["cause_text"].as_str()), ("completed", "Normal Clearing"), "{call:?}");
+}
+
+/// A FastAGI session for call `uniqueid` whose replies come from `answer`
+/// (given each command line; `None`: `200 result=0`, with `endpos=` for a
+/// playback). `Some("HANGUP")` hangs up instead of answering. Returns the
+/// commands after the token question.
+async fn agi_session_answering(
+    fake: &FakeAmi,
+    agi: SocketAddr,
+    uniqueid: &str,
+    mut answer: impl FnMut(&str) -> Option<String>,
+) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let token = fake.wait_agi_token(uniqueid, Duration::from_secs(10)).await.expect("an Originate");
+    let stream = tokio::net::TcpStream::connect(agi).await.expect("connect FastAGI");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(fake_agi::request_block(agi, uniqueid).as_bytes()).await.unwrap();
+    let mut commands = Vec::new();
+    let mut hung_up = false;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        commands.push(line.clone());
+        let reply = match answer(&line) {
+            _ if line == fake_agi::ASK_TOKEN => fake_agi::token_reply(Some(&token)),
+            _ if hung_up => "511 Command Not Permitted on a dead channel or intercept routine\n".to_owned(),
+            Some(hangup) if hangup == "HANGUP" => {
+                hung_up = true;
+                "HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n".to_owned()
+            }
+            Some(reply) => format!("{reply}\n"),
+            None if line.starts_with("STREAM FILE") => "200 result=0 endpos=4000\n".to_owned(),
+            None => "200 result=0\n".to_owned(),
+        };
+        if write.write_all(reply.as_bytes()).await.is_err() || fake_agi::is_hangup(&line) {
+            break;
+        }
+    }
+    assert_eq!(commands.first().map(String::as_str), Some(fake_agi::ASK_TOKEN), "the token comes first: {commands:?}");
+    commands[1..].to_vec()
+}
+
+/// Answers the `GET DATA`s of a session in turn with `results` (what
+/// Asterisk puts after `200 `), then with silence.
+fn typing(results: &[&str]) -> impl FnMut(&str) -> Option<String> {
+    let mut results: std::collections::VecDeque<String> = results.iter().map(|r| format!("200 {r}")).collect();
+    move |line| {
+        if line.starts_with("GET DATA") {
+            Some(results.pop_front().unwrap_or_else(|| "200 result= (timeout)".to_owned()))
+        } else {
+            None
+        }
+    }
+}
+
+const ENTRY_KEYS: &str = "entry_timeout_ms = 3000\n";
+
+/// [`setup`] with more `[call]` keys and more sections in the config.
+async fn setup_with(name: &str, call_keys: &str, sections: &str) -> (Home, FakeAmi, Daemon) {
+    let config = format!("{FAST_FLOW}{call_keys}\n{NO_NUMBER_QUOTAS}\n{sections}");
+    Setup::new(name).config(&config).fake(FakeScript::for_daemon()).await
+}
+const LOOPBACK_WEBHOOKS: &str = "[webhooks]\ndeny_private = false\n";
+
+/// Issue 11 item 1 at the wire: `mode: "enter"` on the JSON API. A wrong
+/// code, then the right one, typed into `GET DATA`s: verified in two
+/// attempts, in the call, `call show` and the webhook; nothing typed in
+/// the log or in `keys`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enter_mode_call_takes_the_code_over_get_data() {
+    let (_home, fake, daemon) = setup_with("enter", ENTRY_KEYS, LOOPBACK_WEBHOOKS).await;
+    for (mode, detail) in [(r#""type""#, "mode must be one of: read, enter"), ("true", "mode must be a string")] {
+        let body = format!(r#"{{"number":"03001234567","code":"246810","mode":{mode}}}"#);
+        let resp = support::blocking(|| {
+            support::http::with_basic(daemon.http, "POST", "/v1/calls", "acme1", PASSWORD, Some(&body))
+        });
+        assert_eq!(resp.status, 400, "{}", resp.body);
+        let problem = resp.json();
+        assert_eq!((problem["field"].as_str(), problem["detail"].as_str()), (Some("mode"), Some(detail)), "{problem}");
+    }
+    let receiver = support::webhook_receiver::Receiver::start(&[]);
+    let body = format!(
+        r#"{{"number":"03001234567","code":"246810","mode":"enter","callback_url":"{}"}}"#,
+        receiver.url("hook")
+    );
+    let resp = support::blocking(|| {
+        support::http::with_basic(daemon.http, "POST", "/v1/calls", "acme1", PASSWORD, Some(&body))
+    });
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    let created = resp.json();
+    assert_eq!((created["mode"].as_str(), created["verified"].as_bool()), (Some("enter"), Some(false)), "{created}");
+    assert_eq!(created["attempts"], 0);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let commands = agi_session_answering(&fake, daemon.agi, &id, typing(&["result=135790", "result=246810"])).await;
+    assert_eq!(
+        commands,
+        [
+            "SET VARIABLE CHANNEL(language) \"en\"",
+            "WAIT FOR DIGIT 10",
+            "GET DATA voice-otp/enter_code 3000 6",
+            "STREAM FILE voice-otp/wrong_code \"\"",
+            "GET DATA voice-otp/try_again 3000 6",
+            "STREAM FILE voice-otp/verified \"\"",
+            "WAIT FOR DIGIT 10",
+            "STREAM FILE voice-otp/goodbye \"\"",
+            "EXEC Hangup \"16\"",
+        ]
+    );
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("completed", ""), "{call:?}");
+    assert_eq!((call["mode"].as_str(), call["verified"].as_str(), call["attempts"].as_str()), ("enter", "true", "2"));
+    assert_eq!((call["keys"].as_str(), call["readings"].as_str()), ("", "0"), "nothing typed is kept: {call:?}");
+    let json = support::blocking(|| {
+        support::http::with_basic(daemon.http, "GET", &format!("/v1/calls/{id}"), "acme1", PASSWORD, None)
+    })
+    .json();
+    assert_eq!((json["verified"].as_bool(), json["attempts"].as_u64()), (Some(true), Some(2)), "{json}");
+    let hook = support::blocking(|| receiver.wait_for(Duration::from_secs(20), |r| r.json()["status"] == "completed"));
+    let hook = hook.json();
+    assert_eq!(
+        (hook["verified"].as_bool(), hook["attempts"].as_u64(), hook["mode"].as_str()),
+        (Some(true), Some(2), Some("enter"))
+    );
+    let answered = receiver.received().into_iter().map(|r| r.json()).find(|j| j["status"] == "answered").unwrap();
+    assert_eq!(answered["verified"], false, "not verified before the code is typed: {answered}");
+    assert_eq!(stored_code(&daemon, &id), None);
+    let logs = daemon.logs();
+    assert!(!logs.contains("135790") && !logs.contains("246810"), "typed digits or the code in the log:\n{logs}");
+}
+
+/// The seed API's `mode`, a user's default mode, and the other ends:
+/// silence (`no_input`), every code wrong (`wrong_code`), a hang-up
+/// mid-entry, a missing prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enter_mode_failures_and_the_users_default() {
+    let (home, fake, daemon) = setup_with("enter-fail", ENTRY_KEYS, "").await;
+    let seed = |code: &str, options: &str| {
+        let target =
+            format!("/outbound.cgi?number=03001234567&code={code}&username=acme1&password={PASSWORD}{options}");
+        let resp = support::blocking(|| support::http::get(daemon.http, &target));
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        resp.json_field("call_id").expect("call_id")
+    };
+    let bad = support::blocking(|| {
+        support::http::get(
+            daemon.http,
+            &format!("/outbound.cgi?number=03001234567&code=1234&username=acme1&password={PASSWORD}&mode=type"),
+        )
+    });
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("mode must be one of: read, enter"), "{}", bad.body);
+
+    // Nothing typed at any of the three prompts.
+    let id = seed("246810", "&mode=enter");
+    let commands = agi_session_answering(&fake, daemon.agi, &id, typing(&[])).await;
+    let entries: Vec<&String> = commands.iter().filter(|c| c.starts_with("GET DATA")).collect();
+    assert_eq!(entries, ["GET DATA voice-otp/enter_code 3000 6"; 3]);
+    assert!(!commands.iter().any(|c| c.contains("wrong_code") || c.contains("verified")), "{commands:?}");
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "no_input"), "{call:?}");
+    assert_eq!((call["verified"].as_str(), call["attempts"].as_str()), ("false", "0"));
+
+    // The user's default makes it enter mode; every code is wrong (one
+    // ended by the timeout).
+    home.cli(&["user", "set", "acme1", "--mode", "enter"]);
+    let list = home.cli(&["user", "list"]);
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with("acme1 ")).unwrap().split_whitespace().collect();
+    assert_eq!(row[1..5], ["yes", "default", "default", "enter"], "{list}");
+    let id = seed("246810", "");
+    let typed = typing(&["result=111111", "result=2468 (timeout)", "result=975319"]);
+    let commands = agi_session_answering(&fake, daemon.agi, &id, typed).await;
+    assert_eq!(commands.iter().filter(|c| c.contains("wrong_code")).count(), 3, "{commands:?}");
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "wrong_code"), "{call:?}");
+    assert_eq!((call["mode"].as_str(), call["verified"].as_str(), call["attempts"].as_str()), ("enter", "false", "3"));
+
+    // The request wins over the user's default.
+    let id = seed("4821", "&mode=read");
+    let commands = agi_session(&fake, daemon.agi, &id, None).await;
+    assert_eq!(played(&commands).iter().filter(|p| p.starts_with("digits/")).count(), 8);
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["mode"].as_str()), ("completed", "read"), "{call:?}");
+    assert_eq!((call["verified"].as_str(), call["attempts"].as_str()), ("", ""), "no entry in read mode");
+
+    // Hung up during the second entry: one code typed, no verdict.
+    let id = seed("246810", "");
+    let mut entries = 0;
+    let commands = agi_session_answering(&fake, daemon.agi, &id, |line| {
+        if !line.starts_with("GET DATA") {
+            return None;
+        }
+        entries += 1;
+        Some(if entries == 1 { "200 result=135790".to_owned() } else { "HANGUP".to_owned() })
+    })
+    .await;
+    assert_eq!(
+        commands.last().map(String::as_str),
+        Some("GET DATA voice-otp/try_again 3000 6"),
+        "nothing after the hang-up"
+    );
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "hangup_before_code"), "{call:?}");
+    assert_eq!(call["attempts"], "1");
+
+    // Asterisk lacks the prompt: GET DATA -1 on a live channel.
+    let id = seed("246810", "");
+    let missing = |line: &str| line.starts_with("GET DATA").then(|| "200 result=-1".to_owned());
+    let commands = agi_session_answering(&fake, daemon.agi, &id, missing).await;
+    assert_eq!(commands[2..], ["GET DATA voice-otp/enter_code 3000 6", "WAIT FOR DIGIT 1", "EXEC Hangup \"16\""]);
+    let call = final_call(&daemon, &id);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "system_error"), "{call:?}");
+    assert!(call["detail"].contains("voice-otp/enter_code is missing"), "{call:?}");
+    let logs = daemon.logs();
+    for typed in ["111111", "975319", "135790"] {
+        assert!(!logs.contains(typed), "typed digits {typed} in the log:\n{logs}");
+    }
 }

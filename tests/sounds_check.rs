@@ -31,8 +31,14 @@ fn sounds_check_passes_on_the_sandbox_and_names_what_is_missing() {
 
     let (ok, out, err) = cli(&config, &["sounds", "check", "--dir", sounds.to_str().unwrap()], "");
     assert!(ok, "{out}\n{err}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 30, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 38, "{out}");
     assert!(out.contains("ur/digits/4."), "Urdu digits come from sounds/ur/digits: {out}");
+    for language in ["en", "ur"] {
+        for prompt in ["enter_code", "wrong_code", "try_again", "verified"] {
+            let listed = format!("{language}/voice-otp/{prompt}.");
+            assert!(out.lines().any(|l| l.starts_with("ok ") && l.contains(&listed)), "keypad entry's {listed}: {out}");
+        }
+    }
 
     // A copy of what a call needs, then an Urdu digit and an English prompt gone.
     let copy = dir.0.join("sounds");
@@ -53,13 +59,13 @@ fn sounds_check_passes_on_the_sandbox_and_names_what_is_missing() {
     assert_eq!(missing.len(), 2, "{out}");
     assert!(missing.iter().any(|l| l.contains("en") && l.contains("voice-otp/press1")), "{out}");
     assert!(missing.iter().any(|l| l.contains("ur") && l.contains("digits/7")), "{out}");
-    assert!(err.contains("2 of 30 sounds missing"), "{err}");
+    assert!(err.contains("2 of 38 sounds missing"), "{err}");
 
-    // A language added to the config without sounds: all 15 missing.
+    // A language added to the config without sounds: all 19 missing.
     std::fs::write(&config, "[database]\npath = \"test.db\"\n[call]\nlanguages = [\"en\", \"ur\", \"pa\"]\n").unwrap();
     let (ok, out, _) = cli(&config, &["sounds", "check", "--dir", sounds.to_str().unwrap()], "");
     assert!(!ok);
-    assert_eq!(out.lines().filter(|l| l.starts_with("MISSING pa")).count(), 15, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("MISSING pa")).count(), 19, "{out}");
 
     let (ok, _, err) = cli(&config, &["sounds", "check", "--dir", "/nonexistent/sounds"], "");
     assert!(!ok && err.contains("not a folder"), "{err}");

@@ -19,6 +19,10 @@ pub const MAX_COMMAND_LEN: usize = 2000;
 /// Longest digit string [`Command::SayDigits`] accepts.
 pub const MAX_SAY_DIGITS: usize = 64;
 
+/// Most keys [`Command::GetData`] may collect: Asterisk gathers them in a
+/// 1024-byte buffer with its terminating NUL.
+pub const MAX_GET_DATA_DIGITS: u32 = 1023;
+
 /// A command to run on the channel, one at a time.
 ///
 /// `Debug` redacts what may be secret: the digits of `SayDigits` (the OTP
@@ -51,6 +55,21 @@ pub enum Command {
         /// How long to wait after playback, in ms (Asterisk's default, the
         /// dialplan digit timeout, when `None`).
         timeout_ms: Option<u32>,
+    },
+    /// `GET DATA file timeout maxdigits`: play a prompt and collect keys,
+    /// those pressed during the prompt included. `#` ends the entry (and is
+    /// not part of it), so do `maxdigits` keys and `timeout` ms without a
+    /// key (after the prompt, and between keys). `result` is the keys
+    /// (`200 result=123`, `(timeout)` after them on a timeout, empty for a
+    /// lone `#` or nothing), or -1 (missing prompt, hang-up).
+    GetData {
+        /// Prompt sound file name: `[A-Za-z0-9_/.-]`, no `..`.
+        file: String,
+        /// Wait for each key, in ms (1..=`i32::MAX`; 0 would be Asterisk's
+        /// own defaults).
+        timeout_ms: u32,
+        /// Most keys collected (1..=[`MAX_GET_DATA_DIGITS`]).
+        max_digits: u32,
     },
     /// `WAIT FOR DIGIT ms`: wait for one key; -1 waits forever. `result` is
     /// 0 on timeout, the key's ASCII code, or -1 on hang-up.
@@ -120,6 +139,7 @@ impl Command {
             Command::Hangup => "HANGUP",
             Command::StreamFile { .. } => "STREAM FILE",
             Command::GetOption { .. } => "GET OPTION",
+            Command::GetData { .. } => "GET DATA",
             Command::WaitForDigit { .. } => "WAIT FOR DIGIT",
             Command::SayDigits { .. } => "SAY DIGITS",
             Command::GetVariable(_) => "GET VARIABLE",
@@ -179,6 +199,16 @@ impl Command {
                     }
                     write!(w, " {ms}")?;
                 }
+            }
+            Command::GetData { file, timeout_ms, max_digits } => {
+                // Asterisk scans both as C ints (atoi).
+                if *timeout_ms == 0 || *timeout_ms > i32::MAX as u32 {
+                    return Err(CommandError::OutOfRange("timeout").into());
+                }
+                if !(1..=MAX_GET_DATA_DIGITS).contains(max_digits) {
+                    return Err(CommandError::OutOfRange("max digits").into());
+                }
+                write!(w, "GET DATA {} {timeout_ms} {max_digits}", sound_file(file)?)?;
             }
             Command::WaitForDigit { timeout_ms } => {
                 // Asterisk scans the timeout as a C int.
@@ -288,6 +318,12 @@ impl fmt::Debug for Command {
                 .field("file", file)
                 .field("escape_digits", escape_digits)
                 .field("timeout_ms", timeout_ms)
+                .finish(),
+            Command::GetData { file, timeout_ms, max_digits } => f
+                .debug_struct("GetData")
+                .field("file", file)
+                .field("timeout_ms", timeout_ms)
+                .field("max_digits", max_digits)
                 .finish(),
             Command::WaitForDigit { timeout_ms } => {
                 f.debug_struct("WaitForDigit").field("timeout_ms", timeout_ms).finish()
@@ -420,6 +456,10 @@ mod tests {
             line(Command::GetOption { file: "otp/repeat".into(), escape_digits: "1#".into(), timeout_ms: Some(5000) }),
             r#"GET OPTION otp/repeat "1#" 5000"#
         );
+        assert_eq!(
+            line(Command::GetData { file: "voice-otp/enter_code".into(), timeout_ms: 6000, max_digits: 6 }),
+            "GET DATA voice-otp/enter_code 6000 6"
+        );
         assert_eq!(line(Command::WaitForDigit { timeout_ms: 1500 }), "WAIT FOR DIGIT 1500");
         assert_eq!(line(Command::WaitForDigit { timeout_ms: -1 }), "WAIT FOR DIGIT -1");
         assert_eq!(
@@ -473,8 +513,10 @@ mod tests {
     #[test]
     fn file_names_are_restricted() {
         let play = |f: &str| Command::StreamFile { file: f.into(), escape_digits: "".into(), offset: None }.to_line();
+        let ask = |f: &str| Command::GetData { file: f.into(), timeout_ms: 6000, max_digits: 6 }.to_line();
         for bad in ["", "../etc/passwd", "otp/../../x", "a b", "a\"b", "digits/4 \"1\"", "x;y", "a\\b", "é"] {
             assert_eq!(play(bad), Err(CommandError::BadFileName), "{bad:?}");
+            assert_eq!(ask(bad), Err(CommandError::BadFileName), "{bad:?}");
         }
         for good in ["digits/4", "otp/intro-en_2", "/var/lib/voice-otp/sounds/x.y"] {
             assert!(play(good).is_ok(), "{good:?}");
@@ -506,6 +548,12 @@ mod tests {
         assert!(Command::Verbose("m".into(), 5).to_line().is_err());
         let opt = Command::GetOption { file: "a".into(), escape_digits: "".into(), timeout_ms: Some(u32::MAX) };
         assert!(opt.to_line().is_err());
+        let data = |timeout_ms, max_digits| Command::GetData { file: "a".into(), timeout_ms, max_digits }.to_line();
+        assert_eq!(data(0, 6), Err(CommandError::OutOfRange("timeout")));
+        assert_eq!(data(i32::MAX as u32 + 1, 6), Err(CommandError::OutOfRange("timeout")));
+        assert_eq!(data(6000, 0), Err(CommandError::OutOfRange("max digits")));
+        assert_eq!(data(6000, MAX_GET_DATA_DIGITS + 1), Err(CommandError::OutOfRange("max digits")));
+        assert!(data(i32::MAX as u32, MAX_GET_DATA_DIGITS).is_ok());
     }
 
     #[test]

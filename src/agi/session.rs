@@ -7,8 +7,8 @@
 //! garbage, I/O error) makes every later call fail instead of pairing a late
 //! reply with the wrong command.
 //!
-//! The call flow is written against the [`AgiChannel`] trait so it can be
-//! tested against a scripted peer without Asterisk.
+//! [`AgiChannel`] is one command and its reply; [`super::playback`] builds
+//! typed playback on it, and tests implement it with a scripted peer.
 
 use std::fmt;
 use std::future::Future;
@@ -35,10 +35,10 @@ pub const DEFAULT_HANGUP_GRACE: Duration = Duration::from_secs(2);
 /// Something that runs AGI commands on one channel, one at a time.
 ///
 /// Implemented by [`AgiSession`]; tests implement it with a scripted fake.
-/// Declared with `impl Future + Send` (rather than `async fn`) so a generic
-/// caller's future can still be spawned on a multi-threaded runtime;
-/// implementors may write `async fn run`.
-pub trait AgiChannel {
+/// Declared with `impl Future + Send` (rather than `async fn`), and `Send`
+/// itself, so a generic caller's future can still be spawned on a
+/// multi-threaded runtime; implementors may write `async fn run`.
+pub trait AgiChannel: Send {
     /// Runs one command and returns its 200 reply; see [`AgiSession::run`]
     /// for the meaning of each error.
     fn run(&mut self, cmd: Command) -> impl Future<Output = Result<Reply, AgiError>> + Send;

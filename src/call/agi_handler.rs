@@ -1,5 +1,5 @@
 //! An answered call arrives on FastAGI: prove it is our channel, read the
-//! code, record how it went.
+//! code (or have the callee type it), record how it went.
 //!
 //! The channel's `agi_uniqueid` names the call (we set it as `ChannelId` on
 //! Originate), but a call id is no secret and the FastAGI port is open to
@@ -19,7 +19,8 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::dispatcher::{Claim, LiveCalls};
-use super::flow::{self, FlowEnd};
+use super::flow::{self, FlowEnd, Verdict};
+use super::options::{CallMode, CallOptions};
 use super::token::{TOKEN_VARIABLE, TokenHash};
 use super::{Call, CallId, CallStatus, FailReason};
 use crate::agi::{AgiChannel, AgiSession, Command};
@@ -134,6 +135,10 @@ impl OtpAgi {
             hang_up(session).await;
             return;
         };
+        if call.options.mode == CallMode::Enter {
+            self.serve_entry(id, code.expose(), &call.options, session).await;
+            return;
+        }
         tracing::info!(call_id = %id, language = %call.options.language, require_keypress = call.options.require_keypress, "reading code");
         let outcome = flow::read_code(session, code.expose(), &self.call, &call.options).await;
         if !outcome.keys.is_empty() {
@@ -158,6 +163,38 @@ impl OtpAgi {
         match self.db.run(move |s| s.finish_call(&finish, &end)).await {
             Ok(_) => {
                 tracing::info!(call_id = %id, %status, readings, keys = %outcome.keys, end = ?outcome.end, "call ended")
+            }
+            Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
+        }
+        if outcome.end != FlowEnd::HungUp {
+            hang_up(session).await;
+        }
+    }
+
+    /// Enter mode: the callee types the code. What they typed stays in the
+    /// flow; only the verdict and the number of codes typed are kept.
+    async fn serve_entry<C: AgiChannel>(&self, id: &CallId, code: &str, options: &CallOptions, session: &mut C) {
+        tracing::info!(call_id = %id, language = %options.language, "taking the code on the keypad");
+        let outcome = flow::take_code(session, code, &self.call, options).await;
+        let failed = |reason| CallEnd { readings: Some(0), ..CallEnd::failed(reason, None) };
+        let end = match (&outcome.verdict, &outcome.end) {
+            (Some(Verdict::Verified), _) => {
+                CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(0) }
+            }
+            (Some(Verdict::WrongCode), _) => failed(FailReason::WrongCode),
+            (Some(Verdict::NoInput), _) => failed(FailReason::NoInput),
+            (None, FlowEnd::Error(e)) => CallEnd {
+                readings: Some(0),
+                ..CallEnd::failed(FailReason::SystemError, Some(format!("call flow: {e}")))
+            },
+            (None, _) => failed(FailReason::HangupBeforeCode),
+        };
+        let (status, attempts) = (end.status, outcome.attempts);
+        let verified = outcome.verdict == Some(Verdict::Verified);
+        let finish = id.clone();
+        match self.db.run(move |s| s.finish_entry(&finish, &end, attempts, verified)).await {
+            Ok(_) => {
+                tracing::info!(call_id = %id, %status, attempts, verdict = ?outcome.verdict, end = ?outcome.end, "call ended")
             }
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }

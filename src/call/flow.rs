@@ -1,4 +1,6 @@
-//! What the callee hears, as a small script over typed AGI commands.
+//! What the callee hears: the call scripts, over typed playback requests.
+//!
+//! Read mode ([`read_code`]):
 //!
 //! ```text
 //! set the channel language     (Asterisk then plays sounds/<lang>/...)
@@ -24,11 +26,36 @@
 //! the answer pause and the intro are ignored too. In voicemail-safe mode any
 //! key (`0-9*#`) starts the code.
 //!
-//! The flow knows nothing of sockets or bytes: it runs against any
-//! [`AgiChannel`], so tests drive it with a scripted peer.
+//! Enter mode ([`take_code`]): the callee types the code.
+//!
+//! ```text
+//! set the channel language
+//! pause after answer           (keys ignored)
+//! entry                        "please enter your verification code, then press
+//!                              the hash key" while keys are collected (GET DATA):
+//!                              `#`, the code's length or entry_timeout_ms without
+//!                              a key ends it
+//! right                        "thank you, you are verified", goodbye: Verified
+//! wrong                        "that code is not correct" (not interruptible: it
+//!                              swallows the `#` after a code typed in full), then
+//!                              "please try again" as the next entry's prompt
+//! nothing typed                (silence, or `#` alone) the first prompt again
+//! entry_attempts entries       then goodbye: WrongCode if any code was typed,
+//!                              else NoInput
+//! ```
+//!
+//! The typed keys are compared with the code in constant time and go no
+//! further: they are not kept in `keys`, stored or logged.
+//!
+//! This file is the script alone: what is said in which order, and what
+//! keys do. Playing a sound or waiting for a key, and what Asterisk's
+//! replies mean, are [`crate::agi::playback`]'s; the flow runs against any
+//! [`Playback`], so its tests drive it with a scripted callee.
 
-use crate::agi::{AgiChannel, AgiError, Command};
+use crate::agi::playback::Entry;
+use crate::agi::{Playback, PlaybackError, Played, Waited};
 use crate::config::CallConfig;
+use crate::secret::constant_time_eq;
 
 use super::options::CallOptions;
 
@@ -47,12 +74,29 @@ pub enum Prompt {
     PressAnyKey,
     /// "Goodbye"
     Goodbye,
+    /// "Please enter your verification code, then press the hash key" (enter mode)
+    EnterCode,
+    /// "That code is not correct." (enter mode)
+    WrongCode,
+    /// "Please try again." (enter mode)
+    TryAgain,
+    /// "Thank you, you are verified." (enter mode)
+    Verified,
 }
 
 impl Prompt {
-    /// Every prompt, for sound checks.
-    pub const ALL: [Prompt; 5] =
-        [Prompt::Intro, Prompt::Repeat, Prompt::PressOne, Prompt::PressAnyKey, Prompt::Goodbye];
+    /// Every prompt, for sound checks: a call of either mode may come.
+    pub const ALL: [Prompt; 9] = [
+        Prompt::Intro,
+        Prompt::Repeat,
+        Prompt::PressOne,
+        Prompt::PressAnyKey,
+        Prompt::Goodbye,
+        Prompt::EnterCode,
+        Prompt::WrongCode,
+        Prompt::TryAgain,
+        Prompt::Verified,
+    ];
 
     /// The sound name Asterisk resolves under `sounds/<language>/`.
     pub fn sound(self) -> &'static str {
@@ -62,6 +106,10 @@ impl Prompt {
             Prompt::PressOne => "voice-otp/press1",
             Prompt::PressAnyKey => "voice-otp/press_any_key",
             Prompt::Goodbye => "voice-otp/goodbye",
+            Prompt::EnterCode => "voice-otp/enter_code",
+            Prompt::WrongCode => "voice-otp/wrong_code",
+            Prompt::TryAgain => "voice-otp/try_again",
+            Prompt::Verified => "voice-otp/verified",
         }
     }
 }
@@ -91,7 +139,7 @@ pub enum FlowEnd {
     Error(String),
 }
 
-/// The result of one flow run.
+/// The result of one read-mode run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowOutcome {
     /// Readings of the whole code that were played to the end.
@@ -113,25 +161,22 @@ enum Stop {
     Error(String),
 }
 
-impl From<AgiError> for Stop {
-    fn from(e: AgiError) -> Stop {
+impl From<PlaybackError> for Stop {
+    fn from(e: PlaybackError) -> Stop {
         match e {
-            AgiError::HungUp => Stop::HungUp,
+            PlaybackError::HungUp => Stop::HungUp,
             // A callee's hang-up always comes with a HANGUP line first; a
             // connection that just ends means Asterisk (or the network) died.
-            AgiError::Closed => Stop::Error("FastAGI connection closed without HANGUP (Asterisk gone?)".into()),
-            other => Stop::Error(other.to_string()),
+            PlaybackError::Agi(crate::agi::AgiError::Closed) => {
+                Stop::Error("FastAGI connection closed without HANGUP (Asterisk gone?)".into())
+            }
+            PlaybackError::Agi(other) => Stop::Error(other.to_string()),
         }
     }
 }
 
 /// Reads `code` (ASCII digits) to the callee on `chan`.
-pub async fn read_code<C: AgiChannel>(
-    chan: &mut C,
-    code: &str,
-    cfg: &CallConfig,
-    options: &CallOptions,
-) -> FlowOutcome {
+pub async fn read_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, options: &CallOptions) -> FlowOutcome {
     let mut flow = Flow { chan, cfg, code, readings: 0, keys: String::new(), extra_left: cfg.max_extra_readings };
     let end = match flow.script(options).await {
         Ok(end) => end,
@@ -139,6 +184,112 @@ pub async fn read_code<C: AgiChannel>(
         Err(Stop::Error(e)) => FlowEnd::Error(e),
     };
     FlowOutcome { readings: flow.readings, keys: flow.keys, end }
+}
+
+/// What a keypad entry decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The callee typed the code.
+    Verified,
+    /// They typed codes, every one wrong.
+    WrongCode,
+    /// They typed nothing at any prompt.
+    NoInput,
+}
+
+/// The result of one enter-mode run. Never holds what was typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryOutcome {
+    /// Codes typed and compared (silence or a lone `#` is none).
+    pub attempts: u32,
+    /// What the entry decided, once it did: `None` when the callee hung up
+    /// (or the flow failed) before.
+    pub verdict: Option<Verdict>,
+    /// How the script ended: [`FlowEnd::Finished`], `HungUp` or `Error`.
+    pub end: FlowEnd,
+}
+
+/// Has the callee on `chan` type `code` (ASCII digits) and says whether it
+/// was right.
+pub async fn take_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, options: &CallOptions) -> EntryOutcome {
+    let mut keypad = Keypad { chan, cfg, code, attempts: 0, verdict: None };
+    let end = match keypad.script(&options.language).await {
+        Ok(()) => FlowEnd::Finished,
+        Err(Stop::HungUp) => FlowEnd::HungUp,
+        Err(Stop::Error(e)) => FlowEnd::Error(e),
+    };
+    EntryOutcome { attempts: keypad.attempts, verdict: keypad.verdict, end }
+}
+
+struct Keypad<'a, P> {
+    chan: &'a mut P,
+    cfg: &'a CallConfig,
+    code: &'a str,
+    attempts: u32,
+    verdict: Option<Verdict>,
+}
+
+impl<P: Playback> Keypad<'_, P> {
+    async fn script(&mut self, language: &str) -> Result<(), Stop> {
+        self.chan.set_language(language).await?;
+        self.quiet(self.cfg.answer_pause_ms).await?;
+        let mut prompt = Prompt::EnterCode;
+        for round in 1..=self.cfg.entry_attempts {
+            let last = round == self.cfg.entry_attempts;
+            let typed = self.entry(prompt).await?;
+            if typed.is_empty() {
+                if last {
+                    self.verdict = Some(if self.attempts > 0 { Verdict::WrongCode } else { Verdict::NoInput });
+                }
+                prompt = Prompt::EnterCode;
+                continue;
+            }
+            self.attempts += 1;
+            if constant_time_eq(typed.expose().as_bytes(), self.code.as_bytes()) {
+                self.verdict = Some(Verdict::Verified);
+                self.say(Prompt::Verified).await?;
+                return self.goodbye().await;
+            }
+            if last {
+                self.verdict = Some(Verdict::WrongCode);
+            }
+            self.say(Prompt::WrongCode).await?;
+            prompt = Prompt::TryAgain;
+        }
+        self.goodbye().await
+    }
+
+    /// One entry, `prompt` playing while keys are collected: at most the
+    /// code's length of them. A missing prompt ends the call: without it
+    /// the callee cannot know what to do (`sounds check` finds it first).
+    async fn entry(&mut self, prompt: Prompt) -> Result<crate::secret::Secret, Stop> {
+        let max_keys = u32::try_from(self.code.len()).unwrap_or(u32::MAX);
+        match self.chan.get_data(prompt.sound(), self.cfg.entry_timeout_ms, max_keys).await? {
+            Entry::Typed { keys, .. } => Ok(keys),
+            Entry::Missing => Err(Stop::Error(format!("sound {} is missing", prompt.sound()))),
+        }
+    }
+
+    /// A prompt no key interrupts; a missing one is logged and skipped.
+    async fn say(&mut self, which: Prompt) -> Result<(), Stop> {
+        if let Played::Missing = self.chan.stream(which.sound(), "").await? {
+            tracing::warn!(sound = which.sound(), "prompt missing in Asterisk's sounds; skipped");
+        }
+        Ok(())
+    }
+
+    /// Silence of `ms` (none for 0); a key only shortens it.
+    async fn quiet(&mut self, ms: u32) -> Result<(), Stop> {
+        if ms > 0 {
+            self.chan.wait_for_digit(ms).await?;
+        }
+        Ok(())
+    }
+
+    async fn goodbye(&mut self) -> Result<(), Stop> {
+        self.quiet(self.cfg.reading_pause_ms).await?;
+        self.say(Prompt::Goodbye).await
+    }
 }
 
 /// How one reading went.
@@ -150,9 +301,9 @@ enum Reading {
     Replay,
 }
 
-/// What playing a sound or waiting for a key gave.
+/// What the callee did while a sound played or the flow waited.
 enum Heard {
-    /// It played to the end / the wait timed out.
+    /// Nothing: it played to the end / the wait timed out.
     Nothing,
     /// This key was pressed (and ended the playback or the wait).
     Key(char),
@@ -160,8 +311,8 @@ enum Heard {
     Missing,
 }
 
-struct Flow<'a, C> {
-    chan: &'a mut C,
+struct Flow<'a, P> {
+    chan: &'a mut P,
     cfg: &'a CallConfig,
     code: &'a str,
     readings: u32,
@@ -169,9 +320,9 @@ struct Flow<'a, C> {
     extra_left: u32,
 }
 
-impl<C: AgiChannel> Flow<'_, C> {
+impl<P: Playback> Flow<'_, P> {
     async fn script(&mut self, options: &CallOptions) -> Result<FlowEnd, Stop> {
-        self.chan.run(Command::SetVariable("CHANNEL(language)".into(), options.language.clone())).await?;
+        self.chan.set_language(&options.language).await?;
         self.pause(self.cfg.answer_pause_ms, "").await?;
         if options.require_keypress && !self.wait_for_any_key().await? {
             self.pause(self.cfg.reading_pause_ms, "").await?;
@@ -299,11 +450,9 @@ impl<C: AgiChannel> Flow<'_, C> {
 
     /// Waits up to `ms` for a key.
     async fn wait(&mut self, ms: u32) -> Result<Heard, Stop> {
-        let reply = self.chan.run(Command::WaitForDigit { timeout_ms: i64::from(ms) }).await?;
-        match reply.result {
-            Some(-1) => Err(Stop::HungUp),
-            Some(code) if code > 0 => Ok(self.key(code)),
-            _ => Ok(Heard::Nothing),
+        match self.chan.wait_for_digit(ms).await? {
+            Waited::Key(k) => Ok(self.key(k)),
+            Waited::Timeout => Ok(Heard::Nothing),
         }
     }
 
@@ -319,103 +468,182 @@ impl<C: AgiChannel> Flow<'_, C> {
     }
 
     /// Plays a sound, interruptible by the keys in `escape`.
-    ///
-    /// `result=-1` means either "file not found" or "hung up mid-playback".
-    /// A 1 ms `WAIT FOR DIGIT` tells them apart: on a dead channel Asterisk
-    /// answers it with `511`/`HANGUP`, on a live one with `200`.
     async fn stream(&mut self, sound: &str, escape: &str) -> Result<Heard, Stop> {
-        let reply = self
-            .chan
-            .run(Command::StreamFile { file: sound.to_owned(), escape_digits: escape.to_owned(), offset: None })
-            .await?;
-        match reply.result {
-            Some(-1) => {}
-            Some(code) if code > 0 => return Ok(self.key(code)),
-            _ => return Ok(Heard::Nothing),
+        match self.chan.stream(sound, escape).await? {
+            Played::Ended => Ok(Heard::Nothing),
+            Played::Key(k) => Ok(self.key(k)),
+            Played::Missing => Ok(Heard::Missing),
         }
-        let probe = self.chan.run(Command::WaitForDigit { timeout_ms: 1 }).await?;
-        if probe.result == Some(-1) {
-            return Err(Stop::HungUp);
-        }
-        Ok(Heard::Missing)
     }
 
-    /// Notes a key from a reply's ASCII code. Anything but `0-9*#` (which
-    /// Asterisk never sends) counts as no key.
-    fn key(&mut self, code: i64) -> Heard {
-        match u8::try_from(code).ok().map(char::from).filter(|c| ANY_KEY.contains(*c)) {
-            Some(k) => {
-                self.keys.push(k);
-                Heard::Key(k)
-            }
-            None => Heard::Nothing,
+    /// Notes a key. Anything but `0-9*#` (the A-D of some keypads, never
+    /// seen on a phone) counts as no key.
+    fn key(&mut self, k: char) -> Heard {
+        if !ANY_KEY.contains(k) {
+            return Heard::Nothing;
         }
+        self.keys.push(k);
+        Heard::Key(k)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agi::Reply;
+    use crate::agi::AgiError;
+    use crate::call::options::CallMode;
+    use crate::secret::Secret;
     use std::collections::VecDeque;
 
-    /// Keys a scripted callee presses: (command prefix, which of the
-    /// matching commands (0-based), key).
-    type Presses = Vec<(&'static str, usize, char)>;
-
-    /// A scripted Asterisk: records every command, answers from a list of
-    /// outcomes, presses keys on chosen commands; when the list runs out
-    /// every command succeeds with nothing pressed.
-    struct Scripted {
-        sent: Vec<String>,
-        answers: VecDeque<Result<Reply, AgiError>>,
-        hang_up_after: Option<usize>,
-        presses: Presses,
+    /// One request the flow made of the channel.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Asked {
+        Language(String),
+        Play { sound: String, escape: String },
+        Wait(u32),
+        Entry { prompt: String, timeout_ms: u32, max_keys: u32 },
     }
 
-    fn ok(result: i64) -> Result<Reply, AgiError> {
-        Ok(Reply { code: 200, result: Some(result), data: None, endpos: Some(1000), text: String::new() })
+    fn entry(prompt: &str, max_keys: u32) -> Asked {
+        Asked::Entry { prompt: prompt.into(), timeout_ms: 6000, max_keys }
+    }
+
+    fn play(sound: &str, escape: &str) -> Asked {
+        Asked::Play { sound: sound.into(), escape: escape.into() }
+    }
+
+    /// Where a scripted callee presses a key.
+    #[derive(Debug, Clone, Copy)]
+    enum At {
+        /// During the playback of a sound whose name starts with this.
+        Sound(&'static str),
+        /// During a wait of this many ms.
+        Wait(u32),
+    }
+
+    /// Keys a scripted callee presses: (where, which of the matching
+    /// requests (0-based), key).
+    type Presses = Vec<(At, usize, char)>;
+
+    /// A scripted callee behind typed playback: records every request,
+    /// presses keys where told (a key stops a playback only if it is one of
+    /// its escape keys, as in Asterisk), types `typing` at its entries, one
+    /// each, then nothing; has no sounds named in `missing`, and hangs up
+    /// or fails after a given number of requests.
+    #[derive(Default)]
+    struct Scripted {
+        asked: Vec<Asked>,
+        presses: Presses,
+        typing: VecDeque<Entry>,
+        missing: Vec<&'static str>,
+        hang_up_after: Option<usize>,
+        fail_at: Option<usize>,
     }
 
     impl Scripted {
         fn new() -> Self {
-            Scripted { sent: Vec::new(), answers: VecDeque::new(), hang_up_after: None, presses: Vec::new() }
+            Scripted::default()
         }
         fn hanging_up_after(n: usize) -> Self {
             Scripted { hang_up_after: Some(n), ..Scripted::new() }
         }
-        /// Presses `key` in reply to the `nth` command starting with `prefix`.
-        fn pressing(mut self, prefix: &'static str, nth: usize, key: char) -> Self {
-            self.presses.push((prefix, nth, key));
+        /// Types each of `entries` (`#` ends one; `~` at its end: the
+        /// timeout did), one per entry.
+        fn typing(mut self, entries: &[&str]) -> Self {
+            self.typing = entries.iter().map(|e| typed(e)).collect();
+            self
+        }
+        fn entries(&self) -> Vec<&str> {
+            self.asked
+                .iter()
+                .filter_map(|a| match a {
+                    Asked::Entry { prompt, .. } => Some(prompt.as_str()),
+                    _ => None,
+                })
+                .collect()
+        }
+        /// Presses `key` during the `nth` request matching `at`.
+        fn pressing(mut self, at: At, nth: usize, key: char) -> Self {
+            self.presses.push((at, nth, key));
             self
         }
         fn played(&self) -> Vec<&str> {
-            self.sent
+            self.asked
                 .iter()
-                .filter_map(|c| c.strip_prefix("STREAM FILE "))
-                .map(|c| c.split(' ').next().unwrap())
+                .filter_map(|a| match a {
+                    Asked::Play { sound, .. } => Some(sound.as_str()),
+                    _ => None,
+                })
                 .collect()
         }
         fn digits_played(&self) -> usize {
             self.played().iter().filter(|p| p.starts_with("digits/")).count()
         }
+        fn waits(&self, ms: u32) -> usize {
+            self.asked.iter().filter(|a| **a == Asked::Wait(ms)).count()
+        }
+        /// Records `asked`; `Err` if the callee is gone by now.
+        fn ask(&mut self, asked: Asked) -> Result<(), PlaybackError> {
+            self.asked.push(asked);
+            if self.hang_up_after.is_some_and(|n| self.asked.len() > n) {
+                return Err(PlaybackError::HungUp);
+            }
+            if self.fail_at == Some(self.asked.len() - 1) {
+                return Err(PlaybackError::Agi(AgiError::UnknownCommand("510 Invalid or unknown command".into())));
+            }
+            Ok(())
+        }
+        /// The key pressed during the last request, if the script says so.
+        fn pressed(&self) -> Option<char> {
+            let last = self.asked.last()?;
+            let matches = |at: &At, a: &Asked| match (at, a) {
+                (At::Sound(prefix), Asked::Play { sound, .. }) => sound.starts_with(prefix),
+                (At::Wait(ms), Asked::Wait(w)) => ms == w,
+                _ => false,
+            };
+            self.presses.iter().find_map(|(at, nth, key)| {
+                let seen = self.asked.iter().filter(|a| matches(at, a)).count();
+                (matches(at, last) && seen == nth + 1).then_some(*key)
+            })
+        }
     }
 
-    impl AgiChannel for Scripted {
-        async fn run(&mut self, cmd: Command) -> Result<Reply, AgiError> {
-            let line = cmd.to_line().expect("valid command").trim_end().to_owned();
-            self.sent.push(line.clone());
-            if self.hang_up_after.is_some_and(|n| self.sent.len() > n) {
-                return Err(AgiError::HungUp);
-            }
-            for &(prefix, nth, key) in &self.presses {
-                let seen = self.sent.iter().filter(|c| c.starts_with(prefix)).count();
-                if line.starts_with(prefix) && seen == nth + 1 {
-                    return ok(key as i64);
-                }
-            }
-            self.answers.pop_front().unwrap_or_else(|| ok(0))
+    impl Playback for Scripted {
+        async fn set_language(&mut self, language: &str) -> Result<(), PlaybackError> {
+            self.ask(Asked::Language(language.into()))
         }
+
+        async fn stream(&mut self, sound: &str, escape: &str) -> Result<Played, PlaybackError> {
+            self.ask(play(sound, escape))?;
+            if self.missing.contains(&sound) {
+                return Ok(Played::Missing);
+            }
+            Ok(match self.pressed() {
+                Some(key) if escape.contains(key) => Played::Key(key),
+                _ => Played::Ended,
+            })
+        }
+
+        async fn wait_for_digit(&mut self, ms: u32) -> Result<Waited, PlaybackError> {
+            self.ask(Asked::Wait(ms))?;
+            Ok(self.pressed().map_or(Waited::Timeout, Waited::Key))
+        }
+
+        async fn get_data(&mut self, prompt: &str, timeout_ms: u32, max_keys: u32) -> Result<Entry, PlaybackError> {
+            self.ask(Asked::Entry { prompt: prompt.into(), timeout_ms, max_keys })?;
+            if self.missing.contains(&prompt) {
+                return Ok(Entry::Missing);
+            }
+            Ok(self.typing.pop_front().unwrap_or_else(|| typed("~")))
+        }
+    }
+
+    /// An entry as Asterisk reports it: the keys before a `#` (or `~`, the
+    /// timeout), or all of them.
+    fn typed(keys: &str) -> Entry {
+        let timed_out = keys.ends_with('~');
+        let keys = keys.trim_end_matches(['#', '~']);
+        Entry::Typed { keys: Secret::new(keys), timed_out }
     }
 
     fn cfg() -> CallConfig {
@@ -423,11 +651,15 @@ mod tests {
     }
 
     fn en() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: false }
+        CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: false }
     }
 
     fn keypress() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: true }
+        CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: true }
+    }
+
+    fn enter() -> CallOptions {
+        CallOptions { mode: CallMode::Enter, language: "en".into(), require_keypress: false }
     }
 
     const CODE_4821: [&str; 4] = ["digits/4", "digits/8", "digits/2", "digits/1"];
@@ -444,25 +676,25 @@ mod tests {
         expected.extend(["voice-otp/press1", "voice-otp/goodbye"]);
         assert_eq!(chan.played(), expected);
         // The channel language first, then a pause (carriers clip the start of audio).
-        assert_eq!(chan.sent[0], "SET VARIABLE CHANNEL(language) \"en\"");
-        assert_eq!(chan.sent[1], "WAIT FOR DIGIT 1000");
+        assert_eq!(chan.asked[..3], [Asked::Language("en".into()), Asked::Wait(1000), play("voice-otp/intro", "")]);
         // A pause before every digit; 1 interrupts digits while replays are left.
-        let before_digits =
-            chan.sent.windows(2).filter(|w| w[1].starts_with("STREAM FILE digits/") && w[0] == "WAIT FOR DIGIT 400");
+        let digit = |a: &Asked| matches!(a, Asked::Play { sound, .. } if sound.starts_with("digits/"));
+        let before_digits = chan.asked.windows(2).filter(|w| digit(&w[1]) && w[0] == Asked::Wait(400));
         assert_eq!(before_digits.count(), 8);
-        assert!(chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/")).all(|c| c.ends_with(" \"1\"")));
+        assert!(
+            chan.asked.iter().filter(|a| digit(a)).all(|a| matches!(a, Asked::Play { escape, .. } if escape == "1"))
+        );
         // The offer takes any key, then waits for one.
-        let offer = chan.sent.iter().position(|c| c.starts_with("STREAM FILE voice-otp/press1")).unwrap();
-        assert_eq!(chan.sent[offer], "STREAM FILE voice-otp/press1 \"0123456789*#\"");
-        assert_eq!(chan.sent[offer + 1], "WAIT FOR DIGIT 5000");
+        let offer = chan.asked.iter().position(|a| *a == play("voice-otp/press1", "0123456789*#")).unwrap();
+        assert_eq!(chan.asked[offer + 1], Asked::Wait(5000));
     }
 
     #[tokio::test]
     async fn the_language_is_set_on_the_channel() {
         let mut chan = Scripted::new();
-        let options = CallOptions { language: "ur".into(), require_keypress: false };
+        let options = CallOptions { language: "ur".into(), ..en() };
         read_code(&mut chan, "4821", &cfg(), &options).await;
-        assert_eq!(chan.sent[0], "SET VARIABLE CHANNEL(language) \"ur\"");
+        assert_eq!(chan.asked[0], Asked::Language("ur".into()));
         // Sound names stay language-neutral: Asterisk maps them to sounds/ur/.
         assert!(chan.played().contains(&"digits/4"));
     }
@@ -477,16 +709,20 @@ mod tests {
         assert_eq!(chan.played().iter().filter(|p| **p == "voice-otp/repeat").count(), 2);
         // No replay left: no offer, and 1 does not interrupt the digits.
         assert!(!chan.played().contains(&"voice-otp/press1"));
-        assert!(chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/")).all(|c| c.ends_with(" \"\"")));
+        let digits = chan.asked.iter().filter_map(|a| match a {
+            Asked::Play { sound, escape } if sound.starts_with("digits/") => Some(escape.as_str()),
+            _ => None,
+        });
+        assert!(digits.clone().count() == 24 && digits.into_iter().all(str::is_empty));
     }
 
     #[tokio::test]
     async fn one_at_the_offer_replays_until_the_extra_readings_are_spent() {
         // The callee presses 1 at every offer: 2 readings + 3 extra, then goodbye.
         let mut chan = Scripted::new()
-            .pressing("STREAM FILE voice-otp/press1", 0, '1')
-            .pressing("STREAM FILE voice-otp/press1", 1, '1')
-            .pressing("STREAM FILE voice-otp/press1", 2, '1');
+            .pressing(At::Sound("voice-otp/press1"), 0, '1')
+            .pressing(At::Sound("voice-otp/press1"), 1, '1')
+            .pressing(At::Sound("voice-otp/press1"), 2, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 5, keys: "111".into(), end: FlowEnd::Finished });
         assert_eq!(chan.digits_played(), 20);
@@ -500,7 +736,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_in_the_wait_after_the_offer_replays_and_other_keys_say_goodbye() {
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 5000", 0, '1').pressing("WAIT FOR DIGIT 5000", 1, '7');
+        let mut chan = Scripted::new().pressing(At::Wait(5000), 0, '1').pressing(At::Wait(5000), 1, '7');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 3, keys: "17".into(), end: FlowEnd::Finished });
         let played = chan.played();
@@ -512,7 +748,7 @@ mod tests {
     #[tokio::test]
     async fn one_mid_reading_starts_the_code_over_and_adds_a_reading() {
         // 1 pressed during the third digit of the first reading.
-        let mut chan = Scripted::new().pressing("STREAM FILE digits/", 2, '1');
+        let mut chan = Scripted::new().pressing(At::Sound("digits/"), 2, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 3, keys: "1".into(), end: FlowEnd::Finished });
         let played = chan.played();
@@ -528,13 +764,13 @@ mod tests {
     #[tokio::test]
     async fn one_in_a_pause_or_during_i_repeat_is_honoured_too() {
         // During the pause before the second digit of the first reading.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 400", 1, '1');
+        let mut chan = Scripted::new().pressing(At::Wait(400), 1, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!((out.readings, out.keys.as_str()), (3, "1"));
         assert_eq!(chan.played()[..3], ["voice-otp/intro", "digits/4", "digits/4"]);
 
         // During "I repeat": the second reading starts at once, and a third follows.
-        let mut chan = Scripted::new().pressing("STREAM FILE voice-otp/repeat", 0, '1');
+        let mut chan = Scripted::new().pressing(At::Sound("voice-otp/repeat"), 0, '1');
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 3);
         let played = chan.played();
@@ -546,7 +782,11 @@ mod tests {
     async fn other_keys_mid_reading_are_ignored() {
         // Asterisk only interrupts playback for escape digits ("1"); a key
         // in a pause ends that pause, and the reading goes on.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 400", 1, '5').pressing("WAIT FOR DIGIT 400", 2, '#');
+        let mut chan = Scripted::new().pressing(At::Wait(400), 1, '5').pressing(At::Wait(400), 2, '#').pressing(
+            At::Sound("digits/"),
+            3,
+            '9',
+        );
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: "5#".into(), end: FlowEnd::Finished });
         assert_eq!(chan.digits_played(), 8);
@@ -556,32 +796,36 @@ mod tests {
     async fn pressing_one_all_the_time_is_bounded_by_max_extra_readings() {
         // 1 on every digit: three restarts, then 1 no longer interrupts.
         let mut chan = Scripted::new();
-        chan.presses = (0..200).map(|i| ("STREAM FILE digits/", i, '1')).collect();
+        chan.presses = (0..200).map(|i| (At::Sound("digits/"), i, '1')).collect();
         let config = CallConfig { max_extra_readings: 3, ..cfg() };
         let out = read_code(&mut chan, "4821", &config, &en()).await;
         assert_eq!(out.end, FlowEnd::Finished);
         // Three 1s honoured (each cut a reading after its first digit),
         // then the planned 2 + 3 readings play in full.
-        assert_eq!(out.readings, 5);
+        assert_eq!((out.readings, out.keys.as_str()), (5, "111"));
         assert_eq!(chan.digits_played(), 3 + 5 * 4);
         assert!(!chan.played().contains(&"voice-otp/press1"));
-        let quiet = chan.sent.iter().filter(|c| c.starts_with("STREAM FILE digits/") && c.ends_with(" \"\"")).count();
+        let quiet = chan
+            .asked
+            .iter()
+            .filter(|a| matches!(a, Asked::Play { sound, escape } if sound.starts_with("digits/") && escape.is_empty()))
+            .count();
         assert_eq!(quiet, 5 * 4, "once spent, digits are played without escape digits");
     }
 
     #[tokio::test]
     async fn keypress_mode_reads_the_code_only_after_a_key() {
         // The key comes in the wait after the second prompt.
-        let mut chan = Scripted::new().pressing("WAIT FOR DIGIT 5000", 1, '3');
+        let mut chan = Scripted::new().pressing(At::Wait(5000), 1, '3');
         let out = read_code(&mut chan, "4821", &cfg(), &keypress()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: "3".into(), end: FlowEnd::Finished });
         let played = chan.played();
         assert_eq!(played[..3], ["voice-otp/press_any_key", "voice-otp/press_any_key", "voice-otp/intro"]);
-        assert_eq!(chan.sent[2], "STREAM FILE voice-otp/press_any_key \"0123456789*#\"");
+        assert_eq!(chan.asked[2], play("voice-otp/press_any_key", "0123456789*#"));
         assert_eq!(chan.digits_played(), 8);
 
         // A key during the prompt itself counts at once.
-        let mut chan = Scripted::new().pressing("STREAM FILE voice-otp/press_any_key", 0, '*');
+        let mut chan = Scripted::new().pressing(At::Sound("voice-otp/press_any_key"), 0, '*');
         let out = read_code(&mut chan, "4821", &cfg(), &keypress()).await;
         assert_eq!((out.readings, out.keys.as_str()), (2, "*"));
         assert_eq!(chan.played()[..2], ["voice-otp/press_any_key", "voice-otp/intro"]);
@@ -596,15 +840,15 @@ mod tests {
         let mut expected = vec!["voice-otp/press_any_key"; 4];
         expected.push("voice-otp/goodbye");
         assert_eq!(chan.played(), expected);
-        assert_eq!(chan.sent.iter().filter(|c| *c == "WAIT FOR DIGIT 5000").count(), 4);
+        assert_eq!(chan.waits(5000), 4);
     }
 
-    /// Every command of a run, as a list, for the hang-up sweep.
-    async fn full_run(code: &str, options: &CallOptions, presses: &[(&'static str, usize, char)]) -> Vec<String> {
+    /// Every request of a run, as a list, for the hang-up sweep.
+    async fn full_run(code: &str, options: &CallOptions, presses: &Presses) -> Vec<Asked> {
         let mut chan = Scripted::new();
-        chan.presses = presses.to_vec();
+        chan.presses = presses.clone();
         read_code(&mut chan, code, &cfg(), options).await;
-        chan.sent
+        chan.asked
     }
 
     #[tokio::test]
@@ -612,9 +856,9 @@ mod tests {
         // Plain, keypress mode, a restart mid-reading and a replay at the offer.
         let scenarios: [(CallOptions, Presses); 4] = [
             (en(), vec![]),
-            (keypress(), vec![("WAIT FOR DIGIT 5000", 0, '5')]),
-            (en(), vec![("STREAM FILE digits/", 2, '1')]),
-            (en(), vec![("STREAM FILE voice-otp/press1", 0, '1')]),
+            (keypress(), vec![(At::Wait(5000), 0, '5')]),
+            (en(), vec![(At::Sound("digits/"), 2, '1')]),
+            (en(), vec![(At::Sound("voice-otp/press1"), 0, '1')]),
         ];
         for (options, presses) in scenarios {
             let full = full_run("4821", &options, &presses).await;
@@ -623,63 +867,215 @@ mod tests {
             let last_digit: Vec<usize> = full
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.starts_with("STREAM FILE digits/1"))
+                .filter(|(_, a)| matches!(a, Asked::Play { sound, .. } if sound == "digits/1"))
                 .map(|(i, _)| i)
                 .collect();
             for n in 0..full.len() {
                 let mut chan = Scripted::hanging_up_after(n);
                 chan.presses = presses.clone();
                 let out = read_code(&mut chan, "4821", &cfg(), &options).await;
-                let at = format!("hang-up after {n} commands, {options:?} {presses:?}");
+                let at = format!("hang-up after {n} requests, {options:?} {presses:?}");
                 assert_eq!(out.end, FlowEnd::HungUp, "{at}");
                 let expected = last_digit.iter().filter(|&&i| i < n).count() as u32;
                 assert_eq!(out.readings, expected, "{at}");
-                assert_eq!(chan.sent.len(), n + 1, "nothing is sent after the hang-up: {at}");
-                assert_eq!(chan.sent[..], full[..=n], "the same script up to the hang-up: {at}");
+                assert_eq!(chan.asked.len(), n + 1, "nothing is asked after the hang-up: {at}");
+                assert_eq!(chan.asked[..], full[..=n], "the same script up to the hang-up: {at}");
             }
         }
     }
 
     #[tokio::test]
-    async fn minus_one_then_dead_probe_is_a_hang_up() {
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(-1), Err(AgiError::HungUp)]);
-        let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
-        assert_eq!(out, FlowOutcome { readings: 0, keys: String::new(), end: FlowEnd::HungUp });
-        assert_eq!(chan.sent[3], "WAIT FOR DIGIT 1");
-    }
-
-    #[tokio::test]
     async fn a_missing_prompt_is_skipped_but_a_missing_digit_is_an_error() {
-        // Intro missing (-1, channel alive): the code is still read.
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(-1), ok(0)]);
+        // Intro missing (the channel alive): the code is still read.
+        let mut chan = Scripted { missing: vec!["voice-otp/intro"], ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out, FlowOutcome { readings: 2, keys: String::new(), end: FlowEnd::Finished });
+        assert_eq!(chan.digits_played(), 8);
 
         // First digit missing: stop with an error, nothing more is played.
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), ok(0), ok(0), ok(0), ok(-1), ok(0)]);
+        let mut chan = Scripted { missing: vec!["digits/4"], ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 0);
         assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("digits/4")), "{out:?}");
-        assert_eq!(chan.sent.len(), 6);
+        assert_eq!(chan.played(), ["voice-otp/intro", "digits/4"]);
     }
 
     #[tokio::test]
     async fn asterisk_errors_end_the_flow() {
-        let mut chan = Scripted::new();
-        chan.answers.extend([ok(1), Err(AgiError::UnknownCommand("510 Invalid or unknown command".into()))]);
+        let mut chan = Scripted { fail_at: Some(1), ..Scripted::new() };
         let out = read_code(&mut chan, "4821", &cfg(), &en()).await;
         assert_eq!(out.readings, 0);
-        assert!(matches!(out.end, FlowEnd::Error(_)));
+        assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("510")), "{out:?}");
+        assert_eq!(chan.asked.len(), 2, "nothing after the failure");
+    }
+
+    const CODE: &str = "246810";
+
+    async fn enter_run(chan: &mut Scripted) -> EntryOutcome {
+        take_code(chan, CODE, &cfg(), &enter()).await
+    }
+
+    #[tokio::test]
+    async fn entry_right_first_time_is_verified() {
+        let mut chan = Scripted::new().typing(&["246810"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(
+            chan.asked,
+            [
+                Asked::Language("en".into()),
+                Asked::Wait(1000),
+                // At most the code's length of keys: the sixth ends the entry.
+                entry("voice-otp/enter_code", 6),
+                play("voice-otp/verified", ""),
+                Asked::Wait(600),
+                play("voice-otp/goodbye", ""),
+            ]
+        );
+        // Ended by # or by the timeout after the code: the same.
+        for typing in ["246810#", "246810~"] {
+            let mut chan = Scripted::new().typing(&[typing]);
+            assert_eq!(enter_run(&mut chan).await.verdict, Some(Verdict::Verified), "{typing}");
+        }
+    }
+
+    #[tokio::test]
+    async fn entry_wrong_then_right_is_verified_in_two_attempts() {
+        let mut chan = Scripted::new().typing(&["135790", "246810#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 2, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again"]);
+        // "That code is not correct" takes no key (it swallows the wrong
+        // code's #), then "please try again" collects the next one.
+        let wrong = chan.asked.iter().position(|a| *a == play("voice-otp/wrong_code", "")).expect("said wrong");
+        assert_eq!(chan.asked[wrong - 1], entry("voice-otp/enter_code", 6));
+        assert_eq!(chan.asked[wrong + 1], entry("voice-otp/try_again", 6));
+        assert_eq!(chan.played(), ["voice-otp/wrong_code", "voice-otp/verified", "voice-otp/goodbye"]);
+    }
+
+    #[tokio::test]
+    async fn entry_all_wrong_is_wrong_code() {
+        let mut chan = Scripted::new().typing(&["135790#", "000000", "2468#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 3, verdict: Some(Verdict::WrongCode), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again", "voice-otp/try_again"]);
+        assert_eq!(
+            chan.played(),
+            ["voice-otp/wrong_code", "voice-otp/wrong_code", "voice-otp/wrong_code", "voice-otp/goodbye"],
+            "the last wrong code is not followed by 'try again'"
+        );
+
+        // The number of entries follows the config.
+        let mut chan = Scripted::new().typing(&["1", "2", "3", "4", "5"]);
+        let config = CallConfig { entry_attempts: 5, ..cfg() };
+        let out = take_code(&mut chan, CODE, &config, &enter()).await;
+        assert_eq!((out.attempts, out.verdict), (5, Some(Verdict::WrongCode)));
+    }
+
+    #[tokio::test]
+    async fn entry_with_nothing_typed_is_no_input() {
+        let mut chan = Scripted::new();
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 0, verdict: Some(Verdict::NoInput), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code"; 3], "the instructions again after each silence");
+        assert_eq!(chan.played(), ["voice-otp/goodbye"]);
+
+        // A wrong code, then silence: the code typed was wrong.
+        let mut chan = Scripted::new().typing(&["135790"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (1, Some(Verdict::WrongCode)));
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/try_again", "voice-otp/enter_code"]);
+    }
+
+    #[tokio::test]
+    async fn entry_hash_alone_is_no_attempt() {
+        let mut chan = Scripted::new().typing(&["#", "246810#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: Some(Verdict::Verified), end: FlowEnd::Finished });
+        assert_eq!(chan.entries(), ["voice-otp/enter_code", "voice-otp/enter_code"]);
+        assert!(!chan.played().contains(&"voice-otp/wrong_code"), "nothing typed is not a wrong code");
+
+        let mut chan = Scripted::new().typing(&["#", "#", "#"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (0, Some(Verdict::NoInput)));
+    }
+
+    #[tokio::test]
+    async fn entry_with_too_many_digits_is_wrong() {
+        // Asterisk stops at the code's length (max_keys); a peer that hands
+        // back more, or a prefix with more after it, never matches.
+        let mut chan = Scripted::new().typing(&["2468101", "24681", "246810"]);
+        let out = enter_run(&mut chan).await;
+        assert_eq!((out.attempts, out.verdict), (3, Some(Verdict::Verified)));
+        assert_eq!(chan.played()[..2], ["voice-otp/wrong_code", "voice-otp/wrong_code"]);
+        assert!(chan.asked.iter().all(|a| !matches!(a, Asked::Entry { max_keys, .. } if *max_keys != 6)));
+        // A four-digit code is asked for with at most four keys.
+        let mut chan = Scripted::new().typing(&["4821"]);
+        let out = take_code(&mut chan, "4821", &cfg(), &enter()).await;
+        assert_eq!(out.verdict, Some(Verdict::Verified));
+        assert_eq!(chan.asked[2], entry("voice-otp/enter_code", 4));
+    }
+
+    #[tokio::test]
+    async fn entry_hang_up_at_every_step_keeps_what_was_decided() {
+        let scenarios: [&[&str]; 3] = [&["135790", "246810#"], &[], &["1", "2", "3"]];
+        for typing in scenarios {
+            let mut chan = Scripted::new().typing(typing);
+            enter_run(&mut chan).await;
+            let full = chan.asked;
+            // The verdict is known from the entry that decides it on.
+            let decided_at = |full: &[Asked]| {
+                let entries: Vec<usize> =
+                    full.iter().enumerate().filter(|(_, a)| matches!(a, Asked::Entry { .. })).map(|(i, _)| i).collect();
+                let right = typing.iter().position(|t| t.trim_end_matches('#') == CODE);
+                entries[right.unwrap_or(entries.len() - 1)]
+            };
+            let decided = decided_at(&full);
+            for n in 0..full.len() {
+                let mut chan = Scripted::hanging_up_after(n).typing(typing);
+                let out = enter_run(&mut chan).await;
+                let at = format!("hang-up after {n} requests, typing {typing:?}");
+                assert_eq!(out.end, FlowEnd::HungUp, "{at}");
+                assert_eq!(out.verdict.is_some(), n > decided, "{at}: {out:?}");
+                assert_eq!(chan.asked[..], full[..=n], "the same script up to the hang-up: {at}");
+            }
+        }
+        // Mid-entry: nothing decided, the codes typed before counted.
+        let mut chan = Scripted { hang_up_after: Some(4), ..Scripted::new().typing(&["135790"]) };
+        let out = enter_run(&mut chan).await;
+        assert_eq!(chan.asked.last(), Some(&entry("voice-otp/try_again", 6)));
+        assert_eq!(out, EntryOutcome { attempts: 1, verdict: None, end: FlowEnd::HungUp });
+    }
+
+    #[tokio::test]
+    async fn entry_prompts_missing() {
+        // Without the instructions the callee cannot know what to type.
+        let mut chan = Scripted { missing: vec!["voice-otp/enter_code"], ..Scripted::new() };
+        let out = enter_run(&mut chan).await;
+        assert_eq!(out.verdict, None);
+        assert!(matches!(out.end, FlowEnd::Error(ref e) if e.contains("voice-otp/enter_code")), "{out:?}");
+        assert_eq!(chan.asked.len(), 3, "nothing after it");
+        // A missing "verified" is skipped: the verdict stands.
+        let mut chan = Scripted { missing: vec!["voice-otp/verified"], ..Scripted::new().typing(&[CODE]) };
+        assert_eq!(enter_run(&mut chan).await.verdict, Some(Verdict::Verified));
+        assert_eq!(chan.played().last(), Some(&"voice-otp/goodbye"));
+    }
+
+    #[tokio::test]
+    async fn entry_language_and_no_keys_kept() {
+        let mut chan = Scripted::new().typing(&[CODE]);
+        let options = CallOptions { language: "ur".into(), ..enter() };
+        let out = take_code(&mut chan, CODE, &cfg(), &options).await;
+        assert_eq!(chan.asked[0], Asked::Language("ur".into()));
+        assert!(!format!("{out:?}").contains(CODE), "the outcome holds nothing typed: {out:?}");
     }
 
     #[test]
     fn every_language_needs_the_prompts_and_ten_digits() {
         let needed = sounds_needed();
-        assert_eq!(needed.len(), 15);
+        assert_eq!(needed.len(), 19);
         assert!(needed.contains(&"voice-otp/press_any_key".to_owned()));
+        assert!(needed.contains(&"voice-otp/enter_code".to_owned()));
         assert!(needed.contains(&"digits/0".to_owned()) && needed.contains(&"digits/9".to_owned()));
     }
 }

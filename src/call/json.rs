@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::Call;
+use super::options::CallMode;
 use crate::time::format_ms;
 
 /// Where a call lives in the API (relative URLs).
@@ -36,8 +37,16 @@ pub struct CallJson<'a> {
     pub cause_text: Option<&'a str>,
     /// Full readings of the code played to the callee.
     pub readings: u32,
-    /// Keys the callee pressed, in order.
+    /// Keys the callee pressed, in order (read mode; never what is typed in
+    /// enter mode).
     pub keys: &'a str,
+    /// `read`: the code is read to the callee; `enter`: they type it.
+    pub mode: &'static str,
+    /// Enter mode: whether the callee typed the code right; `null` in read
+    /// mode.
+    pub verified: Option<bool>,
+    /// Enter mode: codes the callee typed; `null` in read mode.
+    pub attempts: Option<u32>,
     /// Language the code is read in.
     pub language: &'a str,
     /// Voicemail-safe mode: the code is read only after a key press.
@@ -71,6 +80,7 @@ impl Call {
     pub fn to_json(&self) -> CallJson<'_> {
         let when = |t: Option<i64>| t.map(format_ms);
         let this = format!("/v1/calls/{}", self.id);
+        let entered = self.options.mode == CallMode::Enter;
         CallJson {
             id: self.id.as_str(),
             number: &self.number,
@@ -81,6 +91,9 @@ impl Call {
             cause_text: self.cause_text.as_deref(),
             readings: self.readings,
             keys: &self.keys,
+            mode: self.options.mode.as_str(),
+            verified: entered.then_some(self.verified),
+            attempts: entered.then_some(self.attempts),
             language: &self.options.language,
             require_keypress: self.options.require_keypress,
             created_at: format_ms(self.created_at),

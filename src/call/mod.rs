@@ -7,8 +7,9 @@
 //! - `agi_handler`: an answered call arriving on FastAGI -> the flow.
 //! - `json`: the call as the JSON API and webhooks show it.
 //! - `token`: the per-dial FastAGI token that proves a session is our channel.
-//! - `options`: per-call language and voicemail-safe mode, and how a
-//!   request's values, a user's defaults and `[call]` combine.
+//! - `options`: per-call mode (read or enter), language and voicemail-safe
+//!   mode, and how a request's values, a user's defaults and `[call]`
+//!   combine.
 
 pub mod agi_handler;
 pub mod dispatcher;
@@ -68,9 +69,11 @@ pub enum CallStatus {
     Ringing,
     /// The callee answered; the code is being read.
     Answered,
-    /// At least one full reading of the code reached the callee.
+    /// At least one full reading of the code reached the callee (read
+    /// mode), or the callee typed the code right (enter mode).
     Completed,
-    /// The call ended without a full reading; `reason` says why.
+    /// The call ended without a full reading, or without the code typed
+    /// right; `reason` says why.
     Failed,
     /// Not dialled before its deadline (`[dial] deadline_secs`).
     Expired,
@@ -141,13 +144,19 @@ pub enum FailReason {
     InvalidNumber,
     /// No circuit or trunk capacity (cause 34 and friends).
     Congestion,
-    /// Answered, but hung up before the code was read in full once.
+    /// Answered, but hung up before the code was read in full once (read
+    /// mode) or typed right (enter mode).
     HangupBeforeCode,
     /// Asterisk or we failed (AMI down, Originate refused, AGI never came).
     SystemError,
     /// Voicemail-safe mode: no key after every "press any key" prompt; no
     /// digit was played.
     NoKeypress,
+    /// Enter mode: the callee typed a code, but never the right one in
+    /// `[call] entry_attempts` tries.
+    WrongCode,
+    /// Enter mode: the callee typed nothing at any prompt.
+    NoInput,
 }
 
 impl FailReason {
@@ -162,6 +171,8 @@ impl FailReason {
             FailReason::HangupBeforeCode => "hangup_before_code",
             FailReason::SystemError => "system_error",
             FailReason::NoKeypress => "no_keypress",
+            FailReason::WrongCode => "wrong_code",
+            FailReason::NoInput => "no_input",
         }
     }
 
@@ -233,8 +244,14 @@ pub struct Call {
     pub keys: String,
     /// Where this call's status changes are POSTed; `None`: the user's default.
     pub callback_url: Option<String>,
-    /// Language and voicemail-safe mode the call is read with.
+    /// Mode, language and voicemail-safe mode of the call.
     pub options: options::CallOptions,
+    /// Enter mode: the callee typed the code right. Only the call flow sets
+    /// it, after comparing; always false in read mode.
+    pub verified: bool,
+    /// Enter mode: codes the callee typed (an empty entry is none). The
+    /// digits themselves are never kept.
+    pub attempts: u32,
 }
 
 impl Call {

@@ -36,7 +36,7 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 /// Fields `POST /v1/calls` knows; anything else is refused by name.
-const CREATE_FIELDS: [&str; 5] = ["number", "code", "language", "require_keypress", "callback_url"];
+const CREATE_FIELDS: [&str; 6] = ["number", "code", "language", "require_keypress", "callback_url", "mode"];
 
 /// Which `/v1` endpoint a path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,12 +175,13 @@ fn read_order(fields: &Map<String, Value>) -> Result<CallOrder<'_>, FieldError> 
     let code = required("code")?;
     let callback_url = text("callback_url")?;
     let language = text("language")?;
+    let mode = text("mode")?;
     let require_keypress = match fields.get("require_keypress") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(FieldError::new("require_keypress", "require_keypress must be one of: true, false")),
     };
-    Ok(CallOrder { number, code, callback_url, language, require_keypress })
+    Ok(CallOrder { number, code, callback_url, language, require_keypress, mode })
 }
 
 /// One of the user's calls, or the reply to give instead (404 for unknown

@@ -1,7 +1,7 @@
 //! Taking in a new call, shared by the seed API and `POST /v1/calls`, so
 //! both pass the same checks and limits in the same order:
 //!
-//! 1. [`check`]: number, code, `language`, `require_keypress`, callback URL
+//! 1. [`check`]: number, code, `language`, `mode`, `require_keypress`, callback URL
 //!    (cheap, no database);
 //! 2. [`login`]: the failed-login limits, then the bcrypt verify
 //!    ([`crate::limits::Limits::login`]);
@@ -42,6 +42,8 @@ pub struct CallOrder<'a> {
     pub language: Option<&'a str>,
     /// The `require_keypress` field, if given.
     pub require_keypress: Option<bool>,
+    /// The `mode` field, if given.
+    pub mode: Option<&'a str>,
 }
 
 /// A field the client got wrong: names it, and says how (the message starts
@@ -82,7 +84,7 @@ pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError>
     let number = PhoneNumber::parse(order.number, app.config.phone.default_country)
         .map_err(|e| FieldError::new("number", format!("number {e}")))?;
     check_code(order.code).map_err(|e| FieldError::new("code", e))?;
-    let options = RequestedOptions::check(order.language, order.require_keypress, &app.config.call)?;
+    let options = RequestedOptions::check(order.language, order.require_keypress, order.mode, &app.config.call)?;
     let callback_url = order
         .callback_url
         .map(|url| check_url(url, &app.config.webhooks))

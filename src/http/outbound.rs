@@ -1,4 +1,4 @@
-//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=]`:
+//! `GET|POST /outbound.cgi?number=&code=&username=&password=[&language=][&require_keypress=][&mode=]`:
 //! the seed API.
 //!
 //! Order of checks: every field present and well-formed (400, cheap), then
@@ -86,7 +86,8 @@ fn check(app: &App, params: &Params) -> Result<Order, FieldError> {
     let language = params.optional("language")?;
     let require_keypress = params.optional("require_keypress")?;
     let require_keypress = require_keypress.map(parse_require_keypress).transpose()?;
-    let order = CallOrder { number, code, callback_url: None, language, require_keypress };
+    let mode = params.optional("mode")?;
+    let order = CallOrder { number, code, callback_url: None, language, require_keypress, mode };
     let call = intake::check(app, order)?;
     Ok(Order { call, username: username.to_owned(), password: Secret::new(password) })
 }

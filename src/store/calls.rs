@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
-use crate::call::options::CallOptions;
+use crate::call::options::{CallMode, CallOptions};
 use crate::call::token::TokenHash;
 use crate::call::{Call, CallId, CallStatus, FailReason, now_ms};
 use crate::secret::Secret;
@@ -109,7 +109,7 @@ const LIVE: &str = "('queued', 'dialing', 'ringing', 'answered')";
 
 pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
                             created_at, updated_at, dialed_at, answered_at, ended_at, ringing_at, deadline_at, keys, \
-                            callback_url, language, require_keypress";
+                            callback_url, language, require_keypress, mode, verified, attempts";
 
 /// The per-number quota count, in the same step as every insert: calls to
 /// `?1` after `?2`, and of those after `?3`, with the oldest of each.
@@ -146,6 +146,10 @@ pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
     let Some(status) = CallStatus::parse(&status) else {
         return Ok(Err(StoreError::Corrupt(format!("call status {status:?}"))));
     };
+    let mode: String = row.get(21)?;
+    let Some(mode) = CallMode::parse(&mode) else {
+        return Ok(Err(StoreError::Corrupt(format!("call mode {mode:?}"))));
+    };
     Ok(Ok(Call {
         id,
         user_id: row.get(1)?,
@@ -166,8 +170,48 @@ pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
         deadline_at: row.get(16)?,
         keys: row.get(17)?,
         callback_url: row.get(18)?,
-        options: CallOptions { language: row.get(19)?, require_keypress: row.get(20)? },
+        options: CallOptions { mode, language: row.get(19)?, require_keypress: row.get(20)? },
+        verified: row.get(22)?,
+        attempts: row.get(23)?,
     }))
+}
+
+/// Runs one conditional status `UPDATE` in `tx` and, when it moved the
+/// call, queues the webhook for the new state in the same transaction: a
+/// status change is never committed without its notification.
+fn transition_in(
+    tx: &rusqlite::Transaction<'_>,
+    id: &CallId,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<bool, StoreError> {
+    let n = tx.prepare_cached(sql)?.execute(args)?;
+    if n == 1 {
+        super::webhooks::enqueue_call_change(tx, id)?;
+    }
+    Ok(n == 1)
+}
+
+/// Any non-final status -> `end`'s, erasing the code, in `tx`.
+fn finish_in(tx: &rusqlite::Transaction<'_>, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
+    debug_assert!(end.status.is_final());
+    transition_in(
+        tx,
+        id,
+        &format!(
+            "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
+                              code = NULL, agi_token_hash = NULL, ended_at = ?6, updated_at = ?6
+             WHERE id = ?1 AND status IN {LIVE}"
+        ),
+        params![
+            id.as_str(),
+            end.status.as_str(),
+            end.reason.map(FailReason::as_str),
+            end.detail,
+            end.readings,
+            now_ms()
+        ],
+    )
 }
 
 pub(super) fn read_call(conn: &rusqlite::Connection, id: &CallId) -> Result<Option<Call>, StoreError> {
@@ -186,8 +230,8 @@ impl Store {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url,
-                                language, require_keypress)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9)",
+                                language, require_keypress, mode)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         stmt.execute(params![
             new.id.as_str(),
@@ -198,7 +242,8 @@ impl Store {
             life.deadline_at,
             life.callback_url,
             new.options.language,
-            new.options.require_keypress
+            new.options.require_keypress,
+            new.options.mode.as_str()
         ])?;
         Ok(())
     }
@@ -252,17 +297,12 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
-    /// Runs one conditional status `UPDATE` and, when it moved the call,
-    /// queues the webhook for the new state in the same transaction: a
-    /// status change is never committed without its notification.
+    /// [`transition_in`] in a transaction of its own.
     fn transition(&mut self, id: &CallId, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
-        let n = tx.prepare_cached(sql)?.execute(args)?;
-        if n == 1 {
-            super::webhooks::enqueue_call_change(&tx, id)?;
-        }
+        let moved = transition_in(&tx, id, sql, args)?;
         tx.commit()?;
-        Ok(n == 1)
+        Ok(moved)
     }
 
     /// `queued` -> `dialing`, keeping the hash of the FastAGI token sent
@@ -327,23 +367,33 @@ impl Store {
     /// Any non-final status -> final; erases the code in the same write.
     /// False if the call was final already.
     pub fn finish_call(&mut self, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
-        debug_assert!(end.status.is_final());
-        self.transition(
-            id,
-            &format!(
-                "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
-                                  code = NULL, agi_token_hash = NULL, ended_at = ?6, updated_at = ?6
-                 WHERE id = ?1 AND status IN {LIVE}"
-            ),
-            params![
-                id.as_str(),
-                end.status.as_str(),
-                end.reason.map(FailReason::as_str),
-                end.detail,
-                end.readings,
-                now_ms()
-            ],
-        )
+        let tx = self.conn.transaction()?;
+        let moved = finish_in(&tx, id, end)?;
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// [`Store::finish_call`] for an enter-mode call, with how the entry
+    /// went: the codes typed (`attempts`) and whether one was right. One
+    /// transaction, so the final status's webhook carries them. Nothing
+    /// changes if the call was final already.
+    pub fn finish_entry(
+        &mut self,
+        id: &CallId,
+        end: &CallEnd,
+        attempts: u32,
+        verified: bool,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        // Before the status moves, so the webhook's body has them; a final
+        // call keeps the entry it ended with.
+        tx.prepare_cached(&format!(
+            "UPDATE calls SET attempts = ?2, verified = ?3 WHERE id = ?1 AND status IN {LIVE}"
+        ))?
+        .execute(params![id.as_str(), attempts, verified])?;
+        let moved = finish_in(&tx, id, end)?;
+        tx.commit()?;
+        Ok(moved)
     }
 
     /// `queued` -> `expired` when its deadline has passed at `now`; erases
@@ -453,14 +503,14 @@ mod tests {
     use crate::store::query_plan;
 
     fn english() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: false }
+        CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: false }
     }
 
     fn store_with_call() -> (Store, CallId) {
         let mut s = Store::open_in_memory().unwrap();
         let u = s.add_user("acme1", "h").unwrap();
         let id = CallId::generate();
-        let options = CallOptions { language: "ur".into(), require_keypress: true };
+        let options = CallOptions { mode: CallMode::Read, language: "ur".into(), require_keypress: true };
         s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "482915", options: &options })
             .unwrap();
         (s, id)
@@ -470,13 +520,47 @@ mod tests {
     fn options_and_keys_are_kept() {
         let (mut s, id) = store_with_call();
         let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.options, CallOptions { language: "ur".into(), require_keypress: true });
+        assert_eq!(c.options, CallOptions { mode: CallMode::Read, language: "ur".into(), require_keypress: true });
+        assert_eq!((c.verified, c.attempts), (false, 0));
         assert_eq!(c.keys, "");
         s.record_keys(&id, "51").unwrap();
         assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
         s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
         s.record_keys(&id, "9").unwrap();
         assert_eq!(s.call(&id).unwrap().unwrap().keys, "51", "a final call keeps its keys");
+    }
+
+    #[test]
+    fn an_entry_is_kept_with_the_end_of_the_call_and_in_its_webhook() {
+        let mut s = Store::open_in_memory().unwrap();
+        let u = s.add_user("acme1", "h").unwrap();
+        s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
+        let enter = CallOptions { mode: CallMode::Enter, language: "en".into(), require_keypress: false };
+        let id = CallId::generate();
+        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "246810", options: &enter })
+            .unwrap();
+        assert_eq!(s.call(&id).unwrap().unwrap().options.mode, CallMode::Enter);
+        s.mark_dialing(&id).unwrap();
+        s.mark_answered(&id).unwrap();
+        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: None };
+        assert!(s.finish_entry(&id, &end, 2, true).unwrap());
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!((c.status, c.verified, c.attempts, c.code), (CallStatus::Completed, true, 2, None));
+        let body: String = s
+            .conn
+            .query_row(
+                "SELECT body FROM webhook_deliveries WHERE call_id = ?1 AND status = 'completed'",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(body.contains(r#""verified":true"#) && body.contains(r#""attempts":2"#), "{body}");
+
+        // A call that is over already keeps the entry it ended with.
+        let late = CallEnd::failed(FailReason::WrongCode, None);
+        assert!(!s.finish_entry(&id, &late, 3, false).unwrap());
+        let c = s.call(&id).unwrap().unwrap();
+        assert_eq!((c.status, c.verified, c.attempts), (CallStatus::Completed, true, 2));
     }
 
     #[test]

@@ -216,6 +216,14 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (user_id, hour) DO UPDATE SET n = n + 1;
         DELETE FROM user_call_hours WHERE user_id = new.user_id AND hour <= new.created_at / 3600000 - 24;
     END;",
+    // 13: keypad entry. A call's mode (`read`, as every earlier call was,
+    // or `enter`), whether the callee typed its code right, how many codes
+    // they typed (never the digits themselves), and users' default mode
+    // (NULL = the config's).
+    "ALTER TABLE calls ADD COLUMN mode TEXT NOT NULL DEFAULT 'read';
+    ALTER TABLE calls ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN mode TEXT;",
 ];
 
 /// The schema version this build writes.
@@ -223,13 +231,25 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings `conn` to [`LATEST`]. Refuses a database from a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, LATEST)
+}
+
+/// The version right after the migration whose SQL contains `marker`: for
+/// tests that build a database as it was before a later migration.
+#[cfg(test)]
+pub(crate) fn version_of(marker: &str) -> i64 {
+    MIGRATIONS.iter().position(|sql| sql.contains(marker)).expect("a migration with that marker") as i64 + 1
+}
+
+/// Brings `conn` to version `target` (at most [`LATEST`]).
+pub(crate) fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > LATEST {
         return Err(StoreError::Corrupt(format!(
             "database schema version {current} is newer than this build knows ({LATEST})"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target as usize).skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;

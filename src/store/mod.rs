@@ -218,7 +218,7 @@ mod tests {
     /// not in an old WAL frame.
     #[test]
     fn an_erased_code_leaves_no_trace_on_disk() {
-        use crate::call::options::CallOptions;
+        use crate::call::options::{CallMode, CallOptions};
         use crate::call::{CallId, CallStatus};
         use crate::store::{CallEnd, NewCall};
         let dir = std::env::temp_dir().join(format!("voice-otp-scrub-{}", std::process::id()));
@@ -227,7 +227,7 @@ mod tests {
         let code = "97531864209753186420";
         let mut s = Store::open(&path).unwrap();
         let u = s.add_user("acme1", "h").unwrap();
-        let options = CallOptions { language: "en".into(), require_keypress: false };
+        let options = CallOptions { language: "en".into(), require_keypress: false, mode: CallMode::Read };
         let ids: Vec<CallId> = (0..50).map(|_| CallId::generate()).collect();
         for id in &ids {
             s.insert_call(&NewCall { id, user_id: u.id, number: "+923001234567", code, options: &options }).unwrap();

@@ -70,7 +70,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::options::CallOptions;
+    use crate::call::options::{CallMode, CallOptions};
     use crate::call::{CallId, FailReason};
     use crate::store::{CallEnd, NewCall, NewCallLifecycle};
 
@@ -86,7 +86,7 @@ mod tests {
 
     fn add(s: &mut Store, user_id: i64, deadline_at: Option<i64>) -> CallId {
         let id = CallId::generate();
-        let options = CallOptions { language: "en".into(), require_keypress: false };
+        let options = CallOptions { language: "en".into(), require_keypress: false, mode: CallMode::Read };
         let new = NewCall { id: &id, user_id, number: "+923001234567", code: "1234", options: &options };
         s.insert_call_with(&new, &NewCallLifecycle { deadline_at, callback_url: None }).unwrap();
         id
@@ -151,26 +151,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("old.db");
         {
-            let mut s = Store::open(&path).unwrap();
-            let user = s.add_user("acme1", "h").unwrap();
-            s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
-            for _ in 0..3 {
-                let id = add(&mut s, user.id, None);
-                s.mark_dialing(&id).unwrap();
-                s.finish_call(&id, &CallEnd::failed(FailReason::NoAnswer, None)).unwrap();
-            }
-            add(&mut s, user.id, None);
-            // As if the database were from before migration 9.
-            let version = super::super::migrations::LATEST - 1;
-            s.conn
-                .execute_batch(&format!(
-                    "DROP TABLE call_counts; DROP TABLE webhook_backlog;
-                     DROP TRIGGER call_counts_insert; DROP TRIGGER call_counts_update; DROP TRIGGER call_counts_delete;
-                     DROP TRIGGER webhook_backlog_insert; DROP TRIGGER webhook_backlog_update;
-                     DROP TRIGGER webhook_backlog_delete; DROP TABLE user_call_hours;
-                     DROP TRIGGER user_call_hours_insert; PRAGMA user_version = {version};"
-                ))
+            // The database as it was just before the counts' migration,
+            // with history written the way that version wrote it.
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let before = super::super::migrations::version_of("CREATE TABLE call_counts") - 1;
+            super::super::migrations::migrate_to(&mut conn, before).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, name, password_hash, enabled, created_at, webhook_url, webhook_secret)
+                     VALUES (1, 'acme1', 'h', 1, 0, 'https://hooks.example.com/otp', 's');",
+            )
+            .unwrap();
+            let now = crate::call::now_ms();
+            for (status, reason) in [("failed", Some("no_answer")); 3].into_iter().chain([("queued", None)]) {
+                let id = CallId::generate();
+                conn.execute(
+                    "INSERT INTO calls (id, user_id, number, status, reason, created_at, updated_at)
+                     VALUES (?1, 1, '+923001234567', ?2, ?3, ?4, ?4)",
+                    rusqlite::params![id.as_str(), status, reason, now],
+                )
                 .unwrap();
+                conn.execute(
+                    "INSERT INTO webhook_deliveries (call_id, user_id, url, status, body, created_at, next_attempt_at)
+                     VALUES (?1, 1, 'https://hooks.example.com/otp', ?2, '{}', ?3, ?3)",
+                    rusqlite::params![id.as_str(), status, now],
+                )
+                .unwrap();
+            }
         }
         let s = Store::open(&path).unwrap();
         assert_counts_true(&s, "migration");

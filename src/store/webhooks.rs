@@ -409,7 +409,7 @@ mod tests {
     use crate::store::{CallEnd, NewCall, NewCallLifecycle};
 
     fn english() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: false }
+        CallOptions { mode: crate::call::options::CallMode::Read, language: "en".into(), require_keypress: false }
     }
 
     fn setup(default_url: Option<&str>) -> (Store, CallId) {

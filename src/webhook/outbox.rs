@@ -444,7 +444,7 @@ async fn attempt<A: Attempter>(db: Db, attempter: Arc<A>, metrics: Arc<Metrics>,
 mod tests {
     use super::*;
     use crate::call::CallId;
-    use crate::call::options::CallOptions;
+    use crate::call::options::{CallMode, CallOptions};
     use crate::store::{CallEnd, NewCall, NewCallLifecycle, Store};
 
     fn due(id: i64, user: i64, host: &str) -> DueRef {
@@ -593,7 +593,7 @@ mod tests {
     }
 
     fn english() -> CallOptions {
-        CallOptions { language: "en".into(), require_keypress: false }
+        CallOptions { language: "en".into(), require_keypress: false, mode: CallMode::Read }
     }
 
     /// A call of `user` to `url`, taken through `statuses` ("dialing", "failed").
