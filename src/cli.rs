@@ -15,6 +15,7 @@ use crate::config::{CallConfig, Config};
 use crate::sounds::{self, DEFAULT_SOUNDS_DIR};
 use crate::store::{Store, StoreError, UserDefaultsChange};
 use crate::time::format_ms;
+use crate::verify::VerificationId;
 
 /// Voice OTP: delivers one-time passwords by phone call through Asterisk.
 #[derive(Debug, Parser)]
@@ -45,6 +46,19 @@ pub enum Command {
     /// Check Asterisk's sounds folder for what calls will play.
     #[command(subcommand)]
     Sounds(SoundsCommand),
+    /// Look at verifications (`/v1/verifications`).
+    #[command(subcommand)]
+    Verification(VerificationCommand),
+}
+
+/// `voice-otp verification ...`
+#[derive(Debug, Subcommand)]
+pub enum VerificationCommand {
+    /// Show one verification as key=value lines (never the code).
+    Show {
+        /// The verification id from the API response.
+        id: String,
+    },
 }
 
 /// `voice-otp sounds ...`
@@ -165,7 +179,33 @@ pub fn run(cli: Cli) -> CliResult {
         Command::User(cmd) => user(&config, cmd),
         Command::Call(cmd) => call(&config, cmd),
         Command::Sounds(SoundsCommand::Check { dir }) => sounds_check(&config.call, &dir),
+        Command::Verification(VerificationCommand::Show { id }) => verification_show(&config, &id),
     }
+}
+
+fn verification_show(config: &Config, id: &str) -> CliResult {
+    let store = open(config)?;
+    let vid = VerificationId::parse(id).ok_or_else(|| format!("`{}` is not a verification id", id.escape_debug()))?;
+    let v = store.verification(&vid).map_err(db)?.ok_or_else(|| format!("no verification {id}"))?;
+    let now = crate::time::now_ms();
+    let status = v.status_at(now);
+    let when = |t: Option<i64>| t.map(format_ms).unwrap_or_default();
+    println!("id={}", v.id);
+    println!("number={}", v.number);
+    println!("status={status}");
+    println!("code_length={}", v.code_length.get());
+    println!("language={}", v.language);
+    println!("sends={}", v.sends);
+    println!("failed_checks={}", v.failed_checks);
+    let left = if status.is_final() { 0 } else { config.verify.max_checks.saturating_sub(v.failed_checks) };
+    println!("attempts_left={left}");
+    println!("call_id={}", v.last_call_id.as_deref().unwrap_or_default());
+    println!("created_at={}", format_ms(v.created_at));
+    println!("updated_at={}", format_ms(v.updated_at));
+    println!("expires_at={}", format_ms(v.expires_at));
+    println!("ended_at={}", when(v.ended_at));
+    println!("callback_url={}", v.callback_url.as_deref().unwrap_or_default());
+    Ok(())
 }
 
 fn open(config: &Config) -> Result<Store, String> {

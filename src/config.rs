@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// How many calls run at once and how many may wait.
     pub queue: QueueConfig,
+    /// Verifications: generated codes with checks (`/v1/verifications`).
+    pub verify: VerifyConfig,
 }
 
 /// `[http]`
@@ -538,6 +540,43 @@ impl Default for QueueConfig {
     }
 }
 
+/// `[verify]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// A verification not approved this many seconds after it was created
+    /// is `expired`; its code can no longer be checked.
+    pub ttl_secs: u32,
+    /// Wrong codes a verification may be checked with; the last one ends it
+    /// as `max_attempts_reached`.
+    pub max_checks: u32,
+    /// Calls one verification may place (the first and the re-sends).
+    pub max_sends: u32,
+    /// File of the key that codes are derived from (32 random bytes, made
+    /// on first start, mode 0600). Empty: next to the database, as
+    /// `<database path>.key`. Daemons sharing a database share this key.
+    pub key_file: PathBuf,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self { ttl_secs: 600, max_checks: 5, max_sends: 5, key_file: PathBuf::new() }
+    }
+}
+
+impl VerifyConfig {
+    /// The key file, the default applied for a database at `database`.
+    pub fn key_path(&self, database: &Path) -> PathBuf {
+        if self.key_file.as_os_str().is_empty() {
+            let mut name = database.as_os_str().to_owned();
+            name.push(".key");
+            PathBuf::from(name)
+        } else {
+            self.key_file.clone()
+        }
+    }
+}
+
 /// A configuration that could not be loaded; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -576,6 +615,12 @@ impl Config {
         {
             config.database.path = dir.join(&config.database.path);
         }
+        if !config.verify.key_file.as_os_str().is_empty()
+            && config.verify.key_file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.verify.key_file = dir.join(&config.verify.key_file);
+        }
         config.checked(path)
     }
 
@@ -591,6 +636,16 @@ impl Config {
         }
         if self.agi.max_sessions == 0 {
             return Err(invalid("agi.max_sessions must be at least 1".into()));
+        }
+        let v = &self.verify;
+        if !(60..=86_400).contains(&v.ttl_secs) {
+            return Err(invalid(format!("verify.ttl_secs must be 60..=86400, got {}", v.ttl_secs)));
+        }
+        if !(1..=20).contains(&v.max_checks) {
+            return Err(invalid(format!("verify.max_checks must be 1..=20, got {}", v.max_checks)));
+        }
+        if !(1..=20).contains(&v.max_sends) {
+            return Err(invalid(format!("verify.max_sends must be 1..=20, got {}", v.max_sends)));
         }
         self.call.check().map_err(invalid)?;
         for (key, value) in [

@@ -17,34 +17,14 @@ use crate::auth::{Authenticator, CredentialCache};
 use crate::call::agi_handler::OtpAgi;
 use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
+use crate::http::App;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{Db, Store};
+use crate::verify::VerifyKey;
 
 /// How long shutdown waits for calls in progress before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What HTTP handlers share.
-pub struct App {
-    /// The loaded configuration.
-    pub config: Arc<Config>,
-    /// The database.
-    pub db: Db,
-    /// Credential checks.
-    pub auth: Authenticator,
-    /// Where accepted calls go.
-    pub dispatcher: Dispatcher,
-    /// The AMI link, for health and metrics.
-    pub ami: AmiClient,
-    /// FastAGI sessions running, for metrics.
-    pub live: LiveCalls,
-    /// True while the FastAGI server is serving.
-    pub agi_listening: Arc<AtomicBool>,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Abuse limits and the toll-fraud guard.
-    pub limits: Limits,
-}
 
 /// Addresses actually bound (ports may have been 0 in the config).
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +69,9 @@ pub enum StartError {
     /// Building the authenticator.
     #[error("auth: {0}")]
     Auth(String),
+    /// Reading or making the verification key.
+    #[error(transparent)]
+    VerifyKey(#[from] crate::verify::code::KeyError),
 }
 
 impl Daemon {
@@ -99,6 +82,7 @@ impl Daemon {
         let store =
             Store::open(&path).map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
         let db = Db::new(store);
+        let verify_key = VerifyKey::load_or_create(&config.verify.key_path(&config.database.path))?;
         let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost)
             .map_err(|e| StartError::Auth(e.to_string()))?
             .with_cache(CredentialCache::new(
@@ -168,7 +152,7 @@ impl Daemon {
         ));
         tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
         let limits = Limits::new(&config.limits, &config.phone);
-        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits });
+        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits, verify_key });
         tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })
@@ -203,8 +187,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Periodic chores, first run at start: expire queued calls past their
-/// deadline, empty the WAL of old page images, purge final calls older
-/// than `[retention] days` (0: never).
+/// deadline, empty the WAL of old page images, expire verifications past
+/// their time (with their webhooks), forget idempotency keys older than a
+/// day, purge final calls and verifications older than `[retention] days`
+/// (0: never).
 async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) {
     loop {
         let now = crate::call::now_ms();
@@ -220,11 +206,24 @@ async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) 
         if let Err(e) = db.run(|s| s.scrub()).await {
             tracing::error!(error = %e, "could not checkpoint the database");
         }
+        match db.run(move |s| s.expire_verifications(now)).await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(verification = %id, "verification expired");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not expire verifications"),
+        }
+        if let Err(e) = db.run(move |s| s.purge_idempotency_keys(now)).await {
+            tracing::error!(error = %e, "could not purge old idempotency keys");
+        }
         if retention_days > 0 {
             let cutoff = now - i64::from(retention_days) * 86_400_000;
-            match db.run(move |s| s.purge_calls(cutoff)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, retention_days, "old calls purged"),
+            match db.run(move |s| Ok((s.purge_calls(cutoff)?, s.purge_verifications(cutoff)?))).await {
+                Ok((0, 0)) => {}
+                Ok((calls, verifications)) => {
+                    tracing::info!(calls, verifications, retention_days, "old calls and verifications purged")
+                }
                 Err(e) => tracing::error!(error = %e, "could not purge old calls"),
             }
         }

@@ -21,13 +21,14 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::App;
+use super::idempotency;
 use super::intake::{self, CallOrder, FieldError, PlaceError};
 use super::params::Params;
 use super::problem::{bad_field, basic_credentials, problem, refused, unauthorized};
 use super::{HttpResponse, has_media_type, json, read_body};
 use crate::call::json::CallJson;
 use crate::call::{Call, CallId, CallStatus};
-use crate::daemon::App;
 use crate::limits::LoginError;
 use crate::store::{CallCursor, User};
 
@@ -104,7 +105,9 @@ pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>
     }
 }
 
-async fn authenticate(app: &App, req: &Request<Incoming>, client: IpAddr) -> Result<User, HttpResponse> {
+/// The request's Basic credentials checked behind the login limits, or the
+/// reply to give instead (401, 429, 503).
+pub(super) async fn authenticate(app: &App, req: &Request<Incoming>, client: IpAddr) -> Result<User, HttpResponse> {
     let Some((name, password)) = basic_credentials(req.headers()) else { return Err(unauthorized()) };
     match intake::login(app, &name, &password, client).await {
         Ok(user) => Ok(user),
@@ -114,7 +117,8 @@ async fn authenticate(app: &App, req: &Request<Incoming>, client: IpAddr) -> Res
     }
 }
 
-fn unavailable() -> HttpResponse {
+/// 503: the database could not be reached.
+pub(super) fn unavailable() -> HttpResponse {
     problem(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; try again", None)
 }
 
@@ -126,11 +130,21 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
     if !has_media_type(&req, "application/json") {
         return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None);
     }
+    let key = match idempotency::key(req.headers()) {
+        Ok(key) => key,
+        Err(detail) => return super::problem::bad_field("Idempotency-Key", &detail),
+    };
     let body = match read_body(req, &app.config.http).await {
         Ok(b) => b,
         Err(e) => return problem(e.status(), &e.to_string(), None),
     };
-    let fields = match serde_json::from_slice::<Value>(&body) {
+    let fingerprint = idempotency::fingerprint("POST", "/v1/calls", &body);
+    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, &body)).await
+}
+
+/// `POST /v1/calls` once its body is read.
+async fn create_from(app: &App, user: &User, body: &[u8]) -> HttpResponse {
+    let fields = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return problem(StatusCode::BAD_REQUEST, "the body must be a JSON object", None),
         Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}"), None),

@@ -16,13 +16,13 @@
 
 use std::net::IpAddr;
 
-use crate::call::options::{OptionError, RequestedOptions};
+use super::App;
+use crate::call::options::{CallOptions, OptionError, RequestedOptions};
 use crate::call::{Call, CallId, now_ms};
-use crate::daemon::App;
 use crate::limits::{LoginError, Refusal};
 use crate::phone::PhoneNumber;
 use crate::secret::Secret;
-use crate::store::{NewCall, NewCallLifecycle, StoreError, User};
+use crate::store::{NewCall, NewCallLifecycle, Store, StoreError, User};
 use crate::webhook::{WebhookUrl, check_url};
 
 /// Longest and shortest code we read out (the seed allows 20 digits).
@@ -73,7 +73,8 @@ impl From<OptionError> for FieldError {
 #[derive(Debug)]
 pub struct CheckedCall {
     number: PhoneNumber,
-    code: String,
+    /// Redacted in `Debug`, like every secret.
+    code: Secret,
     callback_url: Option<WebhookUrl>,
     options: RequestedOptions,
 }
@@ -90,7 +91,7 @@ pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError>
         .map(|url| check_url(url, &app.config.webhooks))
         .transpose()
         .map_err(|e| FieldError::new("callback_url", format!("callback_url {e}")))?;
-    Ok(CheckedCall { number, code: order.code.to_owned(), callback_url, options })
+    Ok(CheckedCall { number, code: Secret::new(order.code), callback_url, options })
 }
 
 /// Checks credentials behind the failed-login limits of `client` and the
@@ -122,43 +123,82 @@ pub enum PlaceError {
 /// requests cannot both take a number's last slot. The stored call then
 /// goes to the dialler and is returned.
 pub async fn place(app: &App, user: &User, call: CheckedCall) -> Result<Call, PlaceError> {
-    if let Err(refusal) = app.limits.check_request(user, &call.number) {
+    let code = call.code;
+    let placement =
+        Placement { number: call.number, callback_url: call.callback_url.map(|u| u.url), options: call.options };
+    let (call, ()) =
+        place_with(app, user, placement, move |_, _, options, _| Ok(Ok((code, options, None, ())))).await?;
+    Ok(call)
+}
+
+/// A call to place whose code is decided in the database step that stores it.
+#[derive(Debug)]
+pub struct Placement {
+    /// Destination.
+    pub number: PhoneNumber,
+    /// Its webhook URL (checked), if it has its own.
+    pub callback_url: Option<String>,
+    /// Its options as the request gave them.
+    pub options: RequestedOptions,
+}
+
+/// What decides a call's code once every limit has passed, inside the same
+/// database transaction as the insert: given the store, the new call's id,
+/// its resolved options and the time, the code to read, the options to
+/// store (a re-send keeps its verification's), the verification it belongs
+/// to, and a value for the caller - or a refusal, which stores nothing.
+pub type Decision<T> = Result<Result<(Secret, CallOptions, Option<String>, T), Refusal>, StoreError>;
+
+/// [`place`] for a call whose code `decide` picks in the database step:
+/// the same limits in the same order, then `decide`, then the insert, all
+/// one transaction.
+pub async fn place_with<T, F>(app: &App, user: &User, placement: Placement, decide: F) -> Result<(Call, T), PlaceError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Store, &CallId, CallOptions, i64) -> Decision<T> + Send + 'static,
+{
+    if let Err(refusal) = app.limits.check_request(user, &placement.number) {
         tracing::warn!(user = %user.name, ?refusal, "request refused by a limit");
         return Err(PlaceError::Refused(refusal));
     }
     let id = CallId::generate();
     let user_id = user.id;
-    let number = call.number.e164().to_owned();
-    let life = NewCallLifecycle {
-        deadline_at: Some(now_ms() + i64::from(app.config.dial.deadline_secs) * 1000),
-        callback_url: call.callback_url.map(|u| u.url),
-    };
-    let (requested, call_config) = (call.options, app.config.call.clone());
+    let number = placement.number.e164().to_owned();
+    let deadline_at = Some(now_ms() + i64::from(app.config.dial.deadline_secs) * 1000);
+    let callback_url = placement.callback_url;
+    let (requested, call_config) = (placement.options, app.config.call.clone());
     let quota = app.limits.number_quota();
     let user_quota = app.limits.user_quota();
     let max_queued = u64::from(app.config.queue.max_queued);
-    let code = call.code;
     let stored = {
         let id = id.clone();
         app.db
             .run(move |s| {
-                if s.queued_count()? >= max_queued {
-                    return Ok(Err(Refusal::queue_full(
-                        format!("{max_queued} calls are waiting to be dialled (queue.max_queued)"),
-                        QUEUE_FULL_RETRY,
-                    )));
-                }
-                let now = now_ms();
-                if let Err(refusal) = quota.check(s, &number, now)? {
-                    return Ok(Err(refusal));
-                }
-                if let Err(refusal) = user_quota.check(s, user_id, now)? {
-                    return Ok(Err(refusal));
-                }
-                let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);
-                let new = NewCall { id: &id, user_id, number: &number, code: &code, options: &options };
-                s.insert_call_with(&new, &life)?;
-                s.call(&id)?.ok_or_else(|| StoreError::Corrupt("call vanished after insert".into())).map(Ok)
+                s.atomically(|s| {
+                    if s.queued_count()? >= max_queued {
+                        return Ok(Err(Refusal::queue_full(
+                            format!("{max_queued} calls are waiting to be dialled (queue.max_queued)"),
+                            QUEUE_FULL_RETRY,
+                        )));
+                    }
+                    let now = now_ms();
+                    if let Err(refusal) = quota.check(s, &number, now)? {
+                        return Ok(Err(refusal));
+                    }
+                    if let Err(refusal) = user_quota.check(s, user_id, now)? {
+                        return Ok(Err(refusal));
+                    }
+                    let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);
+                    let (code, options, verification_id, out) = match decide(s, &id, options, now)? {
+                        Ok(decided) => decided,
+                        Err(refusal) => return Ok(Err(refusal)),
+                    };
+                    let new = NewCall { id: &id, user_id, number: &number, code: code.expose(), options: &options };
+                    let life = NewCallLifecycle { deadline_at, callback_url, verification_id };
+                    s.insert_call_with(&new, &life)?;
+                    let call = s.call(&id)?.ok_or_else(|| StoreError::Corrupt("call vanished after insert".into()))?;
+                    Ok(Ok((call, out)))
+                })
             })
             .await?
     };
@@ -188,6 +228,18 @@ pub fn check_code(code: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::check_code;
+
+    #[test]
+    fn a_checked_call_never_shows_its_code() {
+        let checked = super::CheckedCall {
+            number: crate::phone::PhoneNumber::parse("03001234567", crate::phone::Country::parse("PK").unwrap())
+                .unwrap(),
+            code: crate::secret::Secret::new("482915"),
+            callback_url: None,
+            options: Default::default(),
+        };
+        assert!(!format!("{checked:?}").contains("482915"));
+    }
 
     #[test]
     fn codes() {

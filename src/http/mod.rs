@@ -3,9 +3,12 @@
 //! - `outbound`: the seed API, `/outbound.cgi`;
 //! - `api`: the JSON API, `/v1/calls...`, with `problem` (RFC 9457 replies,
 //!   Basic credentials);
+//! - `idempotency`: the `Idempotency-Key` header of the creating POSTs;
 //! - `intake`: checking, limiting and placing a new call, shared by both;
 //! - `ops`: `/healthz` and `/metrics`;
-//! - `params`: form/query fields.
+//! - `params`: form/query fields;
+//! - `state`: [`App`], what every handler shares;
+//! - `verifications`: `/v1/verifications...`, generated codes and checks.
 //!
 //! Request logs carry method, path and status only: the seed API puts the
 //! password and the code in the query string, so a URI is never logged whole.
@@ -20,12 +23,17 @@
 //! connection), and `max_requests_per_connection` requests per connection.
 
 mod api;
+mod idempotency;
 pub mod intake;
 mod ops;
 mod outbound;
 mod params;
 mod problem;
+mod state;
 mod timeout_io;
+mod verifications;
+
+pub use state::App;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,7 +57,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
-use crate::daemon::App;
 use crate::limits::{Refusal, RefusalKind, address_bucket};
 
 /// The response type of every handler.
@@ -261,6 +268,10 @@ async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: Socke
         ),
         "/healthz" => ("/healthz", ops::healthz(app, &front.health).await),
         "/metrics" => ("/metrics", ops::metrics(app).await),
+        other if other.starts_with("/v1/verifications") => match verifications::Endpoint::parse(other) {
+            Some(endpoint) => (endpoint.route(), verifications::handle(app, endpoint, req, client).await),
+            None => ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None)),
+        },
         other => match api::Endpoint::parse(other) {
             Some(endpoint) => (endpoint.route(), api::handle(app, endpoint, req, client).await),
             None if other.starts_with("/v1/") => {

@@ -15,8 +15,8 @@ use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
 
+use super::App;
 use super::{HttpResponse, json};
-use crate::daemon::App;
 use crate::metrics::Snapshot;
 use crate::store::ScrapeCounts;
 

@@ -15,11 +15,11 @@ use std::net::IpAddr;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
+use super::App;
 use super::intake::{self, CallOrder, CheckedCall, FieldError, PlaceError};
 use super::params::{ParamError, Params};
 use super::{HttpResponse, has_media_type, read_body, refusal_reply, seed_accepted, seed_detail, seed_error};
 use crate::call::options::parse_require_keypress;
-use crate::daemon::App;
 use crate::limits::LoginError;
 use crate::secret::Secret;
 

@@ -47,6 +47,8 @@ pub struct NewCallLifecycle {
     pub deadline_at: Option<i64>,
     /// This call's webhook URL (already checked); `None`: the user's default.
     pub callback_url: Option<String>,
+    /// The verification this call reads the code of, if any.
+    pub verification_id: Option<String>,
 }
 
 /// What [`Store::check_agi_token`] found.
@@ -230,8 +232,8 @@ impl Store {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url,
-                                language, require_keypress, mode)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                language, require_keypress, mode, verification_id)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         stmt.execute(params![
             new.id.as_str(),
@@ -243,7 +245,8 @@ impl Store {
             life.callback_url,
             new.options.language,
             new.options.require_keypress,
-            new.options.mode.as_str()
+            new.options.mode.as_str(),
+            life.verification_id
         ])?;
         Ok(())
     }
@@ -689,7 +692,8 @@ mod tests {
         let mk = |s: &mut Store, deadline: i64| {
             let id = CallId::generate();
             let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() };
-            s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), callback_url: None }).unwrap();
+            s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), ..NewCallLifecycle::default() })
+                .unwrap();
             id
         };
         let overdue = mk(&mut s, 1_000);

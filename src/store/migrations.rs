@@ -224,6 +224,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN mode TEXT;",
+    // 14: webhooks of verifications ride the outbox too: `event` names what
+    // a delivery announces (`verification.approved`, ...); NULL is a call's
+    // change (`call.<status>`). A verification's delivery is filed under its
+    // latest call, so it goes out after that call's own changes.
+    "ALTER TABLE webhook_deliveries ADD COLUMN event TEXT;",
 ];
 
 /// The schema version this build writes.

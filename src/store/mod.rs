@@ -98,6 +98,25 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Runs `f` as one transaction: what it writes commits together, or -
+    /// on an error - not at all. `f` must not start a transaction of its
+    /// own (the status transitions do: call them outside).
+    pub fn atomically<R>(&mut self, f: impl FnOnce(&mut Store) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(r) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Bytes the WAL file is cut back to whenever a checkpoint resets it.
 const WAL_SIZE_LIMIT: i64 = 1024 * 1024;
 
@@ -165,6 +184,13 @@ impl Db {
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
                     job(&mut store);
+                    // A job that panicked inside `Store::atomically` left its
+                    // transaction open: undo it, or every later job would
+                    // run inside it.
+                    if !store.conn.is_autocommit() {
+                        tracing::error!("a database operation left a transaction open; rolled back");
+                        let _ = store.conn.execute_batch("ROLLBACK");
+                    }
                 }
             })
             .expect("cannot start the database thread");

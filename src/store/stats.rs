@@ -88,7 +88,7 @@ mod tests {
         let id = CallId::generate();
         let options = CallOptions { language: "en".into(), require_keypress: false, mode: CallMode::Read };
         let new = NewCall { id: &id, user_id, number: "+923001234567", code: "1234", options: &options };
-        s.insert_call_with(&new, &NewCallLifecycle { deadline_at, callback_url: None }).unwrap();
+        s.insert_call_with(&new, &NewCallLifecycle { deadline_at, ..NewCallLifecycle::default() }).unwrap();
         id
     }
 

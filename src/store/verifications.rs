@@ -187,7 +187,10 @@ impl Store {
 
     /// `pending` -> `canceled`. False if it was final already.
     pub fn cancel_verification(&mut self, id: &VerificationId, now: i64) -> Result<bool, StoreError> {
-        finish(&self.conn, id, VerificationStatus::Canceled, now)
+        let tx = self.conn.transaction()?;
+        let done = finish(&tx, id, VerificationStatus::Canceled, now)?;
+        tx.commit()?;
+        Ok(done)
     }
 
     /// Ends every pending verification whose expiry passed at `now` as
@@ -200,9 +203,11 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut expired = Vec::new();
         for id in ids.iter().filter_map(|s| VerificationId::parse(s)) {
-            if finish(&self.conn, &id, VerificationStatus::Expired, now)? {
+            let tx = self.conn.transaction()?;
+            if finish(&tx, &id, VerificationStatus::Expired, now)? {
                 expired.push(id);
             }
+            tx.commit()?;
         }
         Ok(expired)
     }
@@ -231,6 +236,14 @@ fn finish(
              WHERE id = ?1 AND status = 'pending'",
         )?
         .execute(params![id.as_str(), status.as_str(), now])?;
+    if n == 1 {
+        // The change and its webhook are one commit (the caller's
+        // transaction, or this statement's own).
+        let v = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"))?
+            .query_row([id.as_str()], from_row)?;
+        super::webhooks::enqueue_verification_change(conn, &v?)?;
+    }
     Ok(n == 1)
 }
 

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::calls::read_call;
 use super::{Store, StoreError};
 use crate::call::{CallId, now_ms};
+use crate::verify::Verification;
 
 /// A pending delivery, ready to sign and send.
 #[derive(Clone)]
@@ -30,8 +31,11 @@ pub struct Delivery {
     pub host: String,
     /// When it became (or becomes) due, Unix ms: its place in the outbox.
     pub next_attempt_at: i64,
-    /// The call status it announces.
+    /// The call status it announces (for a verification's: its status).
     pub status: String,
+    /// The event it announces, as sent in `X-Voice-OTP-Event`:
+    /// `call.<status>` or `verification.<status>`.
+    pub event: String,
     /// The call JSON at the time of the change.
     pub body: String,
     /// Attempts made so far.
@@ -178,6 +182,42 @@ pub(super) fn enqueue_call_change(conn: &Connection, id: &CallId) -> Result<(), 
     Ok(())
 }
 
+/// Queues the webhook for verification `v`'s current state, if it or its
+/// user has a URL, filed under its latest call (so it follows that call's
+/// own changes). Runs inside the caller's transaction.
+pub(super) fn enqueue_verification_change(conn: &Connection, v: &Verification) -> Result<(), StoreError> {
+    let Some(call_id) = v.last_call_id.as_deref() else { return Ok(()) };
+    let url = match &v.callback_url {
+        Some(url) => Some(url.clone()),
+        None => conn
+            .prepare_cached("SELECT webhook_url FROM users WHERE id = ?1")?
+            .query_row([v.user_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten(),
+    };
+    let Some(url) = url else { return Ok(()) };
+    let now = now_ms();
+    let status = v.status_at(now);
+    // Attempts left are 0 in every final state, the only ones announced.
+    let body = serde_json::to_string(&v.to_json(now, 0)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let host = destination_host(&url);
+    conn.prepare_cached(
+        "INSERT INTO webhook_deliveries (call_id, user_id, url, host, status, event, body, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+    )?
+    .execute(params![
+        call_id,
+        v.user_id,
+        url,
+        host,
+        status.as_str(),
+        format!("verification.{status}"),
+        body,
+        now
+    ])?;
+    Ok(())
+}
+
 /// A fresh signing secret: 256 random bits as hex.
 fn new_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
@@ -239,7 +279,7 @@ impl Store {
     pub fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.id, d.call_id, d.user_id, d.url, d.host, d.next_attempt_at, d.status, d.body, d.attempts,
-                    u.webhook_secret
+                    u.webhook_secret, COALESCE(d.event, 'call.' || d.status)
              FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
              WHERE d.id = ?1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL",
         )?;
@@ -260,6 +300,7 @@ impl Store {
                         body: r.get(7)?,
                         attempts: r.get(8)?,
                         secret: r.get(9)?,
+                        event: r.get(10)?,
                     })
                 })
                 .optional()?;
@@ -429,7 +470,7 @@ mod tests {
     fn dialing_call(s: &mut Store, user: &str, callback_url: &str) -> CallId {
         let u = s.user(user).unwrap().unwrap();
         let id = CallId::generate();
-        let life = NewCallLifecycle { deadline_at: None, callback_url: Some(callback_url.into()) };
+        let life = NewCallLifecycle { callback_url: Some(callback_url.into()), ..NewCallLifecycle::default() };
         s.insert_call_with(
             &NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() },
             &life,

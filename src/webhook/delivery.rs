@@ -115,7 +115,7 @@ async fn send(d: &Delivery, policy: &WebhooksConfig) -> Result<u16, Failure> {
         .header(hyper::header::USER_AGENT, concat!("voice-otp/", env!("CARGO_PKG_VERSION")))
         .header(SIGNATURE_HEADER, signature)
         .header(DELIVERY_HEADER, d.id.to_string())
-        .header(EVENT_HEADER, format!("call.{}", d.status))
+        .header(EVENT_HEADER, d.event.as_str())
         .body(Full::new(Bytes::from(d.body.clone())))
         .map_err(|e| Failure::Permanent(format!("request: {e}")))?;
     match tokio::time::timeout(limit, post(&url, policy, request)).await {

@@ -603,7 +603,7 @@ mod tests {
             None => s.add_user(user, "h").unwrap(),
         };
         let id = CallId::generate();
-        let life = NewCallLifecycle { deadline_at: None, callback_url: Some(url.into()) };
+        let life = NewCallLifecycle { callback_url: Some(url.into()), ..NewCallLifecycle::default() };
         s.insert_call_with(
             &NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() },
             &life,

@@ -88,11 +88,27 @@ pub fn with_basic(
     password: &str,
     json: Option<&str>,
 ) -> Response {
+    with_basic_headers(addr, method, target, user, password, &[], json)
+}
+
+/// [`with_basic`] with extra request headers (`Name: value` pairs).
+pub fn with_basic_headers(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    user: &str,
+    password: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+) -> Response {
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let body = json.unwrap_or("");
     let mut req =
         format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {token}\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if json.is_some() {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }

@@ -1,0 +1,393 @@
+//! `/v1/verifications`: the daemon makes the code, calls to read it, and
+//! checks what the business's user typed (Twilio Verify's model).
+//!
+//! - `POST /v1/verifications` `{"number", "language"?, "code_length"?,
+//!   "callback_url"?, "require_keypress"?}` -> `201` with a new pending
+//!   verification and its first call; for a number the same user has a
+//!   pending verification for, `200` with that one and a new call reading
+//!   the same code (at most `[verify] max_sends` calls, then `429`).
+//! - `GET /v1/verifications/{id}` -> the verification.
+//! - `POST /v1/verifications/{id}/check` `{"code"}` -> `200`: `approved`
+//!   for the right code, `pending` with `attempts_left` for a wrong one,
+//!   `max_attempts_reached` after the `[verify] max_checks`-th wrong one,
+//!   `expired`/`canceled` once so; `409` for one already approved (a code
+//!   serves once).
+//! - `POST /v1/verifications/{id}/cancel` -> `200`, `canceled`; `409` once final.
+//!
+//! Same Basic auth, login limits and problem+json as `/v1/calls`; a call
+//! placed for a verification passes the same limits as any call
+//! ([`super::intake::place_with`]), in the same transaction that creates
+//! the verification or counts the re-send.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, LOCATION};
+use hyper::{Method, Request, StatusCode};
+use serde_json::{Map, Value};
+
+use super::api::{authenticate, unavailable};
+use super::idempotency;
+use super::intake::{self, PlaceError, Placement};
+use super::problem::{bad_field, problem, refused};
+use super::{App, HttpResponse, has_media_type, json, read_body};
+use crate::call::options::{CallMode, CallOptions, RequestedOptions};
+use crate::limits::Refusal;
+use crate::phone::PhoneNumber;
+use crate::store::{CheckOutcome, NewVerification, StoreError, User};
+use crate::time::now_ms;
+use crate::verify::code::new_salt;
+use crate::verify::{CodeLength, Verification, VerificationId, VerificationStatus};
+use crate::webhook::check_url;
+
+/// Fields `POST /v1/verifications` knows; anything else is refused by name.
+const CREATE_FIELDS: [&str; 5] = ["number", "language", "code_length", "callback_url", "require_keypress"];
+
+/// Which endpoint a path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    /// `/v1/verifications`
+    Verifications,
+    /// `/v1/verifications/{id}`
+    Verification(String),
+    /// `/v1/verifications/{id}/check`
+    Check(String),
+    /// `/v1/verifications/{id}/cancel`
+    Cancel(String),
+}
+
+impl Endpoint {
+    /// Matches a path; `None` for anything else.
+    pub(super) fn parse(path: &str) -> Option<Endpoint> {
+        let rest = path.strip_prefix("/v1/verifications")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [""] => Some(Endpoint::Verifications),
+            ["", id] if !id.is_empty() => Some(Endpoint::Verification((*id).to_owned())),
+            ["", id, "check"] if !id.is_empty() => Some(Endpoint::Check((*id).to_owned())),
+            ["", id, "cancel"] if !id.is_empty() => Some(Endpoint::Cancel((*id).to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The route template, for logs and metrics.
+    pub(super) fn route(&self) -> &'static str {
+        match self {
+            Endpoint::Verifications => "/v1/verifications",
+            Endpoint::Verification(_) => "/v1/verifications/{id}",
+            Endpoint::Check(_) => "/v1/verifications/{id}/check",
+            Endpoint::Cancel(_) => "/v1/verifications/{id}/cancel",
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Endpoint::Verification(_) => "GET",
+            Endpoint::Verifications | Endpoint::Check(_) | Endpoint::Cancel(_) => "POST",
+        }
+    }
+}
+
+pub(super) async fn handle(
+    app: &App,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> HttpResponse {
+    let allowed = matches!(
+        (&endpoint, req.method()),
+        (Endpoint::Verification(_), &Method::GET)
+            | (Endpoint::Verifications | Endpoint::Check(_) | Endpoint::Cancel(_), &Method::POST)
+    );
+    if !allowed {
+        let mut resp = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", endpoint.allow()), None);
+        resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(endpoint.allow()));
+        return resp;
+    }
+    let user = match authenticate(app, &req, client).await {
+        Ok(user) => user,
+        Err(resp) => return resp,
+    };
+    match endpoint {
+        Endpoint::Verifications => create(app, &user, req).await,
+        Endpoint::Verification(id) => match own(app, &user, &id).await {
+            Ok(v) => reply(app, StatusCode::OK, &v),
+            Err(resp) => *resp,
+        },
+        Endpoint::Check(id) => check(app, &user, &id, req).await,
+        Endpoint::Cancel(id) => cancel(app, &user, &id).await,
+    }
+}
+
+fn reply(app: &App, status: StatusCode, v: &Verification) -> HttpResponse {
+    json(status, &v.to_json(now_ms(), app.config.verify.max_checks))
+}
+
+/// A JSON object body, or the problem to answer.
+async fn object_body(app: &App, req: Request<Incoming>) -> Result<(bytes::Bytes, Map<String, Value>), Reject> {
+    if !has_media_type(&req, "application/json") {
+        return Err(Box::new(problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None)));
+    }
+    let body =
+        read_body(req, &app.config.http).await.map_err(|e| Box::new(problem(e.status(), &e.to_string(), None)))?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok((body, map)),
+        Ok(_) => Err(Box::new(problem(StatusCode::BAD_REQUEST, "the body must be a JSON object", None))),
+        Err(e) => Err(Box::new(problem(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}"), None))),
+    }
+}
+
+/// A string field: `Ok(None)` when absent or null.
+fn text<'a>(fields: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, Reject> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(field(name, format!("{name} is empty"))),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(field(name, format!("{name} must be a string"))),
+    }
+}
+
+/// A reply other than the one asked for (boxed: a response is large).
+type Reject = Box<HttpResponse>;
+
+/// 400 naming `name`.
+fn field(name: &str, detail: String) -> Reject {
+    Box::new(bad_field(name, &detail))
+}
+
+async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
+    let key = match idempotency::key(req.headers()) {
+        Ok(key) => key,
+        Err(detail) => return bad_field("Idempotency-Key", &detail),
+    };
+    let (body, fields) = match object_body(app, req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let fingerprint = idempotency::fingerprint("POST", "/v1/verifications", &body);
+    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, fields)).await
+}
+
+/// The checked fields of a new verification.
+struct Order {
+    number: PhoneNumber,
+    code_length: CodeLength,
+    callback_url: Option<String>,
+    options: RequestedOptions,
+}
+
+fn read_order(app: &App, fields: &Map<String, Value>) -> Result<Order, Reject> {
+    if let Some(unknown) = fields.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(Box::new(problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown))));
+    }
+    let number = text(fields, "number")?.ok_or_else(|| field("number", "number is required".into()))?;
+    let number = PhoneNumber::parse(number, app.config.phone.default_country)
+        .map_err(|e| field("number", format!("number {e}")))?;
+    let range = format!("code_length must be an integer from {} to {}", CodeLength::MIN, CodeLength::MAX);
+    let code_length = match fields.get("code_length") {
+        None | Some(Value::Null) => CodeLength::DEFAULT,
+        Some(Value::Number(n)) => {
+            n.as_u64().and_then(CodeLength::new).ok_or_else(|| field("code_length", range.clone()))?
+        }
+        Some(_) => return Err(field("code_length", range)),
+    };
+    let require_keypress = match fields.get("require_keypress") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(field("require_keypress", "require_keypress must be one of: true, false".into())),
+    };
+    let options = RequestedOptions::check(text(fields, "language")?, require_keypress, None, &app.config.call)
+        .map_err(|e| field(e.field, e.to_string()))?;
+    let callback_url = text(fields, "callback_url")?
+        .map(|url| check_url(url, &app.config.webhooks))
+        .transpose()
+        .map_err(|e| field("callback_url", format!("callback_url {e}")))?
+        .map(|u| u.url);
+    Ok(Order { number, code_length, callback_url, options })
+}
+
+async fn create_from(app: &App, user: &User, fields: Map<String, Value>) -> HttpResponse {
+    let order = match read_order(app, &fields) {
+        Ok(o) => o,
+        Err(resp) => return *resp,
+    };
+    let cfg = &app.config.verify;
+    let (key, ttl_ms, max_sends) = (app.verify_key.clone(), i64::from(cfg.ttl_secs) * 1000, cfg.max_sends);
+    let (user_id, e164, code_length) = (user.id, order.number.e164().to_owned(), order.code_length);
+    let verification_url = order.callback_url.clone();
+    // The verification's calls report to its own URL too.
+    let placement = Placement { number: order.number, callback_url: order.callback_url, options: order.options };
+    let placed = intake::place_with(app, user, placement, move |s, call_id, options, now| {
+        // Read, never enter: the callee is told the code to type elsewhere.
+        let options = CallOptions { mode: CallMode::Read, ..options };
+        let (v, created) = match s.pending_verification(user_id, &e164, now)? {
+            Some(v) if v.sends >= max_sends => {
+                let wait = Duration::from_millis((v.expires_at - now).max(0) as u64);
+                let detail = format!("limit of {max_sends} calls per verification reached (verify.max_sends)");
+                return Ok(Err(Refusal::too_many(detail, wait)));
+            }
+            Some(v) => (v, false),
+            None => {
+                let id = VerificationId::generate();
+                let new = NewVerification {
+                    id: &id,
+                    user_id,
+                    number: &e164,
+                    code_length,
+                    salt: new_salt(),
+                    language: &options.language,
+                    callback_url: verification_url.as_deref(),
+                    expires_at: now + ttl_ms,
+                };
+                s.insert_verification(&new)?;
+                let v = s.verification(&id)?.ok_or_else(|| StoreError::Corrupt("verification vanished".into()))?;
+                (v, true)
+            }
+        };
+        let Some(salt) = v.salt else {
+            return Err(StoreError::Corrupt(format!("pending verification {} has no salt", v.id)));
+        };
+        let code = key.code(&v.id, &salt, v.code_length);
+        s.record_verification_send(&v.id, call_id.as_str())?;
+        // A re-send reads the same code in the verification's language.
+        let options = CallOptions { language: v.language.clone(), ..options };
+        let v = s.verification(&v.id)?.ok_or_else(|| StoreError::Corrupt("verification vanished".into()))?;
+        Ok(Ok((code, options, Some(v.id.as_str().to_owned()), (v, created))))
+    })
+    .await;
+    match placed {
+        Ok((call, (v, created))) => {
+            tracing::info!(verification = %v.id, call_id = %call.id, sends = v.sends, created, "verification call placed");
+            let mut resp = reply(app, if created { StatusCode::CREATED } else { StatusCode::OK }, &v);
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", v.id)) {
+                resp.headers_mut().insert(LOCATION, location);
+            }
+            resp
+        }
+        Err(PlaceError::Refused(refusal)) => refused(&refusal),
+        Err(PlaceError::Store(e)) => {
+            tracing::error!(error = %e, "could not store verification");
+            unavailable()
+        }
+    }
+}
+
+/// One of the user's verifications, or the reply to give instead (404 for
+/// unknown ids and other users' alike).
+async fn own(app: &App, user: &User, id: &str) -> Result<Verification, Reject> {
+    let not_found = || Box::new(problem(StatusCode::NOT_FOUND, "no such verification", None));
+    let Some(id) = VerificationId::parse(id) else { return Err(not_found()) };
+    match app.db.run(move |s| s.verification(&id)).await {
+        Ok(Some(v)) if v.user_id == Some(user.id) => Ok(v),
+        Ok(_) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read verification");
+            Err(Box::new(unavailable()))
+        }
+    }
+}
+
+async fn check(app: &App, user: &User, id: &str, req: Request<Incoming>) -> HttpResponse {
+    let (_, fields) = match object_body(app, req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    if let Some(unknown) = fields.keys().find(|k| k.as_str() != "code") {
+        let shown: String = unknown.chars().take(64).collect();
+        return problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown));
+    }
+    let guess = match text(&fields, "code") {
+        Ok(Some(code)) => code.to_owned(),
+        Ok(None) => return bad_field("code", "code is required"),
+        Err(resp) => return *resp,
+    };
+    if guess.len() > usize::from(CodeLength::MAX) || !guess.bytes().all(|b| b.is_ascii_digit()) {
+        return bad_field("code", &format!("code must be 1 to {} digits 0-9", CodeLength::MAX));
+    }
+    let not_found = || problem(StatusCode::NOT_FOUND, "no such verification", None);
+    let Some(vid) = VerificationId::parse(id) else { return not_found() };
+    let (key, max_checks, user_id) = (app.verify_key.clone(), app.config.verify.max_checks, user.id);
+    let lookup = vid.clone();
+    let outcome = app
+        .db
+        .run(move |s| {
+            let outcome = s.check_verification(&lookup, user_id, &key, &guess, max_checks, now_ms())?;
+            Ok((outcome, s.verification(&lookup)?))
+        })
+        .await;
+    let (outcome, v) = match outcome {
+        Ok((outcome, Some(v))) => (outcome, v),
+        Ok((_, None)) => return not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not check verification");
+            return unavailable();
+        }
+    };
+    match outcome {
+        CheckOutcome::NotFound => not_found(),
+        CheckOutcome::Final(VerificationStatus::Approved) => {
+            problem(StatusCode::CONFLICT, "the verification is approved already; a code serves once", None)
+        }
+        outcome => {
+            tracing::info!(verification = %vid, outcome = ?outcome, "verification checked");
+            reply(app, StatusCode::OK, &v)
+        }
+    }
+}
+
+async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
+    let v = match own(app, user, id).await {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let target = v.id.clone();
+    let last_call = v.last_call_id.clone().and_then(|c| crate::call::CallId::parse(&c));
+    let done = app
+        .db
+        .run(move |s| {
+            let canceled = s.cancel_verification(&target, now_ms())?;
+            // Its call, if still unanswered, goes too: nobody is to hear a
+            // code that can no longer be checked.
+            let call_canceled = match (&last_call, canceled) {
+                (Some(call), true) => s.cancel_call(call)?,
+                _ => false,
+            };
+            Ok((canceled, call_canceled, s.verification(&target)?))
+        })
+        .await;
+    match done {
+        Ok((true, call_canceled, Some(now))) => {
+            if call_canceled && let Some(call) = v.last_call_id.as_deref().and_then(crate::call::CallId::parse) {
+                app.dispatcher.hang_up(&call).await;
+            }
+            tracing::info!(verification = %v.id, "verification canceled");
+            reply(app, StatusCode::OK, &now)
+        }
+        Ok((false, _, Some(now))) => {
+            let detail = format!("the verification is {}; only a pending one can be canceled", now.status_at(now_ms()));
+            problem(StatusCode::CONFLICT, &detail, None)
+        }
+        Ok((_, _, None)) => problem(StatusCode::NOT_FOUND, "no such verification", None),
+        Err(e) => {
+            tracing::error!(error = %e, "could not cancel verification");
+            unavailable()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(Endpoint::parse("/v1/verifications"), Some(Endpoint::Verifications));
+        assert_eq!(Endpoint::parse("/v1/verifications/ab"), Some(Endpoint::Verification("ab".into())));
+        assert_eq!(Endpoint::parse("/v1/verifications/ab/check"), Some(Endpoint::Check("ab".into())));
+        assert_eq!(Endpoint::parse("/v1/verifications/ab/cancel"), Some(Endpoint::Cancel("ab".into())));
+        for other in ["/v1/verification", "/v1/verifications/", "/v1/verifications/ab/x", "/v1/verificationsx"] {
+            assert_eq!(Endpoint::parse(other), None, "{other}");
+        }
+    }
+}
