@@ -344,9 +344,27 @@ fn serve_without_asterisk(chroot: &Chroot) {
     assert!(status.success(), "the daemon exited with {status} after SIGTERM:\n{}", daemon.logs());
 }
 
+/// The release build scripts/package made (run from this test, with the
+/// variables cargo sets for it) is the one a build from a shell finds fresh,
+/// as scripts/bench's is: neither rebuilds the other's.
+fn assert_release_build_is_shared() {
+    let mut shell = Command::new("cargo");
+    shell.env_clear().current_dir(repo()).args(["build", "--release", "--locked", "-p", "voice-otp"]);
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+        if let Some(value) = std::env::var_os(keep) {
+            shell.env(keep, value);
+        }
+    }
+    let out = output(&mut shell);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("Compiling"), "a shell's release build redid scripts/package's:\n{said}");
+}
+
 #[test]
 fn the_package_installs_runs_as_its_user_and_purges_in_a_clean_debian_12() {
     let deb = build_package();
+    assert_release_build_is_shared();
     let version = deb_field(&deb, "Version");
     let arch = deb_field(&deb, "Architecture");
     assert_eq!(deb_field(&deb, "Package"), "voice-otp");
