@@ -84,8 +84,8 @@ impl Chroot {
     /// The cache's lock is held while building and copying, so parallel
     /// runs neither build twice nor copy a half-built tree.
     fn fresh() -> Chroot {
-        let cache =
-            std::env::var_os("VOICE_OTP_PACKAGE_CACHE").map_or("/var/cache/voice-otp-package-test".into(), PathBuf::from);
+        let cache = std::env::var_os("VOICE_OTP_PACKAGE_CACHE")
+            .map_or("/var/cache/voice-otp-package-test".into(), PathBuf::from);
         std::fs::create_dir_all(&cache).expect("create the cache folder");
         let lock = File::create(cache.join("lock")).expect("open the cache's lock");
         lock.lock().expect("lock the cache");
@@ -143,9 +143,7 @@ impl Chroot {
     /// The fields of `name`'s line in the chroot's `file` (passwd, group).
     fn entry(&self, file: &str, name: &str) -> Option<Vec<String>> {
         let text = std::fs::read_to_string(self.path(file)).expect("read the chroot's account file");
-        text.lines()
-            .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
-            .find(|fields| fields[0] == name)
+        text.lines().map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>()).find(|fields| fields[0] == name)
     }
 
     /// dpkg's status of voice-otp (`install ok installed`, ...), empty when
@@ -161,7 +159,11 @@ impl Chroot {
         let out = output(&mut self.cmd(&["dpkg", "-i", deb_in_chroot]));
         if !out.status.success() {
             let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(log.contains("dependency problems"), "dpkg -i failed ({}), and not for dependencies:\n{log}", out.status);
+            assert!(
+                log.contains("dependency problems"),
+                "dpkg -i failed ({}), and not for dependencies:\n{log}",
+                out.status
+            );
             std::fs::copy("/etc/resolv.conf", self.path("/etc/resolv.conf")).expect("copy resolv.conf");
             ok(&mut self.cmd(&["apt-get", "update"]));
             ok(&mut self.cmd(&["apt-get", "--fix-broken", "--yes", "--no-install-recommends", "install"]));
@@ -403,7 +405,10 @@ fn the_package_installs_runs_as_its_user_and_purges_in_a_clean_debian_12() {
     assert_eq!(listed, wanted, "the package's files");
     for (path, source) in &expected {
         if let Some(source) = source {
-            assert!(std::fs::read(chroot.path(path)).unwrap() == std::fs::read(source).unwrap(), "{path} differs from {source:?}");
+            assert!(
+                std::fs::read(chroot.path(path)).unwrap() == std::fs::read(source).unwrap(),
+                "{path} differs from {source:?}"
+            );
         }
     }
     assert_eq!(mode(&chroot.path("/usr/bin/voice-otp")), 0o755);
@@ -510,12 +515,15 @@ fn the_package_installs_runs_as_its_user_and_purges_in_a_clean_debian_12() {
     assert!(!chroot.path("/usr/bin/voice-otp").exists() && !chroot.path(UNIT).exists());
     assert!(!chroot.path(&format!("{SOUNDS}/en/voice-otp")).exists());
     assert!(chroot.path(CONF).is_file() && chroot.path(DATABASE).is_file());
+    let mask = chroot.path("/etc/systemd/system/voice-otp.service");
+    assert_eq!(std::fs::read_link(&mask).ok(), Some(PathBuf::from("/dev/null")), "masked until purge");
 
     // purge: the config, the data and the stat override go too; the system
     // user stays (as Debian keeps system users), owning nothing.
     ok(&mut chroot.cmd(&["dpkg", "--purge", "voice-otp"]));
     assert_eq!(chroot.status(), "", "dpkg still knows voice-otp after purge");
-    for gone in ["/usr/bin/voice-otp", CONF, UNIT, STATE, DOC] {
+    // (/etc/systemd/system/voice-otp.service: the mask made on remove.)
+    for gone in ["/usr/bin/voice-otp", CONF, UNIT, STATE, DOC, "/etc/systemd/system/voice-otp.service"] {
         assert!(!chroot.path(gone).exists(), "{gone} is left after purge");
     }
     for (path, _) in &expected {
