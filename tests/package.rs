@@ -218,6 +218,7 @@ fn expected_files() -> Vec<(String, Option<PathBuf>)> {
         (CONF.to_owned(), None),
         (UNIT.to_owned(), None),
         (format!("{DOC}/copyright"), None),
+        (format!("{DOC}/changelog.gz"), None),
         (format!("{DOC}/README.md"), Some(repo().join("README.md"))),
         (format!("{DOC}/sounds/README.md"), Some(repo().join("sounds/README.md"))),
         (format!("{DOC}/examples/README.md"), Some(repo().join("asterisk-conf/README.md"))),
@@ -412,6 +413,9 @@ fn the_package_installs_runs_as_its_user_and_purges_in_a_clean_debian_12() {
         }
     }
     assert_eq!(mode(&chroot.path("/usr/bin/voice-otp")), 0o755);
+    let changelog = ok(Command::new("gzip").arg("-dc").arg(chroot.path(&format!("{DOC}/changelog.gz"))));
+    assert_eq!(changelog, std::fs::read_to_string(repo().join("packaging/debian/changelog")).unwrap());
+    assert!(changelog.starts_with(&format!("voice-otp ({version}) ")), "{changelog}");
 
     // The unit: contrib's, started from /usr/bin.
     let unit = std::fs::read_to_string(chroot.path(UNIT)).unwrap();
