@@ -114,6 +114,15 @@ impl Chroot {
             // never taken for a clean tree.
             std::fs::rename(&partial, &clean).expect("move the finished tree into place");
         }
+        // Copies left by runs that were killed (no Drop ran) would pile up.
+        for entry in std::fs::read_dir(&cache).unwrap().map(Result::unwrap) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("run-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                drop(Chroot { root: entry.path() });
+            }
+        }
         let root = cache.join(format!("run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         ok(Command::new("cp").arg("-a").arg("--reflink=auto").arg(&clean).arg(&root));
