@@ -25,7 +25,7 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -290,12 +290,13 @@ impl fmt::Debug for AmiClient {
 
 impl Shared {
     fn new(config: &AmiConfig) -> Shared {
-        // Unique per process and per client, so ActionIDs seen in
+        // Unique per process and per client - and, with 32 random bits, per
+        // daemon when several share one Asterisk - so ActionIDs seen in
         // OriginateResponse events (which Asterisk sends to every session)
         // never collide with another client's.
         static INSTANCE: AtomicU64 = AtomicU64::new(0);
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos: u32 = rand::random();
         Shared {
             session: Mutex::new(None),
             state: watch::Sender::new(LinkState::Connecting),
@@ -344,7 +345,7 @@ impl Shared {
 
 /// The connection task: connect, log in, serve, back off, repeat.
 async fn run(config: AmiConfig, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut jitter = XorShift::seeded();
+    let mut jitter = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     let mut failures: u32 = 0;
     let mut logged_in_before = false;
     while !shutdown.is_cancelled() {
@@ -587,34 +588,16 @@ fn route(msg: Message, pending: &mut HashMap<String, Reply>, ping: &mut Option<(
 /// Capped exponential backoff with "equal jitter": between half and all of
 /// `min * 2^failures`, so many daemons restarting with one Asterisk spread
 /// out without ever retrying in a tight loop.
-fn backoff(config: &AmiConfig, failures: u32, jitter: &mut XorShift) -> Duration {
+fn backoff(config: &AmiConfig, failures: u32, jitter: &mut impl rand::Rng) -> Duration {
     let min = config.reconnect_min.max(MIN_DURATION);
     let max = config.reconnect_max.max(min);
     let full = min.saturating_mul(1u32 << failures.min(20)).min(max);
-    full.mul_f64(0.5 + 0.5 * jitter.unit())
+    full.mul_f64(jitter.random_range(0.5..=1.0))
 }
 
 /// Replaces every occurrence of `secret` in `text`.
 fn scrub(text: &str, secret: &str) -> String {
     if secret.is_empty() { text.to_owned() } else { text.replace(secret, "<redacted>") }
-}
-
-/// Tiny xorshift64 for backoff jitter; not for anything secret.
-struct XorShift(u64);
-
-impl XorShift {
-    fn seeded() -> XorShift {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        XorShift((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
-    }
-
-    /// A number in [0, 1).
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 #[cfg(test)]
@@ -1030,7 +1013,7 @@ mod tests {
     #[test]
     fn backoff_grows_capped_and_jittered() {
         let config = AmiConfig::new("h", 1, "u", "s");
-        let mut rng = XorShift::seeded();
+        let mut rng = rand::rng();
         for failures in 0..40 {
             let d = backoff(&config, failures, &mut rng);
             let full = (Duration::from_millis(500) * 2u32.pow(failures.min(10))).min(Duration::from_secs(30));
