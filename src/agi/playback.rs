@@ -101,6 +101,16 @@ pub trait Playback {
         timeout_ms: u32,
         max_keys: u32,
     ) -> impl Future<Output = Result<Entry, PlaybackError>> + Send;
+
+    /// The value of channel variable `name` (`None` when it is not set, or
+    /// empty).
+    fn channel_variable(&mut self, name: &str) -> impl Future<Output = Result<Option<String>, PlaybackError>> + Send;
+
+    /// Ends the call with Q.850 `cause` (16: normal clearing). `EXEC Hangup`
+    /// rather than the AGI `HANGUP` command, which leaves the channel's cause
+    /// at 0 - the AMI `Hangup` event would then carry no cause to record.
+    /// The channel may be gone already: that is no error.
+    fn hang_up(&mut self, cause: u16) -> impl Future<Output = ()> + Send;
 }
 
 impl<C: AgiChannel> Playback for C {
@@ -129,6 +139,16 @@ impl<C: AgiChannel> Playback for C {
             return Err(PlaybackError::HungUp);
         }
         Ok(reply.digit().map_or(Waited::Timeout, Waited::Key))
+    }
+
+    async fn channel_variable(&mut self, name: &str) -> Result<Option<String>, PlaybackError> {
+        let reply = self.run(Command::GetVariable(name.to_owned())).await?;
+        // `200 result=1 (value)` when set, `200 result=0` when not.
+        Ok(if reply.result == Some(1) { reply.data.filter(|v| !v.is_empty()) } else { None })
+    }
+
+    async fn hang_up(&mut self, cause: u16) {
+        let _ = self.run(Command::Exec { app: "Hangup".into(), args: cause.to_string() }).await;
     }
 
     async fn get_data(&mut self, prompt: &str, timeout_ms: u32, max_keys: u32) -> Result<Entry, PlaybackError> {
@@ -305,6 +325,22 @@ mod tests {
             assert!(matches!(err, PlaybackError::Agi(AgiError::Protocol(_))), "{text}: {err:?}");
             assert!(!err.to_string().contains("12"), "{text}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn channel_variables_are_read_set_or_not() {
+        let mut wire = Wire::answering([ok("result=1 (a1b2)"), ok("result=0"), ok("result=1 ()")]);
+        assert_eq!(wire.channel_variable("VOICE_OTP_TOKEN").await.unwrap().as_deref(), Some("a1b2"));
+        assert_eq!(wire.channel_variable("VOICE_OTP_TOKEN").await.unwrap(), None);
+        assert_eq!(wire.channel_variable("VOICE_OTP_TOKEN").await.unwrap(), None, "empty is unset");
+        assert_eq!(wire.sent, ["GET VARIABLE VOICE_OTP_TOKEN"; 3]);
+    }
+
+    #[tokio::test]
+    async fn hang_up_runs_the_hangup_application_with_its_cause() {
+        let mut wire = Wire::answering([ok("result=-1")]);
+        wire.hang_up(16).await;
+        assert_eq!(wire.sent, ["EXEC Hangup \"16\""]);
     }
 
     #[tokio::test]

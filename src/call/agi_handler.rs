@@ -23,7 +23,8 @@ use super::flow::{self, FlowEnd, Verdict};
 use super::options::{CallMode, CallOptions};
 use super::token::{TOKEN_VARIABLE, TokenHash};
 use super::{Call, CallId, CallStatus, FailReason};
-use crate::agi::{AgiChannel, AgiSession, Command};
+use crate::agi::playback::Playback;
+use crate::agi::{AgiChannel, AgiSession};
 use crate::config::CallConfig;
 use crate::metrics::{Metrics, RefusedSession};
 use crate::store::{CallEnd, Db, TokenCheck};
@@ -214,22 +215,16 @@ impl OtpAgi {
 /// The token the channel carries, if any. `Err` when the peer did not
 /// answer in time or the session broke.
 async fn read_token<C: AgiChannel>(session: &mut C) -> Result<Option<String>, String> {
-    let asked = session.run(Command::GetVariable(TOKEN_VARIABLE.to_owned()));
-    match tokio::time::timeout(TOKEN_WAIT, asked).await {
+    match tokio::time::timeout(TOKEN_WAIT, session.channel_variable(TOKEN_VARIABLE)).await {
         Err(_) => Err(format!("no answer to GET VARIABLE within {TOKEN_WAIT:?}")),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(reply)) if reply.result == Some(1) => Ok(reply.data.filter(|t| !t.is_empty())),
-        Ok(Ok(_)) => Ok(None),
+        Ok(Ok(token)) => Ok(token),
     }
 }
 
-/// Ends the call with Q.850 cause 16, normal clearing. `EXEC Hangup 16`
-/// rather than the AGI `HANGUP` command: that one leaves the channel's
-/// cause at 0, so the AMI `Hangup` event of every call we ended ourselves
-/// carried no cause to record.
+/// Ends the call: cause 16, normal clearing.
 async fn hang_up<C: AgiChannel>(session: &mut C) {
-    // The channel may be gone already; nothing to do about an error here.
-    let _ = session.run(Command::Exec { app: "Hangup".into(), args: "16".into() }).await;
+    session.hang_up(16).await;
 }
 
 impl crate::agi::AgiHandler for OtpAgi {

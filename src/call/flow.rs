@@ -636,6 +636,14 @@ mod tests {
             }
             Ok(self.typing.pop_front().unwrap_or_else(|| typed("~")))
         }
+
+        async fn channel_variable(&mut self, _name: &str) -> Result<Option<String>, PlaybackError> {
+            unreachable!("the call script reads no channel variable (the handler reads the token)")
+        }
+
+        async fn hang_up(&mut self, _cause: u16) {
+            unreachable!("the call script never hangs up itself (the handler does)")
+        }
     }
 
     /// An entry as Asterisk reports it: the keys before a `#` (or `~`, the
