@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::hash_password;
 use crate::call::CallId;
+use crate::call::language::Language;
 use crate::call::options::{
-    CallMode, MODE_VALUES, REQUIRE_KEYPRESS_VALUES, check_language, parse_mode, parse_require_keypress,
+    CallMode, MODE_VALUES, REQUIRE_KEYPRESS_VALUES, check_language, languages_list, parse_mode, parse_require_keypress,
 };
 use crate::config::{CallConfig, Config};
 use crate::sounds::{self, DEFAULT_SOUNDS_DIR};
@@ -242,7 +243,7 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
                     "{:<32} {:<8} {:<10} {:<17} {:<8} {:<24} {}",
                     u.name,
                     if u.enabled { "yes" } else { "no" },
-                    defaults.language.as_deref().unwrap_or("default"),
+                    defaults.language.as_ref().map_or("default", Language::as_str),
                     defaults.require_keypress.map_or("default", |k| if k { "true" } else { "false" }),
                     defaults.mode.map_or("default", CallMode::as_str),
                     format_ms(u.created_at),
@@ -373,7 +374,7 @@ fn defaults_change(
             "default" => Ok(None),
             l => check_language(l, cfg)
                 .map(Some)
-                .map_err(|_| format!("--language must be one of: {}, default", cfg.languages.join(", "))),
+                .map_err(|_| format!("--language must be one of: {}, default", languages_list(cfg))),
         })
         .transpose()?;
     let require_keypress = require_keypress
@@ -414,7 +415,7 @@ fn sounds_check(cfg: &CallConfig, dir: &std::path::Path) -> CliResult {
             dir.display()
         ));
     }
-    println!("all {} sounds present for {}", report.len(), cfg.languages.join(", "));
+    println!("all {} sounds present for {}", report.len(), languages_list(cfg));
     Ok(())
 }
 

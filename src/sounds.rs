@@ -43,9 +43,9 @@ pub fn check(dir: &Path, cfg: &CallConfig) -> Vec<SoundStatus> {
         for name in sounds_needed() {
             let found = PLAYABLE_EXTENSIONS
                 .iter()
-                .map(|ext| dir.join(language).join(format!("{name}.{ext}")))
+                .map(|ext| dir.join(language.as_str()).join(format!("{name}.{ext}")))
                 .find(|path| path.is_file());
-            report.push(SoundStatus { language: language.clone(), name, found });
+            report.push(SoundStatus { language: language.as_str().to_owned(), name, found });
         }
     }
     report

@@ -213,7 +213,7 @@ pub struct EntryOutcome {
 /// was right.
 pub async fn take_code<P: Playback>(chan: &mut P, code: &str, cfg: &CallConfig, options: &CallOptions) -> EntryOutcome {
     let mut keypad = Keypad { chan, cfg, code, attempts: 0, verdict: None };
-    let end = match keypad.script(&options.language).await {
+    let end = match keypad.script(options.language.as_str()).await {
         Ok(()) => FlowEnd::Finished,
         Err(Stop::HungUp) => FlowEnd::HungUp,
         Err(Stop::Error(e)) => FlowEnd::Error(e),
@@ -322,7 +322,7 @@ struct Flow<'a, P> {
 
 impl<P: Playback> Flow<'_, P> {
     async fn script(&mut self, options: &CallOptions) -> Result<FlowEnd, Stop> {
-        self.chan.set_language(&options.language).await?;
+        self.chan.set_language(options.language.as_str()).await?;
         self.pause(self.cfg.answer_pause_ms, "").await?;
         if options.require_keypress && !self.wait_for_any_key().await? {
             self.pause(self.cfg.reading_pause_ms, "").await?;

@@ -94,7 +94,7 @@ impl Call {
             mode: self.options.mode.as_str(),
             verified: entered.then_some(self.verified),
             attempts: entered.then_some(self.attempts),
-            language: &self.options.language,
+            language: self.options.language.as_str(),
             require_keypress: self.options.require_keypress,
             created_at: format_ms(self.created_at),
             updated_at: format_ms(self.updated_at),

@@ -15,6 +15,7 @@ pub mod agi_handler;
 pub mod dispatcher;
 pub mod flow;
 pub mod json;
+pub mod language;
 pub mod options;
 pub mod token;
 

@@ -117,6 +117,23 @@ impl Store {
     }
 }
 
+/// A language is stored as its name; a row naming something that is not a
+/// language (a hand edit) reads as an error, never as a name that could
+/// reach a path or an AGI command.
+impl rusqlite::types::ToSql for crate::call::language::Language {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for crate::call::language::Language {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        crate::call::language::Language::parse(name)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("{name:?} is not a language name").into()))
+    }
+}
+
 /// Bytes the WAL file is cut back to whenever a checkpoint resets it.
 const WAL_SIZE_LIMIT: i64 = 1024 * 1024;
 

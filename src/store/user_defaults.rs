@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
-use crate::call::options::{CallMode, UserCallDefaults};
+use crate::call::options::{CallMode, Language, UserCallDefaults};
 
 /// A change to a user's defaults: `None` leaves a field alone,
 /// `Some(None)` clears it back to the configuration's default.
@@ -14,7 +14,7 @@ pub struct UserDefaultsChange {
     /// New default mode.
     pub mode: Option<Option<CallMode>>,
     /// New default language.
-    pub language: Option<Option<String>>,
+    pub language: Option<Option<Language>>,
     /// New default voicemail-safe mode.
     pub require_keypress: Option<Option<bool>>,
 }

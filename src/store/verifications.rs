@@ -6,6 +6,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
+use crate::call::language::Language;
 use crate::time::now_ms;
 use crate::verify::{CodeLength, Verification, VerificationId, VerificationStatus, VerifyKey};
 
@@ -23,7 +24,7 @@ pub struct NewVerification<'a> {
     /// Random salt that, with the key, derives the code.
     pub salt: [u8; 16],
     /// Language its calls are read in.
-    pub language: &'a str,
+    pub language: &'a Language,
     /// Its own webhook URL (checked); `None`: the user's default.
     pub callback_url: Option<&'a str>,
     /// Unix ms after which it expires.
@@ -267,7 +268,7 @@ mod tests {
             number: "+923001234567",
             code_length: CodeLength::DEFAULT,
             salt,
-            language: "en",
+            language: &Language::from("en"),
             callback_url: None,
             expires_at: now_ms() + expires_in,
         };

@@ -62,7 +62,7 @@ impl Verification {
             number: &self.number,
             status: status.as_str(),
             code_length: self.code_length.get(),
-            language: &self.language,
+            language: self.language.as_str(),
             sends: self.sends,
             failed_checks: self.failed_checks,
             attempts_left: if status.is_final() { 0 } else { max_checks.saturating_sub(self.failed_checks) },

@@ -19,6 +19,8 @@ use serde::Serialize;
 
 pub use code::{CodeLength, VerifyKey};
 
+use crate::call::language::Language;
+
 /// A verification id: 128 random bits as 32 lowercase hex digits, like a
 /// call id (and, like it, no secret).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -123,7 +125,7 @@ pub struct Verification {
     /// Calls placed for it so far.
     pub sends: u32,
     /// Language its calls are read in (resolved when created).
-    pub language: String,
+    pub language: Language,
     /// Where its status changes are POSTed; `None`: the user's default.
     pub callback_url: Option<String>,
     /// The latest call placed for it.
