@@ -28,6 +28,7 @@
 //! - [`agi`]: FastAGI - codec, typed commands, session, playback (sounds
 //!   and keys as typed outcomes), server.
 //! - [`sounds`]: the sounds the configured languages need in Asterisk.
+//! - [`id`]: random public ids (calls, verifications) and `hex_id!`.
 //! - [`time`]: timestamps - Unix ms stored, RFC 3339 UTC shown (jiff).
 //! - [`secret`]: [`secret::Secret`], the one type for secrets in memory
 //!   (redacted in `Debug`, compared in constant time).
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod id;
 pub mod limits;
 pub mod metrics;
 pub mod phone;

@@ -26,37 +26,13 @@ use serde::Serialize;
 use crate::ami::OriginateReason;
 use crate::secret::Secret;
 
-/// An unguessable call identifier: 128 random bits as 32 lowercase hex
-/// digits. It is also the Asterisk channel's `Uniqueid` (`ChannelId` on
-/// Originate), so AMI events and the FastAGI session name the call directly.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct CallId(String);
-
-impl CallId {
-    /// A fresh random id from the OS-seeded CSPRNG.
-    pub fn generate() -> CallId {
-        let bytes: [u8; 16] = rand::random();
-        CallId(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// Accepts only the exact shape we generate, so ids read back from
-    /// Asterisk or URLs can be trusted to be plain hex.
-    pub fn parse(s: &str) -> Option<CallId> {
-        (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| CallId(s.to_owned()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CallId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::hex_id!(
+    /// An unguessable call identifier: 128 random bits as 32 lowercase hex
+    /// digits. It is also the Asterisk channel's `Uniqueid` (`ChannelId` on
+    /// Originate), so AMI events and the FastAGI session name the call
+    /// directly.
+    CallId
+);
 
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

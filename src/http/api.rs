@@ -16,17 +16,16 @@
 use std::net::IpAddr;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::App;
-use super::idempotency;
 use super::intake::{self, CallOrder, FieldError, PlaceError};
 use super::params::Params;
 use super::problem::{bad_field, basic_credentials, problem, refused, unauthorized};
-use super::{HttpResponse, has_media_type, json, read_body};
+use super::{HttpResponse, json};
+use super::{idempotency, json_body};
 use crate::call::json::CallJson;
 use crate::call::{Call, CallId, CallStatus};
 use crate::limits::LoginError;
@@ -82,16 +81,8 @@ impl Endpoint {
 }
 
 pub(super) async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>, client: IpAddr) -> HttpResponse {
-    let allowed = matches!(
-        (&endpoint, req.method()),
-        (Endpoint::Calls, &Method::GET | &Method::POST)
-            | (Endpoint::Call(_), &Method::GET)
-            | (Endpoint::Cancel(_), &Method::POST)
-    );
-    if !allowed {
-        let mut resp = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", endpoint.allow()), None);
-        resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(endpoint.allow()));
-        return resp;
+    if let Some(refused) = json_body::method_check(req.method(), endpoint.allow()) {
+        return refused;
     }
     let user = match authenticate(app, &req, client).await {
         Ok(user) => user,
@@ -127,44 +118,31 @@ fn call_reply(status: StatusCode, call: &Call) -> HttpResponse {
 }
 
 async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
-    if !has_media_type(&req, "application/json") {
-        return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None);
-    }
     let key = match idempotency::key(req.headers()) {
         Ok(key) => key,
-        Err(detail) => return super::problem::bad_field("Idempotency-Key", &detail),
+        Err(detail) => return bad_field("Idempotency-Key", &detail),
     };
-    let body = match read_body(req, &app.config.http).await {
+    let (body, fields) = match json_body::object(app, req).await {
         Ok(b) => b,
-        Err(e) => return problem(e.status(), &e.to_string(), None),
+        Err(resp) => return *resp,
     };
     let fingerprint = idempotency::fingerprint("POST", "/v1/calls", &body);
-    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, &body)).await
+    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, &fields)).await
 }
 
 /// `POST /v1/calls` once its body is read.
-async fn create_from(app: &App, user: &User, body: &[u8]) -> HttpResponse {
-    let fields = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return problem(StatusCode::BAD_REQUEST, "the body must be a JSON object", None),
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}"), None),
-    };
-    if let Some(unknown) = fields.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
-        let shown: String = unknown.chars().take(64).collect();
-        return problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown));
+async fn create_from(app: &App, user: &User, fields: &Map<String, Value>) -> HttpResponse {
+    if let Some(refused) = json_body::unknown_field(fields, &CREATE_FIELDS) {
+        return refused;
     }
-    let checked = read_order(&fields).and_then(|order| intake::check(app, order));
+    let checked = read_order(fields).and_then(|order| intake::check(app, order));
     let checked = match checked {
         Ok(c) => c,
         Err(e) => return bad_field(e.field, &e.message),
     };
     match intake::place(app, user, checked).await {
         Ok(call) => {
-            let mut resp = call_reply(StatusCode::ACCEPTED, &call);
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/calls/{}", call.id)) {
-                resp.headers_mut().insert(LOCATION, location);
-            }
-            resp
+            json_body::with_location(call_reply(StatusCode::ACCEPTED, &call), &format!("/v1/calls/{}", call.id))
         }
         Err(PlaceError::Refused(refusal)) => refused(&refusal),
         Err(PlaceError::Store(e)) => {
@@ -176,25 +154,15 @@ async fn create_from(app: &App, user: &User, body: &[u8]) -> HttpResponse {
 
 /// The typed fields of a create request.
 fn read_order(fields: &Map<String, Value>) -> Result<CallOrder<'_>, FieldError> {
-    let text = |name: &'static str| -> Result<Option<&str>, FieldError> {
-        match fields.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Err(FieldError::new(name, format!("{name} is empty"))),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(FieldError::new(name, format!("{name} must be a string"))),
-        }
+    let required = |name: &'static str| {
+        json_body::text(fields, name)?.ok_or_else(|| FieldError::new(name, format!("{name} is required")))
     };
-    let required = |name: &'static str| text(name)?.ok_or_else(|| FieldError::new(name, format!("{name} is required")));
     let number = required("number")?;
     let code = required("code")?;
-    let callback_url = text("callback_url")?;
-    let language = text("language")?;
-    let mode = text("mode")?;
-    let require_keypress = match fields.get("require_keypress") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(FieldError::new("require_keypress", "require_keypress must be one of: true, false")),
-    };
+    let callback_url = json_body::text(fields, "callback_url")?;
+    let language = json_body::text(fields, "language")?;
+    let mode = json_body::text(fields, "mode")?;
+    let require_keypress = json_body::flag(fields, "require_keypress")?;
     Ok(CallOrder { number, code, callback_url, language, require_keypress, mode })
 }
 

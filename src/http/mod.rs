@@ -4,6 +4,7 @@
 //! - `api`: the JSON API, `/v1/calls...`, with `problem` (RFC 9457 replies,
 //!   Basic credentials);
 //! - `idempotency`: the `Idempotency-Key` header of the creating POSTs;
+//! - `json_body`: the JSON API's bodies and fields, and its common answers;
 //! - `intake`: checking, limiting and placing a new call, shared by both;
 //! - `ops`: `/healthz` and `/metrics`;
 //! - `params`: form/query fields;
@@ -25,6 +26,7 @@
 mod api;
 mod idempotency;
 pub mod intake;
+mod json_body;
 mod ops;
 mod outbound;
 mod params;

@@ -22,15 +22,15 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::{Map, Value};
 
 use super::api::{authenticate, unavailable};
 use super::idempotency;
 use super::intake::{self, PlaceError, Placement};
+use super::json_body::{self, Reject};
 use super::problem::{bad_field, problem, refused};
-use super::{App, HttpResponse, has_media_type, json, read_body};
+use super::{App, HttpResponse, json};
 use crate::call::options::{CallMode, CallOptions, RequestedOptions};
 use crate::limits::Refusal;
 use crate::phone::PhoneNumber;
@@ -94,15 +94,8 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     client: std::net::IpAddr,
 ) -> HttpResponse {
-    let allowed = matches!(
-        (&endpoint, req.method()),
-        (Endpoint::Verification(_), &Method::GET)
-            | (Endpoint::Verifications | Endpoint::Check(_) | Endpoint::Cancel(_), &Method::POST)
-    );
-    if !allowed {
-        let mut resp = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", endpoint.allow()), None);
-        resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(endpoint.allow()));
-        return resp;
+    if let Some(refused) = json_body::method_check(req.method(), endpoint.allow()) {
+        return refused;
     }
     let user = match authenticate(app, &req, client).await {
         Ok(user) => user,
@@ -123,36 +116,14 @@ fn reply(app: &App, status: StatusCode, v: &Verification) -> HttpResponse {
     json(status, &v.to_json(now_ms(), app.config.verify.max_checks))
 }
 
-/// A JSON object body, or the problem to answer.
-async fn object_body(app: &App, req: Request<Incoming>) -> Result<(bytes::Bytes, Map<String, Value>), Reject> {
-    if !has_media_type(&req, "application/json") {
-        return Err(Box::new(problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", None)));
-    }
-    let body =
-        read_body(req, &app.config.http).await.map_err(|e| Box::new(problem(e.status(), &e.to_string(), None)))?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok((body, map)),
-        Ok(_) => Err(Box::new(problem(StatusCode::BAD_REQUEST, "the body must be a JSON object", None))),
-        Err(e) => Err(Box::new(problem(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}"), None))),
-    }
-}
-
-/// A string field: `Ok(None)` when absent or null.
-fn text<'a>(fields: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, Reject> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Err(field(name, format!("{name} is empty"))),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(field(name, format!("{name} must be a string"))),
-    }
-}
-
-/// A reply other than the one asked for (boxed: a response is large).
-type Reject = Box<HttpResponse>;
-
 /// 400 naming `name`.
 fn field(name: &str, detail: String) -> Reject {
     Box::new(bad_field(name, &detail))
+}
+
+/// A string field, or the 400 naming it.
+fn text<'a>(fields: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, Reject> {
+    json_body::text(fields, name).map_err(|e| field(e.field, e.message))
 }
 
 async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
@@ -160,7 +131,7 @@ async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse 
         Ok(key) => key,
         Err(detail) => return bad_field("Idempotency-Key", &detail),
     };
-    let (body, fields) = match object_body(app, req).await {
+    let (body, fields) = match json_body::object(app, req).await {
         Ok(b) => b,
         Err(resp) => return *resp,
     };
@@ -177,9 +148,8 @@ struct Order {
 }
 
 fn read_order(app: &App, fields: &Map<String, Value>) -> Result<Order, Reject> {
-    if let Some(unknown) = fields.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
-        let shown: String = unknown.chars().take(64).collect();
-        return Err(Box::new(problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown))));
+    if let Some(refused) = json_body::unknown_field(fields, &CREATE_FIELDS) {
+        return Err(Box::new(refused));
     }
     let number = text(fields, "number")?.ok_or_else(|| field("number", "number is required".into()))?;
     let number = PhoneNumber::parse(number, app.config.phone.default_country)
@@ -192,11 +162,7 @@ fn read_order(app: &App, fields: &Map<String, Value>) -> Result<Order, Reject> {
         }
         Some(_) => return Err(field("code_length", range)),
     };
-    let require_keypress = match fields.get("require_keypress") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(field("require_keypress", "require_keypress must be one of: true, false".into())),
-    };
+    let require_keypress = json_body::flag(fields, "require_keypress").map_err(|e| field(e.field, e.message))?;
     let options = RequestedOptions::check(text(fields, "language")?, require_keypress, None, &app.config.call)
         .map_err(|e| field(e.field, e.to_string()))?;
     let callback_url = text(fields, "callback_url")?
@@ -259,11 +225,8 @@ async fn create_from(app: &App, user: &User, fields: Map<String, Value>) -> Http
     match placed {
         Ok((call, (v, created))) => {
             tracing::info!(verification = %v.id, call_id = %call.id, sends = v.sends, created, "verification call placed");
-            let mut resp = reply(app, if created { StatusCode::CREATED } else { StatusCode::OK }, &v);
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", v.id)) {
-                resp.headers_mut().insert(LOCATION, location);
-            }
-            resp
+            let resp = reply(app, if created { StatusCode::CREATED } else { StatusCode::OK }, &v);
+            json_body::with_location(resp, &format!("/v1/verifications/{}", v.id))
         }
         Err(PlaceError::Refused(refusal)) => refused(&refusal),
         Err(PlaceError::Store(e)) => {
@@ -289,13 +252,12 @@ async fn own(app: &App, user: &User, id: &str) -> Result<Verification, Reject> {
 }
 
 async fn check(app: &App, user: &User, id: &str, req: Request<Incoming>) -> HttpResponse {
-    let (_, fields) = match object_body(app, req).await {
+    let (_, fields) = match json_body::object(app, req).await {
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    if let Some(unknown) = fields.keys().find(|k| k.as_str() != "code") {
-        let shown: String = unknown.chars().take(64).collect();
-        return problem(StatusCode::BAD_REQUEST, &format!("unknown field `{shown}`"), Some(&shown));
+    if let Some(refused) = json_body::unknown_field(&fields, &["code"]) {
+        return refused;
     }
     let guess = match text(&fields, "code") {
         Ok(Some(code)) => code.to_owned(),

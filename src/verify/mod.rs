@@ -21,35 +21,11 @@ pub use code::{CodeLength, VerifyKey};
 
 use crate::call::language::Language;
 
-/// A verification id: 128 random bits as 32 lowercase hex digits, like a
-/// call id (and, like it, no secret).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct VerificationId(String);
-
-impl VerificationId {
-    /// A fresh random id.
-    pub fn generate() -> VerificationId {
-        VerificationId(hex::encode(rand::random::<[u8; 16]>()))
-    }
-
-    /// Accepts only the shape we generate.
-    pub fn parse(s: &str) -> Option<VerificationId> {
-        (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| VerificationId(s.to_owned()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for VerificationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::hex_id!(
+    /// A verification id: 128 random bits as 32 lowercase hex digits, like
+    /// a call id (and, like it, no secret).
+    VerificationId
+);
 
 /// Where a verification stands. Only `pending` ever changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
