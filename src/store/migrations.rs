@@ -229,6 +229,15 @@ const MIGRATIONS: &[&str] = &[
     // change (`call.<status>`). A verification's delivery is filed under its
     // latest call, so it goes out after that call's own changes.
     "ALTER TABLE webhook_deliveries ADD COLUMN event TEXT;",
+    // 15: several Asterisk servers. `asterisk` names the `[[asterisk]]`
+    // entry a call was originated on (NULL until dialled, and for calls
+    // dialled before there were several): its events, its reconciliation
+    // and its hang-up go to that server alone. The partial index holds only
+    // calls in flight, so counting one server's busy slots reads at most
+    // its `max_concurrent_calls` entries, however long the history.
+    "ALTER TABLE calls ADD COLUMN asterisk TEXT;
+    CREATE INDEX calls_in_flight_by_asterisk ON calls(asterisk)
+        WHERE status IN ('dialing', 'ringing', 'answered');",
 ];
 
 /// The schema version this build writes.

@@ -10,6 +10,7 @@ mod calls;
 mod idempotency;
 mod migrations;
 mod queue;
+mod servers;
 mod stats;
 mod user_defaults;
 mod users;

@@ -71,13 +71,13 @@ impl Store {
     }
 
     /// `dialing` -> `queued`, for a call whose Originate was provably never
-    /// written to Asterisk (the AMI link went down first). False if the call
-    /// is not `dialing`.
+    /// written to Asterisk (the AMI link went down first); it forgets the
+    /// server too. False if the call is not `dialing`.
     pub fn requeue(&mut self, id: &CallId) -> Result<bool, StoreError> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE calls SET status = 'queued', dialed_at = NULL, agi_token_hash = NULL, updated_at = ?2
+                "UPDATE calls SET status = 'queued', dialed_at = NULL, agi_token_hash = NULL, asterisk = NULL, updated_at = ?2
                  WHERE id = ?1 AND status = 'dialing'",
             )?
             .execute(params![id.as_str(), now_ms()])?;
