@@ -63,6 +63,19 @@ pub fn write_config(dir: &Path, ami: SocketAddr, http_keys: &str, agi_keys: &str
     path
 }
 
+/// [`write_config`] with `[[asterisk]]` entries (each the TOML keys of one,
+/// `name` and `port` included) in place of the `[ami]` section.
+pub fn write_config_servers(dir: &Path, servers: &[String], http_keys: &str, agi_keys: &str, extra: &str) -> PathBuf {
+    let path = dir.join("voice-otp.toml");
+    let entries: String = servers.iter().map(|keys| format!("[[asterisk]]\n{keys}\n\n")).collect();
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\npath = \"test.db\"\n\n\
+         [auth]\nbcrypt_cost = 4\n\n{entries}{extra}"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 /// Runs `voice-otp --config CONFIG ARGS...` with `stdin`; returns (status ok, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     blocking(|| cli_blocking(config, args, stdin))

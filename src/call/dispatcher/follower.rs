@@ -68,6 +68,17 @@ pub(super) async fn run(
 async fn on_message(state: &Arc<State>, server: usize, msg: &Message) {
     let Some(event) = Event::parse(msg) else { return };
     let Some(id) = event.uniqueid().and_then(CallId::parse) else { return };
+    if let Some(owner) = state.tracked_on(&id)
+        && owner != server
+    {
+        tracing::debug!(
+            call_id = %id,
+            from = state.server_name(server),
+            placed_on = state.server_name(owner),
+            "AMI event of another server's call ignored"
+        );
+        return;
+    }
     let span = tracing::info_span!("call", call_id = %id);
     on_event(state, server, event, id).instrument(span).await;
 }

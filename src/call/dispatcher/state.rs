@@ -65,6 +65,11 @@ impl State {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner()).update(id, server, Instant::now(), f)
     }
 
+    /// The server `id`'s channel is followed on, if it is followed.
+    pub(super) fn tracked_on(&self, id: &CallId) -> Option<usize> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).server_of(id)
+    }
+
     /// The name of server `index`, for logs.
     pub(super) fn server_name(&self, index: usize) -> &str {
         self.servers.get(index).map_or("?", |s| s.name.as_str())

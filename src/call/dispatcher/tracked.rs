@@ -82,6 +82,11 @@ impl TrackedCalls {
         Some(r)
     }
 
+    /// The server `id` is followed on, if it is.
+    pub(super) fn server_of(&self, id: &CallId) -> Option<usize> {
+        self.calls.get(id).map(|t| t.server)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.calls.len()
