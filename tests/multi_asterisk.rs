@@ -220,3 +220,22 @@ async fn a_paced_server_is_sent_no_more_originates_than_its_rate() {
     // And paced, not stalled: the burst took about 5 x 0.5 s.
     assert!(dialed[5] - dialed[0] < 4000, "gaps {gaps:?} ms");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_server_no_longer_configured_are_named_in_a_warning() {
+    let fake = FakeAmi::start(FakeScript::outcome(OriginateOutcome::Answer)).await;
+    let (home, mut daemon) =
+        Setup::new("renamed").config(NO_NUMBER_QUOTAS).server("old", fake.addr(), UNPACED).start_servers();
+    wait_servers(&daemon, &[("old", "up")]);
+    let id = place(&daemon);
+    daemon.wait_status(&id, "answered", WAIT);
+    daemon.terminate();
+    // The entry renamed: the answered call's server is gone from the config.
+    let config = std::fs::read_to_string(&home.config).unwrap().replace("name = \"old\"", "name = \"new\"");
+    std::fs::write(&home.config, config).unwrap();
+    let daemon = home.start();
+    wait_servers(&daemon, &[("new", "up")]);
+    let warning = "no longer configured: not reconciled nor followed server=old calls=1";
+    assert_eq!(daemon.logged(warning, 1, WAIT), 1, "{}", daemon.logs());
+    assert_eq!(daemon.show(&id)["status"], "answered", "left as it is");
+}

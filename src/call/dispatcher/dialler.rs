@@ -274,6 +274,9 @@ async fn expire_overdue(state: &State) {
 /// may have been lost with the link, or a previous daemon left them);
 /// otherwise only those older than [`FRESH_CALL`].
 async fn reconcile(state: &State, index: usize, after_connect: bool) {
+    if index == 0 && after_connect {
+        warn_unconfigured(state).await;
+    }
     let Some(server) = state.servers.get(index) else { return };
     let name = server.name.clone();
     // Calls naming no server were dialled when there was only one.
@@ -324,6 +327,28 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) {
                 tracing::warn!(call_id = %call.id, server = %server.name, error = %e, "could not ask Asterisk about a call in flight");
                 return;
             }
+        }
+    }
+}
+
+/// Calls in flight on a server the config no longer has (removed or
+/// renamed) have no link to be asked about or followed on: they are left
+/// as they are, and said so whenever the first server (re)connects.
+async fn warn_unconfigured(state: &State) {
+    let by_server = match state.db.run(|s| s.in_flight_by_server()).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "could not count calls in flight per server");
+            return;
+        }
+    };
+    for (name, calls) in by_server {
+        if let Some(name) = name.filter(|n| state.servers.index_of(n).is_none()) {
+            tracing::warn!(
+                server = %name,
+                calls,
+                "calls in flight on an Asterisk server that is no longer configured: not reconciled nor followed"
+            );
         }
     }
 }
