@@ -371,3 +371,52 @@ async fn the_webhook_examples_accept_signed_webhooks_and_refuse_tampered_ones() 
     let wrong_secret = verify("not-the-secret", &good);
     assert_eq!(wrong_secret.status.code(), Some(1), "{wrong_secret:?}");
 }
+
+/// The verification examples: `start` makes a verification whose call the
+/// scripted callee answers and writes the digits of; `check` with a wrong
+/// code says `pending` and exits 2, with the heard code `approved` and
+/// exits 0; `start` again with the same Idempotency-Key gets the same
+/// verification and places no second call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verification_examples_start_and_check() {
+    let (_home, fake, daemon) = Setup::new("ex-verify").config(FAST_FLOW).fake(FakeScript::for_daemon()).await;
+    for (n, script) in ["verify.py", "verify.sh"].into_iter().enumerate() {
+        let number = format!("0300123456{n}");
+        let key = format!("signup-{n}");
+        let key_args: Vec<&str> = if script.ends_with(".py") {
+            vec!["start", &number, "--idempotency-key", &key]
+        } else {
+            vec!["start", &number, &key]
+        };
+        let started = run(client(script, &daemon), &key_args);
+        assert!(started.status.success(), "{script}: {started:?}");
+        let id = started.value("verification_id").expect("verification_id").to_owned();
+        let call_id = started.value("call_id").expect("call_id").to_owned();
+        assert_eq!(started.value("status"), Some("pending"), "{script}: {started:?}");
+        let retried = run(client(script, &daemon), &key_args);
+        assert_eq!(retried.value("verification_id"), Some(id.as_str()), "{script}: the key replays: {retried:?}");
+        assert_eq!(retried.value("call_id"), Some(call_id.as_str()), "{script}: no second call");
+
+        // The callee hears the code.
+        let token = fake.wait_agi_token(&call_id, Duration::from_secs(10)).await.expect("an Originate");
+        let commands =
+            fake_agi::session(daemon.agi, &call_id, Callee { token: Some(&token), ..Callee::default() }).await;
+        let code: String = commands
+            .iter()
+            .filter_map(|c| c.strip_prefix("STREAM FILE digits/"))
+            .filter_map(|rest| rest.chars().next())
+            .take(6)
+            .collect();
+        assert_eq!(code.len(), 6, "{commands:?}");
+        let wrong: String = code.chars().map(|c| if c == '0' { '1' } else { '0' }).collect();
+        let miss = run(client(script, &daemon), &["check", &id, &wrong]);
+        assert_eq!(miss.status.code(), Some(2), "{script}: {miss:?}");
+        assert_eq!((miss.value("status"), miss.value("attempts_left")), (Some("pending"), Some("4")), "{script}");
+        let hit = run(client(script, &daemon), &["check", &id, &code]);
+        assert!(hit.status.success(), "{script}: {hit:?}");
+        assert_eq!(hit.value("status"), Some("approved"), "{script}: {hit:?}");
+        let again = run(client(script, &daemon), &["check", &id, &code]);
+        assert_eq!(again.status.code(), Some(1), "{script}: a code serves once (409): {again:?}");
+    }
+    assert_eq!(daemon.stored_calls().len(), 2, "one call per verification: {:?}", daemon.stored_calls());
+}
