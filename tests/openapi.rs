@@ -477,7 +477,7 @@ async fn verifications_api(api: &Api<'_>, fake: &FakeAmi) {
     api.user(415, Request::post("/v1/verifications").body("text/plain", b"03001230036").violating());
     api.expect(401, Request::post("/v1/verifications").json(r#"{"number":"03001230036"}"#).violating());
     api.user(405, Request::get("/v1/verifications"));
-    for body in [r#"{"code":"12ab"}"#, r#"{"code":"12345678901"}"#, r#"{}"#, r#"{"code":"1","extra":1}"#] {
+    for body in [r#"{"code":"12ab"}"#, r#"{"code":"12345678901"}"#, r#"{}"#, r#"{"code":"1","extra":1}"#, "1234"] {
         api.user(400, Request::post(&check).json(body).violating());
     }
     let unknown = "/v1/verifications/0123456789abcdef0123456789abcdef";
