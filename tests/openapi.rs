@@ -634,24 +634,52 @@ async fn a_document_that_drifts_from_the_daemon_fails() {
     assert!(e.contains("readings"), "{e}");
 }
 
-/// The document passes `openapi-spec-validator` (installed from PyPI into a
-/// venv under `target/` on first use; needs `python3` with `venv`, which
-/// scripts/test installs).
+/// `openapi-spec-validator` and everything it needs, pinned (the `pip
+/// freeze` of a working venv), so that a run does not depend on the day's
+/// releases on PyPI.
+const VALIDATOR: [&str; 20] = [
+    "annotated-types==0.8.0",
+    "attrs==26.1.0",
+    "jsonschema==4.26.0",
+    "jsonschema-path==0.5.0",
+    "jsonschema-specifications==2025.9.1",
+    "lazy-object-proxy==1.13.0",
+    "openapi-schema-validator==0.9.0",
+    "openapi-spec-validator==0.9.0",
+    "pathable==0.6.0",
+    "pydantic==2.14.4",
+    "pydantic-settings==2.16.3",
+    "pydantic_core==2.50.5",
+    "python-dotenv==1.2.4",
+    "PyYAML==6.0.4",
+    "referencing==0.37.0",
+    "rfc3339-validator==0.1.4",
+    "rpds-py==2026.9.1",
+    "six==1.17.0",
+    "typing-inspection==0.4.5",
+    "typing_extensions==4.16.0",
+];
+
+/// The document passes `openapi-spec-validator`, an OpenAPI 3.1 validator
+/// of its own (installed from PyPI into a venv under `target/tmp/` on first
+/// use; needs `python3` with `venv`, which scripts/test installs).
 #[test]
 fn the_document_is_valid_openapi_3_1() {
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openapi-tools");
     let python = venv.join("bin/python");
-    let ready = venv.join("ready-0.9.0");
-    if !ready.exists() {
+    let stamp = venv.join("installed");
+    let wanted = VALIDATOR.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let _ = std::fs::remove_dir_all(&venv);
         let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("run python3 -m venv");
         assert!(made.success(), "python3 -m venv failed (Debian: apt-get install python3-venv)");
         let pip = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "openapi-spec-validator==0.9.0"])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"])
+            .args(VALIDATOR)
             .status()
             .expect("run pip");
         assert!(pip.success(), "pip install openapi-spec-validator failed");
-        std::fs::write(&ready, "").unwrap();
+        std::fs::write(&stamp, &wanted).unwrap();
     }
     let document = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
     let out = Command::new(&python)
