@@ -81,7 +81,7 @@ impl Api<'_> {
         self.spec.call(self.daemon.http, &req)
     }
 
-    /// `req` as the first user, judged, answered `status`.
+    /// `req` as it is, judged, and answered `status`.
     fn expect(&self, status: u16, req: Request) -> Response {
         let resp = self.call(req.clone());
         assert_eq!(resp.status, status, "{} {}: {}", req.method, req.target, resp.body);
