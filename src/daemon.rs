@@ -18,7 +18,7 @@ use crate::call::dispatcher::{AsteriskServers, Dispatcher, LiveCalls};
 use crate::config::Config;
 use crate::http::App;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{CallEnded, Capacity, Metrics};
 use crate::store::{Db, Store};
 use crate::verify::VerifyKey;
 
@@ -120,17 +120,25 @@ impl Daemon {
         let live = LiveCalls::default();
         let mut agi_urls = vec![config.agi.url_for(bound.agi)];
         agi_urls.extend(config.agi.fallback_urls.iter().cloned());
+        let metrics = Arc::new(Metrics::new());
+        crate::call::declare_call_ends(&metrics);
+        metrics.set_capacity(Capacity {
+            agi_max_sessions: config.agi.max_sessions as u64,
+            // Every server's trunk together.
+            max_concurrent_calls: servers.iter().map(|s| u64::from(s.max_concurrent_calls)).sum(),
+            max_queued: u64::from(config.queue.max_queued),
+        });
         let dispatcher = Dispatcher::start(
             config.clone(),
             db.clone(),
             servers.clone(),
             agi_urls,
             live.clone(),
+            metrics.clone(),
             &tracker,
             shutdown.clone(),
         );
 
-        let metrics = Arc::new(Metrics::new());
         let handler = OtpAgi::new(db.clone(), live.clone(), config.call.clone(), metrics.clone());
         let agi_listening = Arc::new(AtomicBool::new(true));
         let serving = agi_listening.clone();
@@ -145,7 +153,7 @@ impl Daemon {
             metrics.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
+        tracker.spawn(housekeeping(db.clone(), config.retention.days, metrics.clone(), shutdown.clone()));
         let limits = Limits::new(&config.limits, &config.phone);
         let app =
             Arc::new(App { config, db, auth, dispatcher, servers, live, agi_listening, metrics, limits, verify_key });
@@ -187,12 +195,13 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// their time (with their webhooks), forget idempotency keys older than a
 /// day, purge final calls and verifications older than `[retention] days`
 /// (0: never).
-async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) {
+async fn housekeeping(db: Db, retention_days: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let now = crate::call::now_ms();
         match db.run(move |s| s.expire_overdue(now)).await {
             Ok(ids) => {
                 for id in ids {
+                    metrics.call_ended(CallEnded::undialled(crate::call::CallStatus::Expired.as_str()));
                     tracing::info!(call_id = %id, "call expired before it could be dialled");
                 }
             }

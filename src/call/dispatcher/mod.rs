@@ -44,6 +44,7 @@ pub use servers::{AsteriskServer, AsteriskServers};
 use super::CallId;
 use crate::ami::Action;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Db;
 
 /// Handle to the dispatcher.
@@ -108,19 +109,22 @@ impl Dispatcher {
         }
     }
 
-    /// Starts the dialler and one event follower per server on `tracker`.
-    /// `agi_urls` are the FastAGI URLs handed to the dialplan, first to
-    /// try first (at least one).
+    /// Starts the dialler and one event follower per server on `tracker`;
+    /// the calls they end are counted in `metrics`. `agi_urls` are the
+    /// FastAGI URLs handed to the dialplan, first to try first (at least
+    /// one).
+    #[expect(clippy::too_many_arguments, reason = "the daemon's parts, each named once at the one call site")]
     pub fn start(
         config: Arc<Config>,
         db: Db,
         servers: AsteriskServers,
         agi_urls: Vec<String>,
         live: LiveCalls,
+        metrics: Arc<Metrics>,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Dispatcher {
-        let state = Arc::new(state::State::new(config, db.clone(), servers.clone(), agi_urls, live));
+        let state = Arc::new(state::State::new(config, db.clone(), servers.clone(), agi_urls, live, metrics));
         // Subscribed before any task runs, so no event of a call the
         // dialler originates can be missed.
         for (index, server) in servers.iter().enumerate() {

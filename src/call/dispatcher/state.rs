@@ -12,6 +12,7 @@ use super::servers::AsteriskServers;
 use super::tracked::{Tracked, TrackedCalls};
 use crate::call::{CallId, FailReason};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{CallEnd, Db};
 
 /// The dispatcher's shared state.
@@ -24,6 +25,8 @@ pub(super) struct State {
     /// the ones to try when no daemon took the call at it.
     pub(super) agi_urls: Vec<String>,
     pub(super) live: LiveCalls,
+    /// Where calls that end here are counted.
+    pub(super) metrics: Arc<Metrics>,
     /// Calls originated whose last events have not all arrived yet.
     tracked: Mutex<TrackedCalls>,
     /// Wakes the dialler: a call was queued, a trunk slot came free or a
@@ -38,6 +41,7 @@ impl State {
         servers: AsteriskServers,
         agi_urls: Vec<String>,
         live: LiveCalls,
+        metrics: Arc<Metrics>,
     ) -> State {
         // A call rings at most `ring_timeout_secs`; an hour more covers any
         // conversation, so an older entry's events are not coming.
@@ -48,6 +52,7 @@ impl State {
             servers,
             agi_urls,
             live,
+            metrics,
             tracked: Mutex::new(TrackedCalls::new(max_age)),
             wake: Arc::new(Notify::new()),
         }
@@ -75,20 +80,25 @@ impl State {
         self.servers.get(index).map_or("?", |s| s.name.as_str())
     }
 
-    /// Records the call's end (a no-op if it already ended), logs it, and
-    /// wakes the dialler: a trunk slot may have come free.
+    /// Records the call's end (a no-op if it already ended), logs and
+    /// counts it, and wakes the dialler: a trunk slot may have come free.
     pub(super) async fn finish(&self, id: &CallId, end: CallEnd) {
         let call_id = id.clone();
         let logged = end.clone();
-        match self.db.run(move |s| s.finish_call(&call_id, &end)).await {
-            Ok(true) => tracing::info!(
-                call_id = %id,
-                status = %logged.status,
-                reason = logged.reason.map(FailReason::as_str),
-                detail = logged.detail.as_deref(),
-                "call ended"
-            ),
-            Ok(false) => {}
+        // The ended row is read back in the same trip, for its ring and
+        // talk times: one look-up by key, only when the call did end here.
+        match self.db.run(move |s| if s.finish_call(&call_id, &end)? { s.call(&call_id) } else { Ok(None) }).await {
+            Ok(Some(call)) => {
+                self.metrics.call_ended(call.ended());
+                tracing::info!(
+                    call_id = %id,
+                    status = %logged.status,
+                    reason = logged.reason.map(FailReason::as_str),
+                    detail = logged.detail.as_deref(),
+                    "call ended"
+                )
+            }
+            Ok(None) => {}
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }
         self.wake.notify_one();
