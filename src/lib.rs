@@ -8,14 +8,16 @@
 //! - [`cli`]: command line (`serve`, `user ...`, `call ...`); `main.rs` only calls it.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`daemon`]: `serve` - starts and stops every part below.
-//! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API; `/v1/calls`, the
-//!   JSON API; `/healthz`, `/metrics`; `/v1/openapi.json`, their OpenAPI document).
+//! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API; `/v1/calls` and
+//!   `/v1/verifications`, the JSON API, with `Idempotency-Key`; `/healthz`,
+//!   `/metrics`; `/v1/openapi.json`, their OpenAPI document).
 //! - [`webhook`]: signed status-change POSTs from an SQLite outbox.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: API users' credentials (bcrypt).
 //! - [`limits`]: abuse limits - failed logins, request rates, per-number
 //!   quotas, the toll-fraud guard.
-//! - [`store`]: SQLite - users, calls, migrations.
+//! - [`store`]: the database - users, calls, verifications, the webhook
+//!   outbox, idempotency keys, migrations.
 //! - [`phone`]: destination numbers: validation, E.164, dial templates.
 //! - [`verify`]: verifications - generated codes (derived, never stored),
 //!   checks with attempts and expiry.
