@@ -51,7 +51,7 @@ pub enum StartError {
     /// Opening or migrating the database.
     #[error("database {path}: {source}")]
     Database {
-        /// The file.
+        /// The file, or the PostgreSQL server and database.
         path: String,
         /// Why.
         source: crate::store::StoreError,
@@ -79,9 +79,17 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let path = config.database.path.clone();
-        let store =
-            Store::open(&path).map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
-        let db = Db::new(store);
+        let opened = match &config.database.url {
+            Some(url) => {
+                let (url, pool) = (url.clone(), config.database.pool_size);
+                tokio::task::spawn_blocking(move || Db::postgres(&url, pool))
+                    .await
+                    .map_err(|e| crate::store::StoreError::Task(e.to_string()))
+                    .and_then(|db| db)
+            }
+            None => Store::open(&path).map(Db::new),
+        };
+        let db = opened.map_err(|source| StartError::Database { path: config.database.describe(), source })?;
         let verify_key = VerifyKey::load_or_create(&config.verify.key_path(&config.database.path))?;
         let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost)
             .map_err(|e| StartError::Auth(e.to_string()))?

@@ -547,15 +547,16 @@ mod tests {
     use super::*;
     use crate::auth::hash_password;
     use crate::call::CallId;
-    use crate::store::{Db, NewCall};
+    use crate::store::testing::{Backend, backends};
+    use crate::store::{Db, NewCall, args};
 
     fn limits(toml: &str) -> Limits {
         let config = crate::config::Config::from_toml(toml).unwrap();
         Limits::new(&config.limits, &config.phone)
     }
 
-    fn store_with_user() -> (Store, User) {
-        let mut store = Store::open_in_memory().unwrap();
+    fn store_with_user(b: Backend) -> (Store, User) {
+        let mut store = b.open();
         let user = store.add_user("acme1", &hash_password("right-pass", 4).unwrap()).unwrap();
         (store, user)
     }
@@ -608,7 +609,7 @@ mod tests {
     }
 
     fn authenticator() -> Authenticator {
-        let (store, _) = store_with_user();
+        let (store, _) = store_with_user(Backend::Sqlite);
         Authenticator::new(Db::new(store), 4)
             .unwrap()
             .with_cache(crate::auth::CredentialCache::new(Duration::from_secs(300), 100))
@@ -782,7 +783,7 @@ mod tests {
 
     #[test]
     fn user_rate_counts_requests_per_minute() {
-        let (_, user) = store_with_user();
+        let (_, user) = store_with_user(Backend::Sqlite);
         let limits = limits("[limits]\nuser_requests_per_minute = 2\n");
         let number = PhoneNumber::parse("03001234567", Country::parse("PK").unwrap()).unwrap();
         assert!(limits.check_request(&user, &number).is_ok());
@@ -849,86 +850,80 @@ mod tests {
         assert!(none.check_destination(&number("+449098790000")).is_ok());
     }
 
-    #[test]
-    fn user_quota_counts_a_day_of_the_users_calls() {
-        let (mut store, user) = store_with_user();
-        let other = store.add_user("acme2", "h").unwrap();
-        let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
-        let hour = 3_600_000;
-        let t = 1_000_000 * hour;
-        // Stored as if at `at`: the trigger counts a call in its creation hour.
-        let insert = |store: &mut Store, user_id: i64, at: i64| {
-            store
-                .conn_for_tests()
-                .execute(
+    backends! {
+        fn user_quota_counts_a_day_of_the_users_calls(b) {
+            let (mut store, user) = store_with_user(b);
+            let other = store.add_user("acme2", "h").unwrap();
+            let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
+            let hour = 3_600_000;
+            let t = 1_000_000 * hour;
+            // Stored as if at `at`: the trigger counts a call in its creation hour.
+            let insert = |store: &mut Store, user_id: i64, at: i64| {
+                store.execute_for_tests(
                     "INSERT INTO calls (id, user_id, number, status, created_at, updated_at)
                      VALUES (?1, ?2, '+923001234567', 'queued', ?3, ?3)",
-                    rusqlite::params![CallId::generate().as_str(), user_id, at],
-                )
-                .unwrap();
-        };
-        insert(&mut store, user.id, t + 10);
-        insert(&mut store, user.id, t + 2 * hour);
-        insert(&mut store, other.id, t + 2 * hour);
-        assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
-        insert(&mut store, user.id, t + 3 * hour);
-        match quota.check(&store, user.id, t + 3 * hour).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
-                // The first call's hour leaves the day 21 hours on.
-                assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
-        assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
-        let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
-        assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
-    }
-
-    #[test]
-    fn number_quota_counts_stored_calls_in_both_windows() {
-        let (mut store, user) = store_with_user();
-        let quota =
-            limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
-                .number_quota();
-        let number = "+923001234567";
-        let insert = |store: &mut Store, at: i64| {
-            let id = CallId::generate();
-            let options = crate::call::options::CallOptions {
-                mode: crate::call::options::CallMode::Read,
-                language: "en".into(),
-                require_keypress: false,
+                    args![CallId::generate().as_str(), user_id, at],
+                );
             };
-            store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
-            store
-                .conn_for_tests()
-                .execute("UPDATE calls SET created_at = ?1 WHERE id = ?2", (at, id.as_str()))
-                .unwrap();
-        };
-        let t = 1_000_000_000_000;
-        insert(&mut store, t);
-        insert(&mut store, t + 1_000);
-        assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
-        match quota.check(&store, number, t + 2_000).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
-                assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
+            insert(&mut store, user.id, t + 10);
+            insert(&mut store, user.id, t + 2 * hour);
+            insert(&mut store, other.id, t + 2 * hour);
+            assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
+            insert(&mut store, user.id, t + 3 * hour);
+            match quota.check(&store, user.id, t + 3 * hour).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
+                    // The first call's hour leaves the day 21 hours on.
+                    assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
+            assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
+            let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
+            assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
         }
-        // Ten minutes on, the short window is free, but the day has one slot left.
-        let later = t + 600_000;
-        assert!(quota.check(&store, number, later).unwrap().is_ok());
-        insert(&mut store, later);
-        match quota.check(&store, number, later + 700_000).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("3 calls per day"), "{detail}");
-                assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
-                assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
+
+        fn number_quota_counts_stored_calls_in_both_windows(b) {
+            let (mut store, user) = store_with_user(b);
+            let quota =
+                limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
+                    .number_quota();
+            let number = "+923001234567";
+            let insert = |store: &mut Store, at: i64| {
+                let id = CallId::generate();
+                let options = crate::call::options::CallOptions {
+                    mode: crate::call::options::CallMode::Read,
+                    language: "en".into(),
+                    require_keypress: false,
+                };
+                store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
+                store.execute_for_tests("UPDATE calls SET created_at = ?1 WHERE id = ?2", args![at, id.as_str()]);
+            };
+            let t = 1_000_000_000_000;
+            insert(&mut store, t);
+            insert(&mut store, t + 1_000);
+            assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
+            match quota.check(&store, number, t + 2_000).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
+                    assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            // Ten minutes on, the short window is free, but the day has one slot left.
+            let later = t + 600_000;
+            assert!(quota.check(&store, number, later).unwrap().is_ok());
+            insert(&mut store, later);
+            match quota.check(&store, number, later + 700_000).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("3 calls per day"), "{detail}");
+                    assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
+                    assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(quota.check(&store, number, t + 86_400_000).unwrap().is_ok(), "a day later the first left");
         }
-        assert!(quota.check(&store, number, t + 86_400_000).unwrap().is_ok(), "a day later the first left");
     }
 }
