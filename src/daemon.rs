@@ -19,7 +19,7 @@ use crate::call::dispatcher::{Dispatcher, LiveCalls};
 use crate::config::Config;
 use crate::http::App;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{CallEnded, Capacity, Metrics};
 use crate::store::{Db, Store};
 use crate::verify::VerifyKey;
 
@@ -133,17 +133,24 @@ impl Daemon {
         let ami = AmiClient::spawn(ami_config, shutdown.clone());
         let live = LiveCalls::default();
         let agi_url = config.agi.url_for(bound.agi);
+        let metrics = Arc::new(Metrics::new());
+        crate::call::declare_call_ends(&metrics);
+        metrics.set_capacity(Capacity {
+            agi_max_sessions: config.agi.max_sessions as u64,
+            max_concurrent_calls: u64::from(config.queue.max_concurrent_calls),
+            max_queued: u64::from(config.queue.max_queued),
+        });
         let dispatcher = Dispatcher::start(
             config.clone(),
             db.clone(),
             ami.clone(),
             agi_url,
             live.clone(),
+            metrics.clone(),
             &tracker,
             shutdown.clone(),
         );
 
-        let metrics = Arc::new(Metrics::new());
         let handler = OtpAgi::new(db.clone(), live.clone(), config.call.clone(), metrics.clone());
         let agi_listening = Arc::new(AtomicBool::new(true));
         let serving = agi_listening.clone();
@@ -158,7 +165,7 @@ impl Daemon {
             metrics.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(housekeeping(db.clone(), config.retention.days, shutdown.clone()));
+        tracker.spawn(housekeeping(db.clone(), config.retention.days, metrics.clone(), shutdown.clone()));
         let limits = Limits::new(&config.limits, &config.phone);
         let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits, verify_key });
         tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));
@@ -199,12 +206,13 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// their time (with their webhooks), forget idempotency keys older than a
 /// day, purge final calls and verifications older than `[retention] days`
 /// (0: never).
-async fn housekeeping(db: Db, retention_days: u32, shutdown: CancellationToken) {
+async fn housekeeping(db: Db, retention_days: u32, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let now = crate::call::now_ms();
         match db.run(move |s| s.expire_overdue(now)).await {
             Ok(ids) => {
                 for id in ids {
+                    metrics.call_ended(CallEnded::undialled(crate::call::CallStatus::Expired.as_str()));
                     tracing::info!(call_id = %id, "call expired before it could be dialled");
                 }
             }

@@ -9,7 +9,7 @@
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`daemon`]: `serve` - starts and stops every part below.
 //! - [`http`]: the HTTP API (`/outbound.cgi`, the seed API; `/v1/calls`, the
-//!   JSON API; `/healthz`, `/metrics`).
+//!   JSON API; `/healthz`, `/metrics`; `/v1/openapi.json`, their OpenAPI document).
 //! - [`webhook`]: signed status-change POSTs from an SQLite outbox.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: API users' credentials (bcrypt).

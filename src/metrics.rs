@@ -2,9 +2,12 @@
 //! `GET /metrics` in the OpenMetrics text format.
 //!
 //! Counters and histograms are updated as things happen (HTTP requests,
-//! webhook attempts); gauges that mirror state owned elsewhere (calls in the
-//! database, the AMI link, live FastAGI sessions, pending webhooks) are set
-//! from a [`Snapshot`] taken at scrape time, so they can never drift.
+//! webhook attempts, calls reaching a final status); gauges that mirror
+//! state owned elsewhere (calls in the database, the AMI link, live FastAGI
+//! sessions, pending webhooks) are set from a [`Snapshot`] taken at scrape
+//! time, so they can never drift. The configured capacities
+//! ([`Capacity`]) are set once at start, so alert rules can compare usage
+//! with them.
 //!
 //! Every label value comes from a fixed set ([`method_label`],
 //! [`status_label`], route templates), never from the request as sent: a
@@ -68,6 +71,72 @@ struct CallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
+}
+
+/// Labels of a call that reached a final status. `&'static str` only: the
+/// values are the domain's own names, never anything a request sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    status: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredLabels {
+    answered: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+/// Webhook attempt outcomes, each series there from the start (at 0), so a
+/// rule on "nothing delivered" sees a 0 rather than no series at all.
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "gave_up"];
+
+/// Upper bounds (seconds) of the ring-time buckets: up to the longest
+/// `dial.ring_timeout_secs` (300).
+const RING_BUCKETS: [f64; 11] = [1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 300.0];
+
+/// Upper bounds (seconds) of the talk-time buckets: a reading of the code
+/// takes some 10-20 s, a callee pressing 1 many times a minute or two.
+const TALK_BUCKETS: [f64; 11] = [2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0];
+
+/// A call that just reached its final status, as the metrics see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallEnded {
+    /// The final status (`completed`, `failed`, `expired`, `canceled`).
+    pub status: &'static str,
+    /// The reason of a failed call; `""` otherwise.
+    pub reason: &'static str,
+    /// The call's mode (`read`, `enter`).
+    pub mode: &'static str,
+    /// How long the phone rang (from `Ringing` to answer or end), if it did.
+    pub ring_secs: Option<f64>,
+    /// Whether the callee answered.
+    pub answered: bool,
+    /// How long the call was connected, if it was answered.
+    pub talk_secs: Option<f64>,
+}
+
+impl CallEnded {
+    /// A call that ended as `status` without ever being dialled (expired in
+    /// the queue): no ring, no talk.
+    pub fn undialled(status: &'static str) -> CallEnded {
+        CallEnded { status, reason: "", mode: "", ring_secs: None, answered: false, talk_secs: None }
+    }
+}
+
+/// The configured maximums, exported so rules can compare usage with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// `[agi] max_sessions`.
+    pub agi_max_sessions: u64,
+    /// `[queue] max_concurrent_calls`.
+    pub max_concurrent_calls: u64,
+    /// `[queue] max_queued`.
+    pub max_queued: u64,
 }
 
 /// Why a FastAGI session was hung up with nothing played.
@@ -147,6 +216,12 @@ pub struct Metrics {
     agi_sessions: Gauge,
     webhooks_pending: Gauge,
     agi_refused: Family<ReasonLabels, Counter>,
+    calls_ended: Family<EndLabels, Counter>,
+    ring_duration: Family<AnsweredLabels, Histogram>,
+    talk_duration: Family<ModeLabels, Histogram>,
+    agi_max_sessions: Gauge,
+    max_concurrent_calls: Gauge,
+    max_queued: Gauge,
     /// Scrapes update gauges then encode; one at a time.
     scrape: Mutex<()>,
 }
@@ -213,6 +288,46 @@ impl Metrics {
         for why in RefusedSession::ALL {
             let _ = agi_refused.get_or_create(&ReasonLabels { reason: why.as_str() });
         }
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhook_attempts.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() });
+        }
+        let calls_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "calls_ended",
+            "Calls that reached a final status since start, by status and reason (reason empty unless failed)",
+            calls_ended.clone(),
+        );
+        let ring_duration = Family::<AnsweredLabels, Histogram>::new_with_constructor(|| Histogram::new(RING_BUCKETS));
+        registry.register_with_unit(
+            "call_ring_duration",
+            "How long ended calls rang (from Ringing to answer or end), by whether they were answered",
+            prometheus_client::registry::Unit::Seconds,
+            ring_duration.clone(),
+        );
+        let talk_duration = Family::<ModeLabels, Histogram>::new_with_constructor(|| Histogram::new(TALK_BUCKETS));
+        registry.register_with_unit(
+            "call_talk_duration",
+            "How long ended calls were connected (from answer to end), by mode",
+            prometheus_client::registry::Unit::Seconds,
+            talk_duration.clone(),
+        );
+        for answered in ["true", "false"] {
+            let _ = ring_duration.get_or_create(&AnsweredLabels { answered });
+        }
+        let agi_max_sessions = Gauge::default();
+        registry.register("agi_max_sessions", "The configured [agi] max_sessions", agi_max_sessions.clone());
+        let max_concurrent_calls = Gauge::default();
+        registry.register(
+            "queue_max_concurrent_calls",
+            "The configured [queue] max_concurrent_calls (calls in flight at most)",
+            max_concurrent_calls.clone(),
+        );
+        let max_queued = Gauge::default();
+        registry.register(
+            "queue_max_queued",
+            "The configured [queue] max_queued (calls waiting at most)",
+            max_queued.clone(),
+        );
         Metrics {
             registry,
             agi_refused,
@@ -226,7 +341,46 @@ impl Metrics {
             ami_oversized,
             agi_sessions,
             webhooks_pending,
+            calls_ended,
+            ring_duration,
+            talk_duration,
+            agi_max_sessions,
+            max_concurrent_calls,
+            max_queued,
             scrape: Mutex::new(()),
+        }
+    }
+
+    /// Sets the configured maximums (once, at start).
+    pub fn set_capacity(&self, c: Capacity) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.agi_max_sessions.set(gauge(c.agi_max_sessions));
+        self.max_concurrent_calls.set(gauge(c.max_concurrent_calls));
+        self.max_queued.set(gauge(c.max_queued));
+    }
+
+    /// Creates the `calls_ended` series of (`status`, `reason`) at 0, so
+    /// ratios and `increase()` see the first call of every kind.
+    pub fn declare_call_end(&self, status: &'static str, reason: &'static str) {
+        let _ = self.calls_ended.get_or_create(&EndLabels { status, reason });
+    }
+
+    /// Creates the talk-time series of `mode`, empty.
+    pub fn declare_mode(&self, mode: &'static str) {
+        let _ = self.talk_duration.get_or_create(&ModeLabels { mode });
+    }
+
+    /// Counts a call that just reached its final status; its ring and talk
+    /// times go to their histograms. Called once per call, by whoever moved
+    /// it to its final status.
+    pub fn call_ended(&self, end: CallEnded) {
+        self.calls_ended.get_or_create(&EndLabels { status: end.status, reason: end.reason }).inc();
+        if let Some(secs) = end.ring_secs {
+            let answered = if end.answered { "true" } else { "false" };
+            self.ring_duration.get_or_create(&AnsweredLabels { answered }).observe(secs);
+        }
+        if let Some(secs) = end.talk_secs {
+            self.talk_duration.get_or_create(&ModeLabels { mode: end.mode }).observe(secs);
         }
     }
 
@@ -331,9 +485,77 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
+        for prefix in [
+            // Series that exist before their first event, so rules see a 0.
+            "voice_otp_webhook_attempts_total{outcome=\"gave_up\"} 0",
+            "voice_otp_agi_sessions_refused_total{reason=\"wrong_token\"} 0",
+            "voice_otp_call_ring_duration_seconds_count{answered=\"true\"} 0",
+            "voice_otp_agi_max_sessions 0",
+            "voice_otp_queue_max_concurrent_calls 0",
+            "voice_otp_queue_max_queued 0",
+        ] {
+            assert!(text.contains(prefix), "missing {prefix} in:\n{text}");
+        }
         // A scrape later: reconnects only grow, vanished label sets vanish.
         let text = m.render(&Snapshot { ami_reconnects: 2, ..Snapshot::default() });
         assert!(text.contains("voice_otp_ami_reconnects_total 2"));
         assert!(!text.contains("reason=\"busy\""));
+    }
+
+    #[test]
+    fn ended_calls_are_counted_and_timed_and_capacities_shown() {
+        let m = Metrics::new();
+        m.declare_call_end("failed", "congestion");
+        m.declare_mode("enter");
+        m.set_capacity(Capacity { agi_max_sessions: 256, max_concurrent_calls: 10, max_queued: 1000 });
+        let answered = CallEnded {
+            status: "completed",
+            reason: "",
+            mode: "read",
+            ring_secs: Some(2.5),
+            answered: true,
+            talk_secs: Some(18.2),
+        };
+        m.call_ended(answered);
+        m.call_ended(answered);
+        m.call_ended(CallEnded {
+            status: "failed",
+            reason: "no_answer",
+            mode: "read",
+            ring_secs: Some(30.0),
+            answered: false,
+            talk_secs: None,
+        });
+        m.call_ended(CallEnded::undialled("expired"));
+        // The gauges of calls on record are another matter: a purge lowers
+        // them, never these counters.
+        let text = m.render(&Snapshot::default());
+        for line in [
+            "voice_otp_calls_ended_total{status=\"completed\",reason=\"\"} 2",
+            "voice_otp_calls_ended_total{status=\"failed\",reason=\"no_answer\"} 1",
+            "voice_otp_calls_ended_total{status=\"failed\",reason=\"congestion\"} 0",
+            "voice_otp_calls_ended_total{status=\"expired\",reason=\"\"} 1",
+            "voice_otp_call_ring_duration_seconds_bucket{le=\"3.0\",answered=\"true\"} 2",
+            "voice_otp_call_ring_duration_seconds_bucket{le=\"20.0\",answered=\"false\"} 0",
+            "voice_otp_call_ring_duration_seconds_bucket{le=\"30.0\",answered=\"false\"} 1",
+            "voice_otp_call_ring_duration_seconds_sum{answered=\"true\"} 5.0",
+            "voice_otp_call_talk_duration_seconds_bucket{le=\"15.0\",mode=\"read\"} 0",
+            "voice_otp_call_talk_duration_seconds_bucket{le=\"20.0\",mode=\"read\"} 2",
+            "voice_otp_call_talk_duration_seconds_count{mode=\"enter\"} 0",
+            "voice_otp_agi_max_sessions 256",
+            "voice_otp_queue_max_concurrent_calls 10",
+            "voice_otp_queue_max_queued 1000",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        // The expired call never rang nor talked: 3 ring times, 2 talk times.
+        let count = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        assert_eq!(count("voice_otp_call_ring_duration_seconds_count"), 3);
+        assert_eq!(count("voice_otp_call_talk_duration_seconds_count"), 2);
     }
 }

@@ -27,7 +27,7 @@ use crate::agi::playback::Playback;
 use crate::agi::{AgiChannel, AgiSession};
 use crate::config::CallConfig;
 use crate::metrics::{Metrics, RefusedSession};
-use crate::store::{CallEnd, Db, TokenCheck};
+use crate::store::{CallEnd, Db, Store, StoreError, TokenCheck};
 
 /// How long the peer has to answer `GET VARIABLE` with the token. Asterisk
 /// answers at once; an impostor that stalls must not hold a session slot.
@@ -161,8 +161,9 @@ impl OtpAgi {
         };
         let (status, readings) = (end.status, outcome.readings);
         let finish = id.clone();
-        match self.db.run(move |s| s.finish_call(&finish, &end)).await {
-            Ok(_) => {
+        match self.db.run(move |s| ended(s, &finish, |s| s.finish_call(&finish, &end))).await {
+            Ok(ended) => {
+                self.count(ended);
                 tracing::info!(call_id = %id, %status, readings, keys = %outcome.keys, end = ?outcome.end, "call ended")
             }
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
@@ -193,8 +194,9 @@ impl OtpAgi {
         let (status, attempts) = (end.status, outcome.attempts);
         let verified = outcome.verdict == Some(Verdict::Verified);
         let finish = id.clone();
-        match self.db.run(move |s| s.finish_entry(&finish, &end, attempts, verified)).await {
-            Ok(_) => {
+        match self.db.run(move |s| ended(s, &finish, |s| s.finish_entry(&finish, &end, attempts, verified))).await {
+            Ok(ended) => {
+                self.count(ended);
                 tracing::info!(call_id = %id, %status, attempts, verdict = ?outcome.verdict, end = ?outcome.end, "call ended")
             }
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
@@ -204,12 +206,30 @@ impl OtpAgi {
         }
     }
 
+    /// Counts a call this session ended; `None` (something else ended it
+    /// first, a cancel or a lost channel) was counted there.
+    fn count(&self, ended: Option<Call>) {
+        if let Some(call) = ended {
+            self.metrics.call_ended(call.ended());
+        }
+    }
+
     /// Hangs up a session that may not be served, with nothing played.
     async fn refuse<C: AgiChannel>(&self, session: &mut C, why: RefusedSession) {
         tracing::warn!(reason = why.as_str(), "FastAGI session refused; hanging up with nothing played");
         self.metrics.agi_session_refused(why);
         hang_up(session).await;
     }
+}
+
+/// Runs `finish` (a move to a final status); when it moved the call, reads
+/// the ended row back in the same database trip, for the metrics.
+fn ended(
+    s: &mut Store,
+    id: &CallId,
+    finish: impl FnOnce(&mut Store) -> Result<bool, StoreError>,
+) -> Result<Option<Call>, StoreError> {
+    if finish(s)? { s.call(id) } else { Ok(None) }
 }
 
 /// The token the channel carries, if any. `Err` when the peer did not

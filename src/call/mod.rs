@@ -24,6 +24,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::ami::OriginateReason;
+use crate::metrics::{CallEnded, Metrics};
 use crate::secret::Secret;
 
 crate::hex_id!(
@@ -137,6 +138,25 @@ pub enum FailReason {
 }
 
 impl FailReason {
+    /// Every reason, for the metrics' series.
+    pub const ALL: [FailReason; 10] = [
+        FailReason::Busy,
+        FailReason::NoAnswer,
+        FailReason::Rejected,
+        FailReason::InvalidNumber,
+        FailReason::Congestion,
+        FailReason::HangupBeforeCode,
+        FailReason::SystemError,
+        FailReason::NoKeypress,
+        FailReason::WrongCode,
+        FailReason::NoInput,
+    ];
+
+    /// Reads a stored name.
+    pub fn parse(s: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The stored and displayed name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,6 +263,43 @@ impl Call {
     pub fn talk_ms(&self) -> Option<i64> {
         Some(self.ended_at? - self.answered_at?)
     }
+
+    /// The call as `voice_otp_calls_ended_total` and the ring and talk
+    /// histograms count it, once it is final. A stored reason this build
+    /// does not know (a hand-edited row) is counted as `other`, so labels
+    /// stay a fixed set.
+    pub fn ended(&self) -> CallEnded {
+        let reason = match &self.reason {
+            None => "",
+            Some(r) => FailReason::parse(r).map_or("other", FailReason::as_str),
+        };
+        let secs = |ms: i64| ms.max(0) as f64 / 1000.0;
+        CallEnded {
+            status: self.status.as_str(),
+            reason,
+            mode: self.options.mode.as_str(),
+            ring_secs: self.ring_ms().map(secs),
+            answered: self.answered_at.is_some(),
+            talk_secs: self.talk_ms().map(secs),
+        }
+    }
+}
+
+/// Creates every series a call's end can count in `metrics` at 0: each
+/// final status with its reasons, each mode's talk time.
+pub fn declare_call_ends(metrics: &Metrics) {
+    for status in CallStatus::ALL.into_iter().filter(|s| s.is_final()) {
+        if status == CallStatus::Failed {
+            for reason in FailReason::ALL {
+                metrics.declare_call_end(status.as_str(), reason.as_str());
+            }
+        } else {
+            metrics.declare_call_end(status.as_str(), "");
+        }
+    }
+    for mode in options::CallMode::ALL {
+        metrics.declare_mode(mode.as_str());
+    }
 }
 
 /// Milliseconds since the Unix epoch (see [`crate::time`]).
@@ -274,6 +331,85 @@ mod tests {
         assert_eq!(FailReason::from_originate_reason(OriginateReason::Busy), FailReason::Busy);
         assert_eq!(FailReason::from_originate_reason(OriginateReason::Congestion), FailReason::Congestion);
         assert_eq!(FailReason::from_originate_reason(OriginateReason::Failed), FailReason::SystemError);
+    }
+
+    fn call(status: CallStatus, reason: Option<&str>, mode: options::CallMode) -> Call {
+        Call {
+            id: CallId::generate(),
+            user_id: None,
+            number: "+923001234567".into(),
+            code: None,
+            status,
+            reason: reason.map(str::to_owned),
+            detail: None,
+            cause: None,
+            cause_text: None,
+            readings: 0,
+            created_at: 1_000,
+            updated_at: 1_000,
+            dialed_at: None,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            deadline_at: None,
+            keys: String::new(),
+            callback_url: None,
+            options: options::CallOptions { mode, language: "en".into(), require_keypress: false },
+            verified: false,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn an_ended_call_is_counted_with_its_ring_and_talk_times() {
+        use options::CallMode;
+        let mut answered = call(CallStatus::Completed, None, CallMode::Enter);
+        (answered.dialed_at, answered.ringing_at, answered.answered_at, answered.ended_at) =
+            (Some(1_000), Some(1_500), Some(4_000), Some(22_200));
+        assert_eq!(
+            answered.ended(),
+            CallEnded {
+                status: "completed",
+                reason: "",
+                mode: "enter",
+                ring_secs: Some(2.5),
+                answered: true,
+                talk_secs: Some(18.2)
+            }
+        );
+        let mut busy = call(CallStatus::Failed, Some("busy"), CallMode::Read);
+        (busy.dialed_at, busy.ended_at) = (Some(1_000), Some(1_200));
+        let end = busy.ended();
+        assert_eq!(
+            (end.status, end.reason, end.ring_secs, end.answered, end.talk_secs),
+            ("failed", "busy", None, false, None)
+        );
+        let mut rang = call(CallStatus::Failed, Some("no_answer"), CallMode::Read);
+        (rang.ringing_at, rang.ended_at) = (Some(2_000), Some(32_000));
+        assert_eq!((rang.ended().ring_secs, rang.ended().talk_secs), (Some(30.0), None));
+        // A reason this build does not know stays inside the fixed label set.
+        assert_eq!(call(CallStatus::Failed, Some("made up"), CallMode::Read).ended().reason, "other");
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn every_final_status_and_reason_has_a_series_from_the_start() {
+        let metrics = Metrics::new();
+        declare_call_ends(&metrics);
+        let text = metrics.render(&crate::metrics::Snapshot::default());
+        let series = text.lines().filter(|l| l.starts_with("voice_otp_calls_ended_total{")).count();
+        assert_eq!(series, 3 + FailReason::ALL.len(), "{text}");
+        for line in [
+            "voice_otp_calls_ended_total{status=\"failed\",reason=\"system_error\"} 0",
+            "voice_otp_calls_ended_total{status=\"canceled\",reason=\"\"} 0",
+            "voice_otp_call_talk_duration_seconds_count{mode=\"enter\"} 0",
+            "voice_otp_call_talk_duration_seconds_count{mode=\"read\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        assert!(!text.contains("status=\"queued\""), "only final statuses: {text}");
     }
 
     #[test]

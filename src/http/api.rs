@@ -211,6 +211,7 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
         let detail = format!("the call is {}; only queued, dialing or ringing calls can be canceled", now.status);
         return problem(StatusCode::CONFLICT, &detail, None);
     }
+    app.metrics.call_ended(now.ended());
     tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
     if call.status != CallStatus::Queued {
         app.dispatcher.hang_up(&call.id).await;

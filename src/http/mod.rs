@@ -7,6 +7,7 @@
 //! - `json_body`: the JSON API's bodies and fields, and its common answers;
 //! - `intake`: checking, limiting and placing a new call, shared by both;
 //! - `ops`: `/healthz` and `/metrics`;
+//! - `openapi`: `/v1/openapi.json`, the OpenAPI document of both APIs;
 //! - `params`: form/query fields;
 //! - `state`: [`App`], what every handler shares;
 //! - `verifications`: `/v1/verifications...`, generated codes and checks.
@@ -27,6 +28,7 @@ mod api;
 mod idempotency;
 pub mod intake;
 mod json_body;
+mod openapi;
 mod ops;
 mod outbound;
 mod params;
@@ -270,6 +272,7 @@ async fn route(front: &Frontend, port: Port, req: Request<Incoming>, peer: Socke
         ),
         "/healthz" => ("/healthz", ops::healthz(app, &front.health).await),
         "/metrics" => ("/metrics", ops::metrics(app).await),
+        openapi::PATH => (openapi::PATH, openapi::handle(&method)),
         other if other.starts_with("/v1/verifications") => match verifications::Endpoint::parse(other) {
             Some(endpoint) => (endpoint.route(), verifications::handle(app, endpoint, req, client).await),
             None => ("other", problem::problem(StatusCode::NOT_FOUND, "no such endpoint", None)),

@@ -312,16 +312,17 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
             // Its call, if still unanswered, goes too: nobody is to hear a
             // code that can no longer be checked.
             let call_canceled = match (&last_call, canceled) {
-                (Some(call), true) => s.cancel_call(call)?,
-                _ => false,
+                (Some(call), true) if s.cancel_call(call)? => s.call(call)?,
+                _ => None,
             };
             Ok((canceled, call_canceled, s.verification(&target)?))
         })
         .await;
     match done {
         Ok((true, call_canceled, Some(now))) => {
-            if call_canceled && let Some(call) = v.last_call_id.as_deref().and_then(crate::call::CallId::parse) {
-                app.dispatcher.hang_up(&call).await;
+            if let Some(call) = call_canceled {
+                app.metrics.call_ended(call.ended());
+                app.dispatcher.hang_up(&call.id).await;
             }
             tracing::info!(verification = %v.id, "verification canceled");
             reply(app, StatusCode::OK, &now)

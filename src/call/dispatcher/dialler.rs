@@ -29,7 +29,8 @@ use tracing::Instrument;
 
 use super::state::State;
 use crate::ami::{Action, AmiError, ChannelStatus, LinkState, Originate};
-use crate::call::{Call, FailReason, now_ms, token};
+use crate::call::{Call, CallStatus, FailReason, now_ms, token};
+use crate::metrics::CallEnded;
 use crate::phone::PhoneNumber;
 use crate::secret::Secret;
 use crate::store::CallEnd;
@@ -177,6 +178,7 @@ async fn expire_overdue(state: &State) {
     match state.db.run(|s| s.expire_overdue(now_ms())).await {
         Ok(ids) => {
             for id in ids {
+                state.metrics.call_ended(CallEnded::undialled(CallStatus::Expired.as_str()));
                 tracing::info!(call_id = %id, "call expired before it could be dialled");
             }
         }

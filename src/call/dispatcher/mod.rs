@@ -32,6 +32,7 @@ pub use live::{Claim, LiveCalls};
 use super::CallId;
 use crate::ami::{Action, AmiClient};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Db;
 
 /// Handle to the dispatcher.
@@ -70,17 +71,20 @@ impl Dispatcher {
         }
     }
 
-    /// Starts the dialler and the event follower on `tracker`.
+    /// Starts the dialler and the event follower on `tracker`; the calls
+    /// they end are counted in `metrics`.
+    #[expect(clippy::too_many_arguments, reason = "the daemon's parts, each named once at the one call site")]
     pub fn start(
         config: Arc<Config>,
         db: Db,
         ami: AmiClient,
         agi_url: String,
         live: LiveCalls,
+        metrics: Arc<Metrics>,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Dispatcher {
-        let state = Arc::new(state::State::new(config, db, ami.clone(), agi_url, live));
+        let state = Arc::new(state::State::new(config, db, ami.clone(), agi_url, live, metrics));
         // Subscribed before either task runs, so no event of a call the
         // dialler originates can be missed.
         let events = ami.events();

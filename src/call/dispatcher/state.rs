@@ -12,6 +12,7 @@ use super::tracked::{Tracked, TrackedCalls};
 use crate::ami::AmiClient;
 use crate::call::{CallId, FailReason};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{CallEnd, Db};
 
 /// The dispatcher's shared state.
@@ -22,6 +23,8 @@ pub(super) struct State {
     /// Where Asterisk's dialplan reaches our FastAGI server.
     pub(super) agi_url: String,
     pub(super) live: LiveCalls,
+    /// Where calls that end here are counted.
+    pub(super) metrics: Arc<Metrics>,
     /// Calls originated whose last events have not all arrived yet.
     tracked: Mutex<TrackedCalls>,
     /// Wakes the dialler: a call was queued or a trunk slot came free.
@@ -29,7 +32,14 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(config: Arc<Config>, db: Db, ami: AmiClient, agi_url: String, live: LiveCalls) -> State {
+    pub(super) fn new(
+        config: Arc<Config>,
+        db: Db,
+        ami: AmiClient,
+        agi_url: String,
+        live: LiveCalls,
+        metrics: Arc<Metrics>,
+    ) -> State {
         // A call rings at most `ring_timeout_secs`; an hour more covers any
         // conversation, so an older entry's events are not coming.
         let max_age = Duration::from_secs(u64::from(config.dial.ring_timeout_secs) + 3600);
@@ -39,6 +49,7 @@ impl State {
             ami,
             agi_url,
             live,
+            metrics,
             tracked: Mutex::new(TrackedCalls::new(max_age)),
             wake: Arc::new(Notify::new()),
         }
@@ -55,20 +66,25 @@ impl State {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner()).update(id, Instant::now(), f)
     }
 
-    /// Records the call's end (a no-op if it already ended), logs it, and
-    /// wakes the dialler: a trunk slot may have come free.
+    /// Records the call's end (a no-op if it already ended), logs and
+    /// counts it, and wakes the dialler: a trunk slot may have come free.
     pub(super) async fn finish(&self, id: &CallId, end: CallEnd) {
         let call_id = id.clone();
         let logged = end.clone();
-        match self.db.run(move |s| s.finish_call(&call_id, &end)).await {
-            Ok(true) => tracing::info!(
-                call_id = %id,
-                status = %logged.status,
-                reason = logged.reason.map(FailReason::as_str),
-                detail = logged.detail.as_deref(),
-                "call ended"
-            ),
-            Ok(false) => {}
+        // The ended row is read back in the same trip, for its ring and
+        // talk times: one look-up by key, only when the call did end here.
+        match self.db.run(move |s| if s.finish_call(&call_id, &end)? { s.call(&call_id) } else { Ok(None) }).await {
+            Ok(Some(call)) => {
+                self.metrics.call_ended(call.ended());
+                tracing::info!(
+                    call_id = %id,
+                    status = %logged.status,
+                    reason = logged.reason.map(FailReason::as_str),
+                    detail = logged.detail.as_deref(),
+                    "call ended"
+                )
+            }
+            Ok(None) => {}
             Err(e) => tracing::error!(call_id = %id, error = %e, "could not record call end"),
         }
         self.wake.notify_one();
