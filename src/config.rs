@@ -188,6 +188,10 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     /// PostgreSQL connections, each on a database thread of its own.
     pub pool_size: usize,
+    /// On PostgreSQL, how long this daemon's lease lasts without renewal
+    /// (renewed every sixth of it): once it runs out, another daemon on the
+    /// database takes over its calls in flight.
+    pub lease_secs: u64,
     /// Whether the file named `path` itself, so that `path` and `url`
     /// together can be refused rather than one silently ignored.
     path_given: bool,
@@ -201,6 +205,7 @@ struct RawDatabaseConfig {
     #[serde(default)]
     url: Secret,
     pool_size: Option<usize>,
+    lease_secs: Option<u64>,
 }
 
 impl From<RawDatabaseConfig> for DatabaseConfig {
@@ -211,13 +216,14 @@ impl From<RawDatabaseConfig> for DatabaseConfig {
             path: raw.path.unwrap_or(default.path),
             url: (!raw.url.is_empty()).then_some(raw.url),
             pool_size: raw.pool_size.unwrap_or(default.pool_size),
+            lease_secs: raw.lease_secs.unwrap_or(default.lease_secs),
         }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("voice-otp.db"), url: None, pool_size: 4, path_given: false }
+        Self { path: PathBuf::from("voice-otp.db"), url: None, pool_size: 4, lease_secs: 30, path_given: false }
     }
 }
 
@@ -229,6 +235,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("path", &self.path)
             .field("url", &self.url)
             .field("pool_size", &self.pool_size)
+            .field("lease_secs", &self.lease_secs)
             .finish()
     }
 }
@@ -254,6 +261,9 @@ impl DatabaseConfig {
         crate::store::check_postgres_url(url.expose()).map_err(|e| format!("database.url: {e}"))?;
         if !(1..=64).contains(&self.pool_size) {
             return Err(format!("database.pool_size must be 1..=64, got {}", self.pool_size));
+        }
+        if !(2..=3600).contains(&self.lease_secs) {
+            return Err(format!("database.lease_secs must be 2..=3600, got {}", self.lease_secs));
         }
         Ok(())
     }

@@ -82,7 +82,8 @@ impl Daemon {
         let opened = match &config.database.url {
             Some(url) => {
                 let (url, pool) = (url.clone(), config.database.pool_size);
-                tokio::task::spawn_blocking(move || Db::postgres(&url, pool))
+                let lease = Duration::from_secs(config.database.lease_secs);
+                tokio::task::spawn_blocking(move || Db::postgres(&url, pool, lease))
                     .await
                     .map_err(|e| crate::store::StoreError::Task(e.to_string()))
                     .and_then(|db| db)

@@ -2,8 +2,11 @@
 //! the daemon places a call through a scripted AMI and reads its code over
 //! FastAGI, `call show` tells it, a verification is approved, webhooks are
 //! delivered, and a daemon killed with calls queued leaves them to the next
-//! one, which dials each once. Each test has a database of its own on the
-//! server `scripts/postgres up` runs (see `support::postgres`).
+//! one, which dials each once. Then two daemons on one database and one
+//! scripted Asterisk: calls posted to both are each dialled exactly once,
+//! and when one is `kill -9`ed right after taking calls the other finishes
+//! every one. Each test has a database of its own on the server
+//! `scripts/postgres up` runs (see `support::postgres`).
 
 mod support;
 
@@ -116,4 +119,81 @@ async fn a_restarted_daemon_resumes_the_queue() {
     for id in &ids {
         assert_eq!(daemon.show(id)["reason"], "busy");
     }
+}
+
+/// Two daemons on one database, both logged in to one scripted Asterisk;
+/// the second has no users of its own (they are in the shared database).
+async fn two_daemons(db: &TestDatabase, script: FakeScript) -> (FakeAmi, (Home, Daemon), (Home, Daemon)) {
+    let fake = FakeAmi::start(script).await;
+    let a = Setup::new("pg-a").postgres(db).config(NO_NUMBER_QUOTAS).start(fake.addr());
+    let (home_b, daemon_b) = Setup::new("pg-b").postgres(db).no_users().config(NO_NUMBER_QUOTAS).start(fake.addr());
+    let b = (home_b, daemon_b.calling_as("acme1", PASSWORD));
+    assert!(fake.wait_for_logins(2, WAIT).await, "both daemons log in: {:?}", fake.actions());
+    (fake, a, b)
+}
+
+/// The ids in `ids`, sorted, and whether none repeats.
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// 40 calls posted alternately to two daemons sharing one PostgreSQL: all
+/// end, and each was originated exactly once - by whichever daemon claimed
+/// it first, recorded as its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_dial_each_call_exactly_once() {
+    let Some(db) = TestDatabase::create("two") else { return };
+    let (fake, (_home_a, a), (_home_b, b)) = two_daemons(&db, FakeScript::outcome(OriginateOutcome::busy())).await;
+    let posted: Vec<String> =
+        (0..40).map(|i| if i % 2 == 0 { &a } else { &b }.seed_call("03001234567", "482915")).collect();
+    let stored = a.settle(Duration::from_secs(60));
+    assert_eq!(sorted(stored.clone()), sorted(posted.clone()), "every posted call is stored once");
+    assert_eq!(sorted(fake.originated()), sorted(posted), "each call originated exactly once");
+    for id in &stored {
+        assert_eq!(b.show(id)["reason"], "busy", "{id}");
+    }
+    // Every call names the daemon that dialled it, one of the two leases.
+    let daemons = db.rows("SELECT id FROM daemons");
+    assert_eq!(daemons.len(), 2, "{daemons:?}");
+    let owners = db.rows("SELECT DISTINCT owner FROM calls");
+    assert!(owners.iter().all(|o| daemons.contains(o)), "{owners:?} vs {daemons:?}");
+}
+
+/// A daemon `kill -9`ed right after taking calls: the other dials those
+/// still queued and, once the dead one's lease has run out, takes over
+/// those it had in flight (Asterisk has no channel for them: they end
+/// `system_error`). Every call ends; none is originated twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_daemon_dies_the_other_finishes_every_call() {
+    let Some(db) = TestDatabase::create("die") else { return };
+    // Each call's outcome comes 3 s after its Originate: those the first
+    // daemon sent are still in flight when it dies.
+    let script = FakeScript { outcome_delay: Duration::from_secs(3), ..FakeScript::outcome(OriginateOutcome::busy()) };
+    let (fake, (_home_a, a), (_home_b, b)) = two_daemons(&db, script).await;
+    let posted: Vec<String> = (0..10).map(|_| a.seed_call("03001234567", "482915")).collect();
+    drop(a); // SIGKILL, right after posting
+    // The lease (3 s) runs out, then the survivor's next reconciliation
+    // (every 30 s) takes the dead one's calls in flight over.
+    let stored = b.settle(Duration::from_secs(90));
+    assert_eq!(sorted(stored.clone()), sorted(posted.clone()));
+    let originated = fake.originated();
+    let mut once = originated.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), originated.len(), "no call originated twice: {originated:?}");
+    let mut taken_over = 0;
+    for id in &stored {
+        let call = b.show(id);
+        match call["reason"].as_str() {
+            "busy" => assert!(originated.contains(id), "{id} ended busy without an Originate"),
+            "system_error" => {
+                assert!(call["detail"].contains("not dialled again"), "{call:?}");
+                taken_over += 1;
+            }
+            other => panic!("{id} ended {other}: {call:?}"),
+        }
+    }
+    assert!(taken_over > 0, "the dead daemon had calls in flight, settled by the survivor\n{}", b.logs());
+    assert!(b.logs().contains("taken over from a daemon whose lease ran out"), "{}", b.logs());
 }

@@ -294,18 +294,20 @@ impl Store {
     }
 
     /// [`transition_in`] in a transaction of its own.
-    fn transition(&mut self, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
+    fn transition(&self, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
         self.tx(TxKind::Deferred, |s| transition_in(s, id, sql, args))
     }
 
     /// `queued` -> `dialing`, keeping the hash of the FastAGI token sent
-    /// with this dial's Originate. False if the call had moved on already.
+    /// with this dial's Originate, by this store's daemon (its owner from
+    /// now on). False if the call had moved on already - another daemon's
+    /// dialler, say, took it first.
     pub fn mark_dialing_with(&mut self, id: &CallId, token: &TokenHash) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3
+            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3, owner = ?4
              WHERE id = ?1 AND status = 'queued'",
-            args![id.as_str(), now_ms(), &token.0[..]],
+            args![id.as_str(), now_ms(), &token.0[..], self.owner_id()],
         )
     }
 

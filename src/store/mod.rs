@@ -12,6 +12,7 @@
 
 mod backend;
 mod calls;
+mod daemons;
 mod idempotency;
 mod migrations;
 mod queue;
@@ -81,6 +82,10 @@ pub struct Store {
     conn: Conn,
     /// How many transactions (the outer one and savepoints) are open.
     depth: backend::Depth,
+    /// The daemon this store works for, on a database several daemons
+    /// share: the calls it dials are its own, and it takes over those of
+    /// daemons whose lease ran out. `None` (SQLite, the CLI): every call.
+    owner: Option<Owner>,
     /// A test's own PostgreSQL schema, dropped after the last store on it
     /// (declared after `conn`, so the connection closes first).
     #[cfg(test)]
@@ -104,6 +109,7 @@ impl Store {
         Store {
             conn,
             depth: backend::Depth::new(0),
+            owner: None,
             #[cfg(test)]
             _schema: None,
         }
@@ -168,6 +174,16 @@ impl Store {
     pub(crate) fn count_for_tests(&self, sql: &str, args: &[Value<'_>]) -> i64 {
         self.query_one(sql, args, |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+}
+
+/// A daemon sharing its database with others: its id and how long its
+/// lease lasts without a renewal.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    /// Random, made at start; recorded on the calls it dials.
+    pub(crate) id: String,
+    /// A daemon not seen for this long is taken for dead.
+    pub(crate) lease_ms: i64,
 }
 
 /// The client's configuration from `url`, or why it cannot be used. The
@@ -314,6 +330,10 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 pub struct Db {
     jobs: mpsc::Sender<Job>,
     postgres: bool,
+    /// Held by every handle: the lease thread renews while one lives.
+    alive: Arc<()>,
+    /// The daemon's id on a shared database.
+    daemon: Option<String>,
 }
 
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
@@ -333,20 +353,45 @@ impl Db {
     /// the daemon outlives a database outage: operations fail meanwhile.
     /// Blocks until connected; safe to call from the async runtime (the
     /// connecting happens on the new threads).
-    pub fn postgres(url: &Secret, pool_size: usize) -> Result<Db, StoreError> {
+    ///
+    /// Other daemons may share the database: this one registers under a
+    /// random id, renews its lease every `lease / 6` on a connection of its
+    /// own (for as long as a handle lives), and is taken for dead by the
+    /// others once `lease` passes without a renewal (see [`Store::in_flight`]).
+    pub fn postgres(url: &Secret, pool_size: usize, lease: std::time::Duration) -> Result<Db, StoreError> {
+        let owner = Owner { id: hex::encode(rand::random::<[u8; 8]>()), lease_ms: lease.as_millis() as i64 };
         let (done, connected) = mpsc::channel();
-        for _ in 0..pool_size.max(1) {
-            let (url, done) = (url.clone(), done.clone());
+        // One more connection than the pool: the lease's own.
+        for _ in 0..=pool_size.max(1) {
+            let (url, done, owner) = (url.clone(), done.clone(), owner.clone());
             std::thread::Builder::new()
                 .name("voice-otp-db-connect".into())
                 .spawn(move || {
-                    let _ = done.send(Store::open_postgres(&url));
+                    let _ = done.send(Store::open_postgres(&url).map(|s| Store { owner: Some(owner), ..s }));
                 })
                 .map_err(StoreError::Io)?;
         }
         drop(done);
-        let stores = connected.iter().collect::<Result<Vec<_>, _>>()?;
-        Ok(Db::pool(stores, Some(url.clone())))
+        let mut stores = connected.iter().collect::<Result<Vec<_>, _>>()?;
+        let heartbeat = stores.pop().expect("at least two connections");
+        heartbeat.renew_lease(true)?;
+        let db = Db::pool(stores, Some(url.clone()));
+        tracing::info!(daemon = %owner.id, "on PostgreSQL; this daemon's id, recorded on the calls it dials");
+        let alive = Arc::downgrade(&db.alive);
+        let every = (lease / 6).max(std::time::Duration::from_millis(200));
+        std::thread::Builder::new()
+            .name("voice-otp-db-lease".into())
+            .spawn({
+                let url = url.clone();
+                move || keep_lease(heartbeat, &url, every, &alive)
+            })
+            .map_err(StoreError::Io)?;
+        Ok(db)
+    }
+
+    /// This daemon's id on a shared database.
+    pub fn daemon_id(&self) -> Option<&str> {
+        self.daemon.as_deref()
     }
 
     /// One database thread per store, sharing one queue. `reopen`: the URL
@@ -355,6 +400,7 @@ impl Db {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue: Queue = Arc::new(Mutex::new(queue));
         let postgres = stores.first().is_some_and(Store::is_postgres);
+        let daemon = stores.first().and_then(|s| s.owner.as_ref()).map(|o| o.id.clone());
         for store in stores {
             let (queue, reopen) = (queue.clone(), reopen.clone());
             std::thread::Builder::new()
@@ -362,7 +408,7 @@ impl Db {
                 .spawn(move || serve_jobs(&queue, store, reopen))
                 .expect("cannot start a database thread");
         }
-        Db { jobs, postgres }
+        Db { jobs, postgres, alive: Arc::new(()), daemon }
     }
 
     /// Whether the store is PostgreSQL (shared with other daemons, maybe).
@@ -392,6 +438,23 @@ impl Db {
     }
 }
 
+/// The lease thread: renews this daemon's lease every `every` until the
+/// last [`Db`] handle is gone, reconnecting as the pool's threads do.
+fn keep_lease(mut store: Store, url: &Secret, every: std::time::Duration, alive: &std::sync::Weak<()>) {
+    while alive.upgrade().is_some() {
+        if store.is_broken() {
+            match Store::open_postgres(url) {
+                Ok(fresh) => store = Store { owner: store.owner.take(), ..fresh },
+                Err(e) => tracing::error!("the lease's PostgreSQL connection cannot be reopened: {e}"),
+            }
+        }
+        if let Err(e) = store.renew_lease(false) {
+            tracing::error!("could not renew this daemon's lease: {e}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// A database thread: takes jobs until every [`Db`] handle is gone.
 fn serve_jobs(queue: &Queue, mut store: Store, reopen: Option<Secret>) {
     loop {
@@ -408,6 +471,7 @@ fn serve_jobs(queue: &Queue, mut store: Store, reopen: Option<Secret>) {
                 Ok(fresh) => {
                     #[cfg(test)]
                     let fresh = Store { _schema: store._schema.take(), ..fresh };
+                    let fresh = Store { owner: store.owner.take(), ..fresh };
                     tracing::warn!("the PostgreSQL connection was lost; reconnected");
                     store = fresh;
                 }

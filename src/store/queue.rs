@@ -51,24 +51,6 @@ impl Store {
         self.query_one("SELECT queued FROM queue_size WHERE id = 1", &[], |r| r.get(0))
     }
 
-    /// Calls between Originate and their end: what occupies the trunk.
-    pub fn in_flight(&self) -> Result<Vec<InFlight>, StoreError> {
-        let rows: Vec<(String, String, Option<i64>)> = self.query(
-            "SELECT id, status, dialed_at FROM calls WHERE status IN ('dialing', 'ringing', 'answered')
-             ORDER BY created_at",
-            &[],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let mut calls = Vec::new();
-        for (id, status, dialed_at) in rows {
-            let (Some(id), Some(status)) = (CallId::parse(&id), CallStatus::parse(&status)) else {
-                return Err(StoreError::Corrupt(format!("in-flight call {id:?} with status {status:?}")));
-            };
-            calls.push(InFlight { id, status, dialed_at });
-        }
-        Ok(calls)
-    }
-
     /// How many calls are in flight.
     pub fn in_flight_count(&self) -> Result<u64, StoreError> {
         self.query_one(IN_FLIGHT_COUNT, &[], |r| r.get(0))

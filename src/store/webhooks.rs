@@ -206,6 +206,11 @@ pub(super) fn enqueue_verification_change(s: &Store, v: &Verification) -> Result
     Ok(())
 }
 
+/// How long a daemon's claim on a delivery it is sending lasts: longer
+/// than an attempt can take (`webhooks.timeout_secs` is at most 300 s). A
+/// claim whose daemon died runs out, and another daemon sends it.
+const CLAIM_MS: i64 = 600_000;
+
 /// A fresh signing secret: 256 random bits as hex.
 fn new_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
@@ -271,9 +276,24 @@ impl Store {
     }
 
     /// The pending deliveries among `ids`, in the order given, ready to send.
+    /// On a database several daemons share, each is claimed first (until
+    /// its attempt is recorded, or for [`CLAIM_MS`]): one another daemon
+    /// claimed is left out, so no two daemons send a delivery at once.
     pub fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
+        let now = now_ms();
         for &id in ids {
+            if let Some(me) = self.owner_id() {
+                let claimed = self.execute(
+                    "UPDATE webhook_deliveries SET claimed_by = ?2, claimed_until = ?3
+                     WHERE id = ?1 AND delivered_at IS NULL AND gave_up_at IS NULL
+                       AND (claimed_until IS NULL OR claimed_until <= ?4 OR claimed_by = ?2)",
+                    args![id, me, now + CLAIM_MS, now],
+                )?;
+                if claimed == 0 {
+                    continue;
+                }
+            }
             let row = self.query_opt(
                 "SELECT d.id, d.call_id, d.user_id, d.url, d.host, d.next_attempt_at, d.status, d.body, d.attempts,
                         u.webhook_secret, COALESCE(d.event, 'call.' || d.status)
@@ -361,9 +381,10 @@ impl Store {
                 AttemptVerdict::GiveUp => (None, Some(now), None),
                 AttemptVerdict::RetryAt(at) => (None, None, Some(at)),
             };
+            // The claim (if any) ends with the attempt: a retry is anyone's.
             s.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, delivered_at = ?2, gave_up_at = ?3,
-                        next_attempt_at = COALESCE(?4, next_attempt_at)
+                        next_attempt_at = COALESCE(?4, next_attempt_at), claimed_by = NULL, claimed_until = NULL
                  WHERE id = ?1",
                 args![delivery, delivered, gave_up, next],
             )?;
@@ -645,6 +666,30 @@ mod tests {
             let shared = s.due_window(i64::MAX, &DueScope::Host("shared.example".into()), None, 10).unwrap();
             assert_eq!(calls(&shared), ids(&[&a2]));
             assert_eq!(s.deliveries(&[all[1].position.id, all[0].position.id]).unwrap().len(), 1, "only pending ones");
+        }
+
+        /// Two daemons on one database: a delivery one of them claimed is
+        /// not handed to the other until its attempt is recorded (or the
+        /// claim runs out); without an owner nothing is claimed.
+        fn a_claimed_delivery_goes_to_one_daemon_at_a_time(b) {
+            let (s, id) = setup(b, Some("http://hooks.example/a"));
+            let mut s = s;
+            s.mark_dialing(&id).unwrap();
+            let due = |s: &Store| s.due_window(i64::MAX, &DueScope::All, None, 10).unwrap()[0].position.id;
+            let first = due(&s);
+            let a = s.working_for("daemon-a", 60_000);
+            assert_eq!(a.deliveries(&[first]).unwrap().len(), 1, "a claims it");
+            assert_eq!(a.deliveries(&[first]).unwrap().len(), 1, "a's own claim stands");
+            let mut b2 = a.working_for("daemon-b", 60_000);
+            assert!(b2.deliveries(&[first]).unwrap().is_empty(), "b is left out while a sends it");
+            let failed = Attempt { http_status: Some(500), error: None, duration_ms: 1 };
+            b2.record_attempt(first, &failed, AttemptVerdict::RetryAt(0)).unwrap();
+            assert_eq!(b2.deliveries(&[first]).unwrap().len(), 1, "after the attempt, a retry is anyone's");
+            // A claim whose daemon died runs out.
+            let c = b2.working_for("daemon-c", 60_000);
+            assert!(c.deliveries(&[first]).unwrap().is_empty());
+            c.execute_for_tests("UPDATE webhook_deliveries SET claimed_until = 1", &[]);
+            assert_eq!(c.deliveries(&[first]).unwrap().len(), 1);
         }
 
         fn hosts_of_older_rows_are_filled_in(b) {

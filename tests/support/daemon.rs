@@ -61,7 +61,8 @@ pub fn write_config(
 ) -> PathBuf {
     let path = dir.join("voice-otp.toml");
     let database = match postgres {
-        Some(url) => format!("url = \"{url}\"\npool_size = 3"),
+        // A short lease: tests of a daemon that dies wait it out.
+        Some(url) => format!("url = \"{url}\"\npool_size = 3\nlease_secs = 3"),
         None => "path = \"test.db\"".to_owned(),
     };
     let text = format!(
