@@ -125,8 +125,9 @@ async fn a_restarted_daemon_resumes_the_queue() {
 /// the second has no users of its own (they are in the shared database).
 async fn two_daemons(db: &TestDatabase, script: FakeScript) -> (FakeAmi, (Home, Daemon), (Home, Daemon)) {
     let fake = FakeAmi::start(script).await;
-    let a = Setup::new("pg-a").postgres(db).config(NO_NUMBER_QUOTAS).start(fake.addr());
-    let (home_b, daemon_b) = Setup::new("pg-b").postgres(db).no_users().config(NO_NUMBER_QUOTAS).start(fake.addr());
+    let config = format!("{NO_NUMBER_QUOTAS}\n[webhooks]\ndeny_private = false\n");
+    let a = Setup::new("pg-a").postgres(db).config(&config).start(fake.addr());
+    let (home_b, daemon_b) = Setup::new("pg-b").postgres(db).no_users().config(&config).start(fake.addr());
     let b = (home_b, daemon_b.calling_as("acme1", PASSWORD));
     assert!(fake.wait_for_logins(2, WAIT).await, "both daemons log in: {:?}", fake.actions());
     (fake, a, b)
@@ -140,11 +141,14 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
 
 /// 40 calls posted alternately to two daemons sharing one PostgreSQL: all
 /// end, and each was originated exactly once - by whichever daemon claimed
-/// it first, recorded as its owner.
+/// it first, recorded as its owner. Both daemons' outboxes see every
+/// webhook delivery; each is sent once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_dial_each_call_exactly_once() {
     let Some(db) = TestDatabase::create("two") else { return };
-    let (fake, (_home_a, a), (_home_b, b)) = two_daemons(&db, FakeScript::outcome(OriginateOutcome::busy())).await;
+    let (fake, (home_a, a), (_home_b, b)) = two_daemons(&db, FakeScript::outcome(OriginateOutcome::busy())).await;
+    let receiver = Receiver::start(&[]);
+    home_a.cli(&["user", "webhook", "acme1", "--url", &receiver.url("calls")]);
     let posted: Vec<String> =
         (0..40).map(|i| if i % 2 == 0 { &a } else { &b }.seed_call("03001234567", "482915")).collect();
     let stored = a.settle(Duration::from_secs(60));
@@ -158,6 +162,21 @@ async fn two_daemons_dial_each_call_exactly_once() {
     assert_eq!(daemons.len(), 2, "{daemons:?}");
     let owners = db.rows("SELECT DISTINCT owner FROM calls");
     assert!(owners.iter().all(|o| daemons.contains(o)), "{owners:?} vs {daemons:?}");
+    // Two changes per call (dialing, failed): 80 deliveries, each sent
+    // once - judged once the database has every one delivered.
+    let deadline = std::time::Instant::now() + WAIT;
+    let pending = "SELECT id::text FROM webhook_deliveries WHERE delivered_at IS NULL AND gave_up_at IS NULL";
+    while !db.rows(pending).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "deliveries still pending: {:?}", db.rows(pending));
+        support::blocking(|| std::thread::sleep(Duration::from_millis(200)));
+    }
+    assert_eq!(db.rows("SELECT id::text FROM webhook_deliveries").len(), 80);
+    let mut sent: Vec<String> =
+        receiver.received().iter().map(|r| r.header("x-voice-otp-delivery").unwrap_or_default().to_owned()).collect();
+    assert_eq!(sent.len(), 80, "{sent:?}");
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 80, "no delivery sent twice");
 }
 
 /// A daemon `kill -9`ed right after taking calls: the other dials those
