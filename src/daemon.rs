@@ -167,7 +167,11 @@ impl Daemon {
             shutdown.clone(),
         ));
         tracker.spawn(housekeeping(db.clone(), config.retention.days, metrics.clone(), shutdown.clone()));
-        let limits = Limits::new(&config.limits, &config.phone);
+        let mut limits = Limits::new(&config.limits, &config.phone);
+        if let Some(daemon) = db.daemon_id() {
+            // Other daemons share the database: count failed logins together.
+            limits = limits.shared_through(db.clone(), daemon.to_owned());
+        }
         let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits, verify_key });
         tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));
         tracker.close();

@@ -23,7 +23,14 @@
 //!
 //! Any front end (the seed API, a JSON API) makes the same three calls.
 //! Per-minute and failed-login windows live in memory: a restart forgets
-//! them, which at worst grants one extra window.
+//! them, which at worst grants one extra window. On a database several
+//! daemons share (PostgreSQL), the failed logins are shared too
+//! ([`Limits::shared_through`]): each daemon writes the failures - and the
+//! successes that forgive them - it sees, and adds the others' to its own
+//! windows before every login (read at most every [`SHARED_READ_EVERY`]),
+//! so guesses spread over the daemons count as one daemon's would, and a
+//! restarted daemon reads back the day's. The per-minute request rate and
+//! the ration of a name's verifies stay per daemon.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -35,7 +42,14 @@ use crate::auth::{AuthError, Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
 use crate::phone::{Country, NumberType, PhoneNumber};
 use crate::secret::Secret;
-use crate::store::{Store, StoreError, User};
+use crate::store::{Db, LoginEvent, LoginEventKind, Store, StoreError, User};
+
+/// How often a daemon sharing its database reads the other daemons' failed
+/// logins: at most once per this, before a login.
+pub const SHARED_READ_EVERY: Duration = Duration::from_millis(250);
+
+/// Events read per database trip.
+const SHARED_READ_BATCH: u32 = 500;
 
 /// One day, the window of `limits.number_calls_per_day`.
 const DAY: Duration = Duration::from_secs(86_400);
@@ -107,6 +121,24 @@ pub struct Limits {
     refused_types: Vec<NumberType>,
     user_requests: Mutex<SlidingWindows<i64>>,
     logins: Mutex<LoginBook>,
+    shared: Option<SharedLogins>,
+}
+
+/// The failed logins of the other daemons on a shared database.
+struct SharedLogins {
+    db: Db,
+    /// This daemon's id: its own events are not read back.
+    daemon: String,
+    /// How often to read (tests: at every login).
+    every: Duration,
+    /// The last event read, and when; one reader at a time.
+    read: tokio::sync::Mutex<(i64, Option<Instant>)>,
+}
+
+impl std::fmt::Debug for SharedLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLogins").field("daemon", &self.daemon).finish_non_exhaustive()
+    }
 }
 
 /// Every failed-login count, behind one lock so that checking them and
@@ -140,6 +172,79 @@ impl Limits {
                 by_user: SlidingWindows::new(config.login_failures_per_user, failure_window),
                 verify_rate: RateGates::per_minute(config.login_verifies_per_user_per_minute),
             }),
+            shared: None,
+        }
+    }
+
+    /// The same limits, with failed logins shared with every other daemon
+    /// on `db` (see the module docs); `daemon` is this one's id there.
+    pub fn shared_through(self, db: Db, daemon: String) -> Limits {
+        self.shared_every(db, daemon, SHARED_READ_EVERY)
+    }
+
+    fn shared_every(mut self, db: Db, daemon: String, every: Duration) -> Limits {
+        self.shared = Some(SharedLogins { db, daemon, every, read: tokio::sync::Mutex::new((0, None)) });
+        self
+    }
+
+    /// Adds the other daemons' logins written since the last read to the
+    /// windows. A database failure is logged: the local counts still hold.
+    async fn read_shared(&self) {
+        let Some(shared) = &self.shared else { return };
+        let mut read = shared.read.lock().await;
+        if read.1.is_some_and(|at| at.elapsed() < shared.every) {
+            return;
+        }
+        loop {
+            let (daemon, after) = (shared.daemon.clone(), read.0);
+            let events = match shared.db.run(move |s| s.login_events_after(&daemon, after, SHARED_READ_BATCH)).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read the other daemons' failed logins");
+                    return;
+                }
+            };
+            let Some(last) = events.last().map(|e| e.id) else { break };
+            self.apply_shared(&events);
+            read.0 = last;
+            if events.len() < SHARED_READ_BATCH as usize {
+                break;
+            }
+        }
+        read.1 = Some(Instant::now());
+    }
+
+    fn apply_shared(&self, events: &[LoginEvent]) {
+        let (now, now_ms) = (Instant::now(), crate::time::now_ms());
+        let mut book = lock(&self.logins);
+        for e in events {
+            let pair = (e.name.clone(), e.ip);
+            match e.kind {
+                LoginEventKind::Failed { verified } => {
+                    let ago = Duration::from_millis(u64::try_from(now_ms - e.at_ms).unwrap_or(0));
+                    // Older than this process's clock can say: long gone.
+                    let Some(at) = now.checked_sub(ago) else { continue };
+                    book.by_ip.record_at(e.ip, at);
+                    book.by_user_ip.record_at(pair, at);
+                    if verified {
+                        book.by_user.record_at(e.name.clone(), at);
+                    }
+                }
+                LoginEventKind::Succeeded => {
+                    book.by_user.clear(&e.name);
+                    book.by_user_ip.clear(&pair);
+                }
+            }
+        }
+    }
+
+    /// Writes a login this daemon saw for the others to count.
+    async fn share(&self, kind: LoginEventKind, name: &str, client: IpAddr) {
+        let Some(shared) = &self.shared else { return };
+        let (daemon, name) = (shared.daemon.clone(), name.to_owned());
+        let at = crate::time::now_ms();
+        if let Err(e) = shared.db.run(move |s| s.record_login_event(&daemon, kind, &name, client, at)).await {
+            tracing::error!(error = %e, "could not share a failed login with the other daemons");
         }
     }
 
@@ -153,10 +258,16 @@ impl Limits {
         password: &Secret,
         client: IpAddr,
     ) -> Result<User, LoginError> {
-        let mut attempt = self.begin_login(name, address_bucket(client)).map_err(LoginError::Limited)?;
+        self.read_shared().await;
+        let client = address_bucket(client);
+        let mut attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
         let pending = match auth.lookup(name, password).await {
             Ok(Lookup::Accepted(user)) => {
+                let forgives = attempt.forgives();
                 attempt.succeeded();
+                if forgives {
+                    self.share(LoginEventKind::Succeeded, name, client).await;
+                }
                 return Ok(user);
             }
             Ok(Lookup::Verify(pending)) => pending,
@@ -168,14 +279,24 @@ impl Limits {
         // Refused here, the attempt stays a failure of the address and the
         // pair: the password was not proven right, and giving the slots back
         // would let a guess at a cached password cost nothing.
-        attempt.take_verify().map_err(LoginError::Limited)?;
+        if let Err(refusal) = attempt.take_verify() {
+            drop(attempt);
+            self.share(LoginEventKind::Failed { verified: false }, name, client).await;
+            return Err(LoginError::Limited(refusal));
+        }
         match pending.verify().await {
             Ok(Some(user)) => {
+                let forgives = attempt.forgives();
                 attempt.succeeded();
+                if forgives {
+                    self.share(LoginEventKind::Succeeded, name, client).await;
+                }
                 Ok(user)
             }
             Ok(None) => {
+                let verified = attempt.name_slot;
                 attempt.failed();
+                self.share(LoginEventKind::Failed { verified }, name, client).await;
                 Err(LoginError::Unauthorized)
             }
             Err(e) => {
@@ -383,6 +504,13 @@ impl LoginAttempt<'_> {
         Ok(())
     }
 
+    /// Whether the name or the pair has failures a success would forgive
+    /// (only then is a success worth telling the other daemons).
+    fn forgives(&self) -> bool {
+        let book = lock(&self.limits.logins);
+        book.by_user.events.contains_key(&self.pair.0) || book.by_user_ip.events.contains_key(&self.pair)
+    }
+
     /// The password was right: the name's and the pair's failures are
     /// forgiven; the address gives back only this attempt's slot (one right
     /// password must not wipe an address's guesses at other names).
@@ -513,6 +641,20 @@ impl<K: Hash + Eq> SlidingWindows<K> {
         }
     }
 
+    /// [`SlidingWindows::record`] of an event at `at`, which may be older
+    /// than events already logged (another daemon's): kept in order.
+    fn record_at(&mut self, key: K, at: Instant) {
+        if self.limit == 0 {
+            return;
+        }
+        let log = self.events.entry(key).or_default();
+        let place = log.partition_point(|&t| t <= at);
+        log.insert(place, at);
+        while log.len() > self.limit as usize {
+            log.pop_front();
+        }
+    }
+
     fn remove_one(&mut self, key: &K) {
         if let Some(log) = self.events.get_mut(key) {
             log.pop_back();
@@ -547,7 +689,7 @@ mod tests {
     use super::*;
     use crate::auth::hash_password;
     use crate::call::CallId;
-    use crate::store::testing::{Backend, backends};
+    use crate::store::testing::{Backend, async_backends, backends};
     use crate::store::{Db, NewCall, args};
 
     fn limits(toml: &str) -> Limits {
@@ -924,6 +1066,41 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             assert!(quota.check(&store, number, t + 86_400_000).unwrap().is_ok(), "a day later the first left");
+        }
+    }
+
+    async_backends! {
+        /// Two daemons on one database: the failures one saw count at the
+        /// other, and a success at one forgives them at both.
+        async fn failed_logins_are_counted_across_daemons(b) {
+            let db = b.db(2, |s| {
+                s.add_user("acme1", &hash_password("right-pass", 4).unwrap()).unwrap();
+            });
+            let auth = Authenticator::new(db.clone(), 4).unwrap();
+            let config =
+                "[limits]\nlogin_failures_per_user_ip = 3\nlogin_failures_per_ip = 100\nlogin_failures_per_user = 100\n";
+            let a = limits(config).shared_every(db.clone(), "daemon-a".into(), Duration::ZERO);
+            let other = limits(config).shared_every(db.clone(), "daemon-b".into(), Duration::ZERO);
+            let x = ip("192.0.2.1");
+            for _ in 0..3 {
+                assert!(matches!(a.login(&auth, "acme1", &pw("wrong"), x).await, Err(LoginError::Unauthorized)));
+            }
+            let verifies = auth.verifies();
+            limited_by(&other.login(&auth, "acme1", &pw("right-pass"), x).await, "limits.login_failures_per_user_ip");
+            assert_eq!(auth.verifies(), verifies, "refused before any password check");
+            // From another address: two failures and then the right password
+            // at the first daemon ...
+            let y = ip("192.0.2.2");
+            for _ in 0..2 {
+                assert!(matches!(a.login(&auth, "acme1", &pw("wrong"), y).await, Err(LoginError::Unauthorized)));
+            }
+            assert!(a.login(&auth, "acme1", &pw("right-pass"), y).await.is_ok());
+            // ... and the second counts that address afresh: three wrong
+            // passwords get a check, the fourth attempt is refused.
+            for _ in 0..3 {
+                assert!(matches!(other.login(&auth, "acme1", &pw("wrong"), y).await, Err(LoginError::Unauthorized)));
+            }
+            limited_by(&other.login(&auth, "acme1", &pw("wrong"), y).await, "limits.login_failures_per_user_ip");
         }
     }
 }

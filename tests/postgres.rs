@@ -216,3 +216,19 @@ async fn when_one_daemon_dies_the_other_finishes_every_call() {
     assert!(taken_over > 0, "the dead daemon had calls in flight, settled by the survivor\n{}", b.logs());
     assert!(b.logs().contains("taken over from a daemon whose lease ran out"), "{}", b.logs());
 }
+
+/// Wrong passwords sent to one daemon count at the other: after
+/// `limits.login_failures_per_user_ip` (5) of them at the first, the second
+/// refuses that address for that name even the right password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_at_one_daemon_count_at_the_other() {
+    let Some(db) = TestDatabase::create("logins") else { return };
+    let (_fake, (_home_a, a), (_home_b, b)) = two_daemons(&db, FakeScript::for_daemon()).await;
+    let wrong = "/outbound.cgi?number=03001234567&code=482915&username=acme1&password=wrong-one";
+    for _ in 0..5 {
+        assert_eq!(support::blocking(|| http::get(a.http, wrong)).status, 401);
+    }
+    let refused = b.seed("03001234567", "482915", "");
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("limits.login_failures_per_user_ip"), "{}", refused.body);
+}

@@ -14,6 +14,7 @@ mod backend;
 mod calls;
 mod daemons;
 mod idempotency;
+mod logins;
 mod migrations;
 mod queue;
 mod stats;
@@ -38,6 +39,7 @@ use backend::{Conn, PgConn, TxKind};
 
 pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, TokenCheck};
 pub use idempotency::{KeyClaim, StoredAnswer};
+pub use logins::{LoginEvent, LoginEventKind};
 pub use queue::InFlight;
 pub use stats::{ScrapeCounts, UserDay};
 pub use user_defaults::UserDefaultsChange;
