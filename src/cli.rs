@@ -309,6 +309,7 @@ fn call(config: &Config, cmd: CallCommand) -> CliResult {
             println!("id={}", c.id);
             println!("number={}", c.number);
             println!("status={}", c.status);
+            println!("asterisk={}", opt(c.asterisk));
             println!("reason={}", opt(c.reason));
             println!("detail={}", opt(c.detail));
             println!("cause={}", c.cause.map(|c| c.to_string()).unwrap_or_default());

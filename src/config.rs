@@ -21,8 +21,14 @@ use crate::secret::Secret;
 pub struct Config {
     /// HTTP front end.
     pub http: HttpConfig,
-    /// Asterisk Manager Interface connection.
-    pub ami: AmiConfigSection,
+    /// The Asterisk servers calls are placed through (`[[asterisk]]`
+    /// entries). Empty: the single server of `[ami]` (see
+    /// [`Config::servers`]).
+    pub asterisk: Vec<AsteriskConfig>,
+    /// The single-server form: one Asterisk Manager Interface, named
+    /// `default`. `None` when the file has no `[ami]` section (the
+    /// sandbox's AMI user then); an error together with `[[asterisk]]`.
+    pub ami: Option<AmiConfigSection>,
     /// FastAGI server Asterisk connects to when a call is answered.
     pub agi: AgiConfig,
     /// The database: SQLite (the default) or PostgreSQL.
@@ -138,6 +144,98 @@ impl Default for AmiConfigSection {
     }
 }
 
+/// The name of the one server of the single-server form (`[ami]`, or no
+/// Asterisk configured at all).
+pub const DEFAULT_SERVER: &str = "default";
+
+/// Longest `[[asterisk]] name`: it goes into call records, logs and metric
+/// labels.
+pub const MAX_SERVER_NAME: usize = 32;
+
+/// One `[[asterisk]]` entry: an Asterisk server calls are placed through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsteriskConfig {
+    /// Recorded on each call placed through it (`"asterisk"` in the call's
+    /// JSON) and the `server` label of its metrics: 1 to 32 of
+    /// `A-Z a-z 0-9 _ -`, unique.
+    pub name: String,
+    /// Host of its manager interface.
+    pub host: String,
+    /// Manager TCP port.
+    pub port: u16,
+    /// Manager user (manager.conf section name).
+    pub username: String,
+    /// Manager secret. Never logged: `Debug` shows `<redacted>`.
+    pub secret: Secret,
+    /// Calls in flight on it (dialing, ringing or answered) at most: its
+    /// trunk's channels.
+    pub max_concurrent_calls: u32,
+    /// Originates sent to it per second at most (carriers refuse call
+    /// setups beyond their rate); 0: unpaced.
+    pub max_calls_per_second: u32,
+    /// Its share of the calls relative to the other servers' weights.
+    pub weight: u32,
+}
+
+impl Default for AsteriskConfig {
+    fn default() -> Self {
+        let ami = AmiConfigSection::default();
+        Self {
+            name: String::new(),
+            host: ami.host,
+            port: ami.port,
+            username: ami.username,
+            secret: ami.secret,
+            max_concurrent_calls: 10,
+            max_calls_per_second: 5,
+            weight: 1,
+        }
+    }
+}
+
+impl AsteriskConfig {
+    /// The rules `Config::load` enforces on one entry; `key` is how the
+    /// message names it (`asterisk[2]`, or `ami` for the single server, whose
+    /// capacity is `concurrent_key`).
+    fn check(&self, key: &str, concurrent_key: &str) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_SERVER_NAME
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "{key}.name must be 1 to {MAX_SERVER_NAME} of A-Z a-z 0-9 _ - (it names the server in call records and \
+                 metrics), got {:?}",
+                self.name
+            ));
+        }
+        if self.host.is_empty() {
+            return Err(format!("{key}.host must not be empty"));
+        }
+        for (field, value) in [("host", &self.host), ("username", &self.username)] {
+            if value.chars().any(|c| c.is_control()) {
+                return Err(format!("{key}.{field} must not contain control characters"));
+            }
+        }
+        if self.secret.expose().chars().any(|c| c.is_control()) {
+            return Err(format!("{key}.secret must not contain control characters"));
+        }
+        if self.max_concurrent_calls == 0 {
+            return Err(format!("{concurrent_key} must be at least 1"));
+        }
+        if self.max_calls_per_second > 1000 {
+            return Err(format!(
+                "{key}.max_calls_per_second must be 0 (unpaced) to 1000, got {}",
+                self.max_calls_per_second
+            ));
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(format!("{key}.weight must be 1..=1000, got {}", self.weight));
+        }
+        Ok(())
+    }
+}
+
 /// `[agi]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -147,6 +245,10 @@ pub struct AgiConfig {
     /// URL Asterisk's dialplan connects to, handed over in the channel
     /// variable `VOICE_OTP_AGI`. Empty: `agi://<listen>/otp`.
     pub url: String,
+    /// FastAGI URLs the dialplan tries in turn when no daemon took the call
+    /// at `url` (another daemon's, say): sent as `VOICE_OTP_AGI_2`,
+    /// `VOICE_OTP_AGI_3`, ... At most [`MAX_AGI_FALLBACKS`].
+    pub fallback_urls: Vec<String>,
     /// Most FastAGI sessions (answered calls) at once; connections above it
     /// are closed and Asterisk goes on with the dialplan.
     pub max_sessions: usize,
@@ -161,11 +263,17 @@ impl Default for AgiConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4573)),
             url: String::new(),
+            fallback_urls: Vec::new(),
             max_sessions: crate::agi::DEFAULT_MAX_SESSIONS,
             allowed_peers: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)],
         }
     }
 }
+
+/// Most `[agi] fallback_urls`: each is one more channel variable on every
+/// Originate, and a dialplan that tries more addresses than this keeps the
+/// callee in silence too long anyway.
+pub const MAX_AGI_FALLBACKS: usize = 4;
 
 impl AgiConfig {
     /// The URL to give the dialplan, given the address actually bound (which
@@ -600,9 +708,11 @@ pub const MAX_CALL_WAIT_MS: u32 = 60_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Calls in flight (dialing, ringing or answered) at most: the trunk's
-    /// capacity. Further calls wait in the queue, oldest first.
-    pub max_concurrent_calls: u32,
+    /// Single-server form: calls in flight (dialing, ringing or answered)
+    /// at most on the `[ami]` server, its trunk's capacity (10 when not
+    /// set). Further calls wait in the queue, oldest first. With
+    /// `[[asterisk]]` entries each sets its own, and this is an error.
+    pub max_concurrent_calls: Option<u32>,
     /// Calls waiting to be dialled at most; beyond it requests get 503 with
     /// Retry-After (e.g. while Asterisk is down).
     pub max_queued: u32,
@@ -610,7 +720,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_concurrent_calls: 10, max_queued: 1000 }
+        Self { max_concurrent_calls: None, max_queued: 1000 }
     }
 }
 
@@ -728,16 +838,13 @@ impl Config {
             ("dial.exten", &self.dial.exten),
             ("dial.caller_id", &self.dial.caller_id),
             ("agi.url", &self.agi.url),
-            ("ami.username", &self.ami.username),
-            ("ami.host", &self.ami.host),
         ] {
             if value.chars().any(|c| c.is_control()) {
                 return Err(invalid(format!("{key} must not contain control characters")));
             }
         }
-        if self.ami.secret.expose().chars().any(|c| c.is_control()) {
-            return Err(invalid("ami.secret must not contain control characters".into()));
-        }
+        self.check_agi_fallbacks().map_err(invalid)?;
+        self.check_servers().map_err(invalid)?;
         let header = &self.dial.call_id_header;
         if header.len() > 64 || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(invalid(format!(
@@ -782,8 +889,8 @@ impl Config {
                 self.dial.ring_timeout_secs
             )));
         }
-        if self.queue.max_concurrent_calls == 0 || self.queue.max_queued == 0 {
-            return Err(invalid("queue.max_concurrent_calls and queue.max_queued must be at least 1".into()));
+        if self.queue.max_queued == 0 {
+            return Err(invalid("queue.max_queued must be at least 1".into()));
         }
         if self.dial.deadline_secs == 0 || self.dial.deadline_secs > 86_400 {
             return Err(invalid(format!("dial.deadline_secs must be 1..=86400, got {}", self.dial.deadline_secs)));
@@ -815,6 +922,69 @@ impl Config {
 }
 
 impl Config {
+    /// The Asterisk servers to dial through: the `[[asterisk]]` entries or,
+    /// without any, the single-server form - `[ami]` (or the sandbox's AMI
+    /// user) named [`DEFAULT_SERVER`], with `[queue] max_concurrent_calls`
+    /// (or 10) and no pacing, as before there were several.
+    pub fn servers(&self) -> Vec<AsteriskConfig> {
+        if !self.asterisk.is_empty() {
+            return self.asterisk.clone();
+        }
+        let ami = self.ami.clone().unwrap_or_default();
+        vec![AsteriskConfig {
+            name: DEFAULT_SERVER.to_owned(),
+            host: ami.host,
+            port: ami.port,
+            username: ami.username,
+            secret: ami.secret,
+            max_concurrent_calls: self.queue.max_concurrent_calls.unwrap_or(10),
+            max_calls_per_second: 0,
+            weight: 1,
+        }]
+    }
+
+    /// One form or the other, every entry valid, names unique.
+    fn check_servers(&self) -> Result<(), String> {
+        if !self.asterisk.is_empty() {
+            if self.ami.is_some() {
+                return Err("[ami] and [[asterisk]] are both set: use [[asterisk]] entries alone (the [ami] section \
+                            is the single-server form)"
+                    .into());
+            }
+            if self.queue.max_concurrent_calls.is_some() {
+                return Err("queue.max_concurrent_calls and [[asterisk]] are both set: with [[asterisk]] entries \
+                            each sets its own max_concurrent_calls"
+                    .into());
+            }
+        }
+        let single = self.asterisk.is_empty();
+        let servers = self.servers();
+        for (i, server) in servers.iter().enumerate() {
+            let key = if single { "ami".to_owned() } else { format!("asterisk[{}]", i + 1) };
+            let concurrent =
+                if single { "queue.max_concurrent_calls".to_owned() } else { format!("{key}.max_concurrent_calls") };
+            server.check(&key, &concurrent)?;
+            if let Some(first) = servers[..i].iter().position(|s| s.name == server.name) {
+                return Err(format!("{key}.name {:?} is already the name of asterisk[{}]", server.name, first + 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[agi] fallback_urls`: few, and each fit for a channel variable.
+    fn check_agi_fallbacks(&self) -> Result<(), String> {
+        let urls = &self.agi.fallback_urls;
+        if urls.len() > MAX_AGI_FALLBACKS {
+            return Err(format!("agi.fallback_urls lists {} URLs, at most {MAX_AGI_FALLBACKS}", urls.len()));
+        }
+        for url in urls {
+            if url.is_empty() || url.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(format!("agi.fallback_urls: {url:?} is not a FastAGI URL like agi://host:4573/otp"));
+            }
+        }
+        Ok(())
+    }
+
     /// `{national}` is the number as dialled inside its own country: on the
     /// home trunk, +44 20... would go out as 020..., someone else's number.
     /// So a template with it may only serve destinations that share
@@ -866,7 +1036,10 @@ mod tests {
     fn empty_file_is_all_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.ami.port, 5038);
+        let servers = c.servers();
+        assert_eq!(servers.len(), 1);
+        assert_eq!((servers[0].name.as_str(), servers[0].port, servers[0].max_concurrent_calls), ("default", 5038, 10));
+        assert_eq!(servers[0].max_calls_per_second, 0, "the single-server form is unpaced, as it always was");
         assert_eq!(c.agi.listen.to_string(), "127.0.0.1:4573");
         assert_eq!(c.dial.context, "voice-otp");
         assert_eq!(c.dial.ring_timeout_secs, 30);
@@ -1025,6 +1198,86 @@ mod tests {
     }
 
     #[test]
+    fn asterisk_entries_take_their_defaults_and_are_named() {
+        let c = Config::from_toml(
+            "[[asterisk]]\nname = \"pbx-a\"\n\n[[asterisk]]\nname = \"pbx_b\"\nhost = \"10.0.0.2\"\nport = 5039\n\
+             max_concurrent_calls = 30\nmax_calls_per_second = 0\nweight = 3\n",
+        )
+        .unwrap()
+        .checked(Path::new("x"))
+        .unwrap();
+        let servers = c.servers();
+        assert_eq!(servers.len(), 2);
+        let a = &servers[0];
+        assert_eq!((a.name.as_str(), a.host.as_str(), a.port), ("pbx-a", "127.0.0.1", 5038));
+        assert_eq!((a.username.as_str(), a.secret.expose()), ("voice-otp", "voice-otp-sandbox"));
+        assert_eq!((a.max_concurrent_calls, a.max_calls_per_second, a.weight), (10, 5, 1));
+        let b = &servers[1];
+        assert_eq!((b.name.as_str(), b.host.as_str(), b.port), ("pbx_b", "10.0.0.2", 5039));
+        assert_eq!((b.max_concurrent_calls, b.max_calls_per_second, b.weight), (30, 0, 3));
+    }
+
+    #[test]
+    fn the_single_server_form_is_one_server_named_default() {
+        let c = Config::from_toml(
+            "[ami]\nhost = \"pbx.example\"\nport = 6000\nsecret = \"s3\"\n[queue]\nmax_concurrent_calls = 4\n",
+        )
+        .unwrap()
+        .checked(Path::new("x"))
+        .unwrap();
+        let servers = c.servers();
+        assert_eq!(servers.len(), 1);
+        let s = &servers[0];
+        assert_eq!(
+            (s.name.as_str(), s.host.as_str(), s.port, s.secret.expose()),
+            ("default", "pbx.example", 6000, "s3")
+        );
+        assert_eq!((s.max_concurrent_calls, s.max_calls_per_second, s.weight), (4, 0, 1));
+    }
+
+    #[test]
+    fn asterisk_entries_are_checked_and_named_in_errors() {
+        let two = |second: &str| format!("[[asterisk]]\nname = \"a\"\n[[asterisk]]\n{second}\n");
+        for (toml, needle) in [
+            ("[ami]\nport = 1\n[[asterisk]]\nname = \"a\"\n".to_owned(), "[ami] and [[asterisk]] are both set"),
+            (
+                "[queue]\nmax_concurrent_calls = 3\n[[asterisk]]\nname = \"a\"\n".to_owned(),
+                "queue.max_concurrent_calls and [[asterisk]] are both set",
+            ),
+            (two("name = \"a\""), "asterisk[2].name \"a\" is already the name of asterisk[1]"),
+            (two("port = 5039"), "asterisk[2].name must be 1 to 32"),
+            (two("name = \"a b\""), "asterisk[2].name must be"),
+            (two(&format!("name = \"{}\"", "x".repeat(33))), "asterisk[2].name must be"),
+            (two("name = \"b\"\nhost = \"\""), "asterisk[2].host must not be empty"),
+            (two("name = \"b\"\nusername = \"u\\r\\nAction: Logoff\""), "asterisk[2].username"),
+            (two("name = \"b\"\nsecret = \"s\\n\""), "asterisk[2].secret"),
+            (two("name = \"b\"\nmax_concurrent_calls = 0"), "asterisk[2].max_concurrent_calls must be at least 1"),
+            (two("name = \"b\"\nmax_calls_per_second = 1001"), "asterisk[2].max_calls_per_second"),
+            (two("name = \"b\"\nweight = 0"), "asterisk[2].weight must be 1..=1000"),
+            ("[queue]\nmax_concurrent_calls = 0\n".to_owned(), "queue.max_concurrent_calls must be at least 1"),
+            ("[ami]\nhost = \"a\\nb\"\n".to_owned(), "ami.host must not contain control characters"),
+            ("[ami]\nsecret = \"a\\nb\"\n".to_owned(), "ami.secret must not contain control characters"),
+        ] {
+            let c = Config::from_toml(&toml).unwrap();
+            let err = c.checked(Path::new("x")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+            assert!(!err.contains("voice-otp-sandbox"), "no secret in errors: {err}");
+        }
+        let err = Config::from_toml("[[asterisk]]\nname = \"a\"\nhostname = \"x\"\n").unwrap_err();
+        assert!(err.contains("hostname"), "{err}");
+    }
+
+    #[test]
+    fn agi_fallbacks_are_few_and_urls() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().checked(Path::new("x")).map(|_| ());
+        check("[agi]\nfallback_urls = [\"agi://10.0.0.2:4573/otp\"]\n").unwrap();
+        let err = check("[agi]\nfallback_urls = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n").unwrap_err().to_string();
+        assert!(err.contains("agi.fallback_urls lists 5 URLs, at most 4"), "{err}");
+        let err = check("[agi]\nfallback_urls = [\"agi://x/otp\\nAction: Logoff\"]\n").unwrap_err().to_string();
+        assert!(err.contains("agi.fallback_urls"), "{err}");
+    }
+
+    #[test]
     fn agi_url_defaults_to_bound_address() {
         let c = AgiConfig::default();
         assert_eq!(c.url_for("127.0.0.1:4999".parse().unwrap()), "agi://127.0.0.1:4999/otp");
@@ -1041,7 +1294,39 @@ mod example_file {
     fn example_equals_defaults() {
         let text = include_str!("../voice-otp.example.toml");
         let parsed = Config::from_toml(text).unwrap();
-        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
-        assert_eq!(parsed.ami.secret, Config::default().ami.secret);
+        // The example spells the single-server form out ([ami], [queue]
+        // max_concurrent_calls); the defaults leave both unset: the same
+        // servers either way.
+        let normalized = |mut c: Config| {
+            c.asterisk = c.servers();
+            c.ami = None;
+            c.queue.max_concurrent_calls = None;
+            format!("{c:?}")
+        };
+        assert_eq!(normalized(parsed.clone()), normalized(Config::default()));
+        let (servers, defaults) = (parsed.servers(), Config::default().servers());
+        assert_eq!(servers[0].secret, defaults[0].secret);
+    }
+
+    /// The example's `[[asterisk]]` entry is commented out (giving one
+    /// leaves the single-server form); uncommented, it must still show an
+    /// entry's defaults.
+    #[test]
+    fn example_asterisk_entry_shows_the_defaults() {
+        let text = include_str!("../voice-otp.example.toml");
+        let entry: String = text
+            .lines()
+            .skip_while(|l| *l != "# [[asterisk]]")
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(entry.starts_with("[[asterisk]]\nname = \"default\"\n"), "{entry}");
+        let parsed = Config::from_toml(&entry).unwrap();
+        let defaults = AsteriskConfig { name: "default".into(), ..AsteriskConfig::default() };
+        assert_eq!(format!("{:?}", parsed.asterisk), format!("{:?}", std::slice::from_ref(&defaults)));
+        assert_eq!(parsed.asterisk[0].secret, defaults.secret);
+        assert!(parsed.checked(Path::new("x")).is_ok());
     }
 }

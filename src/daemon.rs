@@ -1,4 +1,4 @@
-//! `voice-otp serve`: wires the store, the AMI client, the dispatcher, the
+//! `voice-otp serve`: wires the store, the AMI links, the dispatcher, the
 //! FastAGI server and the HTTP front end together, and takes them down
 //! again on SIGTERM/SIGINT.
 
@@ -12,10 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agi::AgiServer;
-use crate::ami::{AmiClient, AmiConfig};
 use crate::auth::{Authenticator, CredentialCache};
 use crate::call::agi_handler::OtpAgi;
-use crate::call::dispatcher::{Dispatcher, LiveCalls};
+use crate::call::dispatcher::{AsteriskServers, Dispatcher, LiveCalls};
 use crate::config::Config;
 use crate::http::App;
 use crate::limits::Limits;
@@ -125,27 +124,24 @@ impl Daemon {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let ami_config = AmiConfig::new(
-            config.ami.host.clone(),
-            config.ami.port,
-            config.ami.username.clone(),
-            config.ami.secret.expose().to_owned(),
-        );
-        let ami = AmiClient::spawn(ami_config, shutdown.clone());
+        // One AMI link per Asterisk server, each up in the background.
+        let servers = AsteriskServers::connect(&config.servers(), &shutdown);
         let live = LiveCalls::default();
-        let agi_url = config.agi.url_for(bound.agi);
+        let mut agi_urls = vec![config.agi.url_for(bound.agi)];
+        agi_urls.extend(config.agi.fallback_urls.iter().cloned());
         let metrics = Arc::new(Metrics::new());
         crate::call::declare_call_ends(&metrics);
         metrics.set_capacity(Capacity {
             agi_max_sessions: config.agi.max_sessions as u64,
-            max_concurrent_calls: u64::from(config.queue.max_concurrent_calls),
+            // Every server's trunk together.
+            max_concurrent_calls: servers.iter().map(|s| u64::from(s.max_concurrent_calls)).sum(),
             max_queued: u64::from(config.queue.max_queued),
         });
         let dispatcher = Dispatcher::start(
             config.clone(),
             db.clone(),
-            ami.clone(),
-            agi_url,
+            servers.clone(),
+            agi_urls,
             live.clone(),
             metrics.clone(),
             &tracker,
@@ -172,7 +168,8 @@ impl Daemon {
             // Other daemons share the database: count failed logins together.
             limits = limits.shared_through(db.clone(), daemon.to_owned());
         }
-        let app = Arc::new(App { config, db, auth, dispatcher, ami, live, agi_listening, metrics, limits, verify_key });
+        let app =
+            Arc::new(App { config, db, auth, dispatcher, servers, live, agi_listening, metrics, limits, verify_key });
         tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));
         tracker.close();
         Ok(Daemon { bound, shutdown, tracker })

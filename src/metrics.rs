@@ -133,7 +133,9 @@ impl CallEnded {
 pub struct Capacity {
     /// `[agi] max_sessions`.
     pub agi_max_sessions: u64,
-    /// `[queue] max_concurrent_calls`.
+    /// Calls in flight at most: every Asterisk server's
+    /// `max_concurrent_calls` together (`[queue] max_concurrent_calls` in
+    /// the single-server form).
     pub max_concurrent_calls: u64,
     /// `[queue] max_queued`.
     pub max_queued: u64,
@@ -185,14 +187,36 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+/// One Asterisk server at scrape time. Its name is a configured
+/// `[[asterisk]] name`, never a value from the wire or the database, so
+/// the `server` label has as many values as the config has entries.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSnapshot {
+    /// The configured name.
+    pub name: String,
+    /// Its AMI link is logged in.
+    pub up: bool,
+    /// Calls in flight on it.
+    pub in_flight: u64,
+    /// Its `max_concurrent_calls`.
+    pub capacity: u64,
+}
+
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Each configured Asterisk server.
+    pub servers: Vec<ServerSnapshot>,
     /// Stored calls per (status, reason).
     pub calls: Vec<(String, Option<String>, u64)>,
-    /// AMI link logged in.
+    /// At least one AMI link logged in.
     pub ami_connected: bool,
-    /// AMI reconnects since start.
+    /// AMI reconnects since start, all servers together.
     pub ami_reconnects: u64,
     /// AMI messages skipped for their size since start.
     pub ami_oversized_messages: u64,
@@ -213,6 +237,9 @@ pub struct Metrics {
     ami_connected: Gauge,
     ami_reconnects: Counter,
     ami_oversized: Counter,
+    asterisk_up: Family<ServerLabels, Gauge>,
+    asterisk_in_flight: Family<ServerLabels, Gauge>,
+    asterisk_capacity: Family<ServerLabels, Gauge>,
     agi_sessions: Gauge,
     webhooks_pending: Gauge,
     agi_refused: Family<ReasonLabels, Counter>,
@@ -262,9 +289,31 @@ impl Metrics {
         let calls = Family::<CallLabels, Gauge>::default();
         registry.register("calls", "Calls on record by status and reason (reason empty unless failed)", calls.clone());
         let ami_connected = Gauge::default();
-        registry.register("ami_connected", "1 while the AMI link is logged in", ami_connected.clone());
+        registry.register(
+            "ami_connected",
+            "1 while at least one Asterisk server's AMI link is logged in",
+            ami_connected.clone(),
+        );
         let ami_reconnects = Counter::default();
-        registry.register("ami_reconnects", "AMI link re-established after the first login", ami_reconnects.clone());
+        registry.register(
+            "ami_reconnects",
+            "AMI links re-established after their first login, all servers together",
+            ami_reconnects.clone(),
+        );
+        let asterisk_up = Family::<ServerLabels, Gauge>::default();
+        registry.register("asterisk_up", "1 while this Asterisk server's AMI link is logged in", asterisk_up.clone());
+        let asterisk_in_flight = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "asterisk_calls_in_flight",
+            "Calls dialing, ringing or answered on this Asterisk server",
+            asterisk_in_flight.clone(),
+        );
+        let asterisk_capacity = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "asterisk_capacity",
+            "Calls this Asterisk server may carry at once (its max_concurrent_calls)",
+            asterisk_capacity.clone(),
+        );
         let ami_oversized = Counter::default();
         registry.register(
             "ami_oversized_messages",
@@ -319,7 +368,7 @@ impl Metrics {
         let max_concurrent_calls = Gauge::default();
         registry.register(
             "queue_max_concurrent_calls",
-            "The configured [queue] max_concurrent_calls (calls in flight at most)",
+            "Calls in flight at most: every Asterisk server's max_concurrent_calls together",
             max_concurrent_calls.clone(),
         );
         let max_queued = Gauge::default();
@@ -339,6 +388,9 @@ impl Metrics {
             ami_connected,
             ami_reconnects,
             ami_oversized,
+            asterisk_up,
+            asterisk_in_flight,
+            asterisk_capacity,
             agi_sessions,
             webhooks_pending,
             calls_ended,
@@ -419,6 +471,12 @@ impl Metrics {
             self.calls.get_or_create(&labels).set(*n as i64);
         }
         self.ami_connected.set(i64::from(snap.ami_connected));
+        for server in &snap.servers {
+            let labels = ServerLabels { server: server.name.clone() };
+            self.asterisk_up.get_or_create(&labels).set(i64::from(server.up));
+            self.asterisk_in_flight.get_or_create(&labels).set(server.in_flight as i64);
+            self.asterisk_capacity.get_or_create(&labels).set(server.capacity as i64);
+        }
         let seen = self.ami_reconnects.get();
         if snap.ami_reconnects > seen {
             self.ami_reconnects.inc_by(snap.ami_reconnects - seen);
@@ -463,6 +521,10 @@ mod tests {
         m.http_request("GET", "/v1/calls/{id}", 200, 0.012);
         m.webhook_attempt("delivered");
         let snap = Snapshot {
+            servers: vec![
+                ServerSnapshot { name: "a".into(), up: true, in_flight: 3, capacity: 10 },
+                ServerSnapshot { name: "b".into(), up: false, in_flight: 0, capacity: 4 },
+            ],
             calls: vec![("failed".into(), Some("busy".into()), 3), ("completed".into(), None, 2)],
             ami_connected: true,
             ami_reconnects: 2,
@@ -475,6 +537,10 @@ mod tests {
             "voice_otp_calls{status=\"failed\",reason=\"busy\"} 3",
             "voice_otp_calls{status=\"completed\",reason=\"\"} 2",
             "voice_otp_ami_connected 1",
+            "voice_otp_asterisk_up{server=\"a\"} 1",
+            "voice_otp_asterisk_up{server=\"b\"} 0",
+            "voice_otp_asterisk_calls_in_flight{server=\"a\"} 3",
+            "voice_otp_asterisk_capacity{server=\"b\"} 4",
             "voice_otp_ami_reconnects_total 2",
             "voice_otp_ami_oversized_messages_total 1",
             "voice_otp_agi_sessions_active 1",

@@ -357,7 +357,10 @@ async fn old_calls_are_purged_and_healthz_and_metrics_answer() {
 
     let health = tokio::task::block_in_place(|| http::get(daemon.http, "/healthz"));
     assert_eq!(health.status, 200, "{}", health.body);
-    assert_eq!(health.json()["checks"], serde_json::json!({"ami": "up", "fastagi": "up", "database": "up"}));
+    assert_eq!(
+        health.json()["checks"],
+        serde_json::json!({"ami": "up", "fastagi": "up", "database": "up", "asterisk": {"default": "up"}})
+    );
     let metrics = tokio::task::block_in_place(|| http::get(daemon.http, "/metrics"));
     assert_eq!(metrics.status, 200);
     for name in [

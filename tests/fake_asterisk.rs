@@ -38,14 +38,27 @@ async fn agi_session(fake: &FakeAmi, agi: SocketAddr, uniqueid: &str, hang_up_af
 /// A session with `callee` on the channel the daemon originated for call
 /// `uniqueid`: it carries that Originate's token (`callee.token` is
 /// ignored) and `hang_up_after` counts the flow's commands. Checks that the
-/// token question came first and returns the commands after it.
+/// token question came first and returns the commands after it, without
+/// the mark that the call was taken ([`without_mark`]).
 async fn flow_session(fake: &FakeAmi, agi: SocketAddr, uniqueid: &str, callee: Callee<'_>) -> Vec<String> {
     let token = fake.wait_agi_token(uniqueid, Duration::from_secs(10)).await;
     assert!(token.is_some(), "no Originate for {uniqueid}");
-    let callee = Callee { token: token.as_deref(), hang_up_after: callee.hang_up_after.map(|n| n + 1), ..callee };
+    let callee = Callee { token: token.as_deref(), hang_up_after: callee.hang_up_after.map(|n| n + 2), ..callee };
     let commands = fake_agi::session(agi, uniqueid, callee).await;
     assert_eq!(commands.first().map(String::as_str), Some(fake_agi::ASK_TOKEN), "the token comes first: {commands:?}");
-    commands[1..].to_vec()
+    without_mark(&commands[1..])
+}
+
+/// The commands after the token question without the mark that the call
+/// was taken, which must come first if it comes at all (a refused session
+/// has none: the dialplan may then try another daemon).
+fn without_mark(commands: &[String]) -> Vec<String> {
+    let rest = match commands.first() {
+        Some(first) if first == fake_agi::MARK_TAKEN => &commands[1..],
+        _ => commands,
+    };
+    assert!(!rest.iter().any(|c| c == fake_agi::MARK_TAKEN), "the mark comes first, once: {commands:?}");
+    rest.to_vec()
 }
 
 /// How every session that ends normally ends.
@@ -271,6 +284,8 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
     write.write_all(fake_agi::request_block(daemon.agi, &id).as_bytes()).await.unwrap();
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some(fake_agi::ASK_TOKEN));
     write.write_all(fake_agi::token_reply(Some(&token)).as_bytes()).await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some(fake_agi::MARK_TAKEN));
+    write.write_all(b"200 result=1\n").await.unwrap();
     let first = lines.next_line().await.unwrap().unwrap();
     assert!(first.starts_with("SET VARIABLE CHANNEL(language)"), "{first}");
     let call = daemon.show(&id);
@@ -347,7 +362,7 @@ async fn agi_session_answering(
         }
     }
     assert_eq!(commands.first().map(String::as_str), Some(fake_agi::ASK_TOKEN), "the token comes first: {commands:?}");
-    commands[1..].to_vec()
+    without_mark(&commands[1..])
 }
 
 /// Answers the `GET DATA`s of a session in turn with `results` (what

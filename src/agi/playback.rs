@@ -102,6 +102,14 @@ pub trait Playback {
         max_keys: u32,
     ) -> impl Future<Output = Result<Entry, PlaybackError>> + Send;
 
+    /// Sets channel variable `name` to `value` (for the dialplan to read
+    /// once the session is over).
+    fn set_channel_variable(
+        &mut self,
+        name: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<(), PlaybackError>> + Send;
+
     /// The value of channel variable `name` (`None` when it is not set, or
     /// empty).
     fn channel_variable(&mut self, name: &str) -> impl Future<Output = Result<Option<String>, PlaybackError>> + Send;
@@ -116,6 +124,11 @@ pub trait Playback {
 impl<C: AgiChannel> Playback for C {
     async fn set_language(&mut self, language: &str) -> Result<(), PlaybackError> {
         self.run(Command::SetVariable("CHANNEL(language)".into(), language.to_owned())).await?;
+        Ok(())
+    }
+
+    async fn set_channel_variable(&mut self, name: &str, value: &str) -> Result<(), PlaybackError> {
+        self.run(Command::SetVariable(name.to_owned(), value.to_owned())).await?;
         Ok(())
     }
 

@@ -12,6 +12,17 @@
 //! (the server's span) and counted in `voice_otp_agi_sessions_refused_total`.
 //! The real call is untouched by such a session: it keeps its status and
 //! its code, and when it is answered it hears the code.
+//!
+//! A session that is served first sets the channel variable
+//! [`REACHED_VARIABLE`], before anything is played: the dialplan's FastAGI
+//! failover (asterisk-conf/extensions.conf) tries the next daemon's address
+//! only when it is absent. `AGISTATUS=FAILURE` alone cannot tell "no
+//! daemon took the call" from "a daemon read the code, then a command
+//! failed", and the second must never be read again by another daemon. The
+//! mark comes after the token question, not before: a daemon that was
+//! reached but refused the session (impostor, call not ours, the database
+//! down) takes no call - and hangs the channel up, which ends the dialplan
+//! anyway.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +39,10 @@ use crate::agi::{AgiChannel, AgiSession};
 use crate::config::CallConfig;
 use crate::metrics::{Metrics, RefusedSession};
 use crate::store::{CallEnd, Db, Store, StoreError, TokenCheck};
+
+/// The channel variable a served session sets before the flow starts:
+/// "a daemon took this call", for the dialplan's failover.
+pub const REACHED_VARIABLE: &str = "VOICE_OTP_AGI_REACHED";
 
 /// How long the peer has to answer `GET VARIABLE` with the token. Asterisk
 /// answers at once; an impostor that stalls must not hold a session slot.
@@ -125,6 +140,10 @@ impl OtpAgi {
                 return;
             }
         };
+        if let Err(e) = session.set_channel_variable(REACHED_VARIABLE, "1").await {
+            // The flow finds out the same way and ends the call as it should.
+            tracing::warn!(call_id = %id, error = %e, "could not mark the channel as taken");
+        }
         self.serve(id, *call, session).await;
         drop(claim);
     }

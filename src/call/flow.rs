@@ -641,6 +641,10 @@ mod tests {
             unreachable!("the call script reads no channel variable (the handler reads the token)")
         }
 
+        async fn set_channel_variable(&mut self, _name: &str, _value: &str) -> Result<(), PlaybackError> {
+            unreachable!("the call script sets no channel variable but the language (the handler marks the call)")
+        }
+
         async fn hang_up(&mut self, _cause: u16) {
             unreachable!("the call script never hangs up itself (the handler does)")
         }

@@ -27,6 +27,8 @@ pub struct CallJson<'a> {
     pub number: &'a str,
     /// Current status.
     pub status: &'static str,
+    /// The `[[asterisk]]` server it was originated on (`null` until dialled).
+    pub asterisk: Option<&'a str>,
     /// Why it failed.
     pub reason: Option<&'a str>,
     /// Operator-facing detail (which AMI error, ...).
@@ -85,6 +87,7 @@ impl Call {
             id: self.id.as_str(),
             number: &self.number,
             status: self.status.as_str(),
+            asterisk: self.asterisk.as_deref(),
             reason: self.reason.as_deref(),
             detail: self.detail.as_deref(),
             cause: self.cause,

@@ -249,6 +249,9 @@ pub struct Call {
     /// Enter mode: codes the callee typed (an empty entry is none). The
     /// digits themselves are never kept.
     pub attempts: u32,
+    /// The `[[asterisk]]` server it was originated on; `None` before it is
+    /// dialled (and for calls dialled before there were several).
+    pub asterisk: Option<String>,
 }
 
 impl Call {
@@ -357,6 +360,7 @@ mod tests {
             options: options::CallOptions { mode, language: "en".into(), require_keypress: false },
             verified: false,
             attempts: 0,
+            asterisk: None,
         }
     }
 

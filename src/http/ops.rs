@@ -7,6 +7,7 @@
 //! requests in between from the last result, so a loop on either cannot
 //! crowd the database thread that calls wait on.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 use super::App;
 use super::{HttpResponse, json};
-use crate::metrics::Snapshot;
+use crate::metrics::{ServerSnapshot, Snapshot};
 use crate::store::ScrapeCounts;
 
 /// A health check that takes longer than this counts as down.
@@ -65,25 +66,32 @@ struct Health {
 
 #[derive(Serialize)]
 struct Checks {
+    /// `up` while at least one Asterisk server's AMI link is logged in.
     ami: &'static str,
     fastagi: &'static str,
     database: &'static str,
+    /// Each configured Asterisk server by name: `up` or `down`.
+    asterisk: BTreeMap<String, &'static str>,
 }
 
-/// 200 when the AMI link is logged in, the FastAGI listener is serving and
-/// the database takes a write (probed at most once per [`PROBE_EVERY`]);
-/// 503 naming what is down otherwise.
+/// 200 when at least one Asterisk server's AMI link is logged in (calls
+/// can be placed: the others' share goes to it), the FastAGI listener is
+/// serving and the database takes a write (probed at most once per
+/// [`PROBE_EVERY`]); 503 naming what is down otherwise. Which servers are
+/// up is in `checks.asterisk` either way.
 pub(super) async fn healthz(app: &App, probe: &HealthProbe) -> HttpResponse {
-    let ami = app.ami.is_connected();
+    let word = |up: bool| if up { "up" } else { "down" };
+    let asterisk: BTreeMap<String, &'static str> =
+        app.servers.iter().map(|s| (s.name.clone(), word(s.ami.is_connected()))).collect();
+    let ami = app.servers.any_connected();
     let agi = app.agi_listening.load(Ordering::Relaxed);
     let db = probe.up(|| database_takes_a_write(app)).await;
-    let word = |up: bool| if up { "up" } else { "down" };
     let down: Vec<&'static str> =
         [("ami", ami), ("fastagi", agi), ("database", db)].into_iter().filter(|(_, up)| !up).map(|(n, _)| n).collect();
     let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Health {
         status: if down.is_empty() { "ok" } else { "unavailable" },
-        checks: Checks { ami: word(ami), fastagi: word(agi), database: word(db) },
+        checks: Checks { ami: word(ami), fastagi: word(agi), database: word(db), asterisk },
         down,
     };
     let mut resp = json(status, &body);
@@ -112,11 +120,28 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
         ScrapeCounts::default()
     });
     let ScrapeCounts { calls, webhooks_pending } = counts;
+    // Only the configured names become labels; calls naming another server
+    // (renamed since, or dialled before there were several) are left out.
+    let in_flight = app.db.run(|s| s.in_flight_by_server()).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "metrics: database unreadable; per-server calls left at 0");
+        Vec::new()
+    });
+    let servers = app
+        .servers
+        .iter()
+        .map(|s| ServerSnapshot {
+            name: s.name.clone(),
+            up: s.ami.is_connected(),
+            in_flight: in_flight.iter().find(|(n, _)| n.as_deref() == Some(s.name.as_str())).map_or(0, |r| r.1),
+            capacity: u64::from(s.max_concurrent_calls),
+        })
+        .collect();
     let snap = Snapshot {
+        servers,
         calls,
-        ami_connected: app.ami.is_connected(),
-        ami_reconnects: app.ami.reconnects(),
-        ami_oversized_messages: app.ami.oversized_messages(),
+        ami_connected: app.servers.any_connected(),
+        ami_reconnects: app.servers.iter().map(|s| s.ami.reconnects()).sum(),
+        ami_oversized_messages: app.servers.iter().map(|s| s.ami.oversized_messages()).sum(),
         agi_sessions: app.live.count(),
         webhooks_pending,
     };

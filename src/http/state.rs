@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::ami::AmiClient;
 use crate::auth::Authenticator;
-use crate::call::dispatcher::{Dispatcher, LiveCalls};
+use crate::call::dispatcher::{AsteriskServers, Dispatcher, LiveCalls};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -23,8 +22,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Where accepted calls go.
     pub dispatcher: Dispatcher,
-    /// The AMI link, for health and metrics.
-    pub ami: AmiClient,
+    /// The Asterisk servers' AMI links, for health and metrics.
+    pub servers: AsteriskServers,
     /// FastAGI sessions running, for metrics.
     pub live: LiveCalls,
     /// True while the FastAGI server is serving.

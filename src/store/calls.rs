@@ -110,7 +110,7 @@ const LIVE: &str = "('queued', 'dialing', 'ringing', 'answered')";
 
 pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason, detail, cause, cause_text, readings, \
                             created_at, updated_at, dialed_at, answered_at, ended_at, ringing_at, deadline_at, keys, \
-                            callback_url, language, require_keypress, mode, verified, attempts";
+                            callback_url, language, require_keypress, mode, verified, attempts, asterisk";
 
 /// The per-number quota count, in the same step as every insert: calls to
 /// `?1` after `?2`, and of those after `?3`, with the oldest of each.
@@ -175,6 +175,7 @@ pub(super) fn call_from_row(row: &Row<'_>) -> Result<Call, StoreError> {
         options: CallOptions { mode, language: row.get(19)?, require_keypress: row.get(20)? },
         verified: row.get(22)?,
         attempts: row.get(23)?,
+        asterisk: row.get(24)?,
     })
 }
 
@@ -294,7 +295,7 @@ impl Store {
     }
 
     /// [`transition_in`] in a transaction of its own.
-    fn transition(&self, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
+    pub(super) fn transition(&self, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
         self.tx(TxKind::Deferred, |s| transition_in(s, id, sql, args))
     }
 

@@ -137,6 +137,13 @@ mod tests {
             s.execute_for_tests("UPDATE daemons SET seen_at = seen_at - 600000 WHERE id = 'daemon-b'", &[]);
             assert_eq!(s.take_over_orphans().unwrap(), vec![theirs.clone()]);
             assert_eq!(ids(&s), vec![mine.clone(), theirs.clone()]);
+            // The dialler's per-server listing follows the same owners.
+            let s = s.working_for("daemon-d", 60_000);
+            s.renew_lease(true).unwrap();
+            assert!(s.in_flight_on("default", true).unwrap().is_empty(), "a is alive: its calls stay its own");
+            let s = s.working_for("daemon-a", 60_000);
+            let on: Vec<CallId> = s.in_flight_on("default", true).unwrap().into_iter().map(|c| c.id).collect();
+            assert_eq!(on, vec![mine.clone(), theirs.clone()]);
             let s = s.working_for("daemon-c", 60_000);
             assert!(s.take_over_orphans().unwrap().is_empty(), "a is alive: nothing to take");
             // Without an owner (SQLite, the CLI) every call in flight shows.

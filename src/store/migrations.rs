@@ -233,7 +233,16 @@ const MIGRATIONS: &[&str] = &[
     // change (`call.<status>`). A verification's delivery is filed under its
     // latest call, so it goes out after that call's own changes.
     "ALTER TABLE webhook_deliveries ADD COLUMN event TEXT;",
-    // 15: several daemons on one database (PostgreSQL). Each daemon's
+    // 15: several Asterisk servers. `asterisk` names the `[[asterisk]]`
+    // entry a call was originated on (NULL until dialled, and for calls
+    // dialled before there were several): its events, its reconciliation
+    // and its hang-up go to that server alone. The partial index holds only
+    // calls in flight, so counting one server's busy slots reads at most
+    // its `max_concurrent_calls` entries, however long the history.
+    "ALTER TABLE calls ADD COLUMN asterisk TEXT;
+    CREATE INDEX calls_in_flight_by_asterisk ON calls(asterisk)
+        WHERE status IN ('dialing', 'ringing', 'answered');",
+    // 16: several daemons on one database (PostgreSQL). Each daemon's
     // lease, renewed every few seconds (`daemons`); the daemon that dialled
     // a call and follows it to its end (`calls.owner`: others take it over
     // once that daemon's lease has run out); the claim a daemon holds on a
@@ -493,6 +502,12 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         15,
+        "ALTER TABLE calls ADD COLUMN asterisk TEXT;
+        CREATE INDEX calls_in_flight_by_asterisk ON calls(asterisk)
+            WHERE status IN ('dialing', 'ringing', 'answered');",
+    ),
+    (
+        16,
         "CREATE TABLE daemons (id TEXT PRIMARY KEY, started_at BIGINT NOT NULL, seen_at BIGINT NOT NULL);
         ALTER TABLE calls ADD COLUMN owner TEXT;
         ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;

@@ -17,6 +17,7 @@ mod idempotency;
 mod logins;
 mod migrations;
 mod queue;
+mod servers;
 mod stats;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -57,11 +57,12 @@ impl Store {
     }
 
     /// `dialing` -> `queued`, for a call whose Originate was provably never
-    /// written to Asterisk (the AMI link went down first). False if the call
-    /// is not `dialing`.
+    /// written to Asterisk (the AMI link went down first); it forgets the
+    /// server too. False if the call is not `dialing`.
     pub fn requeue(&mut self, id: &CallId) -> Result<bool, StoreError> {
         let n = self.execute(
-            "UPDATE calls SET status = 'queued', dialed_at = NULL, agi_token_hash = NULL, updated_at = ?2
+            "UPDATE calls SET status = 'queued', dialed_at = NULL, agi_token_hash = NULL, asterisk = NULL, owner = NULL,
+                              updated_at = ?2
              WHERE id = ?1 AND status = 'dialing'",
             args![id.as_str(), now_ms()],
         )?;

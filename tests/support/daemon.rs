@@ -60,11 +60,7 @@ pub fn write_config(
     postgres: Option<&str>,
 ) -> PathBuf {
     let path = dir.join("voice-otp.toml");
-    let database = match postgres {
-        // A short lease: tests of a daemon that dies wait it out.
-        Some(url) => format!("url = \"{url}\"\npool_size = 3\nlease_secs = 3"),
-        None => "path = \"test.db\"".to_owned(),
-    };
+    let database = database_keys(postgres);
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
          [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
@@ -73,6 +69,37 @@ pub fn write_config(
     );
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// [`write_config`] with `[[asterisk]]` entries (each the TOML keys of one,
+/// `name` and `port` included) in place of the `[ami]` section.
+pub fn write_config_servers(
+    dir: &Path,
+    servers: &[String],
+    http_keys: &str,
+    agi_keys: &str,
+    extra: &str,
+    postgres: Option<&str>,
+) -> PathBuf {
+    let path = dir.join("voice-otp.toml");
+    let entries: String = servers.iter().map(|keys| format!("[[asterisk]]\n{keys}\n\n")).collect();
+    let database = database_keys(postgres);
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
+         [auth]\nbcrypt_cost = 4\n\n{entries}{extra}"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The `[database]` keys: a SQLite file in the test's folder, or the
+/// PostgreSQL database at `postgres` - with a short lease, as tests of a
+/// daemon that dies wait it out.
+fn database_keys(postgres: Option<&str>) -> String {
+    match postgres {
+        Some(url) => format!("url = \"{url}\"\npool_size = 3\nlease_secs = 3"),
+        None => "path = \"test.db\"".to_owned(),
+    }
 }
 
 /// Runs `voice-otp --config CONFIG ARGS...` with `stdin`; returns (status ok, stdout, stderr).

@@ -17,6 +17,10 @@ const COMMAND_WAIT: Duration = Duration::from_secs(20);
 /// The command with which the daemon asks the channel for its token.
 pub const ASK_TOKEN: &str = "GET VARIABLE VOICE_OTP_TOKEN";
 
+/// The command with which a daemon that takes the call marks the channel
+/// (for the dialplan's failover), right after the token question.
+pub const MARK_TAKEN: &str = "SET VARIABLE VOICE_OTP_AGI_REACHED \"1\"";
+
 /// The request block Asterisk sends for channel `uniqueid` (our call id).
 pub fn request_block(agi: SocketAddr, uniqueid: &str) -> String {
     format!(

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::daemon::{Daemon, TempDir, add_user, cli, write_config};
+use super::daemon::{Daemon, TempDir, add_user, cli, write_config, write_config_servers};
 use super::fake_ami::{FakeAmi, FakeScript};
 use super::postgres::TestDatabase;
 use super::sandbox::Sandbox;
@@ -42,6 +42,8 @@ pub struct Setup {
     extra: String,
     users: Vec<(String, String)>,
     postgres: Option<String>,
+    /// `[[asterisk]]` entries (TOML keys each); empty: the `[ami]` form.
+    servers: Vec<String>,
 }
 
 impl Setup {
@@ -54,6 +56,7 @@ impl Setup {
             extra: String::new(),
             users: vec![("acme1".to_owned(), PASSWORD.to_owned())],
             postgres: None,
+            servers: Vec::new(),
         }
     }
 
@@ -101,10 +104,38 @@ impl Setup {
         self
     }
 
-    /// Writes the config for AMI at `ami` and adds the users; starts nothing.
+    /// Adds an `[[asterisk]]` entry named `name` at `ami` with `keys`
+    /// (lines) added; with any, the config has no `[ami]` section and the
+    /// address given to [`Setup::home`] is not used.
+    pub fn server(mut self, name: &str, ami: SocketAddr, keys: &str) -> Setup {
+        self.servers.push(format!("name = \"{name}\"\nhost = \"{}\"\nport = {}\n{keys}", ami.ip(), ami.port()));
+        self
+    }
+
+    /// Starts the daemon on the `[[asterisk]]` entries given with
+    /// [`Setup::server`].
+    pub fn start_servers(self) -> (Home, Daemon) {
+        assert!(!self.servers.is_empty(), "no [[asterisk]] entries");
+        let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.start(unused)
+    }
+
+    /// Writes the config for AMI at `ami` (or the [`Setup::server`]
+    /// entries) and adds the users; starts nothing.
     pub fn home(self, ami: SocketAddr) -> Home {
         let dir = TempDir::new(&self.name);
-        let config = write_config(&dir.0, ami, &self.http_keys, &self.agi_keys, &self.extra, self.postgres.as_deref());
+        let config = if self.servers.is_empty() {
+            write_config(&dir.0, ami, &self.http_keys, &self.agi_keys, &self.extra, self.postgres.as_deref())
+        } else {
+            write_config_servers(
+                &dir.0,
+                &self.servers,
+                &self.http_keys,
+                &self.agi_keys,
+                &self.extra,
+                self.postgres.as_deref(),
+            )
+        };
         let users = self
             .users
             .into_iter()

@@ -23,6 +23,18 @@ pub struct Sandbox {
     pub status: HashMap<String, String>,
 }
 
+impl Sandbox {
+    /// The AMI address of instance `k` (1-based; `up --asterisks N`).
+    pub fn ami_of(&self, k: usize) -> SocketAddr {
+        let key = format!("ami.{k}");
+        self.status
+            .get(&key)
+            .unwrap_or_else(|| panic!("sandbox status lacks {key}: {:?}", self.status))
+            .parse()
+            .expect("ami address")
+    }
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sandbox")
 }
@@ -42,6 +54,44 @@ pub fn up() -> Sandbox {
             start()
         })
         .clone()
+}
+
+/// [`up`] with `n` Asterisk instances (`scripts/sandbox up --asterisks N`),
+/// under the same shared lock.
+pub fn up_asterisks(n: usize) -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            let lock = lock_file();
+            lock.lock_shared().expect("shared lock on the sandbox");
+            std::mem::forget(lock);
+            start_with(&["up", "--asterisks", &n.to_string()])
+        })
+        .clone()
+}
+
+/// [`exclusive`] with `n` Asterisk instances, for tests that stop one.
+pub fn exclusive_asterisks(n: usize) -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            let lock = lock_file();
+            lock.lock().expect("exclusive lock on the sandbox");
+            std::mem::forget(lock);
+            start_with(&["up", "--asterisks", &n.to_string()])
+        })
+        .clone()
+}
+
+/// Runs `scripts/sandbox ARGS...` (e.g. `down 2`), asserting success.
+pub fn run_args(args: &[&str]) {
+    let out = Command::new(script()).args(args).output().expect("run scripts/sandbox");
+    assert!(
+        out.status.success(),
+        "scripts/sandbox {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// For tests that stop, kill or restart the sandbox's Asterisk: waits for
@@ -83,7 +133,11 @@ fn lock_file() -> std::fs::File {
 }
 
 fn start() -> Sandbox {
-    let out = Command::new(script()).arg("up").output().expect("run scripts/sandbox up");
+    start_with(&["up"])
+}
+
+fn start_with(args: &[&str]) -> Sandbox {
+    let out = Command::new(script()).args(args).output().expect("run scripts/sandbox up");
     assert!(
         out.status.success(),
         "scripts/sandbox up failed - the Asterisk tests cannot run:\n{}\n{}",

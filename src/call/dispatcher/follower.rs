@@ -1,12 +1,15 @@
-//! The event follower: typed AMI events to call status changes.
+//! The event follower: typed AMI events to call status changes, one task
+//! per Asterisk server, each reading only its own server's link.
 //!
 //! `Newstate` Ringing marks a call `ringing`, `OriginateResponse` tells
 //! whether it was answered (and if not, why), `Hangup` gives the Q.850
 //! cause and frees the trunk slot; `DialEnd` is only logged. Events are
 //! matched to calls by the channel's `Uniqueid`, which is the call id the
-//! dialler gave as `ChannelId`. Events of channels that are not ours, or of
-//! calls not tracked, are dropped without touching the database: each costs
-//! one parse and one map look-up.
+//! dialler gave as `ChannelId`, and must come from the server the call was
+//! placed on. Events of channels that are not ours, of calls not tracked,
+//! or of a call tracked on another server (a second Asterisk claiming a
+//! channel of that id: a misconfiguration, or a hostile peer) are dropped
+//! without touching the database: each costs one parse and one map look-up.
 //!
 //! `OriginateResponse` and `Hangup` arrive in either order. The Hangup cause
 //! tells failures apart (Reason 0 covers most of them), so a failed
@@ -35,35 +38,56 @@ const AGI_GRACE: Duration = Duration::from_secs(3);
 /// cause in it) before the call fails on the Reason alone.
 const HANGUP_WAIT: Duration = Duration::from_secs(2);
 
-/// The follower's task, until `shutdown` or the end of the event stream.
-pub(super) async fn run(state: Arc<State>, mut events: broadcast::Receiver<Arc<Message>>, shutdown: CancellationToken) {
+/// The follower of server `server`'s `events`, until `shutdown` or the end
+/// of the event stream.
+pub(super) async fn run(
+    state: Arc<State>,
+    server: usize,
+    mut events: broadcast::Receiver<Arc<Message>>,
+    shutdown: CancellationToken,
+) {
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
             ev = events.recv() => ev,
         };
         match event {
-            Ok(msg) => on_message(&state, &msg).await,
+            Ok(msg) => on_message(&state, server, &msg).await,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "AMI events dropped: event follower fell behind");
+                tracing::warn!(
+                    server = state.server_name(server),
+                    missed = n,
+                    "AMI events dropped: event follower fell behind"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
 
-async fn on_message(state: &Arc<State>, msg: &Message) {
+async fn on_message(state: &Arc<State>, server: usize, msg: &Message) {
     let Some(event) = Event::parse(msg) else { return };
     let Some(id) = event.uniqueid().and_then(CallId::parse) else { return };
+    if let Some(owner) = state.tracked_on(&id)
+        && owner != server
+    {
+        tracing::debug!(
+            call_id = %id,
+            from = state.server_name(server),
+            placed_on = state.server_name(owner),
+            "AMI event of another server's call ignored"
+        );
+        return;
+    }
     let span = tracing::info_span!("call", call_id = %id);
-    on_event(state, event, id).instrument(span).await;
+    on_event(state, server, event, id).instrument(span).await;
 }
 
-async fn on_event(state: &Arc<State>, event: Event<'_>, id: CallId) {
+async fn on_event(state: &Arc<State>, server: usize, event: Event<'_>, id: CallId) {
     match event {
         Event::Newstate(e) => {
             // On the outbound leg Ringing means the far end sent 180 Ringing.
-            if e.state != ChannelState::Ringing || state.with_tracked(&id, |_| ()).is_none() {
+            if e.state != ChannelState::Ringing || state.with_tracked(&id, server, |_| ()).is_none() {
                 return;
             }
             let mark = id.clone();
@@ -74,7 +98,7 @@ async fn on_event(state: &Arc<State>, event: Event<'_>, id: CallId) {
             }
         }
         Event::OriginateResponse(e) => {
-            let Some(cause) = state.with_tracked(&id, |t| {
+            let Some(cause) = state.with_tracked(&id, server, |t| {
                 t.responded = true;
                 t.cause
             }) else {
@@ -104,7 +128,7 @@ async fn on_event(state: &Arc<State>, event: Event<'_>, id: CallId) {
             }
         }
         Event::Hangup(e) => {
-            let Some(()) = state.with_tracked(&id, |t| {
+            let Some(()) = state.with_tracked(&id, server, |t| {
                 t.hung_up = true;
                 t.cause = e.cause;
             }) else {
@@ -122,7 +146,7 @@ async fn on_event(state: &Arc<State>, event: Event<'_>, id: CallId) {
             state.wake.notify_one();
         }
         Event::DialEnd(e) => {
-            if state.with_tracked(&id, |_| ()).is_some() {
+            if state.with_tracked(&id, server, |_| ()).is_some() {
                 tracing::debug!(call_id = %id, dial_status = %e.status, "dial ended");
             }
         }

@@ -1,6 +1,6 @@
-//! What the dialler and the follower share: the daemon's parts they use,
+//! What the dialler and the followers share: the daemon's parts they use,
 //! the tracked calls, the wake-up for the dialler, and how a call is ended.
-//! Both halves hold one `Arc<State>`; neither calls into the other.
+//! All hold one `Arc<State>`; none calls into another.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::live::LiveCalls;
+use super::servers::AsteriskServers;
 use super::tracked::{Tracked, TrackedCalls};
-use crate::ami::AmiClient;
 use crate::call::{CallId, FailReason};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -19,15 +19,18 @@ use crate::store::{CallEnd, Db};
 pub(super) struct State {
     pub(super) config: Arc<Config>,
     pub(super) db: Db,
-    pub(super) ami: AmiClient,
-    /// Where Asterisk's dialplan reaches our FastAGI server.
-    pub(super) agi_url: String,
+    /// The Asterisk servers, in config order.
+    pub(super) servers: AsteriskServers,
+    /// Where Asterisk's dialplan reaches a FastAGI server: the first, then
+    /// the ones to try when no daemon took the call at it.
+    pub(super) agi_urls: Vec<String>,
     pub(super) live: LiveCalls,
     /// Where calls that end here are counted.
     pub(super) metrics: Arc<Metrics>,
     /// Calls originated whose last events have not all arrived yet.
     tracked: Mutex<TrackedCalls>,
-    /// Wakes the dialler: a call was queued or a trunk slot came free.
+    /// Wakes the dialler: a call was queued, a trunk slot came free or a
+    /// link came up or went down.
     pub(super) wake: Arc<Notify>,
 }
 
@@ -35,8 +38,8 @@ impl State {
     pub(super) fn new(
         config: Arc<Config>,
         db: Db,
-        ami: AmiClient,
-        agi_url: String,
+        servers: AsteriskServers,
+        agi_urls: Vec<String>,
         live: LiveCalls,
         metrics: Arc<Metrics>,
     ) -> State {
@@ -46,8 +49,8 @@ impl State {
         State {
             config,
             db,
-            ami,
-            agi_url,
+            servers,
+            agi_urls,
             live,
             metrics,
             tracked: Mutex::new(TrackedCalls::new(max_age)),
@@ -55,15 +58,26 @@ impl State {
         }
     }
 
-    /// Follows `id`'s channel events from now on.
-    pub(super) fn track(&self, id: &CallId) {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).track(id, Instant::now());
+    /// Follows `id`'s channel events on `server` from now on.
+    pub(super) fn track(&self, id: &CallId, server: usize) {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).track(id, server, Instant::now());
     }
 
-    /// Runs `f` on what was seen of `id`'s channel; `None` when `id` is not
-    /// tracked (see [`TrackedCalls::update`]).
-    pub(super) fn with_tracked<R>(&self, id: &CallId, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).update(id, Instant::now(), f)
+    /// Runs `f` on what was seen of `id`'s channel, for an event of
+    /// `server`; `None` when `id` is not tracked or tracked on another
+    /// server (see [`TrackedCalls::update`]).
+    pub(super) fn with_tracked<R>(&self, id: &CallId, server: usize, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).update(id, server, Instant::now(), f)
+    }
+
+    /// The server `id`'s channel is followed on, if it is followed.
+    pub(super) fn tracked_on(&self, id: &CallId) -> Option<usize> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).server_of(id)
+    }
+
+    /// The name of server `index`, for logs.
+    pub(super) fn server_name(&self, index: usize) -> &str {
+        self.servers.get(index).map_or("?", |s| s.name.as_str())
     }
 
     /// Records the call's end (a no-op if it already ended), logs and

@@ -2,8 +2,10 @@
 //! seen of them so far.
 //!
 //! The dialler adds a call before it is marked `dialing` (and reconciliation
-//! adds calls found alive after a restart); the follower updates it with
-//! each event and drops events of calls not here without touching the
+//! adds calls found alive after a restart), with the server it is placed
+//! on; the follower updates it with each event of that server and drops
+//! events of calls not here - or here but on another server: events of one
+//! Asterisk never settle a call placed on another - without touching the
 //! database. An entry goes once both closing events (`OriginateResponse`
 //! and `Hangup`) were seen; entries whose events never came are swept out
 //! now and then - not on every event: with thousands of calls in flight a
@@ -20,6 +22,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// What has been seen of one call's channel.
 pub(super) struct Tracked {
     since: Instant,
+    /// The server (config index) its channel is on.
+    server: usize,
     /// The Q.850 cause of its `Hangup`, once seen (and not 0).
     pub(super) cause: Option<u16>,
     /// Its `OriginateResponse` arrived (or never will: see the dialler).
@@ -42,22 +46,30 @@ impl TrackedCalls {
         TrackedCalls { calls: HashMap::new(), last_sweep: None, max_age }
     }
 
-    /// Starts following `id` (no-op if already followed).
-    pub(super) fn track(&mut self, id: &CallId, now: Instant) {
+    /// Starts following `id` on `server` (no-op if already followed).
+    pub(super) fn track(&mut self, id: &CallId, server: usize, now: Instant) {
         self.calls.entry(id.clone()).or_insert_with(|| Tracked {
             since: now,
+            server,
             cause: None,
             responded: false,
             hung_up: false,
         });
     }
 
-    /// Runs `f` on `id`'s entry; `None` (and `f` not run) when `id` is not
-    /// followed. Forgets the entry once both closing events were seen, and
+    /// Runs `f` on `id`'s entry for an event of `server`; `None` (and `f`
+    /// not run) when `id` is not followed, or followed on another server.
+    /// Forgets the entry once both closing events were seen, and
     /// at most once per [`SWEEP_EVERY`] sweeps out entries older than the
     /// map's `max_age`.
-    pub(super) fn update<R>(&mut self, id: &CallId, now: Instant, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
-        let entry = self.calls.get_mut(id)?;
+    pub(super) fn update<R>(
+        &mut self,
+        id: &CallId,
+        server: usize,
+        now: Instant,
+        f: impl FnOnce(&mut Tracked) -> R,
+    ) -> Option<R> {
+        let entry = self.calls.get_mut(id).filter(|t| t.server == server)?;
         let r = f(entry);
         if entry.responded && entry.hung_up {
             self.calls.remove(id);
@@ -68,6 +80,11 @@ impl TrackedCalls {
             self.last_sweep = Some(now);
         }
         Some(r)
+    }
+
+    /// The server `id` is followed on, if it is.
+    pub(super) fn server_of(&self, id: &CallId) -> Option<usize> {
+        self.calls.get(id).map(|t| t.server)
     }
 
     #[cfg(test)]
@@ -84,23 +101,34 @@ mod tests {
     fn untracked_calls_are_not_touched() {
         let mut tracked = TrackedCalls::new(Duration::from_secs(60));
         let mut ran = false;
-        assert_eq!(tracked.update(&CallId::generate(), Instant::now(), |_| ran = true), None);
+        assert_eq!(tracked.update(&CallId::generate(), 0, Instant::now(), |_| ran = true), None);
         assert!(!ran);
+    }
+
+    #[test]
+    fn events_of_another_server_are_not_this_calls() {
+        let mut tracked = TrackedCalls::new(Duration::from_secs(60));
+        let (id, now) = (CallId::generate(), Instant::now());
+        tracked.track(&id, 1, now);
+        let mut ran = false;
+        assert_eq!(tracked.update(&id, 0, now, |_| ran = true), None);
+        assert!(!ran, "server 0's event for a call on server 1");
+        assert_eq!(tracked.update(&id, 1, now, |t| t.hung_up = true), Some(()));
     }
 
     #[test]
     fn forgotten_once_both_closing_events_were_seen() {
         let mut tracked = TrackedCalls::new(Duration::from_secs(60));
         let (id, now) = (CallId::generate(), Instant::now());
-        tracked.track(&id, now);
-        tracked.update(&id, now, |t| {
+        tracked.track(&id, 0, now);
+        tracked.update(&id, 0, now, |t| {
             t.hung_up = true;
             t.cause = Some(17);
         });
-        assert_eq!(tracked.update(&id, now, |t| t.cause), Some(Some(17)), "kept until its OriginateResponse");
-        tracked.update(&id, now, |t| t.responded = true);
+        assert_eq!(tracked.update(&id, 0, now, |t| t.cause), Some(Some(17)), "kept until its OriginateResponse");
+        tracked.update(&id, 0, now, |t| t.responded = true);
         assert_eq!(tracked.len(), 0);
-        assert_eq!(tracked.update(&id, now, |_| ()), None);
+        assert_eq!(tracked.update(&id, 0, now, |_| ()), None);
     }
 
     #[test]
@@ -109,15 +137,15 @@ mod tests {
         let start = Instant::now();
         let at = |secs| start + Duration::from_secs(secs);
         let (old, fresh) = (CallId::generate(), CallId::generate());
-        tracked.track(&old, start);
-        tracked.update(&old, start, |_| ()); // the first sweep
-        tracked.track(&fresh, at(40));
+        tracked.track(&old, 0, start);
+        tracked.update(&old, 0, start, |_| ()); // the first sweep
+        tracked.track(&fresh, 0, at(40));
         // `old` is past its age, but the last sweep was under a minute ago.
-        tracked.update(&fresh, at(50), |_| ());
+        tracked.update(&fresh, 0, at(50), |_| ());
         assert_eq!(tracked.len(), 2);
-        tracked.update(&fresh, at(61), |_| ());
+        tracked.update(&fresh, 0, at(61), |_| ());
         assert_eq!(tracked.len(), 1, "the old entry swept");
-        assert_eq!(tracked.update(&old, at(61), |_| ()), None);
-        assert!(tracked.update(&fresh, at(61), |_| ()).is_some());
+        assert_eq!(tracked.update(&old, 0, at(61), |_| ()), None);
+        assert!(tracked.update(&fresh, 0, at(61), |_| ()).is_some());
     }
 }
