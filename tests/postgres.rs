@@ -94,6 +94,10 @@ async fn the_daemon_and_the_cli_run_on_postgres() {
     let shown = home.cli(&["verification", "show", &vid]);
     assert!(shown.contains("status=approved"), "{shown}");
 
+    let health = support::blocking(|| http::get(daemon.http, "/healthz"));
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["checks"]["database"], "up", "{}", health.body);
+
     // /metrics counts from the trigger-kept tables.
     let metrics = support::blocking(|| http::get(daemon.http, "/metrics"));
     assert!(metrics.body.contains(r#"status="completed""#), "{}", metrics.body);
