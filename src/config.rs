@@ -1076,6 +1076,9 @@ mod tests {
         }
         let err = checked(&format!("[database]\nurl = \"{url}\"\npool_size = 0\n")).unwrap_err();
         assert!(err.to_string().contains("database.pool_size must be 1..=64"), "{err}");
+        let err = checked(&format!("[database]\nurl = \"{url}\"\nlease_secs = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("database.lease_secs must be 2..=3600"), "{err}");
+        assert_eq!(Config::from_toml("").unwrap().database.lease_secs, 30);
         // `url = ""` is SQLite, as the example file shows it.
         assert!(Config::from_toml("[database]\nurl = \"\"\n").unwrap().database.url.is_none());
     }
