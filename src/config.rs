@@ -290,8 +290,9 @@ pub struct DatabaseConfig {
     /// SQLite file. A relative path is taken from the config file's folder
     /// (or the working directory when there is no config file).
     pub path: PathBuf,
-    /// `postgres://user:password@host:port/database?sslmode=disable`:
-    /// PostgreSQL instead of SQLite. `None` (absent or `""`): SQLite. A
+    /// `postgres://user:password@host:port/database?sslmode=disable` (or
+    /// `sslmode=verify-full&sslrootcert=ca.pem`): PostgreSQL instead of
+    /// SQLite. `None` (absent or `""`): SQLite. A
     /// secret (it carries the password): `Debug` shows `<redacted>`.
     pub url: Option<Secret>,
     /// PostgreSQL connections, each on a database thread of its own.
@@ -1066,14 +1067,15 @@ mod tests {
         assert!(both.to_string().contains("database.path and database.url are both set"), "{both}");
         for (bad, says) in [
             ("mysql://a@b/c", "must start with postgres://"),
-            ("postgres://a:hunter2-pw@b:5432/c?sslmode=require", "sslmode must be disable"),
-            ("postgres://a:hunter2-pw@b:5432/c?sslmode=verify-full", "sslmode must be disable"),
+            ("postgres://a:hunter2-pw@b:5432/c?sslmode=verify-ca", "verify-ca is not supported"),
+            ("postgres://a:hunter2-pw@b:5432/c?sslmode=verify-full&sslrootcert=/none.pem", "sslrootcert /none.pem"),
             ("postgres://a:hunter2-pw@b:5432", "names no database"),
         ] {
             let err = checked(&format!("[database]\nurl = \"{bad}\"\n")).unwrap_err().to_string();
             assert!(err.contains("database.url") && err.contains(says), "{bad}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+        checked("[database]\nurl = \"postgres://a:b@db.example/c?sslmode=verify-full\"\n").unwrap();
         let err = checked(&format!("[database]\nurl = \"{url}\"\npool_size = 0\n")).unwrap_err();
         assert!(err.to_string().contains("database.pool_size must be 1..=64"), "{err}");
         let err = checked(&format!("[database]\nurl = \"{url}\"\nlease_secs = 1\n")).unwrap_err();

@@ -16,6 +16,7 @@ mod daemons;
 mod idempotency;
 mod logins;
 mod migrations;
+mod pg_url;
 mod queue;
 mod servers;
 mod stats;
@@ -140,7 +141,8 @@ impl Store {
     /// (under a lock, so daemons starting together migrate once). Blocks:
     /// call it from a thread of its own, never from the async runtime.
     pub fn open_postgres(url: &Secret) -> Result<Store, StoreError> {
-        let mut config = postgres_config(url.expose()).map_err(StoreError::Url)?;
+        let mut target = pg_url::parse(url.expose()).map_err(StoreError::Url)?;
+        let config = &mut target.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
@@ -150,7 +152,7 @@ impl Store {
         // The server's NOTICEs (a table that exists already, ...) are no
         // news to an operator.
         config.notice_callback(|notice| tracing::debug!("PostgreSQL: {}", notice.message()));
-        let client = config.connect(postgres::NoTls)?;
+        let client = target.connect()?;
         let mut store = Store::wrap(Conn::Postgres(Box::new(std::cell::RefCell::new(PgConn::new(client)))));
         migrations::migrate(&mut store)?;
         Ok(store)
@@ -189,39 +191,6 @@ pub(crate) struct Owner {
     pub(crate) lease_ms: i64,
 }
 
-/// The client's configuration from `url`, or why it cannot be used. The
-/// reasons name keys, never the URL (it carries the password).
-fn postgres_config(url: &str) -> Result<postgres::Config, String> {
-    use postgres::config::SslMode;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("must start with postgres:// (or postgresql://)".into());
-    }
-    // Said before parsing: the client knows no `verify-*` and would only
-    // call the whole string invalid.
-    let sslmode =
-        url.split_once('?').into_iter().flat_map(|(_, q)| q.split('&')).find_map(|p| p.strip_prefix("sslmode="));
-    if sslmode.is_some_and(|m| !matches!(m, "disable" | "prefer")) {
-        return Err(NO_TLS.into());
-    }
-    let config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
-    if config.get_hosts().is_empty() {
-        return Err("names no host".into());
-    }
-    if config.get_dbname().is_none() {
-        return Err("names no database (postgres://user:password@host:port/DATABASE)".into());
-    }
-    match config.get_ssl_mode() {
-        // `prefer` (the default) falls back to plain TCP, as libpq does
-        // when the server has no TLS: this build never offers TLS.
-        SslMode::Disable | SslMode::Prefer => Ok(config),
-        _ => Err(NO_TLS.into()),
-    }
-}
-
-/// Why a URL asking for TLS is refused.
-const NO_TLS: &str = "sslmode must be disable: this build speaks to PostgreSQL without TLS (keep it on loopback, a \
-                      private network or a tunnel)";
-
 /// What went wrong with PostgreSQL, in words: the server's message and
 /// SQLSTATE, or the client's error and its cause. Never the server's
 /// DETAIL, which may quote a row (a code, say).
@@ -239,13 +208,13 @@ fn postgres_message(e: &postgres::Error) -> String {
 /// Whether `url` is a `[database] url` the store can use; the error says
 /// why not without repeating the URL.
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
-    postgres_config(url).map(|_| ())
+    pg_url::parse(url).map(|_| ())
 }
 
 /// `PostgreSQL HOST:PORT/DATABASE` for `url`: where it points, for errors
 /// and logs, without the user or password.
 pub fn postgres_target(url: &str) -> String {
-    let Ok(config) = postgres_config(url) else { return "PostgreSQL (an unusable url)".into() };
+    let Ok(pg_url::Target { config, .. }) = pg_url::parse(url) else { return "PostgreSQL (an unusable url)".into() };
     let host = match config.get_hosts().first() {
         Some(postgres::config::Host::Tcp(host)) => host.clone(),
         Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
@@ -558,6 +527,24 @@ mod tests {
         let killed = db.run(|s| s.batch("SELECT pg_terminate_backend(pg_backend_pid())")).await;
         assert!(matches!(killed, Err(StoreError::Postgres(_))), "{killed:?}");
         assert!(db.run(|s| s.user("acme1")).await.unwrap().is_some(), "served on a new connection");
+    }
+
+    /// Over TLS (`scripts/postgres` serves it with a test CA): the session
+    /// is encrypted, and without that CA the certificate is refused.
+    #[test]
+    fn postgres_over_verified_tls() {
+        let Some(url) = std::env::var("VOICE_OTP_TEST_POSTGRES_TLS").ok().filter(|u| !u.is_empty()) else {
+            eprintln!("VOICE_OTP_TEST_POSTGRES_TLS is not set: the TLS connection test did not run");
+            return;
+        };
+        let s = Store::open_postgres(&Secret::new(url.clone())).expect("a TLS connection with the test CA");
+        let encrypted: bool =
+            s.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[], |r| r.get(0)).unwrap();
+        assert!(encrypted);
+        let without_ca = url.split('?').next().unwrap().to_owned() + "?sslmode=require";
+        let refused = Store::open_postgres(&Secret::new(without_ca)).err().expect("an unknown CA is refused");
+        assert!(refused.to_string().contains("certificate"), "{refused}");
+        assert!(!refused.to_string().contains("voice-otp-test"), "no password in {refused}");
     }
 
     async_backends! {
