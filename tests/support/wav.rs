@@ -330,3 +330,42 @@ fn samples_to_ms(n: usize, sample_rate: u32) -> u32 {
     }
     (n as u64 * 1000 / sample_rate as u64).min(u32::MAX as u64) as u32
 }
+
+/// Which of `templates` (the sound files a call plays, in the same 8 kHz
+/// 16-bit form) was heard at `segment` of `recording`, and how surely: the
+/// template whose speech, slid within `slack_ms` around the segment's start,
+/// correlates best with the recording (normalized cross-correlation of the
+/// samples: 1.0 is the very waveform; telephone codecs such as G.711 keep it
+/// near that, while another word scores far lower). Returns the index and
+/// the best and second-best scores, so a caller can insist on a clear win.
+pub fn best_match(recording: &Wav, segment: &Segment, templates: &[Wav], slack_ms: u32) -> (usize, f32, f32) {
+    let per_ms = (recording.sample_rate / 1000).max(1) as usize;
+    let slack = slack_ms as usize * per_ms;
+    let start = segment.start_ms as usize * per_ms;
+    let mut scores: Vec<(usize, f32)> = templates
+        .iter()
+        .enumerate()
+        .map(|(i, template)| {
+            // The template's own speech, from its first segment on.
+            let from = speech_segments(template).first().map_or(0, |s| s.start_ms as usize * per_ms);
+            let speech = &template.samples[from.min(template.samples.len())..];
+            let energy: f32 = speech.iter().map(|&s| f32::from(s) * f32::from(s)).sum();
+            let mut best = 0.0f32;
+            for at in start.saturating_sub(slack)..=start + slack {
+                let Some(heard) = recording.samples.get(at..at + speech.len()) else { break };
+                let (mut dot, mut heard_energy) = (0.0f32, 0.0f32);
+                for (&h, &t) in heard.iter().zip(speech) {
+                    dot += f32::from(h) * f32::from(t);
+                    heard_energy += f32::from(h) * f32::from(h);
+                }
+                let denominator = (energy * heard_energy).sqrt();
+                if denominator > 0.0 {
+                    best = best.max(dot / denominator);
+                }
+            }
+            (i, best)
+        })
+        .collect();
+    scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (scores[0].0, scores[0].1, scores.get(1).map_or(0.0, |s| s.1))
+}
