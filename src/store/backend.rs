@@ -12,7 +12,7 @@
 //! `INDEXED BY`) are picked per backend where they are run.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use postgres::types::{FromSql, IsNull, ToSql, Type};
@@ -644,9 +644,6 @@ impl Store {
         }
     }
 }
-
-/// A transaction depth counter, one per store.
-pub(crate) type Depth = Cell<u32>;
 
 #[cfg(test)]
 mod tests {

@@ -85,7 +85,7 @@ pub enum StoreError {
 pub struct Store {
     conn: Conn,
     /// How many transactions (the outer one and savepoints) are open.
-    depth: backend::Depth,
+    depth: std::cell::Cell<u32>,
     /// The daemon this store works for, on a database several daemons
     /// share: the calls it dials are its own, and it takes over those of
     /// daemons whose lease ran out. `None` (SQLite, the CLI): every call.
@@ -112,7 +112,7 @@ impl Store {
     fn wrap(conn: Conn) -> Store {
         Store {
             conn,
-            depth: backend::Depth::new(0),
+            depth: std::cell::Cell::new(0),
             owner: None,
             #[cfg(test)]
             _schema: None,
