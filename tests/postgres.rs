@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::fake_agi::{self, Callee};
-use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome};
+use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http;
 use support::postgres::TestDatabase;
@@ -108,7 +108,14 @@ async fn the_daemon_and_the_cli_run_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_resumes_the_queue() {
     let Some(db) = TestDatabase::create("restart") else { return };
-    let refusing = FakeScript { secret: "changed".into(), ..FakeScript::outcome(OriginateOutcome::busy()) };
+    // Asterisk knows the channels it was asked to make (`Status` finds
+    // them), as a real one does: a reconciliation that comes right after
+    // a dial must not be what ends these calls.
+    let refusing = FakeScript {
+        secret: "changed".into(),
+        status_reply: StatusReply::Exists,
+        ..FakeScript::outcome(OriginateOutcome::busy())
+    };
     let (home, fake, daemon): (Home, FakeAmi, Daemon) =
         Setup::new("pg-restart").postgres(&db).config(NO_NUMBER_QUOTAS).fake(refusing).await;
     let ids: Vec<String> = (0..3).map(|_| daemon.seed_call("03001234567", "482915")).collect();
@@ -121,7 +128,8 @@ async fn a_restarted_daemon_resumes_the_queue() {
     assert_eq!(daemon.settle(RECONNECT_WAIT), ids, "every queued call ended, in order");
     assert_eq!(fake.originated(), ids, "each dialled once, in order");
     for id in &ids {
-        assert_eq!(daemon.show(id)["reason"], "busy");
+        let call = daemon.show(id);
+        assert_eq!(call["reason"], "busy", "{call:?}\n{}", daemon.logs());
     }
 }
 
