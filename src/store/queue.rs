@@ -170,6 +170,30 @@ mod tests {
 mod plan {
     use super::*;
     use crate::store::query_plan;
+    use crate::store::testing::Backend;
+
+    /// PostgreSQL's plan for the dialler's per-turn queries, with sequential
+    /// scans priced out (a test's tables are tiny, so the planner would
+    /// rightly scan them): the next call comes from the queue index in its
+    /// order, the count from an index too (the in-flight one).
+    #[test]
+    fn the_dialler_turn_uses_the_queue_index_on_postgres() {
+        if crate::store::testing::postgres_url().is_none() {
+            return;
+        }
+        let s = Backend::Postgres.open();
+        s.batch("SET enable_seqscan = off").unwrap();
+        let now = [crate::store::Value::from(0)];
+        for (sql, params) in [(NEXT_QUEUED_PG, &now[..]), (IN_FLIGHT_COUNT, &[][..])] {
+            let plan: Vec<String> = s.query(&format!("EXPLAIN {sql}"), params, |r| r.get(0)).unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("Index") && !plan.contains("Seq Scan"), "{sql}: {plan}");
+            assert!(!plan.contains("Sort"), "{sql}: the index gives the order: {plan}");
+            if sql == NEXT_QUEUED_PG {
+                assert!(plan.contains("calls_queue"), "{plan}");
+            }
+        }
+    }
 
     /// The dialler's per-turn queries walk the queue index, not the table.
     #[test]

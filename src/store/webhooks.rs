@@ -223,7 +223,9 @@ fn due_window_sql(postgres: bool, scope: &DueScope) -> String {
     let (index, filter) = match (scope, postgres) {
         (DueScope::All, _) => ("webhook_deliveries_pending", "CAST(?5 AS TEXT) IS NULL"),
         (DueScope::User(_), false) => ("webhook_deliveries_pending_by_user", "d.user_id IS ?5"),
-        (DueScope::User(_), true) => ("", "d.user_id IS NOT DISTINCT FROM ?5"),
+        // `IS NOT DISTINCT FROM` would read no index: one filter per case.
+        (DueScope::User(Some(_)), true) => ("", "d.user_id = ?5"),
+        (DueScope::User(None), true) => ("", "d.user_id IS NULL AND CAST(?5 AS BIGINT) IS NULL"),
         (DueScope::Host(_), _) => ("webhook_deliveries_pending_by_host", "d.host = ?5"),
         (DueScope::Call(_), _) => ("webhook_deliveries_by_call", "d.call_id = ?5"),
     };
