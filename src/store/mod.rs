@@ -534,7 +534,11 @@ mod tests {
     #[test]
     fn postgres_over_verified_tls() {
         let Some(url) = std::env::var("VOICE_OTP_TEST_POSTGRES_TLS").ok().filter(|u| !u.is_empty()) else {
-            eprintln!("VOICE_OTP_TEST_POSTGRES_TLS is not set: the TLS connection test did not run");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "VOICE_OTP_TEST_POSTGRES_TLS is not set: the TLS connection test did not run"
+            );
             return;
         };
         let s = Store::open_postgres(&Secret::new(url.clone())).expect("a TLS connection with the test CA");

@@ -37,7 +37,15 @@ impl TestDatabase {
     /// no server is given.
     pub fn create(tag: &str) -> Option<TestDatabase> {
         let Some(admin_url) = std::env::var(ENV).ok().filter(|u| !u.is_empty()) else {
-            eprintln!("{ENV} is not set: this PostgreSQL test did not run (scripts/test sets it)");
+            // Straight to stderr, past the test harness's capture, once.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{ENV} is not set: the PostgreSQL tests did not run (scripts/test sets it)"
+                );
+            });
             return None;
         };
         let name = format!(
