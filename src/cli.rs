@@ -210,7 +210,11 @@ fn verification_show(config: &Config, id: &str) -> CliResult {
 }
 
 fn open(config: &Config) -> Result<Store, String> {
-    Store::open(&config.database.path).map_err(|e| format!("database {}: {e}", config.database.path.display()))
+    let opened = match &config.database.url {
+        Some(url) => Store::open_postgres(url),
+        None => Store::open(&config.database.path),
+    };
+    opened.map_err(|e| format!("database {}: {e}", config.database.describe()))
 }
 
 fn user(config: &Config, cmd: UserCommand) -> CliResult {

@@ -31,7 +31,7 @@ pub struct Config {
     pub ami: Option<AmiConfigSection>,
     /// FastAGI server Asterisk connects to when a call is answered.
     pub agi: AgiConfig,
-    /// SQLite database.
+    /// The database: SQLite (the default) or PostgreSQL.
     pub database: DatabaseConfig,
     /// How calls are placed (Originate parameters).
     pub dial: DialConfig,
@@ -283,18 +283,98 @@ impl AgiConfig {
     }
 }
 
-/// `[database]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[database]`: SQLite (`path`, the default) or PostgreSQL (`url`).
+#[derive(Clone, Deserialize)]
+#[serde(from = "RawDatabaseConfig")]
 pub struct DatabaseConfig {
     /// SQLite file. A relative path is taken from the config file's folder
     /// (or the working directory when there is no config file).
     pub path: PathBuf,
+    /// `postgres://user:password@host:port/database?sslmode=disable` (or
+    /// `sslmode=verify-full&sslrootcert=ca.pem`): PostgreSQL instead of
+    /// SQLite. `None` (absent or `""`): SQLite. A
+    /// secret (it carries the password): `Debug` shows `<redacted>`.
+    pub url: Option<Secret>,
+    /// PostgreSQL connections, each on a database thread of its own.
+    pub pool_size: usize,
+    /// On PostgreSQL, how long this daemon's lease lasts without renewal
+    /// (renewed every sixth of it): once it runs out, another daemon on the
+    /// database takes over its calls in flight.
+    pub lease_secs: u64,
+    /// Whether the file named `path` itself, so that `path` and `url`
+    /// together can be refused rather than one silently ignored.
+    path_given: bool,
+}
+
+/// `[database]` as written, before the defaults say which keys were given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabaseConfig {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Secret,
+    pool_size: Option<usize>,
+    lease_secs: Option<u64>,
+}
+
+impl From<RawDatabaseConfig> for DatabaseConfig {
+    fn from(raw: RawDatabaseConfig) -> Self {
+        let default = DatabaseConfig::default();
+        DatabaseConfig {
+            path_given: raw.path.is_some(),
+            path: raw.path.unwrap_or(default.path),
+            url: (!raw.url.is_empty()).then_some(raw.url),
+            pool_size: raw.pool_size.unwrap_or(default.pool_size),
+            lease_secs: raw.lease_secs.unwrap_or(default.lease_secs),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("voice-otp.db") }
+        Self { path: PathBuf::from("voice-otp.db"), url: None, pool_size: 4, lease_secs: 30, path_given: false }
+    }
+}
+
+/// Leaves out whether `path` was written, so a file that spells out the
+/// defaults shows as the defaults.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("path", &self.path)
+            .field("url", &self.url)
+            .field("pool_size", &self.pool_size)
+            .field("lease_secs", &self.lease_secs)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// What the database is, for messages: the SQLite file, or the
+    /// PostgreSQL server and database (never the URL's password).
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(url) => crate::store::postgres_target(url.expose()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// `path` and `url` are one or the other; the URL must be one we can use.
+    fn check(&self) -> Result<(), String> {
+        let Some(url) = &self.url else { return Ok(()) };
+        if self.path_given {
+            return Err("database.path and database.url are both set: path is SQLite's file, url a PostgreSQL \
+                        server; keep one"
+                .into());
+        }
+        crate::store::check_postgres_url(url.expose()).map_err(|e| format!("database.url: {e}"))?;
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(format!("database.pool_size must be 1..=64, got {}", self.pool_size));
+        }
+        if !(2..=3600).contains(&self.lease_secs) {
+            return Err(format!("database.lease_secs must be 2..=3600, got {}", self.lease_secs));
+        }
+        Ok(())
     }
 }
 
@@ -753,6 +833,7 @@ impl Config {
             return Err(invalid(format!("verify.max_sends must be 1..=20, got {}", v.max_sends)));
         }
         self.call.check().map_err(invalid)?;
+        self.database.check().map_err(invalid)?;
         for (key, value) in [
             ("dial.context", &self.dial.context),
             ("dial.exten", &self.dial.exten),
@@ -968,6 +1049,40 @@ mod tests {
         assert_eq!(c.dial.deadline_secs, 300);
         assert_eq!(c.retention.days, 30);
         assert!(c.webhooks.deny_private && c.webhooks.allow_hosts.is_empty());
+    }
+
+    #[test]
+    fn database_is_sqlite_by_default_postgres_by_url_never_both() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.database.url.is_none(), c.database.pool_size), (true, 4));
+        let url = "postgres://otp:hunter2-pw@db.example:5433/otp?sslmode=disable";
+        let c = Config::from_toml(&format!("[database]\nurl = \"{url}\"\npool_size = 8\n")).unwrap();
+        assert_eq!(c.database.url.as_ref().map(|u| u.expose()), Some(url));
+        assert_eq!(c.database.pool_size, 8);
+        c.clone().checked(Path::new("t.toml")).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "the URL's password is redacted: {c:?}");
+        assert_eq!(c.database.describe(), "PostgreSQL db.example:5433/otp");
+        let checked = |toml: &str| Config::from_toml(toml).unwrap().checked(Path::new("t.toml")).map(|_| ());
+        let both = checked(&format!("[database]\npath = \"x.db\"\nurl = \"{url}\"\n")).unwrap_err();
+        assert!(both.to_string().contains("database.path and database.url are both set"), "{both}");
+        for (bad, says) in [
+            ("mysql://a@b/c", "must start with postgres://"),
+            ("postgres://a:hunter2-pw@b:5432/c?sslmode=verify-ca", "verify-ca is not supported"),
+            ("postgres://a:hunter2-pw@b:5432/c?sslmode=verify-full&sslrootcert=/none.pem", "sslrootcert /none.pem"),
+            ("postgres://a:hunter2-pw@b:5432", "names no database"),
+        ] {
+            let err = checked(&format!("[database]\nurl = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(err.contains("database.url") && err.contains(says), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        checked("[database]\nurl = \"postgres://a:b@db.example/c?sslmode=verify-full\"\n").unwrap();
+        let err = checked(&format!("[database]\nurl = \"{url}\"\npool_size = 0\n")).unwrap_err();
+        assert!(err.to_string().contains("database.pool_size must be 1..=64"), "{err}");
+        let err = checked(&format!("[database]\nurl = \"{url}\"\nlease_secs = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("database.lease_secs must be 2..=3600"), "{err}");
+        assert_eq!(Config::from_toml("").unwrap().database.lease_secs, 30);
+        // `url = ""` is SQLite, as the example file shows it.
+        assert!(Config::from_toml("[database]\nurl = \"\"\n").unwrap().database.url.is_none());
     }
 
     #[test]

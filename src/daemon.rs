@@ -50,7 +50,7 @@ pub enum StartError {
     /// Opening or migrating the database.
     #[error("database {path}: {source}")]
     Database {
-        /// The file.
+        /// The file, or the PostgreSQL server and database.
         path: String,
         /// Why.
         source: crate::store::StoreError,
@@ -78,9 +78,18 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let path = config.database.path.clone();
-        let store =
-            Store::open(&path).map_err(|source| StartError::Database { path: path.display().to_string(), source })?;
-        let db = Db::new(store);
+        let opened = match &config.database.url {
+            Some(url) => {
+                let (url, pool) = (url.clone(), config.database.pool_size);
+                let lease = Duration::from_secs(config.database.lease_secs);
+                tokio::task::spawn_blocking(move || Db::postgres(&url, pool, lease))
+                    .await
+                    .map_err(|e| crate::store::StoreError::Task(e.to_string()))
+                    .and_then(|db| db)
+            }
+            None => Store::open(&path).map(Db::new),
+        };
+        let db = opened.map_err(|source| StartError::Database { path: config.database.describe(), source })?;
         let verify_key = VerifyKey::load_or_create(&config.verify.key_path(&config.database.path))?;
         let auth = Authenticator::new(db.clone(), config.auth.bcrypt_cost)
             .map_err(|e| StartError::Auth(e.to_string()))?
@@ -154,7 +163,11 @@ impl Daemon {
             shutdown.clone(),
         ));
         tracker.spawn(housekeeping(db.clone(), config.retention.days, metrics.clone(), shutdown.clone()));
-        let limits = Limits::new(&config.limits, &config.phone);
+        let mut limits = Limits::new(&config.limits, &config.phone);
+        if let Some(daemon) = db.daemon_id() {
+            // Other daemons share the database: count failed logins together.
+            limits = limits.shared_through(db.clone(), daemon.to_owned());
+        }
         let app =
             Arc::new(App { config, db, auth, dispatcher, servers, live, agi_listening, metrics, limits, verify_key });
         tracker.spawn(crate::http::serve(http, ops, app, shutdown.clone()));

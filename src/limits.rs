@@ -23,7 +23,14 @@
 //!
 //! Any front end (the seed API, a JSON API) makes the same three calls.
 //! Per-minute and failed-login windows live in memory: a restart forgets
-//! them, which at worst grants one extra window.
+//! them, which at worst grants one extra window. On a database several
+//! daemons share (PostgreSQL), the failed logins are shared too
+//! ([`Limits::shared_through`]): each daemon writes the failures - and the
+//! successes that forgive them - it sees, and adds the others' to its own
+//! windows before every login (read at most every [`SHARED_READ_EVERY`]),
+//! so guesses spread over the daemons count as one daemon's would, and a
+//! restarted daemon reads back the day's. The per-minute request rate and
+//! the ration of a name's verifies stay per daemon.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -35,7 +42,14 @@ use crate::auth::{AuthError, Authenticator, Lookup};
 use crate::config::{LimitsConfig, PhoneConfig};
 use crate::phone::{Country, NumberType, PhoneNumber};
 use crate::secret::Secret;
-use crate::store::{Store, StoreError, User};
+use crate::store::{Db, LoginEvent, LoginEventKind, Store, StoreError, User};
+
+/// How often a daemon sharing its database reads the other daemons' failed
+/// logins: at most once per this, before a login.
+pub const SHARED_READ_EVERY: Duration = Duration::from_millis(250);
+
+/// Events read per database trip.
+const SHARED_READ_BATCH: u32 = 500;
 
 /// One day, the window of `limits.number_calls_per_day`.
 const DAY: Duration = Duration::from_secs(86_400);
@@ -107,6 +121,24 @@ pub struct Limits {
     refused_types: Vec<NumberType>,
     user_requests: Mutex<SlidingWindows<i64>>,
     logins: Mutex<LoginBook>,
+    shared: Option<SharedLogins>,
+}
+
+/// The failed logins of the other daemons on a shared database.
+struct SharedLogins {
+    db: Db,
+    /// This daemon's id: its own events are not read back.
+    daemon: String,
+    /// How often to read (tests: at every login).
+    every: Duration,
+    /// The last event read, and when; one reader at a time.
+    read: tokio::sync::Mutex<(i64, Option<Instant>)>,
+}
+
+impl std::fmt::Debug for SharedLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLogins").field("daemon", &self.daemon).finish_non_exhaustive()
+    }
 }
 
 /// Every failed-login count, behind one lock so that checking them and
@@ -140,6 +172,79 @@ impl Limits {
                 by_user: SlidingWindows::new(config.login_failures_per_user, failure_window),
                 verify_rate: RateGates::per_minute(config.login_verifies_per_user_per_minute),
             }),
+            shared: None,
+        }
+    }
+
+    /// The same limits, with failed logins shared with every other daemon
+    /// on `db` (see the module docs); `daemon` is this one's id there.
+    pub fn shared_through(self, db: Db, daemon: String) -> Limits {
+        self.shared_every(db, daemon, SHARED_READ_EVERY)
+    }
+
+    fn shared_every(mut self, db: Db, daemon: String, every: Duration) -> Limits {
+        self.shared = Some(SharedLogins { db, daemon, every, read: tokio::sync::Mutex::new((0, None)) });
+        self
+    }
+
+    /// Adds the other daemons' logins written since the last read to the
+    /// windows. A database failure is logged: the local counts still hold.
+    async fn read_shared(&self) {
+        let Some(shared) = &self.shared else { return };
+        let mut read = shared.read.lock().await;
+        if read.1.is_some_and(|at| at.elapsed() < shared.every) {
+            return;
+        }
+        loop {
+            let (daemon, after) = (shared.daemon.clone(), read.0);
+            let events = match shared.db.run(move |s| s.login_events_after(&daemon, after, SHARED_READ_BATCH)).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read the other daemons' failed logins");
+                    return;
+                }
+            };
+            let Some(last) = events.last().map(|e| e.id) else { break };
+            self.apply_shared(&events);
+            read.0 = last;
+            if events.len() < SHARED_READ_BATCH as usize {
+                break;
+            }
+        }
+        read.1 = Some(Instant::now());
+    }
+
+    fn apply_shared(&self, events: &[LoginEvent]) {
+        let (now, now_ms) = (Instant::now(), crate::time::now_ms());
+        let mut book = lock(&self.logins);
+        for e in events {
+            let pair = (e.name.clone(), e.ip);
+            match e.kind {
+                LoginEventKind::Failed { verified } => {
+                    let ago = Duration::from_millis(u64::try_from(now_ms - e.at_ms).unwrap_or(0));
+                    // Older than this process's clock can say: long gone.
+                    let Some(at) = now.checked_sub(ago) else { continue };
+                    book.by_ip.record_at(e.ip, at);
+                    book.by_user_ip.record_at(pair, at);
+                    if verified {
+                        book.by_user.record_at(e.name.clone(), at);
+                    }
+                }
+                LoginEventKind::Succeeded => {
+                    book.by_user.clear(&e.name);
+                    book.by_user_ip.clear(&pair);
+                }
+            }
+        }
+    }
+
+    /// Writes a login this daemon saw for the others to count.
+    async fn share(&self, kind: LoginEventKind, name: &str, client: IpAddr) {
+        let Some(shared) = &self.shared else { return };
+        let (daemon, name) = (shared.daemon.clone(), name.to_owned());
+        let at = crate::time::now_ms();
+        if let Err(e) = shared.db.run(move |s| s.record_login_event(&daemon, kind, &name, client, at)).await {
+            tracing::error!(error = %e, "could not share a failed login with the other daemons");
         }
     }
 
@@ -153,10 +258,16 @@ impl Limits {
         password: &Secret,
         client: IpAddr,
     ) -> Result<User, LoginError> {
-        let mut attempt = self.begin_login(name, address_bucket(client)).map_err(LoginError::Limited)?;
+        self.read_shared().await;
+        let client = address_bucket(client);
+        let mut attempt = self.begin_login(name, client).map_err(LoginError::Limited)?;
         let pending = match auth.lookup(name, password).await {
             Ok(Lookup::Accepted(user)) => {
+                let forgives = attempt.forgives();
                 attempt.succeeded();
+                if forgives {
+                    self.share(LoginEventKind::Succeeded, name, client).await;
+                }
                 return Ok(user);
             }
             Ok(Lookup::Verify(pending)) => pending,
@@ -168,14 +279,24 @@ impl Limits {
         // Refused here, the attempt stays a failure of the address and the
         // pair: the password was not proven right, and giving the slots back
         // would let a guess at a cached password cost nothing.
-        attempt.take_verify().map_err(LoginError::Limited)?;
+        if let Err(refusal) = attempt.take_verify() {
+            drop(attempt);
+            self.share(LoginEventKind::Failed { verified: false }, name, client).await;
+            return Err(LoginError::Limited(refusal));
+        }
         match pending.verify().await {
             Ok(Some(user)) => {
+                let forgives = attempt.forgives();
                 attempt.succeeded();
+                if forgives {
+                    self.share(LoginEventKind::Succeeded, name, client).await;
+                }
                 Ok(user)
             }
             Ok(None) => {
+                let verified = attempt.name_slot;
                 attempt.failed();
+                self.share(LoginEventKind::Failed { verified }, name, client).await;
                 Err(LoginError::Unauthorized)
             }
             Err(e) => {
@@ -383,6 +504,13 @@ impl LoginAttempt<'_> {
         Ok(())
     }
 
+    /// Whether the name or the pair has failures a success would forgive
+    /// (only then is a success worth telling the other daemons).
+    fn forgives(&self) -> bool {
+        let book = lock(&self.limits.logins);
+        book.by_user.events.contains_key(&self.pair.0) || book.by_user_ip.events.contains_key(&self.pair)
+    }
+
     /// The password was right: the name's and the pair's failures are
     /// forgiven; the address gives back only this attempt's slot (one right
     /// password must not wipe an address's guesses at other names).
@@ -513,6 +641,20 @@ impl<K: Hash + Eq> SlidingWindows<K> {
         }
     }
 
+    /// [`SlidingWindows::record`] of an event at `at`, which may be older
+    /// than events already logged (another daemon's): kept in order.
+    fn record_at(&mut self, key: K, at: Instant) {
+        if self.limit == 0 {
+            return;
+        }
+        let log = self.events.entry(key).or_default();
+        let place = log.partition_point(|&t| t <= at);
+        log.insert(place, at);
+        while log.len() > self.limit as usize {
+            log.pop_front();
+        }
+    }
+
     fn remove_one(&mut self, key: &K) {
         if let Some(log) = self.events.get_mut(key) {
             log.pop_back();
@@ -547,15 +689,16 @@ mod tests {
     use super::*;
     use crate::auth::hash_password;
     use crate::call::CallId;
-    use crate::store::{Db, NewCall};
+    use crate::store::testing::{Backend, async_backends, backends};
+    use crate::store::{Db, NewCall, args};
 
     fn limits(toml: &str) -> Limits {
         let config = crate::config::Config::from_toml(toml).unwrap();
         Limits::new(&config.limits, &config.phone)
     }
 
-    fn store_with_user() -> (Store, User) {
-        let mut store = Store::open_in_memory().unwrap();
+    fn store_with_user(b: Backend) -> (Store, User) {
+        let mut store = b.open();
         let user = store.add_user("acme1", &hash_password("right-pass", 4).unwrap()).unwrap();
         (store, user)
     }
@@ -608,7 +751,7 @@ mod tests {
     }
 
     fn authenticator() -> Authenticator {
-        let (store, _) = store_with_user();
+        let (store, _) = store_with_user(Backend::Sqlite);
         Authenticator::new(Db::new(store), 4)
             .unwrap()
             .with_cache(crate::auth::CredentialCache::new(Duration::from_secs(300), 100))
@@ -782,7 +925,7 @@ mod tests {
 
     #[test]
     fn user_rate_counts_requests_per_minute() {
-        let (_, user) = store_with_user();
+        let (_, user) = store_with_user(Backend::Sqlite);
         let limits = limits("[limits]\nuser_requests_per_minute = 2\n");
         let number = PhoneNumber::parse("03001234567", Country::parse("PK").unwrap()).unwrap();
         assert!(limits.check_request(&user, &number).is_ok());
@@ -849,86 +992,115 @@ mod tests {
         assert!(none.check_destination(&number("+449098790000")).is_ok());
     }
 
-    #[test]
-    fn user_quota_counts_a_day_of_the_users_calls() {
-        let (mut store, user) = store_with_user();
-        let other = store.add_user("acme2", "h").unwrap();
-        let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
-        let hour = 3_600_000;
-        let t = 1_000_000 * hour;
-        // Stored as if at `at`: the trigger counts a call in its creation hour.
-        let insert = |store: &mut Store, user_id: i64, at: i64| {
-            store
-                .conn_for_tests()
-                .execute(
+    backends! {
+        fn user_quota_counts_a_day_of_the_users_calls(b) {
+            let (mut store, user) = store_with_user(b);
+            let other = store.add_user("acme2", "h").unwrap();
+            let quota = limits("[limits]\nuser_calls_per_day = 3\n").user_quota();
+            let hour = 3_600_000;
+            let t = 1_000_000 * hour;
+            // Stored as if at `at`: the trigger counts a call in its creation hour.
+            let insert = |store: &mut Store, user_id: i64, at: i64| {
+                store.execute_for_tests(
                     "INSERT INTO calls (id, user_id, number, status, created_at, updated_at)
                      VALUES (?1, ?2, '+923001234567', 'queued', ?3, ?3)",
-                    rusqlite::params![CallId::generate().as_str(), user_id, at],
-                )
-                .unwrap();
-        };
-        insert(&mut store, user.id, t + 10);
-        insert(&mut store, user.id, t + 2 * hour);
-        insert(&mut store, other.id, t + 2 * hour);
-        assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
-        insert(&mut store, user.id, t + 3 * hour);
-        match quota.check(&store, user.id, t + 3 * hour).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
-                // The first call's hour leaves the day 21 hours on.
-                assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
+                    args![CallId::generate().as_str(), user_id, at],
+                );
+            };
+            insert(&mut store, user.id, t + 10);
+            insert(&mut store, user.id, t + 2 * hour);
+            insert(&mut store, other.id, t + 2 * hour);
+            assert!(quota.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
+            insert(&mut store, user.id, t + 3 * hour);
+            match quota.check(&store, user.id, t + 3 * hour).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("3 calls per day") && detail.contains("limits.user_calls_per_day"), "{detail}");
+                    // The first call's hour leaves the day 21 hours on.
+                    assert_eq!(retry_after, Some(Duration::from_millis((21 * hour) as u64)));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
+            assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
+            let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
+            assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
         }
-        assert!(quota.check(&store, other.id, t + 3 * hour).unwrap().is_ok(), "users are counted apart");
-        assert!(quota.check(&store, user.id, t + 24 * hour).unwrap().is_ok(), "a day later the first hour left");
-        let off = limits("[limits]\nuser_calls_per_day = 0\n").user_quota();
-        assert!(off.check(&store, user.id, t + 3 * hour).unwrap().is_ok());
+
+        fn number_quota_counts_stored_calls_in_both_windows(b) {
+            let (mut store, user) = store_with_user(b);
+            let quota =
+                limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
+                    .number_quota();
+            let number = "+923001234567";
+            let insert = |store: &mut Store, at: i64| {
+                let id = CallId::generate();
+                let options = crate::call::options::CallOptions {
+                    mode: crate::call::options::CallMode::Read,
+                    language: "en".into(),
+                    require_keypress: false,
+                };
+                store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
+                store.execute_for_tests("UPDATE calls SET created_at = ?1 WHERE id = ?2", args![at, id.as_str()]);
+            };
+            let t = 1_000_000_000_000;
+            insert(&mut store, t);
+            insert(&mut store, t + 1_000);
+            assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
+            match quota.check(&store, number, t + 2_000).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
+                    assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
+                }
+                other => panic!("{other:?}"),
+            }
+            // Ten minutes on, the short window is free, but the day has one slot left.
+            let later = t + 600_000;
+            assert!(quota.check(&store, number, later).unwrap().is_ok());
+            insert(&mut store, later);
+            match quota.check(&store, number, later + 700_000).unwrap() {
+                Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
+                    assert!(detail.contains("3 calls per day"), "{detail}");
+                    assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
+                    assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(quota.check(&store, number, t + 86_400_000).unwrap().is_ok(), "a day later the first left");
+        }
     }
 
-    #[test]
-    fn number_quota_counts_stored_calls_in_both_windows() {
-        let (mut store, user) = store_with_user();
-        let quota =
-            limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
-                .number_quota();
-        let number = "+923001234567";
-        let insert = |store: &mut Store, at: i64| {
-            let id = CallId::generate();
-            let options = crate::call::options::CallOptions {
-                mode: crate::call::options::CallMode::Read,
-                language: "en".into(),
-                require_keypress: false,
-            };
-            store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
-            store
-                .conn_for_tests()
-                .execute("UPDATE calls SET created_at = ?1 WHERE id = ?2", (at, id.as_str()))
-                .unwrap();
-        };
-        let t = 1_000_000_000_000;
-        insert(&mut store, t);
-        insert(&mut store, t + 1_000);
-        assert!(quota.check(&store, "+923001234568", t + 2_000).unwrap().is_ok(), "other numbers are free");
-        match quota.check(&store, number, t + 2_000).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("limits.number_calls_per_window"), "{detail}");
-                assert_eq!(retry_after, Some(Duration::from_millis(598_000)));
+    async_backends! {
+        /// Two daemons on one database: the failures one saw count at the
+        /// other, and a success at one forgives them at both.
+        async fn failed_logins_are_counted_across_daemons(b) {
+            let db = b.db(2, |s| {
+                s.add_user("acme1", &hash_password("right-pass", 4).unwrap()).unwrap();
+            });
+            let auth = Authenticator::new(db.clone(), 4).unwrap();
+            let config =
+                "[limits]\nlogin_failures_per_user_ip = 3\nlogin_failures_per_ip = 100\nlogin_failures_per_user = 100\n";
+            let a = limits(config).shared_every(db.clone(), "daemon-a".into(), Duration::ZERO);
+            let other = limits(config).shared_every(db.clone(), "daemon-b".into(), Duration::ZERO);
+            let x = ip("192.0.2.1");
+            for _ in 0..3 {
+                assert!(matches!(a.login(&auth, "acme1", &pw("wrong"), x).await, Err(LoginError::Unauthorized)));
             }
-            other => panic!("{other:?}"),
-        }
-        // Ten minutes on, the short window is free, but the day has one slot left.
-        let later = t + 600_000;
-        assert!(quota.check(&store, number, later).unwrap().is_ok());
-        insert(&mut store, later);
-        match quota.check(&store, number, later + 700_000).unwrap() {
-            Err(Refusal { kind: RefusalKind::TooMany, detail, retry_after }) => {
-                assert!(detail.contains("3 calls per day"), "{detail}");
-                assert!(detail.contains("limits.number_calls_per_day"), "{detail}");
-                assert_eq!(retry_after, Some(Duration::from_millis(86_400_000 - 700_000 - 600_000)));
+            let verifies = auth.verifies();
+            limited_by(&other.login(&auth, "acme1", &pw("right-pass"), x).await, "limits.login_failures_per_user_ip");
+            assert_eq!(auth.verifies(), verifies, "refused before any password check");
+            // From another address: two failures and then the right password
+            // at the first daemon ...
+            let y = ip("192.0.2.2");
+            for _ in 0..2 {
+                assert!(matches!(a.login(&auth, "acme1", &pw("wrong"), y).await, Err(LoginError::Unauthorized)));
             }
-            other => panic!("{other:?}"),
+            assert!(a.login(&auth, "acme1", &pw("right-pass"), y).await.is_ok());
+            // ... and the second counts that address afresh: three wrong
+            // passwords get a check, the fourth attempt is refused.
+            for _ in 0..3 {
+                assert!(matches!(other.login(&auth, "acme1", &pw("wrong"), y).await, Err(LoginError::Unauthorized)));
+            }
+            limited_by(&other.login(&auth, "acme1", &pw("wrong"), y).await, "limits.login_failures_per_user_ip");
         }
-        assert!(quota.check(&store, number, t + 86_400_000).unwrap().is_ok(), "a day later the first left");
     }
 }

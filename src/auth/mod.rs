@@ -219,72 +219,23 @@ pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::store::Store;
+    use crate::store::testing::{Backend, async_backends, backends};
 
     fn pw(text: &str) -> Secret {
         Secret::new(text)
     }
 
     /// Users `acme1` (enabled) and `off` (disabled), both with `s3cret-pass`.
-    fn two_users() -> Db {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        store.add_user("off", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
-        store.set_enabled("off", false).unwrap();
-        Db::new(store)
-    }
-
-    #[tokio::test]
-    async fn right_wrong_unknown_disabled() {
-        let auth = Authenticator::new(two_users(), 4).unwrap();
-        assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
-        assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
-        assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
-        assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
-        assert!(auth.authenticate("acme1", &pw(&"s".repeat(100))).await.unwrap().is_none());
+    fn two_users(b: Backend) -> Db {
+        b.db(2, |store| {
+            store.add_user("acme1", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
+            store.add_user("off", &hash_password("s3cret-pass", 4).unwrap()).unwrap();
+            store.set_enabled("off", false).unwrap();
+        })
     }
 
     fn cached(db: Db) -> Authenticator {
         Authenticator::new(db, 4).unwrap().with_cache(CredentialCache::new(std::time::Duration::from_secs(300), 100))
-    }
-
-    #[tokio::test]
-    async fn second_request_is_served_from_the_cache() {
-        let auth = cached(two_users());
-        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
-        assert_eq!(auth.verifies(), 1);
-        for _ in 0..5 {
-            assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
-        }
-        assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
-    }
-
-    #[tokio::test]
-    async fn lookup_accepts_only_what_the_cache_vouches_for() {
-        let auth = cached(two_users());
-        assert!(matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
-        let Lookup::Verify(pending) = auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap() else { unreachable!() };
-        assert!(pending.verify().await.unwrap().is_some());
-        assert!(
-            matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Accepted(u) if u.name == "acme1")
-        );
-        assert!(matches!(auth.lookup("acme1", &pw("wrong")).await.unwrap(), Lookup::Verify(_)));
-        assert!(matches!(auth.lookup("nobody", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
-        assert_eq!(auth.verifies(), 1, "lookups never run bcrypt");
-    }
-
-    #[tokio::test]
-    async fn failures_are_never_remembered() {
-        let auth = cached(two_users());
-        for _ in 0..2 {
-            assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
-            assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
-            assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
-        }
-        assert_eq!(auth.verifies(), 6, "every failure costs a verify: none was cached");
-        // The right password after wrong ones still works (and is cached).
-        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
-        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
-        assert_eq!(auth.verifies(), 7);
     }
 
     /// Changes made through another connection - what the CLI does while the
@@ -323,58 +274,17 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn concurrent_first_requests_verify_once_per_core_at_most() {
-        let auth = cached(two_users());
-        let tasks: Vec<_> = (0..32)
-            .map(|_| {
-                let auth = auth.clone();
-                tokio::spawn(async move { auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some() })
-            })
-            .collect();
-        for t in tasks {
-            assert!(t.await.unwrap());
+    backends! {
+        fn a_rehash_never_overwrites_a_password_changed_meanwhile(b) {
+        let mut store = b.open();
+            let user = store.add_user("acme1", &hash_password("old-pass", 4).unwrap()).unwrap();
+            let changed = hash_password("new-pass", 4).unwrap();
+            store.set_password("acme1", &changed).unwrap();
+            // The hash verified was the old one: the swap must not happen.
+            assert!(!store.replace_password_hash(user.id, &user.password_hash, "$2b$05$x").unwrap());
+            assert_eq!(store.user("acme1").unwrap().unwrap().password_hash, changed);
+            assert!(store.replace_password_hash(user.id, &changed, "$2b$05$x").unwrap());
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        assert!(auth.verifies() <= cores, "{} verifies for one password", auth.verifies());
-    }
-
-    /// After `auth.bcrypt_cost` changes, stored hashes of the old cost are
-    /// replaced on their user's next good login, so they cost what the dummy
-    /// hash for unknown names costs.
-    #[tokio::test]
-    async fn a_stored_hash_of_another_cost_is_rehashed_on_login() {
-        let db = two_users(); // hashed at cost 4
-        let auth = cached(db.clone());
-        let auth = Authenticator { cost: 5, ..auth };
-        let stored = |db: &Db| {
-            let db = db.clone();
-            async move { db.run(|s| s.user("acme1")).await.unwrap().unwrap().password_hash }
-        };
-        assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
-        assert_eq!(hash_cost(&stored(&db).await), Some(4), "a failure rehashes nothing");
-        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
-        let new = stored(&db).await;
-        assert_eq!(hash_cost(&new), Some(5));
-        assert!(verify_password("s3cret-pass", &new));
-        // The new hash is what the cache vouches for: no second verify.
-        let verifies = auth.verifies();
-        assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
-        assert_eq!(auth.verifies(), verifies);
-        assert_eq!(hash_cost(&auth.dummy_hash), Some(4), "this test's dummy; Authenticator::new makes it at `cost`");
-        assert_eq!(hash_cost(&Authenticator::new(db.clone(), 5).unwrap().dummy_hash), Some(5));
-    }
-
-    #[tokio::test]
-    async fn a_rehash_never_overwrites_a_password_changed_meanwhile() {
-        let mut store = Store::open_in_memory().unwrap();
-        let user = store.add_user("acme1", &hash_password("old-pass", 4).unwrap()).unwrap();
-        let changed = hash_password("new-pass", 4).unwrap();
-        store.set_password("acme1", &changed).unwrap();
-        // The hash verified was the old one: the swap must not happen.
-        assert!(!store.replace_password_hash(user.id, &user.password_hash, "$2b$05$x").unwrap());
-        assert_eq!(store.user("acme1").unwrap().unwrap().password_hash, changed);
-        assert!(store.replace_password_hash(user.id, &changed, "$2b$05$x").unwrap());
     }
 
     #[test]
@@ -382,5 +292,93 @@ mod tests {
         assert!(hash_password(&"x".repeat(72), 4).is_err());
         assert!(hash_password("", 4).is_err());
         assert!(hash_password(&"x".repeat(71), 4).is_ok());
+    }
+
+    async_backends! {
+        async fn right_wrong_unknown_disabled(b) {
+            let auth = Authenticator::new(two_users(b), 4).unwrap();
+            assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
+            assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
+            assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
+            assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
+            assert!(auth.authenticate("acme1", &pw(&"s".repeat(100))).await.unwrap().is_none());
+        }
+
+        async fn second_request_is_served_from_the_cache(b) {
+            let auth = cached(two_users(b));
+            assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+            assert_eq!(auth.verifies(), 1);
+            for _ in 0..5 {
+                assert_eq!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().unwrap().name, "acme1");
+            }
+            assert_eq!(auth.verifies(), 1, "hits must not run bcrypt");
+        }
+
+        async fn lookup_accepts_only_what_the_cache_vouches_for(b) {
+            let auth = cached(two_users(b));
+            assert!(matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
+            let Lookup::Verify(pending) = auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap() else { unreachable!() };
+            assert!(pending.verify().await.unwrap().is_some());
+            assert!(
+                matches!(auth.lookup("acme1", &pw("s3cret-pass")).await.unwrap(), Lookup::Accepted(u) if u.name == "acme1")
+            );
+            assert!(matches!(auth.lookup("acme1", &pw("wrong")).await.unwrap(), Lookup::Verify(_)));
+            assert!(matches!(auth.lookup("nobody", &pw("s3cret-pass")).await.unwrap(), Lookup::Verify(_)));
+            assert_eq!(auth.verifies(), 1, "lookups never run bcrypt");
+        }
+
+        async fn failures_are_never_remembered(b) {
+            let auth = cached(two_users(b));
+            for _ in 0..2 {
+                assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
+                assert!(auth.authenticate("nobody", &pw("s3cret-pass")).await.unwrap().is_none());
+                assert!(auth.authenticate("off", &pw("s3cret-pass")).await.unwrap().is_none());
+            }
+            assert_eq!(auth.verifies(), 6, "every failure costs a verify: none was cached");
+            // The right password after wrong ones still works (and is cached).
+            assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+            assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+            assert_eq!(auth.verifies(), 7);
+        }
+
+        async fn concurrent_first_requests_verify_once_per_core_at_most(b) {
+            let auth = cached(two_users(b));
+            let tasks: Vec<_> = (0..32)
+                .map(|_| {
+                    let auth = auth.clone();
+                    tokio::spawn(async move { auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some() })
+                })
+                .collect();
+            for t in tasks {
+                assert!(t.await.unwrap());
+            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            assert!(auth.verifies() <= cores, "{} verifies for one password", auth.verifies());
+        }
+
+        /// After `auth.bcrypt_cost` changes, stored hashes of the old cost are
+        /// replaced on their user's next good login, so they cost what the dummy
+        /// hash for unknown names costs.
+        async fn a_stored_hash_of_another_cost_is_rehashed_on_login(b) {
+            let db = two_users(b); // hashed at cost 4
+            let auth = cached(db.clone());
+            let auth = Authenticator { cost: 5, ..auth };
+            let stored = |db: &Db| {
+                let db = db.clone();
+                async move { db.run(|s| s.user("acme1")).await.unwrap().unwrap().password_hash }
+            };
+            assert!(auth.authenticate("acme1", &pw("wrong")).await.unwrap().is_none());
+            assert_eq!(hash_cost(&stored(&db).await), Some(4), "a failure rehashes nothing");
+            assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+            let new = stored(&db).await;
+            assert_eq!(hash_cost(&new), Some(5));
+            assert!(verify_password("s3cret-pass", &new));
+            // The new hash is what the cache vouches for: no second verify.
+            let verifies = auth.verifies();
+            assert!(auth.authenticate("acme1", &pw("s3cret-pass")).await.unwrap().is_some());
+            assert_eq!(auth.verifies(), verifies);
+            assert_eq!(hash_cost(&auth.dummy_hash), Some(4), "this test's dummy; Authenticator::new makes it at `cost`");
+            assert_eq!(hash_cost(&Authenticator::new(db.clone(), 5).unwrap().dummy_hash), Some(5));
+        }
     }
 }

@@ -5,8 +5,7 @@
 //! backwards or re-open a final one: the first to arrive wins, the others
 //! see `false`.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::backend::{Row, TxKind, args};
 use super::{Store, StoreError};
 use crate::call::options::{CallMode, CallOptions};
 use crate::call::token::TokenHash;
@@ -130,33 +129,34 @@ pub(super) const OVERDUE: &str =
 /// `(?2 IS NULL OR status = ?2)`: SQLite cannot use `calls_by_user_status`
 /// for such an OR, and would walk all the user's calls to find one status.
 pub(super) fn user_calls_sql(with_status: bool) -> String {
-    let status = if with_status { "status = ?2" } else { "?2 IS NULL" };
+    // The CAST gives PostgreSQL a type for a parameter used nowhere else.
+    let status = if with_status { "status = ?2" } else { "CAST(?2 AS TEXT) IS NULL" };
     format!(
         "SELECT {CALL_COLUMNS} FROM calls
          WHERE user_id = ?1 AND {status}
-           AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
+           AND (CAST(?3 AS BIGINT) IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
          ORDER BY created_at DESC, id DESC LIMIT ?5"
     )
 }
 
-pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Call, StoreError>> {
+pub(super) fn call_from_row(row: &Row<'_>) -> Result<Call, StoreError> {
     let id: String = row.get(0)?;
     let status: String = row.get(4)?;
     let Some(id) = CallId::parse(&id) else {
-        return Ok(Err(StoreError::Corrupt(format!("call id {id:?}"))));
+        return Err(StoreError::Corrupt(format!("call id {id:?}")));
     };
     let Some(status) = CallStatus::parse(&status) else {
-        return Ok(Err(StoreError::Corrupt(format!("call status {status:?}"))));
+        return Err(StoreError::Corrupt(format!("call status {status:?}")));
     };
     let mode: String = row.get(21)?;
     let Some(mode) = CallMode::parse(&mode) else {
-        return Ok(Err(StoreError::Corrupt(format!("call mode {mode:?}"))));
+        return Err(StoreError::Corrupt(format!("call mode {mode:?}")));
     };
-    Ok(Ok(Call {
+    Ok(Call {
         id,
         user_id: row.get(1)?,
         number: row.get(2)?,
-        code: row.get::<_, Option<String>>(3)?.map(Secret::new),
+        code: row.get::<Option<String>>(3)?.map(Secret::new),
         status,
         reason: row.get(5)?,
         detail: row.get(6)?,
@@ -176,50 +176,46 @@ pub(super) fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
         verified: row.get(22)?,
         attempts: row.get(23)?,
         asterisk: row.get(24)?,
-    }))
+    })
 }
 
-/// Runs one conditional status `UPDATE` in `tx` and, when it moved the
-/// call, queues the webhook for the new state in the same transaction: a
-/// status change is never committed without its notification.
-fn transition_in(
-    tx: &rusqlite::Transaction<'_>,
-    id: &CallId,
-    sql: &str,
-    args: &[&dyn rusqlite::ToSql],
-) -> Result<bool, StoreError> {
-    let n = tx.prepare_cached(sql)?.execute(args)?;
+/// Runs one conditional status `UPDATE` in the caller's transaction and,
+/// when it moved the call, queues the webhook for the new state in the
+/// same transaction: a status change is never committed without its
+/// notification.
+fn transition_in(s: &Store, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
+    let n = s.execute(sql, args)?;
     if n == 1 {
-        super::webhooks::enqueue_call_change(tx, id)?;
+        super::webhooks::enqueue_call_change(s, id)?;
     }
     Ok(n == 1)
 }
 
-/// Any non-final status -> `end`'s, erasing the code, in `tx`.
-fn finish_in(tx: &rusqlite::Transaction<'_>, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
+/// Any non-final status -> `end`'s, erasing the code, in the caller's
+/// transaction.
+fn finish_in(s: &Store, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
     debug_assert!(end.status.is_final());
     transition_in(
-        tx,
+        s,
         id,
         &format!(
             "UPDATE calls SET status = ?2, reason = ?3, detail = ?4, readings = COALESCE(?5, readings),
                               code = NULL, agi_token_hash = NULL, ended_at = ?6, updated_at = ?6
              WHERE id = ?1 AND status IN {LIVE}"
         ),
-        params![
+        args![
             id.as_str(),
             end.status.as_str(),
             end.reason.map(FailReason::as_str),
-            end.detail,
+            &end.detail,
             end.readings,
             now_ms()
         ],
     )
 }
 
-pub(super) fn read_call(conn: &rusqlite::Connection, id: &CallId) -> Result<Option<Call>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?;
-    stmt.query_row([id.as_str()], call_from_row).optional()?.transpose()
+pub(super) fn read_call(s: &Store, id: &CallId) -> Result<Option<Call>, StoreError> {
+    s.query_opt(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"), args![id.as_str()], call_from_row)
 }
 
 impl Store {
@@ -231,30 +227,30 @@ impl Store {
     /// Stores a new `queued` call with its deadline and webhook URL.
     pub fn insert_call_with(&mut self, new: &NewCall<'_>, life: &NewCallLifecycle) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut stmt = self.conn.prepare_cached(
+        self.execute(
             "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at, deadline_at, callback_url,
                                 language, require_keypress, mode, verification_id)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args![
+                new.id.as_str(),
+                new.user_id,
+                new.number,
+                new.code,
+                now,
+                life.deadline_at,
+                &life.callback_url,
+                &new.options.language,
+                new.options.require_keypress,
+                new.options.mode.as_str(),
+                &life.verification_id
+            ],
         )?;
-        stmt.execute(params![
-            new.id.as_str(),
-            new.user_id,
-            new.number,
-            new.code,
-            now,
-            life.deadline_at,
-            life.callback_url,
-            new.options.language,
-            new.options.require_keypress,
-            new.options.mode.as_str(),
-            life.verification_id
-        ])?;
         Ok(())
     }
 
     /// Reads a call.
     pub fn call(&self, id: &CallId) -> Result<Option<Call>, StoreError> {
-        read_call(&self.conn, id)
+        read_call(self, id)
     }
 
     /// Calls to `number` (E.164) created after `since_ms`, and of those
@@ -262,20 +258,18 @@ impl Store {
     /// creation time of its oldest call: one pass over the
     /// `calls_by_number` index, for the per-number quotas.
     pub fn number_calls_since(&self, number: &str, since_ms: i64, recent_ms: i64) -> Result<NumberCalls, StoreError> {
-        let mut stmt = self.conn.prepare_cached(NUMBER_CALLS)?;
-        let counts = stmt.query_row(params![number, since_ms, recent_ms], |r| {
+        self.query_one(NUMBER_CALLS, args![number, since_ms, recent_ms], |r| {
             Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
-        })?;
-        Ok(counts)
+        })
     }
 
     /// Newest calls first, at most `limit`.
     pub fn recent_calls(&self, limit: u32) -> Result<Vec<Call>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls ORDER BY created_at DESC, id LIMIT ?1"))?;
-        let rows = stmt.query_map([limit], call_from_row)?;
-        rows.map(|r| r?).collect()
+        self.query(
+            &format!("SELECT {CALL_COLUMNS} FROM calls ORDER BY created_at DESC, id LIMIT ?1"),
+            args![limit],
+            call_from_row,
+        )
     }
 
     /// One user's calls, newest first (ties by id, descending), optionally of
@@ -287,41 +281,34 @@ impl Store {
         after: Option<&CallCursor>,
         limit: u32,
     ) -> Result<Vec<Call>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&user_calls_sql(status.is_some()))?;
-        let rows = stmt.query_map(
-            params![
+        self.query(
+            &user_calls_sql(status.is_some()),
+            args![
                 user_id,
                 status.map(CallStatus::as_str),
                 after.map(|c| c.created_at),
-                after.map(|c| c.id.as_str().to_owned()),
+                after.map(|c| c.id.as_str()),
                 limit
             ],
             call_from_row,
-        )?;
-        rows.map(|r| r?).collect()
+        )
     }
 
     /// [`transition_in`] in a transaction of its own.
-    pub(super) fn transition(
-        &mut self,
-        id: &CallId,
-        sql: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        let moved = transition_in(&tx, id, sql, args)?;
-        tx.commit()?;
-        Ok(moved)
+    pub(super) fn transition(&self, id: &CallId, sql: &str, args: &[super::Value<'_>]) -> Result<bool, StoreError> {
+        self.tx(TxKind::Deferred, |s| transition_in(s, id, sql, args))
     }
 
     /// `queued` -> `dialing`, keeping the hash of the FastAGI token sent
-    /// with this dial's Originate. False if the call had moved on already.
+    /// with this dial's Originate, by this store's daemon (its owner from
+    /// now on). False if the call had moved on already - another daemon's
+    /// dialler, say, took it first.
     pub fn mark_dialing_with(&mut self, id: &CallId, token: &TokenHash) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3
+            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3, owner = ?4
              WHERE id = ?1 AND status = 'queued'",
-            params![id.as_str(), now_ms(), &token.0[..]],
+            args![id.as_str(), now_ms(), &token.0[..], self.owner_id()],
         )
     }
 
@@ -335,11 +322,10 @@ impl Store {
     /// may serve call `id`: it must be in flight (dialled, not final) and
     /// the token must be the one its Originate carried. Reads only.
     pub fn check_agi_token(&self, id: &CallId, presented: &TokenHash) -> Result<TokenCheck, StoreError> {
-        let row: Option<(String, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached("SELECT status, agi_token_hash FROM calls WHERE id = ?1")?
-            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let row: Option<(String, Option<Vec<u8>>)> =
+            self.query_opt("SELECT status, agi_token_hash FROM calls WHERE id = ?1", args![id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let Some((status, stored)) = row else { return Ok(TokenCheck::UnknownCall) };
         let status =
             CallStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?;
@@ -358,7 +344,7 @@ impl Store {
             id,
             "UPDATE calls SET status = 'ringing', ringing_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status = 'dialing'",
-            params![id.as_str(), now_ms()],
+            args![id.as_str(), now_ms()],
         )
     }
 
@@ -369,17 +355,14 @@ impl Store {
             id,
             "UPDATE calls SET status = 'answered', answered_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status IN ('dialing', 'ringing')",
-            params![id.as_str(), now_ms()],
+            args![id.as_str(), now_ms()],
         )
     }
 
     /// Any non-final status -> final; erases the code in the same write.
     /// False if the call was final already.
     pub fn finish_call(&mut self, id: &CallId, end: &CallEnd) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        let moved = finish_in(&tx, id, end)?;
-        tx.commit()?;
-        Ok(moved)
+        self.tx(TxKind::Deferred, |s| finish_in(s, id, end))
     }
 
     /// [`Store::finish_call`] for an enter-mode call, with how the entry
@@ -393,16 +376,15 @@ impl Store {
         attempts: u32,
         verified: bool,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        // Before the status moves, so the webhook's body has them; a final
-        // call keeps the entry it ended with.
-        tx.prepare_cached(&format!(
-            "UPDATE calls SET attempts = ?2, verified = ?3 WHERE id = ?1 AND status IN {LIVE}"
-        ))?
-        .execute(params![id.as_str(), attempts, verified])?;
-        let moved = finish_in(&tx, id, end)?;
-        tx.commit()?;
-        Ok(moved)
+        self.tx(TxKind::Deferred, |s| {
+            // Before the status moves, so the webhook's body has them; a
+            // final call keeps the entry it ended with.
+            s.execute(
+                &format!("UPDATE calls SET attempts = ?2, verified = ?3 WHERE id = ?1 AND status IN {LIVE}"),
+                args![id.as_str(), attempts, verified],
+            )?;
+            finish_in(s, id, end)
+        })
     }
 
     /// `queued` -> `expired` when its deadline has passed at `now`; erases
@@ -412,17 +394,14 @@ impl Store {
             id,
             "UPDATE calls SET status = 'expired', code = NULL, agi_token_hash = NULL, ended_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?2",
-            params![id.as_str(), now],
+            args![id.as_str(), now],
         )
     }
 
     /// Expires every queued call whose deadline passed at `now` (calls left
     /// queued by a stalled dialler or a restart). Returns their ids.
     pub fn expire_overdue(&mut self, now: i64) -> Result<Vec<CallId>, StoreError> {
-        let ids: Vec<String> = {
-            let mut stmt = self.conn.prepare_cached(OVERDUE)?;
-            stmt.query_map([now], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
+        let ids: Vec<String> = self.query(OVERDUE, args![now], |r| r.get(0))?;
         let mut expired = Vec::new();
         for id in ids.iter().filter_map(|s| CallId::parse(s)) {
             if self.expire_call(&id, now)? {
@@ -439,16 +418,17 @@ impl Store {
             id,
             "UPDATE calls SET status = 'canceled', code = NULL, agi_token_hash = NULL, ended_at = ?2, updated_at = ?2
              WHERE id = ?1 AND status IN ('queued', 'dialing', 'ringing')",
-            params![id.as_str(), now_ms()],
+            args![id.as_str(), now_ms()],
         )
     }
 
     /// Stores the keys the callee pressed (`0-9*#`, in order), as the call
     /// flow reports them. A final call keeps the keys it ended with.
     pub fn record_keys(&mut self, id: &CallId, keys: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!("UPDATE calls SET keys = ?2, updated_at = ?3 WHERE id = ?1 AND status IN {LIVE}"))?
-            .execute(params![id.as_str(), keys, now_ms()])?;
+        self.execute(
+            &format!("UPDATE calls SET keys = ?2, updated_at = ?3 WHERE id = ?1 AND status IN {LIVE}"),
+            args![id.as_str(), keys, now_ms()],
+        )?;
         Ok(())
     }
 
@@ -458,11 +438,10 @@ impl Store {
     /// stands for, and a webhook saying so.
     pub fn record_cause(&mut self, id: &CallId, cause: u16, cause_text: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        self.conn
-            .prepare_cached(
-                "UPDATE calls SET cause = ?2, cause_text = ?3, updated_at = ?4 WHERE id = ?1 AND cause IS NULL",
-            )?
-            .execute(params![id.as_str(), cause, cause_text, now])?;
+        self.execute(
+            "UPDATE calls SET cause = ?2, cause_text = ?3, updated_at = ?4 WHERE id = ?1 AND cause IS NULL",
+            args![id.as_str(), cause, cause_text, now],
+        )?;
         let refined = FailReason::from_cause(cause);
         if refined != FailReason::SystemError {
             self.transition(
@@ -470,7 +449,7 @@ impl Store {
                 "UPDATE calls SET reason = ?2, updated_at = ?3
                  WHERE id = ?1 AND status = 'failed' AND reason = 'system_error' AND answered_at IS NULL
                    AND detail IS NULL",
-                params![id.as_str(), refined.as_str(), now],
+                args![id.as_str(), refined.as_str(), now],
             )?;
         }
         Ok(())
@@ -479,29 +458,26 @@ impl Store {
     /// Deletes final calls that ended before `cutoff` (Unix ms), with their
     /// webhook deliveries. Returns how many calls went.
     pub fn purge_calls(&mut self, cutoff: i64) -> Result<usize, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1
-                   AND status IN ('completed', 'failed', 'expired', 'canceled')",
-            )?
-            .execute([cutoff])?;
-        Ok(n)
+        self.execute(
+            "DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1
+               AND status IN ('completed', 'failed', 'expired', 'canceled')",
+            args![cutoff],
+        )
     }
 
     /// Stored calls per (status, reason), for metrics.
     pub fn call_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT status, reason, COUNT(*) FROM calls GROUP BY status, reason")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query("SELECT status, reason, COUNT(*) FROM calls GROUP BY status, reason", &[], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
     }
 
     /// Proves the database takes writes: one tiny committed write.
     pub fn probe_write(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("INSERT INTO health_probe (id, at) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET at = ?1")?
-            .execute([now_ms()])?;
+        self.execute(
+            "INSERT INTO health_probe (id, at) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET at = ?1",
+            args![now_ms()],
+        )?;
         Ok(())
     }
 }
@@ -510,13 +486,14 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::query_plan;
+    use crate::store::testing::{Backend, backends};
 
     fn english() -> CallOptions {
         CallOptions { mode: CallMode::Read, language: "en".into(), require_keypress: false }
     }
 
-    fn store_with_call() -> (Store, CallId) {
-        let mut s = Store::open_in_memory().unwrap();
+    fn store_with_call(b: Backend) -> (Store, CallId) {
+        let mut s = b.open();
         let u = s.add_user("acme1", "h").unwrap();
         let id = CallId::generate();
         let options = CallOptions { mode: CallMode::Read, language: "ur".into(), require_keypress: true };
@@ -526,266 +503,9 @@ mod tests {
     }
 
     #[test]
-    fn options_and_keys_are_kept() {
-        let (mut s, id) = store_with_call();
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.options, CallOptions { mode: CallMode::Read, language: "ur".into(), require_keypress: true });
-        assert_eq!((c.verified, c.attempts), (false, 0));
-        assert_eq!(c.keys, "");
-        s.record_keys(&id, "51").unwrap();
-        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
-        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
-        s.record_keys(&id, "9").unwrap();
-        assert_eq!(s.call(&id).unwrap().unwrap().keys, "51", "a final call keeps its keys");
-    }
-
-    #[test]
-    fn an_entry_is_kept_with_the_end_of_the_call_and_in_its_webhook() {
-        let mut s = Store::open_in_memory().unwrap();
-        let u = s.add_user("acme1", "h").unwrap();
-        s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
-        let enter = CallOptions { mode: CallMode::Enter, language: "en".into(), require_keypress: false };
-        let id = CallId::generate();
-        s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "246810", options: &enter })
-            .unwrap();
-        assert_eq!(s.call(&id).unwrap().unwrap().options.mode, CallMode::Enter);
-        s.mark_dialing(&id).unwrap();
-        s.mark_answered(&id).unwrap();
-        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: None };
-        assert!(s.finish_entry(&id, &end, 2, true).unwrap());
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!((c.status, c.verified, c.attempts, c.code), (CallStatus::Completed, true, 2, None));
-        let body: String = s
-            .conn
-            .query_row(
-                "SELECT body FROM webhook_deliveries WHERE call_id = ?1 AND status = 'completed'",
-                [id.as_str()],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert!(body.contains(r#""verified":true"#) && body.contains(r#""attempts":2"#), "{body}");
-
-        // A call that is over already keeps the entry it ended with.
-        let late = CallEnd::failed(FailReason::WrongCode, None);
-        assert!(!s.finish_entry(&id, &late, 3, false).unwrap());
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!((c.status, c.verified, c.attempts), (CallStatus::Completed, true, 2));
-    }
-
-    #[test]
-    fn happy_path_erases_code_at_the_end() {
-        let (mut s, id) = store_with_call();
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.status, CallStatus::Queued);
-        assert_eq!(c.code.as_ref().map(Secret::expose), Some("482915"));
-        assert!(!format!("{c:?}").contains("482915"), "Debug of a call never shows its code");
-        assert!(s.mark_dialing(&id).unwrap());
-        assert!(!s.mark_dialing(&id).unwrap());
-        assert!(s.mark_answered(&id).unwrap());
-        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
-        assert!(s.finish_call(&id, &end).unwrap());
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.status, CallStatus::Completed);
-        assert_eq!(c.code, None);
-        assert_eq!(c.readings, 2);
-        assert!(c.ended_at.is_some() && c.answered_at.is_some() && c.dialed_at.is_some());
-    }
-
-    #[test]
-    fn final_calls_do_not_move() {
-        let (mut s, id) = store_with_call();
-        assert!(s.finish_call(&id, &CallEnd::failed(FailReason::Busy, None)).unwrap());
-        assert!(!s.mark_answered(&id).unwrap());
-        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
-        assert!(!s.finish_call(&id, &end).unwrap());
-        assert_eq!(s.call(&id).unwrap().unwrap().status, CallStatus::Failed);
-    }
-
-    #[test]
-    fn a_late_cause_refines_a_generic_failure() {
-        let (mut s, id) = store_with_call();
-        s.mark_dialing(&id).unwrap();
-        s.finish_call(&id, &CallEnd::failed(FailReason::SystemError, None)).unwrap();
-        s.record_cause(&id, 17, "User busy").unwrap();
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.reason.as_deref(), Some("busy"));
-        assert_eq!(c.cause, Some(17));
-        assert_eq!(c.cause_text.as_deref(), Some("User busy"));
-        // The first cause sticks.
-        s.record_cause(&id, 16, "Normal Clearing").unwrap();
-        assert_eq!(s.call(&id).unwrap().unwrap().cause, Some(17));
-    }
-
-    #[test]
-    fn ringing_then_answered_and_durations() {
-        let (mut s, id) = store_with_call();
-        assert!(!s.mark_ringing(&id).unwrap(), "a queued call does not ring");
-        s.mark_dialing(&id).unwrap();
-        assert!(s.mark_ringing(&id).unwrap());
-        assert!(!s.mark_ringing(&id).unwrap());
-        assert!(s.mark_answered(&id).unwrap());
-        let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(1) };
-        s.finish_call(&id, &end).unwrap();
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.ring_ms(), Some(c.answered_at.unwrap() - c.ringing_at.unwrap()));
-        assert_eq!(c.talk_ms(), Some(c.ended_at.unwrap() - c.answered_at.unwrap()));
-    }
-
-    #[test]
-    fn cancel_only_before_answer_and_erases_code() {
-        let (mut s, id) = store_with_call();
-        s.mark_dialing(&id).unwrap();
-        s.mark_ringing(&id).unwrap();
-        assert!(s.cancel_call(&id).unwrap());
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!((c.status, c.code), (CallStatus::Canceled, None));
-        assert!(!s.mark_answered(&id).unwrap(), "a canceled call cannot be answered");
-        let (mut s, id) = store_with_call();
-        assert!(!s.mark_answered(&id).unwrap(), "a call never dialled cannot be answered");
-        s.mark_dialing(&id).unwrap();
-        s.mark_answered(&id).unwrap();
-        assert!(!s.cancel_call(&id).unwrap());
-    }
-
-    /// Review item 5: a call that shows `ringing` when it is answered
-    /// becomes `answered`, with its time, and can no longer be canceled.
-    #[test]
-    fn a_ringing_call_is_answered() {
-        let (mut s, id) = store_with_call();
-        s.mark_dialing(&id).unwrap();
-        s.mark_ringing(&id).unwrap();
-        assert!(s.mark_answered(&id).unwrap());
-        let c = s.call(&id).unwrap().unwrap();
-        assert_eq!(c.status, CallStatus::Answered);
-        assert!(c.answered_at.is_some());
-        assert!(!s.cancel_call(&id).unwrap(), "no cancel once answered");
-    }
-
-    /// Only a dialled, live call with its own token passes; nothing but the
-    /// status is read, and a final call or a requeued one loses its token.
-    #[test]
-    fn fastagi_tokens_admit_only_the_dialled_call() {
-        let (mut s, id) = store_with_call();
-        let right = TokenHash::of("right-token");
-        let wrong = TokenHash::of("wrong-token");
-        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
-        assert_eq!(s.check_agi_token(&CallId::generate(), &right).unwrap(), TokenCheck::UnknownCall);
-        s.mark_dialing_with(&id, &right).unwrap();
-        assert_eq!(s.check_agi_token(&id, &wrong).unwrap(), TokenCheck::WrongToken);
-        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Dialing));
-        assert_eq!(s.call(&id).unwrap().unwrap().status, CallStatus::Dialing, "checking changes nothing");
-        s.mark_ringing(&id).unwrap();
-        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Ringing));
-        // Requeued (the Originate never left): the old token is void.
-        let (mut s2, id2) = store_with_call();
-        s2.mark_dialing_with(&id2, &right).unwrap();
-        s2.requeue(&id2).unwrap();
-        assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
-        s2.mark_dialing_with(&id2, &wrong).unwrap();
-        assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::WrongToken);
-        // Final: refused, and the hash is gone with the code.
-        s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
-        assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Failed));
-        let hash: Option<Vec<u8>> =
-            s.conn.query_row("SELECT agi_token_hash FROM calls WHERE id = ?1", [id.as_str()], |r| r.get(0)).unwrap();
-        assert_eq!(hash, None);
-    }
-
-    #[test]
-    fn only_overdue_queued_calls_expire() {
-        let mut s = Store::open_in_memory().unwrap();
-        let u = s.add_user("acme1", "h").unwrap();
-        let mk = |s: &mut Store, deadline: i64| {
-            let id = CallId::generate();
-            let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() };
-            s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), ..NewCallLifecycle::default() })
-                .unwrap();
-            id
-        };
-        let overdue = mk(&mut s, 1_000);
-        let later = mk(&mut s, 10_000);
-        let dialing = mk(&mut s, 1_000);
-        s.mark_dialing(&dialing).unwrap();
-        assert_eq!(s.expire_overdue(5_000).unwrap(), vec![overdue.clone()]);
-        let c = s.call(&overdue).unwrap().unwrap();
-        assert_eq!((c.status, c.code), (CallStatus::Expired, None));
-        assert_eq!(s.call(&later).unwrap().unwrap().status, CallStatus::Queued);
-        assert_eq!(s.call(&dialing).unwrap().unwrap().status, CallStatus::Dialing);
-        assert!(s.expire_call(&later, 10_000).unwrap());
-    }
-
-    #[test]
-    fn purge_removes_only_old_final_calls() {
-        let (mut s, old) = store_with_call();
-        s.finish_call(&old, &CallEnd::failed(FailReason::Busy, None)).unwrap();
-        let live = CallId::generate();
-        let u = s.user("acme1").unwrap().unwrap();
-        s.insert_call(&NewCall {
-            id: &live,
-            user_id: u.id,
-            number: "+923001234567",
-            code: "1234",
-            options: &english(),
-        })
-        .unwrap();
-        let ended = s.call(&old).unwrap().unwrap().ended_at.unwrap();
-        assert_eq!(s.purge_calls(ended).unwrap(), 0, "cutoff is exclusive");
-        assert_eq!(s.purge_calls(i64::MAX).unwrap(), 1);
-        assert!(s.call(&old).unwrap().is_none());
-        assert!(s.call(&live).unwrap().is_some(), "a live call is never purged");
-    }
-
-    #[test]
-    fn listing_pages_newest_first_per_user() {
-        let mut s = Store::open_in_memory().unwrap();
-        let a = s.add_user("a", "h").unwrap();
-        let b = s.add_user("b", "h").unwrap();
-        let mut ids = Vec::new();
-        for _ in 0..5 {
-            let id = CallId::generate();
-            s.insert_call(&NewCall {
-                id: &id,
-                user_id: a.id,
-                number: "+923001234567",
-                code: "1234",
-                options: &english(),
-            })
-            .unwrap();
-            ids.push(id);
-        }
-        let other = CallId::generate();
-        s.insert_call(&NewCall {
-            id: &other,
-            user_id: b.id,
-            number: "+923001234567",
-            code: "1234",
-            options: &english(),
-        })
-        .unwrap();
-        s.finish_call(&ids[0], &CallEnd::failed(FailReason::Busy, None)).unwrap();
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = s.user_calls(a.id, None, cursor.as_ref(), 2).unwrap();
-            if page.is_empty() {
-                break;
-            }
-            let last = page.last().unwrap();
-            cursor = Some(CallCursor { created_at: last.created_at, id: last.id.clone() });
-            assert_eq!(CallCursor::decode(&cursor.as_ref().unwrap().encode()), cursor);
-            seen.extend(page.into_iter().map(|c| (c.created_at, c.id.as_str().to_owned())));
-        }
-        assert_eq!(seen.len(), 5, "every call of a once, none of b");
-        assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
-        let failed = s.user_calls(a.id, Some(CallStatus::Failed), None, 10).unwrap();
-        assert_eq!(failed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ids[0].clone()]);
-        assert_eq!(CallCursor::decode("x-y"), None);
-    }
-
-    #[test]
     fn number_counts_use_the_number_index() {
-        let (s, _) = store_with_call();
-        let plan = query_plan(&s.conn, NUMBER_CALLS, params!["+923001234567", 0, 0]);
+        let (s, _) = store_with_call(Backend::Sqlite);
+        let plan = query_plan(&s, NUMBER_CALLS, rusqlite::params!["+923001234567", 0, 0]);
         assert!(plan.iter().all(|p| p.contains("USING COVERING INDEX calls_by_number")), "{plan:?}");
         let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
         assert_eq!((counts.since, counts.recent), (1, 1));
@@ -794,11 +514,11 @@ mod tests {
 
     #[test]
     fn status_lookups_use_the_queue_index() {
-        let (s, _) = store_with_call();
-        let plan = query_plan(&s.conn, OVERDUE, [0]);
+        let (s, _) = store_with_call(Backend::Sqlite);
+        let plan = query_plan(&s, OVERDUE, [0]);
         assert!(plan.iter().all(|p| p.contains("USING INDEX calls_queue")), "{plan:?}");
         let indexes: Vec<String> = s
-            .conn
+            .sqlite_for_tests()
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls'")
             .unwrap()
             .query_map([], |r| r.get(0))
@@ -813,12 +533,12 @@ mod tests {
     /// (only ties in `created_at` are sorted, by id).
     #[test]
     fn user_listings_use_the_user_indexes() {
-        let (s, _) = store_with_call();
+        let (s, _) = store_with_call(Backend::Sqlite);
         let id = CallId::generate();
         for (status, index) in [(None, "calls_by_user"), (Some("failed"), "calls_by_user_status")] {
             for cursor in [None, Some(5)] {
                 let sql = user_calls_sql(status.is_some());
-                let plan = query_plan(&s.conn, &sql, params![1, status, cursor, id.as_str(), 20]);
+                let plan = query_plan(&s, &sql, rusqlite::params![1, status, cursor, id.as_str(), 20]);
                 let search = format!("SEARCH calls USING INDEX {index} (");
                 assert!(plan[0].starts_with(&search), "status {status:?}, cursor {cursor:?}: {plan:?}");
                 assert_eq!(plan[1..], ["USE TEMP B-TREE FOR LAST TERM OF ORDER BY"], "{status:?} {cursor:?}");
@@ -826,10 +546,255 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unknown_call_is_none() {
-        let (s, _) = store_with_call();
-        assert!(s.call(&CallId::generate()).unwrap().is_none());
-        assert_eq!(s.recent_calls(10).unwrap().len(), 1);
+    backends! {
+        fn options_and_keys_are_kept(b) {
+            let (mut s, id) = store_with_call(b);
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.options, CallOptions { mode: CallMode::Read, language: "ur".into(), require_keypress: true });
+            assert_eq!((c.verified, c.attempts), (false, 0));
+            assert_eq!(c.keys, "");
+            s.record_keys(&id, "51").unwrap();
+            assert_eq!(s.call(&id).unwrap().unwrap().keys, "51");
+            s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
+            s.record_keys(&id, "9").unwrap();
+            assert_eq!(s.call(&id).unwrap().unwrap().keys, "51", "a final call keeps its keys");
+        }
+
+        fn an_entry_is_kept_with_the_end_of_the_call_and_in_its_webhook(b) {
+            let mut s = b.open();
+            let u = s.add_user("acme1", "h").unwrap();
+            s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
+            let enter = CallOptions { mode: CallMode::Enter, language: "en".into(), require_keypress: false };
+            let id = CallId::generate();
+            s.insert_call(&NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "246810", options: &enter })
+                .unwrap();
+            assert_eq!(s.call(&id).unwrap().unwrap().options.mode, CallMode::Enter);
+            s.mark_dialing(&id).unwrap();
+            s.mark_answered(&id).unwrap();
+            let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: None };
+            assert!(s.finish_entry(&id, &end, 2, true).unwrap());
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!((c.status, c.verified, c.attempts, c.code), (CallStatus::Completed, true, 2, None));
+            let body: String = s
+                .query_one(
+                    "SELECT body FROM webhook_deliveries WHERE call_id = ?1 AND status = 'completed'",
+                    args![id.as_str()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(body.contains(r#""verified":true"#) && body.contains(r#""attempts":2"#), "{body}");
+
+            // A call that is over already keeps the entry it ended with.
+            let late = CallEnd::failed(FailReason::WrongCode, None);
+            assert!(!s.finish_entry(&id, &late, 3, false).unwrap());
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!((c.status, c.verified, c.attempts), (CallStatus::Completed, true, 2));
+        }
+
+        fn happy_path_erases_code_at_the_end(b) {
+            let (mut s, id) = store_with_call(b);
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.status, CallStatus::Queued);
+            assert_eq!(c.code.as_ref().map(Secret::expose), Some("482915"));
+            assert!(!format!("{c:?}").contains("482915"), "Debug of a call never shows its code");
+            assert!(s.mark_dialing(&id).unwrap());
+            assert!(!s.mark_dialing(&id).unwrap());
+            assert!(s.mark_answered(&id).unwrap());
+            let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
+            assert!(s.finish_call(&id, &end).unwrap());
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.status, CallStatus::Completed);
+            assert_eq!(c.code, None);
+            assert_eq!(c.readings, 2);
+            assert!(c.ended_at.is_some() && c.answered_at.is_some() && c.dialed_at.is_some());
+        }
+
+        fn final_calls_do_not_move(b) {
+            let (mut s, id) = store_with_call(b);
+            assert!(s.finish_call(&id, &CallEnd::failed(FailReason::Busy, None)).unwrap());
+            assert!(!s.mark_answered(&id).unwrap());
+            let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
+            assert!(!s.finish_call(&id, &end).unwrap());
+            assert_eq!(s.call(&id).unwrap().unwrap().status, CallStatus::Failed);
+        }
+
+        fn a_late_cause_refines_a_generic_failure(b) {
+            let (mut s, id) = store_with_call(b);
+            s.mark_dialing(&id).unwrap();
+            s.finish_call(&id, &CallEnd::failed(FailReason::SystemError, None)).unwrap();
+            s.record_cause(&id, 17, "User busy").unwrap();
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.reason.as_deref(), Some("busy"));
+            assert_eq!(c.cause, Some(17));
+            assert_eq!(c.cause_text.as_deref(), Some("User busy"));
+            // The first cause sticks.
+            s.record_cause(&id, 16, "Normal Clearing").unwrap();
+            assert_eq!(s.call(&id).unwrap().unwrap().cause, Some(17));
+        }
+
+        fn ringing_then_answered_and_durations(b) {
+            let (mut s, id) = store_with_call(b);
+            assert!(!s.mark_ringing(&id).unwrap(), "a queued call does not ring");
+            s.mark_dialing(&id).unwrap();
+            assert!(s.mark_ringing(&id).unwrap());
+            assert!(!s.mark_ringing(&id).unwrap());
+            assert!(s.mark_answered(&id).unwrap());
+            let end = CallEnd { status: CallStatus::Completed, reason: None, detail: None, readings: Some(1) };
+            s.finish_call(&id, &end).unwrap();
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.ring_ms(), Some(c.answered_at.unwrap() - c.ringing_at.unwrap()));
+            assert_eq!(c.talk_ms(), Some(c.ended_at.unwrap() - c.answered_at.unwrap()));
+        }
+
+        fn cancel_only_before_answer_and_erases_code(b) {
+            let (mut s, id) = store_with_call(b);
+            s.mark_dialing(&id).unwrap();
+            s.mark_ringing(&id).unwrap();
+            assert!(s.cancel_call(&id).unwrap());
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!((c.status, c.code), (CallStatus::Canceled, None));
+            assert!(!s.mark_answered(&id).unwrap(), "a canceled call cannot be answered");
+            let (mut s, id) = store_with_call(b);
+            assert!(!s.mark_answered(&id).unwrap(), "a call never dialled cannot be answered");
+            s.mark_dialing(&id).unwrap();
+            s.mark_answered(&id).unwrap();
+            assert!(!s.cancel_call(&id).unwrap());
+        }
+
+        /// Review item 5: a call that shows `ringing` when it is answered
+        /// becomes `answered`, with its time, and can no longer be canceled.
+        fn a_ringing_call_is_answered(b) {
+            let (mut s, id) = store_with_call(b);
+            s.mark_dialing(&id).unwrap();
+            s.mark_ringing(&id).unwrap();
+            assert!(s.mark_answered(&id).unwrap());
+            let c = s.call(&id).unwrap().unwrap();
+            assert_eq!(c.status, CallStatus::Answered);
+            assert!(c.answered_at.is_some());
+            assert!(!s.cancel_call(&id).unwrap(), "no cancel once answered");
+        }
+
+        /// Only a dialled, live call with its own token passes; nothing but the
+        /// status is read, and a final call or a requeued one loses its token.
+        fn fastagi_tokens_admit_only_the_dialled_call(b) {
+            let (mut s, id) = store_with_call(b);
+            let right = TokenHash::of("right-token");
+            let wrong = TokenHash::of("wrong-token");
+            assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
+            assert_eq!(s.check_agi_token(&CallId::generate(), &right).unwrap(), TokenCheck::UnknownCall);
+            s.mark_dialing_with(&id, &right).unwrap();
+            assert_eq!(s.check_agi_token(&id, &wrong).unwrap(), TokenCheck::WrongToken);
+            assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Dialing));
+            assert_eq!(s.call(&id).unwrap().unwrap().status, CallStatus::Dialing, "checking changes nothing");
+            s.mark_ringing(&id).unwrap();
+            assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::Valid(CallStatus::Ringing));
+            // Requeued (the Originate never left): the old token is void.
+            let (mut s2, id2) = store_with_call(b);
+            s2.mark_dialing_with(&id2, &right).unwrap();
+            s2.requeue(&id2).unwrap();
+            assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Queued));
+            s2.mark_dialing_with(&id2, &wrong).unwrap();
+            assert_eq!(s2.check_agi_token(&id2, &right).unwrap(), TokenCheck::WrongToken);
+            // Final: refused, and the hash is gone with the code.
+            s.finish_call(&id, &CallEnd::failed(FailReason::HangupBeforeCode, None)).unwrap();
+            assert_eq!(s.check_agi_token(&id, &right).unwrap(), TokenCheck::NotInFlight(CallStatus::Failed));
+            let hash: Option<Vec<u8>> =
+                s.query_one("SELECT agi_token_hash FROM calls WHERE id = ?1", args![id.as_str()], |r| r.get(0)).unwrap();
+            assert_eq!(hash, None);
+        }
+
+        fn only_overdue_queued_calls_expire(b) {
+            let mut s = b.open();
+            let u = s.add_user("acme1", "h").unwrap();
+            let mk = |s: &mut Store, deadline: i64| {
+                let id = CallId::generate();
+                let new = NewCall { id: &id, user_id: u.id, number: "+923001234567", code: "1234", options: &english() };
+                s.insert_call_with(&new, &NewCallLifecycle { deadline_at: Some(deadline), ..NewCallLifecycle::default() })
+                    .unwrap();
+                id
+            };
+            let overdue = mk(&mut s, 1_000);
+            let later = mk(&mut s, 10_000);
+            let dialing = mk(&mut s, 1_000);
+            s.mark_dialing(&dialing).unwrap();
+            assert_eq!(s.expire_overdue(5_000).unwrap(), vec![overdue.clone()]);
+            let c = s.call(&overdue).unwrap().unwrap();
+            assert_eq!((c.status, c.code), (CallStatus::Expired, None));
+            assert_eq!(s.call(&later).unwrap().unwrap().status, CallStatus::Queued);
+            assert_eq!(s.call(&dialing).unwrap().unwrap().status, CallStatus::Dialing);
+            assert!(s.expire_call(&later, 10_000).unwrap());
+        }
+
+        fn purge_removes_only_old_final_calls(b) {
+            let (mut s, old) = store_with_call(b);
+            s.finish_call(&old, &CallEnd::failed(FailReason::Busy, None)).unwrap();
+            let live = CallId::generate();
+            let u = s.user("acme1").unwrap().unwrap();
+            s.insert_call(&NewCall {
+                id: &live,
+                user_id: u.id,
+                number: "+923001234567",
+                code: "1234",
+                options: &english(),
+            })
+            .unwrap();
+            let ended = s.call(&old).unwrap().unwrap().ended_at.unwrap();
+            assert_eq!(s.purge_calls(ended).unwrap(), 0, "cutoff is exclusive");
+            assert_eq!(s.purge_calls(i64::MAX).unwrap(), 1);
+            assert!(s.call(&old).unwrap().is_none());
+            assert!(s.call(&live).unwrap().is_some(), "a live call is never purged");
+        }
+
+        fn listing_pages_newest_first_per_user(b) {
+            let mut s = b.open();
+            let a = s.add_user("a", "h").unwrap();
+            let b = s.add_user("b", "h").unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..5 {
+                let id = CallId::generate();
+                s.insert_call(&NewCall {
+                    id: &id,
+                    user_id: a.id,
+                    number: "+923001234567",
+                    code: "1234",
+                    options: &english(),
+                })
+                .unwrap();
+                ids.push(id);
+            }
+            let other = CallId::generate();
+            s.insert_call(&NewCall {
+                id: &other,
+                user_id: b.id,
+                number: "+923001234567",
+                code: "1234",
+                options: &english(),
+            })
+            .unwrap();
+            s.finish_call(&ids[0], &CallEnd::failed(FailReason::Busy, None)).unwrap();
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = s.user_calls(a.id, None, cursor.as_ref(), 2).unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                let last = page.last().unwrap();
+                cursor = Some(CallCursor { created_at: last.created_at, id: last.id.clone() });
+                assert_eq!(CallCursor::decode(&cursor.as_ref().unwrap().encode()), cursor);
+                seen.extend(page.into_iter().map(|c| (c.created_at, c.id.as_str().to_owned())));
+            }
+            assert_eq!(seen.len(), 5, "every call of a once, none of b");
+            assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+            let failed = s.user_calls(a.id, Some(CallStatus::Failed), None, 10).unwrap();
+            assert_eq!(failed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ids[0].clone()]);
+            assert_eq!(CallCursor::decode("x-y"), None);
+        }
+
+        fn unknown_call_is_none(b) {
+            let (s, _) = store_with_call(b);
+            assert!(s.call(&CallId::generate()).unwrap().is_none());
+            assert_eq!(s.recent_calls(10).unwrap().len(), 1);
+        }
     }
 }

@@ -10,8 +10,7 @@
 //! finished (the daemon died mid-request) is free again after
 //! [`IN_PROGRESS_TTL_MS`].
 
-use rusqlite::params;
-
+use super::backend::{TxKind, args};
 use super::{Store, StoreError};
 
 /// How long a key and its answer are kept: 24 hours.
@@ -55,120 +54,116 @@ impl Store {
         request_hash: &[u8; 32],
         now: i64,
     ) -> Result<KeyClaim, StoreError> {
-        let tx = self.conn.transaction()?;
-        // An expired use, or an abandoned one, frees the key.
-        tx.prepare_cached(
-            "DELETE FROM idempotency_keys WHERE user_id = ?1 AND key = ?2
-               AND (created_at <= ?3 OR (status IS NULL AND created_at <= ?4))",
-        )?
-        .execute(params![user_id, key, now - KEY_TTL_MS, now - IN_PROGRESS_TTL_MS])?;
-        let inserted = tx
-            .prepare_cached(
+        self.tx(TxKind::Deferred, |s| {
+            // An expired use, or an abandoned one, frees the key.
+            s.execute(
+                "DELETE FROM idempotency_keys WHERE user_id = ?1 AND key = ?2
+                   AND (created_at <= ?3 OR (status IS NULL AND created_at <= ?4))",
+                args![user_id, key, now - KEY_TTL_MS, now - IN_PROGRESS_TTL_MS],
+            )?;
+            // On PostgreSQL a racing insert of the same key waits here for
+            // the other's commit, then does nothing: only one is Fresh.
+            let inserted = s.execute(
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (user_id, key) DO NOTHING",
-            )?
-            .execute(params![user_id, key, &request_hash[..], now])?;
-        let claim = if inserted == 1 {
-            KeyClaim::Fresh
-        } else {
-            let (hash, status, body, location): (Vec<u8>, Option<u16>, Option<String>, Option<String>) = tx
-                .prepare_cached(
-                    "SELECT request_hash, status, body, location FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
-                )?
-                .query_row(params![user_id, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            if hash != request_hash[..] {
+                args![user_id, key, &request_hash[..], now],
+            )?;
+            if inserted == 1 {
+                return Ok(KeyClaim::Fresh);
+            }
+            let (hash, status, body, location): (Vec<u8>, Option<u16>, Option<String>, Option<String>) = s.query_one(
+                "SELECT request_hash, status, body, location FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+                args![user_id, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            Ok(if hash != request_hash[..] {
                 KeyClaim::Mismatch
             } else {
                 match (status, body) {
                     (Some(status), Some(body)) => KeyClaim::Replay(StoredAnswer { status, body, location }),
                     _ => KeyClaim::InProgress,
                 }
-            }
-        };
-        tx.commit()?;
-        Ok(claim)
+            })
+        })
     }
 
     /// Keeps the answer to the request that took `key`.
     pub fn keep_idempotent_answer(&mut self, user_id: i64, key: &str, answer: &StoredAnswer) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE idempotency_keys SET status = ?3, body = ?4, location = ?5 WHERE user_id = ?1 AND key = ?2",
-            )?
-            .execute(params![user_id, key, answer.status, answer.body, answer.location])?;
+        self.execute(
+            "UPDATE idempotency_keys SET status = ?3, body = ?4, location = ?5 WHERE user_id = ?1 AND key = ?2",
+            args![user_id, key, answer.status, &answer.body, &answer.location],
+        )?;
         Ok(())
     }
 
     /// Frees `key` without an answer: the request failed on our side (5xx),
     /// so a retry with the same key must be carried out afresh.
     pub fn release_idempotency_key(&mut self, user_id: i64, key: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM idempotency_keys WHERE user_id = ?1 AND key = ?2 AND status IS NULL")?
-            .execute(params![user_id, key])?;
+        self.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = ?1 AND key = ?2 AND status IS NULL",
+            args![user_id, key],
+        )?;
         Ok(())
     }
 
     /// Deletes keys older than their lifetime at `now`; returns how many.
     pub fn purge_idempotency_keys(&mut self, now: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM idempotency_keys WHERE created_at <= ?1")?
-            .execute([now - KEY_TTL_MS])?)
+        self.execute("DELETE FROM idempotency_keys WHERE created_at <= ?1", args![now - KEY_TTL_MS])
     }
 
     /// Whether user `user_id` holds `key` (tests).
     #[cfg(test)]
     fn has_idempotency_key(&self, user_id: i64, key: &str) -> bool {
-        use rusqlite::OptionalExtension;
-        self.conn
-            .query_row("SELECT 1 FROM idempotency_keys WHERE user_id = ?1 AND key = ?2", params![user_id, key], |_| {
-                Ok(())
-            })
-            .optional()
-            .unwrap()
-            .is_some()
+        self.query_opt(
+            "SELECT 1 FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+            args![user_id, key],
+            |_| Ok(()),
+        )
+        .unwrap()
+        .is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::backends;
 
     fn answer() -> StoredAnswer {
         StoredAnswer { status: 202, body: "{\"id\":\"x\"}".into(), location: Some("/v1/calls/x".into()) }
     }
 
-    #[test]
-    fn a_key_is_taken_once_then_replayed_or_refused() {
-        let mut s = Store::open_in_memory().unwrap();
-        let (a, b) = (s.add_user("acme1", "h").unwrap().id, s.add_user("acme2", "h").unwrap().id);
-        let (h1, h2) = ([1u8; 32], [2u8; 32]);
-        let t = 1_000_000;
-        assert_eq!(s.take_idempotency_key(a, "k", &h1, t).unwrap(), KeyClaim::Fresh);
-        assert_eq!(s.take_idempotency_key(a, "k", &h1, t + 1).unwrap(), KeyClaim::InProgress);
-        assert_eq!(s.take_idempotency_key(b, "k", &h1, t + 1).unwrap(), KeyClaim::Fresh, "keys are per user");
-        s.keep_idempotent_answer(a, "k", &answer()).unwrap();
-        assert_eq!(s.take_idempotency_key(a, "k", &h1, t + 2).unwrap(), KeyClaim::Replay(answer()));
-        assert_eq!(s.take_idempotency_key(a, "k", &h2, t + 2).unwrap(), KeyClaim::Mismatch);
-        // A day later the key is free again.
-        assert_eq!(s.take_idempotency_key(a, "k", &h2, t + KEY_TTL_MS).unwrap(), KeyClaim::Fresh);
-    }
+    backends! {
+        fn a_key_is_taken_once_then_replayed_or_refused(b) {
+            let mut s = b.open();
+            let (a, b) = (s.add_user("acme1", "h").unwrap().id, s.add_user("acme2", "h").unwrap().id);
+            let (h1, h2) = ([1u8; 32], [2u8; 32]);
+            let t = 1_000_000;
+            assert_eq!(s.take_idempotency_key(a, "k", &h1, t).unwrap(), KeyClaim::Fresh);
+            assert_eq!(s.take_idempotency_key(a, "k", &h1, t + 1).unwrap(), KeyClaim::InProgress);
+            assert_eq!(s.take_idempotency_key(b, "k", &h1, t + 1).unwrap(), KeyClaim::Fresh, "keys are per user");
+            s.keep_idempotent_answer(a, "k", &answer()).unwrap();
+            assert_eq!(s.take_idempotency_key(a, "k", &h1, t + 2).unwrap(), KeyClaim::Replay(answer()));
+            assert_eq!(s.take_idempotency_key(a, "k", &h2, t + 2).unwrap(), KeyClaim::Mismatch);
+            // A day later the key is free again.
+            assert_eq!(s.take_idempotency_key(a, "k", &h2, t + KEY_TTL_MS).unwrap(), KeyClaim::Fresh);
+        }
 
-    #[test]
-    fn an_abandoned_or_released_key_is_free_again() {
-        let mut s = Store::open_in_memory().unwrap();
-        let a = s.add_user("acme1", "h").unwrap().id;
-        let t = 1_000_000;
-        assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t).unwrap(), KeyClaim::Fresh);
-        assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t + IN_PROGRESS_TTL_MS - 1).unwrap(), KeyClaim::InProgress);
-        assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t + IN_PROGRESS_TTL_MS).unwrap(), KeyClaim::Fresh);
-        s.release_idempotency_key(a, "k").unwrap();
-        assert!(!s.has_idempotency_key(a, "k"));
-        s.take_idempotency_key(a, "j", &[1; 32], t).unwrap();
-        s.keep_idempotent_answer(a, "j", &answer()).unwrap();
-        s.release_idempotency_key(a, "j").unwrap();
-        assert!(s.has_idempotency_key(a, "j"), "a kept answer is never released");
-        assert_eq!(s.purge_idempotency_keys(t + KEY_TTL_MS).unwrap(), 1);
-        assert!(!s.has_idempotency_key(a, "j"));
+        fn an_abandoned_or_released_key_is_free_again(b) {
+            let mut s = b.open();
+            let a = s.add_user("acme1", "h").unwrap().id;
+            let t = 1_000_000;
+            assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t).unwrap(), KeyClaim::Fresh);
+            assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t + IN_PROGRESS_TTL_MS - 1).unwrap(), KeyClaim::InProgress);
+            assert_eq!(s.take_idempotency_key(a, "k", &[1; 32], t + IN_PROGRESS_TTL_MS).unwrap(), KeyClaim::Fresh);
+            s.release_idempotency_key(a, "k").unwrap();
+            assert!(!s.has_idempotency_key(a, "k"));
+            s.take_idempotency_key(a, "j", &[1; 32], t).unwrap();
+            s.keep_idempotent_answer(a, "j", &answer()).unwrap();
+            s.release_idempotency_key(a, "j").unwrap();
+            assert!(s.has_idempotency_key(a, "j"), "a kept answer is never released");
+            assert_eq!(s.purge_idempotency_keys(t + KEY_TTL_MS).unwrap(), 1);
+            assert!(!s.has_idempotency_key(a, "j"));
+        }
     }
 }

@@ -5,10 +5,11 @@
 //! A call's server is the `asterisk` column (migration 15): set with the
 //! `dialing` mark, in the same statement, so no call is ever in flight
 //! without the server its channel lives on; cleared when an Originate that
-//! was never written puts the call back in the queue.
+//! was never written puts the call back in the queue. On a database several
+//! daemons share, the same statement makes the dialling daemon the call's
+//! owner, and a daemon reconciles only the calls it owns (`daemons.rs`).
 
-use rusqlite::params;
-
+use super::backend::args;
 use super::queue::InFlight;
 use super::{Store, StoreError};
 use crate::call::token::TokenHash;
@@ -21,37 +22,43 @@ pub(super) const IN_FLIGHT_ON: &str = "SELECT COUNT(*) FROM calls
 
 impl Store {
     /// `queued` -> `dialing` on `server`, keeping the hash of the FastAGI
-    /// token sent with this dial's Originate. False if the call had moved
-    /// on already.
+    /// token sent with this dial's Originate, by this store's daemon (the
+    /// call's owner from now on). False if the call had moved on already -
+    /// another daemon's dialler, say, took it first.
     pub fn mark_dialing_on(&mut self, id: &CallId, token: &TokenHash, server: &str) -> Result<bool, StoreError> {
         self.transition(
             id,
-            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3, asterisk = ?4
+            "UPDATE calls SET status = 'dialing', dialed_at = ?2, updated_at = ?2, agi_token_hash = ?3, asterisk = ?4,
+                              owner = ?5
              WHERE id = ?1 AND status = 'queued'",
-            params![id.as_str(), now_ms(), &token.0[..], server],
+            args![id.as_str(), now_ms(), &token.0[..], server, self.owner_id()],
         )
     }
 
-    /// How many calls are in flight on `server`: its busy trunk slots.
+    /// How many calls are in flight on `server`: its busy trunk slots,
+    /// whichever daemon dialled them.
     pub fn in_flight_count_on(&self, server: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.prepare_cached(IN_FLIGHT_ON)?.query_row([server], |r| r.get(0))?)
+        self.query_one(IN_FLIGHT_ON, args![server], |r| r.get(0))
     }
 
-    /// The calls in flight on `server`, oldest first; with `unassigned`,
-    /// also those that name no server (dialled before there were several:
-    /// they are on the one server there was).
+    /// The calls in flight on `server` that this daemon follows, oldest
+    /// first; with `unassigned`, also those that name no server (dialled
+    /// before there were several: they are on the one server there was).
+    /// On a database of its own, every such call; on a shared one, this
+    /// daemon's own, after taking over those of daemons whose lease ran out
+    /// ([`Store::in_flight`]).
     pub fn in_flight_on(&self, server: &str, unassigned: bool) -> Result<Vec<InFlight>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.take_over_orphans()?;
+        let rows: Vec<(String, String, Option<i64>)> = self.query(
             "SELECT id, status, dialed_at FROM calls
              WHERE status IN ('dialing', 'ringing', 'answered') AND (asterisk = ?1 OR (?2 AND asterisk IS NULL))
+               AND (CAST(?3 AS TEXT) IS NULL OR owner = ?3)
              ORDER BY created_at",
+            args![server, unassigned, self.owner_id()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let rows = stmt.query_map(params![server, unassigned], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-        })?;
         let mut calls = Vec::new();
-        for row in rows {
-            let (id, status, dialed_at) = row?;
+        for (id, status, dialed_at) in rows {
             let (Some(id), Some(status)) = (CallId::parse(&id), CallStatus::parse(&status)) else {
                 return Err(StoreError::Corrupt(format!("in-flight call {id:?} with status {status:?}")));
             };
@@ -63,11 +70,11 @@ impl Store {
     /// Calls in flight per server name (`None`: calls naming none), for
     /// the metrics. Reads only the calls in flight.
     pub fn in_flight_by_server(&self) -> Result<Vec<(Option<String>, u64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.query(
             "SELECT asterisk, COUNT(*) FROM calls WHERE status IN ('dialing', 'ringing', 'answered') GROUP BY asterisk",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            &[],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 }
 
@@ -76,66 +83,65 @@ mod tests {
     use super::*;
     use crate::call::FailReason;
     use crate::store::CallEnd;
+    use crate::store::testing::backends;
 
     fn queued(s: &mut Store, user: i64, created: i64) -> CallId {
         let id = CallId::generate();
-        s.conn
-            .execute(
-                "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
-                 VALUES (?1, ?2, '+923001234567', '1234', 'queued', ?3, ?3)",
-                params![id.as_str(), user, created],
-            )
-            .unwrap();
+        s.execute_for_tests(
+            "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
+             VALUES (?1, ?2, '+923001234567', '1234', 'queued', ?3, ?3)",
+            args![id.as_str(), user, created],
+        );
         id
-    }
-
-    #[test]
-    fn the_server_is_recorded_with_the_dial_and_counted_per_server() {
-        let mut s = Store::open_in_memory().unwrap();
-        let u = s.add_user("acme1", "h").unwrap().id;
-        let token = TokenHash::of("t");
-        let ids: Vec<CallId> = (0..5).map(|i| queued(&mut s, u, 100 + i)).collect();
-        assert!(s.mark_dialing_on(&ids[0], &token, "a").unwrap());
-        assert!(s.mark_dialing_on(&ids[1], &token, "a").unwrap());
-        assert!(s.mark_dialing_on(&ids[2], &token, "b").unwrap());
-        assert!(!s.mark_dialing_on(&ids[2], &token, "a").unwrap(), "dialled once only, on its first server");
-        assert_eq!(s.call(&ids[2]).unwrap().unwrap().asterisk.as_deref(), Some("b"));
-        assert_eq!(s.call(&ids[3]).unwrap().unwrap().asterisk, None, "queued: no server yet");
-        assert_eq!((s.in_flight_count_on("a").unwrap(), s.in_flight_count_on("b").unwrap()), (2, 1));
-        s.mark_ringing(&ids[0]).unwrap();
-        s.finish_call(&ids[1], &CallEnd::failed(FailReason::Busy, None)).unwrap();
-        assert_eq!(s.in_flight_count_on("a").unwrap(), 1, "a final call frees its slot");
-        assert_eq!(s.call(&ids[1]).unwrap().unwrap().asterisk.as_deref(), Some("a"), "and keeps its server");
-        let on_a: Vec<CallId> = s.in_flight_on("a", false).unwrap().into_iter().map(|c| c.id).collect();
-        assert_eq!(on_a, [ids[0].clone()]);
-        // Requeued (the Originate never written): no server any more.
-        assert!(s.requeue(&ids[2]).unwrap());
-        assert_eq!(s.call(&ids[2]).unwrap().unwrap().asterisk, None);
-        assert_eq!(s.in_flight_count_on("b").unwrap(), 0);
-        let mut by_server = s.in_flight_by_server().unwrap();
-        by_server.sort();
-        assert_eq!(by_server, [(Some("a".to_owned()), 1)]);
-    }
-
-    #[test]
-    fn calls_dialled_before_there_were_several_belong_to_the_first() {
-        let mut s = Store::open_in_memory().unwrap();
-        let u = s.add_user("acme1", "h").unwrap().id;
-        let old = queued(&mut s, u, 100);
-        s.mark_dialing(&old).unwrap(); // no server recorded
-        let new = queued(&mut s, u, 200);
-        s.mark_dialing_on(&new, &TokenHash::of("t"), "b").unwrap();
-        let ids = |calls: Vec<InFlight>| calls.into_iter().map(|c| c.id).collect::<Vec<_>>();
-        assert_eq!(ids(s.in_flight_on("a", true).unwrap()), std::slice::from_ref(&old));
-        assert_eq!(ids(s.in_flight_on("a", false).unwrap()), Vec::<CallId>::new());
-        assert_eq!(ids(s.in_flight_on("b", false).unwrap()), [new]);
-        assert_eq!(s.in_flight_by_server().unwrap().iter().find(|(n, _)| n.is_none()).map(|r| r.1), Some(1));
     }
 
     #[test]
     fn a_servers_slots_are_counted_through_the_in_flight_index() {
         let s = Store::open_in_memory().unwrap();
-        let plan = crate::store::query_plan(&s.conn, IN_FLIGHT_ON, ["a"]);
+        let plan = crate::store::query_plan(&s, IN_FLIGHT_ON, ["a"]);
         assert!(plan.iter().any(|p| p.contains("calls_in_flight_by_asterisk")), "{plan:?}");
+    }
+
+    backends! {
+        fn the_server_is_recorded_with_the_dial_and_counted_per_server(b) {
+            let mut s = b.open();
+            let u = s.add_user("acme1", "h").unwrap().id;
+            let token = TokenHash::of("t");
+            let ids: Vec<CallId> = (0..5).map(|i| queued(&mut s, u, 100 + i)).collect();
+            assert!(s.mark_dialing_on(&ids[0], &token, "a").unwrap());
+            assert!(s.mark_dialing_on(&ids[1], &token, "a").unwrap());
+            assert!(s.mark_dialing_on(&ids[2], &token, "b").unwrap());
+            assert!(!s.mark_dialing_on(&ids[2], &token, "a").unwrap(), "dialled once only, on its first server");
+            assert_eq!(s.call(&ids[2]).unwrap().unwrap().asterisk.as_deref(), Some("b"));
+            assert_eq!(s.call(&ids[3]).unwrap().unwrap().asterisk, None, "queued: no server yet");
+            assert_eq!((s.in_flight_count_on("a").unwrap(), s.in_flight_count_on("b").unwrap()), (2, 1));
+            s.mark_ringing(&ids[0]).unwrap();
+            s.finish_call(&ids[1], &CallEnd::failed(FailReason::Busy, None)).unwrap();
+            assert_eq!(s.in_flight_count_on("a").unwrap(), 1, "a final call frees its slot");
+            assert_eq!(s.call(&ids[1]).unwrap().unwrap().asterisk.as_deref(), Some("a"), "and keeps its server");
+            let on_a: Vec<CallId> = s.in_flight_on("a", false).unwrap().into_iter().map(|c| c.id).collect();
+            assert_eq!(on_a, [ids[0].clone()]);
+            // Requeued (the Originate never written): no server any more.
+            assert!(s.requeue(&ids[2]).unwrap());
+            assert_eq!(s.call(&ids[2]).unwrap().unwrap().asterisk, None);
+            assert_eq!(s.in_flight_count_on("b").unwrap(), 0);
+            let mut by_server = s.in_flight_by_server().unwrap();
+            by_server.sort();
+            assert_eq!(by_server, [(Some("a".to_owned()), 1)]);
+        }
+
+        fn calls_dialled_before_there_were_several_belong_to_the_first(b) {
+            let mut s = b.open();
+            let u = s.add_user("acme1", "h").unwrap().id;
+            let old = queued(&mut s, u, 100);
+            s.mark_dialing(&old).unwrap(); // no server recorded
+            let new = queued(&mut s, u, 200);
+            s.mark_dialing_on(&new, &TokenHash::of("t"), "b").unwrap();
+            let ids = |calls: Vec<InFlight>| calls.into_iter().map(|c| c.id).collect::<Vec<_>>();
+            assert_eq!(ids(s.in_flight_on("a", true).unwrap()), std::slice::from_ref(&old));
+            assert_eq!(ids(s.in_flight_on("a", false).unwrap()), Vec::<CallId>::new());
+            assert_eq!(ids(s.in_flight_on("b", false).unwrap()), [new]);
+            assert_eq!(s.in_flight_by_server().unwrap().iter().find(|(n, _)| n.is_none()).map(|r| r.1), Some(1));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! reason) and webhook deliveries still pending; for the per-user daily
 //! cap, each user's calls per hour.
 
+use super::backend::args;
 use super::{Store, StoreError};
 
 /// The calls on record per (status, reason); `reason` '' stands for none.
@@ -12,7 +13,9 @@ const SCRAPE_CALLS: &str = "SELECT status, reason, n FROM call_counts WHERE n > 
 const SCRAPE_PENDING: &str = "SELECT pending FROM webhook_backlog WHERE id = 1";
 
 /// A user's calls in the hours after ?2, and the oldest of those hours.
-const USER_DAY: &str = "SELECT COALESCE(SUM(n), 0), MIN(hour) FROM user_call_hours WHERE user_id = ?1 AND hour > ?2";
+/// (The CAST keeps PostgreSQL's SUM of BIGINTs an integer, not NUMERIC.)
+const USER_DAY: &str =
+    "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), MIN(hour) FROM user_call_hours WHERE user_id = ?1 AND hour > ?2";
 
 /// Every statement run per scrape or per request here, for the test that
 /// none of them reads `calls`.
@@ -45,25 +48,21 @@ impl Store {
     /// The counts a scrape shows, read from the tables the triggers keep:
     /// a few rows, not a scan of the calls.
     pub fn scrape_counts(&self) -> Result<ScrapeCounts, StoreError> {
-        let mut stmt = self.conn.prepare_cached(SCRAPE_CALLS)?;
-        let rows = stmt.query_map([], |r| {
+        let calls = self.query(SCRAPE_CALLS, &[], |r| {
             let reason: String = r.get(1)?;
             Ok((r.get(0)?, (!reason.is_empty()).then_some(reason), r.get(2)?))
         })?;
-        let calls = rows.collect::<Result<_, _>>()?;
-        let webhooks_pending = self.conn.prepare_cached(SCRAPE_PENDING)?.query_row([], |r| r.get(0))?;
+        let webhooks_pending = self.query_one(SCRAPE_PENDING, &[], |r| r.get(0))?;
         Ok(ScrapeCounts { calls, webhooks_pending })
     }
 
     /// The calls user `user_id` stored in the 24 hourly buckets up to and
     /// including `now_ms`'s (so between 23 and 24 hours back).
     pub fn user_calls_last_day(&self, user_id: i64, now_ms: i64) -> Result<UserDay, StoreError> {
-        let day =
-            self.conn.prepare_cached(USER_DAY)?.query_row(rusqlite::params![user_id, now_ms / HOUR_MS - 24], |r| {
-                let oldest: Option<i64> = r.get(1)?;
-                Ok(UserDay { calls: r.get(0)?, oldest_hour_starts_ms: oldest.map(|h| h * HOUR_MS) })
-            })?;
-        Ok(day)
+        self.query_one(USER_DAY, args![user_id, now_ms / HOUR_MS - 24], |r| {
+            let oldest: Option<i64> = r.get(1)?;
+            Ok(UserDay { calls: r.get(0)?, oldest_hour_starts_ms: oldest.map(|h| h * HOUR_MS) })
+        })
     }
 }
 
@@ -72,6 +71,7 @@ mod tests {
     use super::*;
     use crate::call::options::{CallMode, CallOptions};
     use crate::call::{CallId, FailReason};
+    use crate::store::testing::backends;
     use crate::store::{CallEnd, NewCall, NewCallLifecycle};
 
     /// The kept counts next to what a full scan says, both sorted.
@@ -90,59 +90,6 @@ mod tests {
         let new = NewCall { id: &id, user_id, number: "+923001234567", code: "1234", options: &options };
         s.insert_call_with(&new, &NewCallLifecycle { deadline_at, ..NewCallLifecycle::default() }).unwrap();
         id
-    }
-
-    #[test]
-    fn kept_counts_equal_a_full_scan_through_every_change() {
-        let mut s = Store::open_in_memory().unwrap();
-        assert_counts_true(&s, "nothing");
-        let user = s.add_user("acme1", "h").unwrap();
-        // Every status change of this user's calls queues a webhook.
-        s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
-        let calls: Vec<CallId> = (0..7).map(|_| add(&mut s, user.id, Some(1_000))).collect();
-        assert_counts_true(&s, "inserts");
-        let [done, busy, refined, expired, canceled, ringing, queued] = calls.as_slice() else { unreachable!() };
-        for id in [done, busy, refined, canceled, ringing] {
-            assert!(s.mark_dialing(id).unwrap());
-        }
-        assert_counts_true(&s, "dialing");
-        assert!(s.mark_ringing(done).unwrap() && s.mark_ringing(ringing).unwrap());
-        assert!(s.mark_answered(done).unwrap());
-        assert_counts_true(&s, "ringing, answered");
-        let completed =
-            CallEnd { status: crate::call::CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
-        assert!(s.finish_call(done, &completed).unwrap());
-        assert!(s.finish_call(busy, &CallEnd::failed(FailReason::Busy, None)).unwrap());
-        assert!(s.finish_call(refined, &CallEnd::failed(FailReason::SystemError, None)).unwrap());
-        assert_counts_true(&s, "finished");
-        // A late Hangup turns system_error into the reason its cause stands for.
-        s.record_cause(refined, 17, "User busy").unwrap();
-        assert_eq!(s.call(refined).unwrap().unwrap().reason.as_deref(), Some("busy"));
-        assert_counts_true(&s, "reason refined");
-        assert!(s.cancel_call(canceled).unwrap());
-        assert!(s.expire_call(expired, 2_000).unwrap());
-        assert!(!s.expire_call(queued, 500).unwrap(), "not yet due");
-        assert_counts_true(&s, "cancel, expiry");
-        assert!(s.requeue(ringing).is_ok());
-        // A failed write changes nothing.
-        {
-            let tx = s.conn.transaction().unwrap();
-            tx.execute("UPDATE calls SET status = 'failed', reason = 'congestion'", []).unwrap();
-            tx.execute("DELETE FROM webhook_deliveries", []).unwrap();
-        }
-        assert_counts_true(&s, "a rolled back write");
-        // Deliveries delivered and given up leave the backlog.
-        let pending = s.pending_deliveries().unwrap();
-        assert!(pending >= 10, "{pending}");
-        s.conn.execute("UPDATE webhook_deliveries SET delivered_at = 1 WHERE id % 3 = 0", []).unwrap();
-        s.conn.execute("UPDATE webhook_deliveries SET gave_up_at = 1 WHERE id % 3 = 1", []).unwrap();
-        s.conn.execute("UPDATE webhook_deliveries SET gave_up_at = 2 WHERE id % 3 = 0", []).unwrap();
-        assert_counts_true(&s, "deliveries settled");
-        // The retention purge takes final calls and, by cascade, their deliveries.
-        assert!(s.purge_calls(i64::MAX).unwrap() >= 5);
-        assert_counts_true(&s, "purge");
-        s.remove_user("acme1").unwrap();
-        assert_counts_true(&s, "user removed");
     }
 
     #[test]
@@ -187,11 +134,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The same on PostgreSQL: no plan of a scrape's statements reads
+    /// `calls` or `webhook_deliveries`.
+    #[test]
+    fn counts_are_read_without_the_calls_or_deliveries_tables_on_postgres() {
+        if crate::store::testing::postgres_url().is_none() {
+            return;
+        }
+        let s = crate::store::testing::Backend::Postgres.open();
+        let nulls = [crate::store::Value::Null, crate::store::Value::Null];
+        for sql in STATEMENTS {
+            let params = &nulls[..sql.matches("?").count().min(2)];
+            let plan: Vec<String> = s.query(&format!("EXPLAIN {sql}"), params, |r| r.get(0)).unwrap();
+            let plan = plan.join("\n");
+            assert!(!plan.contains(" on calls ") && !plan.contains(" on webhook_deliveries "), "{sql}: {plan}");
+        }
+    }
+
     #[test]
     fn counts_are_read_without_the_calls_or_deliveries_tables() {
         let s = Store::open_in_memory().unwrap();
         for sql in STATEMENTS {
-            let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut stmt = s.sqlite_for_tests().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
@@ -203,6 +167,61 @@ mod tests {
                 assert!(!tables.contains(&"calls") && !tables.contains(&"webhook_deliveries"), "{sql}: {plan:?}");
                 assert!(!step.contains("USING TEMP B-TREE"), "{sql}: {plan:?}");
             }
+        }
+    }
+
+    backends! {
+        fn kept_counts_equal_a_full_scan_through_every_change(b) {
+            let mut s = b.open();
+            assert_counts_true(&s, "nothing");
+            let user = s.add_user("acme1", "h").unwrap();
+            // Every status change of this user's calls queues a webhook.
+            s.set_webhook_url("acme1", Some("https://hooks.example.com/otp")).unwrap();
+            let calls: Vec<CallId> = (0..7).map(|_| add(&mut s, user.id, Some(1_000))).collect();
+            assert_counts_true(&s, "inserts");
+            let [done, busy, refined, expired, canceled, ringing, queued] = calls.as_slice() else { unreachable!() };
+            for id in [done, busy, refined, canceled, ringing] {
+                assert!(s.mark_dialing(id).unwrap());
+            }
+            assert_counts_true(&s, "dialing");
+            assert!(s.mark_ringing(done).unwrap() && s.mark_ringing(ringing).unwrap());
+            assert!(s.mark_answered(done).unwrap());
+            assert_counts_true(&s, "ringing, answered");
+            let completed =
+                CallEnd { status: crate::call::CallStatus::Completed, reason: None, detail: None, readings: Some(2) };
+            assert!(s.finish_call(done, &completed).unwrap());
+            assert!(s.finish_call(busy, &CallEnd::failed(FailReason::Busy, None)).unwrap());
+            assert!(s.finish_call(refined, &CallEnd::failed(FailReason::SystemError, None)).unwrap());
+            assert_counts_true(&s, "finished");
+            // A late Hangup turns system_error into the reason its cause stands for.
+            s.record_cause(refined, 17, "User busy").unwrap();
+            assert_eq!(s.call(refined).unwrap().unwrap().reason.as_deref(), Some("busy"));
+            assert_counts_true(&s, "reason refined");
+            assert!(s.cancel_call(canceled).unwrap());
+            assert!(s.expire_call(expired, 2_000).unwrap());
+            assert!(!s.expire_call(queued, 500).unwrap(), "not yet due");
+            assert_counts_true(&s, "cancel, expiry");
+            assert!(s.requeue(ringing).is_ok());
+            // A failed write changes nothing.
+            let undone = s.tx(crate::store::backend::TxKind::Deferred, |s| {
+                s.execute("UPDATE calls SET status = 'failed', reason = 'congestion'", &[])?;
+                s.execute("DELETE FROM webhook_deliveries", &[])?;
+                Err::<(), _>(crate::store::StoreError::Corrupt("undo".into()))
+            });
+            assert!(undone.is_err());
+            assert_counts_true(&s, "a rolled back write");
+            // Deliveries delivered and given up leave the backlog.
+            let pending = s.pending_deliveries().unwrap();
+            assert!(pending >= 10, "{pending}");
+            s.execute_for_tests("UPDATE webhook_deliveries SET delivered_at = 1 WHERE id % 3 = 0", &[]);
+            s.execute_for_tests("UPDATE webhook_deliveries SET gave_up_at = 1 WHERE id % 3 = 1", &[]);
+            s.execute_for_tests("UPDATE webhook_deliveries SET gave_up_at = 2 WHERE id % 3 = 0", &[]);
+            assert_counts_true(&s, "deliveries settled");
+            // The retention purge takes final calls and, by cascade, their deliveries.
+            assert!(s.purge_calls(i64::MAX).unwrap() >= 5);
+            assert_counts_true(&s, "purge");
+            s.remove_user("acme1").unwrap();
+            assert_counts_true(&s, "user removed");
         }
     }
 }

@@ -3,8 +3,7 @@
 //! compares and counts in one transaction on the database thread, so two
 //! checks racing for the last attempt cannot both be judged.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::backend::{Row, TxKind, args};
 use super::{Store, StoreError};
 use crate::call::language::Language;
 use crate::time::now_ms;
@@ -50,7 +49,7 @@ pub enum CheckOutcome {
 const COLUMNS: &str = "id, user_id, number, code_length, salt, status, failed_checks, sends, language, \
                        callback_url, last_call_id, created_at, updated_at, expires_at, ended_at";
 
-fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Verification, StoreError>> {
+fn from_row(row: &Row<'_>) -> Result<Verification, StoreError> {
     let id: String = row.get(0)?;
     let status: String = row.get(5)?;
     let length: i64 = row.get(3)?;
@@ -60,14 +59,14 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Verification, St
         VerificationStatus::parse(&status),
         u64::try_from(length).ok().and_then(CodeLength::new),
     ) else {
-        return Ok(Err(StoreError::Corrupt(format!("verification {id:?} status {status:?} length {length}"))));
+        return Err(StoreError::Corrupt(format!("verification {id:?} status {status:?} length {length}")));
     };
     let salt = match salt.map(<[u8; 16]>::try_from) {
         None => None,
         Some(Ok(salt)) => Some(salt),
-        Some(Err(_)) => return Ok(Err(StoreError::Corrupt(format!("verification {id} salt")))),
+        Some(Err(_)) => return Err(StoreError::Corrupt(format!("verification {id} salt"))),
     };
-    Ok(Ok(Verification {
+    Ok(Verification {
         id,
         user_id: row.get(1)?,
         number: row.get(2)?,
@@ -83,20 +82,23 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Verification, St
         updated_at: row.get(12)?,
         expires_at: row.get(13)?,
         ended_at: row.get(14)?,
-    }))
+    })
 }
+
+/// The row of a check, locked on PostgreSQL until the check commits: two
+/// checks racing on two connections (or two daemons) are judged one after
+/// the other, as SQLite's single writer judges them.
+const FOR_CHECK: &str = "SELECT {COLUMNS} FROM verifications WHERE id = ?1 AND user_id = ?2";
 
 impl Store {
     /// Stores a new `pending` verification with no send yet.
     pub fn insert_verification(&mut self, new: &NewVerification<'_>) -> Result<(), StoreError> {
         let now = now_ms();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO verifications (id, user_id, number, code_length, salt, status, language, callback_url,
-                                            created_at, updated_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?9)",
-            )?
-            .execute(params![
+        self.execute(
+            "INSERT INTO verifications (id, user_id, number, code_length, salt, status, language, callback_url,
+                                        created_at, updated_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?9)",
+            args![
                 new.id.as_str(),
                 new.user_id,
                 new.number,
@@ -106,14 +108,14 @@ impl Store {
                 new.callback_url,
                 now,
                 new.expires_at
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 
     /// Reads a verification.
     pub fn verification(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"))?;
-        stmt.query_row([id.as_str()], from_row).optional()?.transpose()
+        self.query_opt(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"), args![id.as_str()], from_row)
     }
 
     /// The user's verification of `number` that is still pending and not
@@ -124,24 +126,25 @@ impl Store {
         number: &str,
         now: i64,
     ) -> Result<Option<Verification>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM verifications
-             WHERE user_id = ?1 AND number = ?2 AND status = 'pending' AND expires_at > ?3
-             ORDER BY created_at DESC LIMIT 1"
-        ))?;
-        stmt.query_row(params![user_id, number, now], from_row).optional()?.transpose()
+        self.query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM verifications
+                 WHERE user_id = ?1 AND number = ?2 AND status = 'pending' AND expires_at > ?3
+                 ORDER BY created_at DESC LIMIT 1"
+            ),
+            args![user_id, number, now],
+            from_row,
+        )
     }
 
     /// Counts one call placed for a pending verification. False if it is
     /// no longer pending.
     pub fn record_verification_send(&mut self, id: &VerificationId, call_id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE verifications SET sends = sends + 1, last_call_id = ?2, updated_at = ?3
-                 WHERE id = ?1 AND status = 'pending'",
-            )?
-            .execute(params![id.as_str(), call_id, now_ms()])?;
+        let n = self.execute(
+            "UPDATE verifications SET sends = sends + 1, last_call_id = ?2, updated_at = ?3
+             WHERE id = ?1 AND status = 'pending'",
+            args![id.as_str(), call_id, now_ms()],
+        )?;
         Ok(n == 1)
     }
 
@@ -157,93 +160,77 @@ impl Store {
         max_checks: u32,
         now: i64,
     ) -> Result<CheckOutcome, StoreError> {
-        let tx = self.conn.transaction()?;
-        let found = tx
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1 AND user_id = ?2"))?
-            .query_row(params![id.as_str(), user_id], from_row)
-            .optional()?
-            .transpose()?;
-        let Some(v) = found else { return Ok(CheckOutcome::NotFound) };
-        let status = v.status_at(now);
-        let (VerificationStatus::Pending, Some(salt)) = (status, v.salt) else {
-            return Ok(CheckOutcome::Final(status));
-        };
-        let outcome = if key.is_code(id, &salt, v.code_length, guess) {
-            finish(&tx, id, VerificationStatus::Approved, now)?;
-            CheckOutcome::Approved
-        } else {
-            let failed = v.failed_checks + 1;
-            tx.prepare_cached("UPDATE verifications SET failed_checks = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![id.as_str(), failed, now])?;
-            if failed >= max_checks {
-                finish(&tx, id, VerificationStatus::MaxAttemptsReached, now)?;
-                CheckOutcome::Final(VerificationStatus::MaxAttemptsReached)
-            } else {
-                CheckOutcome::Wrong { attempts_left: max_checks - failed }
+        let select = FOR_CHECK.replace("{COLUMNS}", COLUMNS);
+        let locked = format!("{select} FOR UPDATE");
+        let sql = self.pick(&select, &locked).to_owned();
+        self.tx(TxKind::Deferred, |s| {
+            let found = s.query_opt(&sql, args![id.as_str(), user_id], from_row)?;
+            let Some(v) = found else { return Ok(CheckOutcome::NotFound) };
+            let status = v.status_at(now);
+            let (VerificationStatus::Pending, Some(salt)) = (status, v.salt) else {
+                return Ok(CheckOutcome::Final(status));
+            };
+            if key.is_code(id, &salt, v.code_length, guess) {
+                finish(s, id, VerificationStatus::Approved, now)?;
+                return Ok(CheckOutcome::Approved);
             }
-        };
-        tx.commit()?;
-        Ok(outcome)
+            let failed = v.failed_checks + 1;
+            s.execute(
+                "UPDATE verifications SET failed_checks = ?2, updated_at = ?3 WHERE id = ?1",
+                args![id.as_str(), failed, now],
+            )?;
+            if failed >= max_checks {
+                finish(s, id, VerificationStatus::MaxAttemptsReached, now)?;
+                Ok(CheckOutcome::Final(VerificationStatus::MaxAttemptsReached))
+            } else {
+                Ok(CheckOutcome::Wrong { attempts_left: max_checks - failed })
+            }
+        })
     }
 
     /// `pending` -> `canceled`. False if it was final already.
     pub fn cancel_verification(&mut self, id: &VerificationId, now: i64) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        let done = finish(&tx, id, VerificationStatus::Canceled, now)?;
-        tx.commit()?;
-        Ok(done)
+        self.tx(TxKind::Deferred, |s| finish(s, id, VerificationStatus::Canceled, now))
     }
 
     /// Ends every pending verification whose expiry passed at `now` as
     /// `expired`; returns their ids.
     pub fn expire_verifications(&mut self, now: i64) -> Result<Vec<VerificationId>, StoreError> {
-        let ids: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT id FROM verifications WHERE status = 'pending' AND expires_at <= ?1")?
-            .query_map([now], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let ids: Vec<String> = self.query(
+            "SELECT id FROM verifications WHERE status = 'pending' AND expires_at <= ?1",
+            args![now],
+            |r| r.get(0),
+        )?;
         let mut expired = Vec::new();
         for id in ids.iter().filter_map(|s| VerificationId::parse(s)) {
-            let tx = self.conn.transaction()?;
-            if finish(&tx, &id, VerificationStatus::Expired, now)? {
+            if self.tx(TxKind::Deferred, |s| finish(s, &id, VerificationStatus::Expired, now))? {
                 expired.push(id);
             }
-            tx.commit()?;
         }
         Ok(expired)
     }
 
     /// Deletes final verifications that ended before `cutoff` (Unix ms).
     pub fn purge_verifications(&mut self, cutoff: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM verifications WHERE status <> 'pending' AND ended_at < ?1")?
-            .execute([cutoff])?)
+        self.execute("DELETE FROM verifications WHERE status <> 'pending' AND ended_at < ?1", args![cutoff])
     }
 }
 
 /// `pending` -> `status` (final), erasing the salt: with it goes any way to
-/// know the code again, key or not. False if it was not pending.
-fn finish(
-    conn: &rusqlite::Connection,
-    id: &VerificationId,
-    status: VerificationStatus,
-    now: i64,
-) -> Result<bool, StoreError> {
+/// know the code again, key or not. False if it was not pending. Runs in
+/// the caller's transaction.
+fn finish(s: &Store, id: &VerificationId, status: VerificationStatus, now: i64) -> Result<bool, StoreError> {
     debug_assert!(status.is_final());
-    let n = conn
-        .prepare_cached(
-            "UPDATE verifications SET status = ?2, salt = NULL, ended_at = ?3, updated_at = ?3
-             WHERE id = ?1 AND status = 'pending'",
-        )?
-        .execute(params![id.as_str(), status.as_str(), now])?;
+    let n = s.execute(
+        "UPDATE verifications SET status = ?2, salt = NULL, ended_at = ?3, updated_at = ?3
+         WHERE id = ?1 AND status = 'pending'",
+        args![id.as_str(), status.as_str(), now],
+    )?;
     if n == 1 {
-        // The change and its webhook are one commit (the caller's
-        // transaction, or this statement's own).
-        let v = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"))?
-            .query_row([id.as_str()], from_row)?;
-        super::webhooks::enqueue_verification_change(conn, &v?)?;
+        // The change and its webhook are one commit.
+        let v =
+            s.query_one(&format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"), args![id.as_str()], from_row)?;
+        super::webhooks::enqueue_verification_change(s, &v)?;
     }
     Ok(n == 1)
 }
@@ -251,14 +238,15 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{Backend, backends};
     use crate::verify::code::new_salt;
 
     fn key() -> VerifyKey {
         VerifyKey::from_bytes([3; 32])
     }
 
-    fn setup(expires_in: i64) -> (Store, i64, VerificationId, String) {
-        let mut s = Store::open_in_memory().unwrap();
+    fn setup(b: Backend, expires_in: i64) -> (Store, i64, VerificationId, String) {
+        let mut s = b.open();
         let user = s.add_user("acme1", "h").unwrap().id;
         let id = VerificationId::generate();
         let salt = new_salt();
@@ -281,59 +269,58 @@ mod tests {
         code.chars().map(|c| if c == '9' { '0' } else { char::from(c as u8 + 1) }).collect()
     }
 
-    #[test]
-    fn the_right_code_approves_once_and_erases_the_salt() {
-        let (mut s, user, id, code) = setup(600_000);
-        let now = now_ms();
-        assert_eq!(
-            s.check_verification(&id, user, &key(), &wrong(&code), 5, now).unwrap(),
-            CheckOutcome::Wrong { attempts_left: 4 }
-        );
-        assert_eq!(s.check_verification(&id, user, &key(), &code, 5, now).unwrap(), CheckOutcome::Approved);
-        let v = s.verification(&id).unwrap().unwrap();
-        assert_eq!((v.status, v.salt, v.failed_checks), (VerificationStatus::Approved, None, 1));
-        assert_eq!(
-            s.check_verification(&id, user, &key(), &code, 5, now).unwrap(),
-            CheckOutcome::Final(VerificationStatus::Approved),
-            "approved once; later checks change nothing"
-        );
-    }
-
-    #[test]
-    fn the_last_wrong_check_ends_it_and_the_right_code_is_then_refused() {
-        let (mut s, user, id, code) = setup(600_000);
-        let now = now_ms();
-        for left in (1..5).rev() {
-            let got = s.check_verification(&id, user, &key(), &wrong(&code), 5, now).unwrap();
-            assert_eq!(got, CheckOutcome::Wrong { attempts_left: left });
+    backends! {
+        fn the_right_code_approves_once_and_erases_the_salt(b) {
+            let (mut s, user, id, code) = setup(b, 600_000);
+            let now = now_ms();
+            assert_eq!(
+                s.check_verification(&id, user, &key(), &wrong(&code), 5, now).unwrap(),
+                CheckOutcome::Wrong { attempts_left: 4 }
+            );
+            assert_eq!(s.check_verification(&id, user, &key(), &code, 5, now).unwrap(), CheckOutcome::Approved);
+            let v = s.verification(&id).unwrap().unwrap();
+            assert_eq!((v.status, v.salt, v.failed_checks), (VerificationStatus::Approved, None, 1));
+            assert_eq!(
+                s.check_verification(&id, user, &key(), &code, 5, now).unwrap(),
+                CheckOutcome::Final(VerificationStatus::Approved),
+                "approved once; later checks change nothing"
+            );
         }
-        let last = s.check_verification(&id, user, &key(), "", 5, now).unwrap();
-        assert_eq!(last, CheckOutcome::Final(VerificationStatus::MaxAttemptsReached));
-        let after = s.check_verification(&id, user, &key(), &code, 5, now).unwrap();
-        assert_eq!(after, CheckOutcome::Final(VerificationStatus::MaxAttemptsReached));
-        assert_eq!(s.verification(&id).unwrap().unwrap().failed_checks, 5);
-    }
 
-    #[test]
-    fn expiry_other_users_and_cancel() {
-        let (mut s, user, id, code) = setup(1_000);
-        let later = now_ms() + 2_000;
-        assert_eq!(s.check_verification(&id, user + 1, &key(), &code, 5, later).unwrap(), CheckOutcome::NotFound);
-        assert_eq!(
-            s.check_verification(&id, user, &key(), &code, 5, later).unwrap(),
-            CheckOutcome::Final(VerificationStatus::Expired),
-            "past its expiry even before housekeeping ran"
-        );
-        assert!(s.pending_verification(user, "+923001234567", later).unwrap().is_none());
-        assert!(s.pending_verification(user, "+923001234567", now_ms()).unwrap().is_some());
-        assert_eq!(s.expire_verifications(later).unwrap(), vec![id.clone()]);
-        assert!(!s.cancel_verification(&id, later).unwrap(), "final stays final");
-        let (mut s, _, id, _) = setup(600_000);
-        assert!(s.record_verification_send(&id, "c1").unwrap());
-        assert!(s.cancel_verification(&id, now_ms()).unwrap());
-        assert!(!s.record_verification_send(&id, "c2").unwrap());
-        let v = s.verification(&id).unwrap().unwrap();
-        assert_eq!((v.status, v.sends, v.last_call_id.as_deref()), (VerificationStatus::Canceled, 1, Some("c1")));
-        assert_eq!(s.purge_verifications(now_ms() + 1).unwrap(), 1);
+        fn the_last_wrong_check_ends_it_and_the_right_code_is_then_refused(b) {
+            let (mut s, user, id, code) = setup(b, 600_000);
+            let now = now_ms();
+            for left in (1..5).rev() {
+                let got = s.check_verification(&id, user, &key(), &wrong(&code), 5, now).unwrap();
+                assert_eq!(got, CheckOutcome::Wrong { attempts_left: left });
+            }
+            let last = s.check_verification(&id, user, &key(), "", 5, now).unwrap();
+            assert_eq!(last, CheckOutcome::Final(VerificationStatus::MaxAttemptsReached));
+            let after = s.check_verification(&id, user, &key(), &code, 5, now).unwrap();
+            assert_eq!(after, CheckOutcome::Final(VerificationStatus::MaxAttemptsReached));
+            assert_eq!(s.verification(&id).unwrap().unwrap().failed_checks, 5);
+        }
+
+        fn expiry_other_users_and_cancel(b) {
+            let (mut s, user, id, code) = setup(b, 1_000);
+            let later = now_ms() + 2_000;
+            assert_eq!(s.check_verification(&id, user + 1, &key(), &code, 5, later).unwrap(), CheckOutcome::NotFound);
+            assert_eq!(
+                s.check_verification(&id, user, &key(), &code, 5, later).unwrap(),
+                CheckOutcome::Final(VerificationStatus::Expired),
+                "past its expiry even before housekeeping ran"
+            );
+            assert!(s.pending_verification(user, "+923001234567", later).unwrap().is_none());
+            assert!(s.pending_verification(user, "+923001234567", now_ms()).unwrap().is_some());
+            assert_eq!(s.expire_verifications(later).unwrap(), vec![id.clone()]);
+            assert!(!s.cancel_verification(&id, later).unwrap(), "final stays final");
+            let (mut s, _, id, _) = setup(b, 600_000);
+            assert!(s.record_verification_send(&id, "c1").unwrap());
+            assert!(s.cancel_verification(&id, now_ms()).unwrap());
+            assert!(!s.record_verification_send(&id, "c2").unwrap());
+            let v = s.verification(&id).unwrap().unwrap();
+            assert_eq!((v.status, v.sends, v.last_call_id.as_deref()), (VerificationStatus::Canceled, 1, Some("c1")));
+            assert_eq!(s.purge_verifications(now_ms() + 1).unwrap(), 1);
+        }
     }
 }

@@ -445,6 +445,7 @@ mod tests {
     use super::*;
     use crate::call::CallId;
     use crate::call::options::{CallMode, CallOptions};
+    use crate::store::testing::{Backend, async_backends};
     use crate::store::{CallEnd, NewCall, NewCallLifecycle, Store};
 
     fn due(id: i64, user: i64, host: &str) -> DueRef {
@@ -552,16 +553,25 @@ mod tests {
 
     impl World {
         /// A worker over a store `setup` filled; returns the calls it made.
-        async fn start(caps: Caps, setup: impl FnOnce(&mut Store) -> Vec<CallId>) -> (World, Vec<CallId>) {
-            let mut store = Store::open_in_memory().unwrap();
-            let calls = setup(&mut store);
-            let mut names = HashMap::new();
-            for call in &calls {
-                for d in store.call_deliveries(call).unwrap() {
-                    names.insert(d.id, key(call, &d.status));
+        async fn start(
+            b: Backend,
+            caps: Caps,
+            setup: impl FnOnce(&mut Store) -> Vec<CallId> + Send + 'static,
+        ) -> (World, Vec<CallId>) {
+            let (made, calls_made) = std::sync::mpsc::channel();
+            // On PostgreSQL a pool of four: the worker's reads and writes
+            // race each other as they do in a daemon.
+            let db = b.db(4, move |store| {
+                let calls = setup(store);
+                let mut names = HashMap::new();
+                for call in &calls {
+                    for d in store.call_deliveries(call).unwrap() {
+                        names.insert(d.id, key(call, &d.status));
+                    }
                 }
-            }
-            let db = Db::new(store);
+                made.send((calls, names)).unwrap();
+            });
+            let (calls, names) = calls_made.recv().unwrap();
             let remote = Arc::new(Remote::default());
             let (idle_tx, idle) = tokio::sync::mpsc::unbounded_channel();
             let shutdown = CancellationToken::new();
@@ -623,91 +633,89 @@ mod tests {
         format!("{}/{status}", call.as_str())
     }
 
-    #[tokio::test]
-    async fn a_hung_user_holds_only_its_own_slots() {
-        let caps = Caps { global: 8, per_host: 3, per_user: 2 };
-        let (mut w, calls) = World::start(caps, |s| {
-            let mut v: Vec<CallId> = (0..4).map(|_| call(s, "a", "http://hang.example/", &["dialing"])).collect();
-            v.push(call(s, "b", "http://b.example/", &["dialing", "failed"]));
-            v
-        })
-        .await;
-        let (a, b) = (&calls[..4], &calls[4]);
-        // A's first two start (its cap), B's first change alongside.
-        w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing"), key(b, "dialing")]).await;
-        // B's next change goes as soon as its first is done, A's still hung.
-        w.remote.end(b, "dialing", AttemptVerdict::Delivered);
-        w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing"), key(b, "failed")]).await;
-        w.remote.end(b, "failed", AttemptVerdict::Delivered);
-        // A's cap holds its other two.
-        w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing")]).await;
-        // One of A's ends: its next due delivery takes the slot at once.
-        w.remote.end(&a[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 3_600_000));
-        w.in_progress(&[key(&a[1], "dialing"), key(&a[2], "dialing")]).await;
-        w.shutdown.cancel();
-        let pending = w.db.run(|s| s.pending_deliveries()).await.unwrap();
-        assert_eq!(pending, 4, "A's four remain pending; B's two are delivered");
-    }
+    async_backends! {
+        async fn a_hung_user_holds_only_its_own_slots(b) {
+            let caps = Caps { global: 8, per_host: 3, per_user: 2 };
+            let (mut w, calls) = World::start(b, caps, |s| {
+                let mut v: Vec<CallId> = (0..4).map(|_| call(s, "a", "http://hang.example/", &["dialing"])).collect();
+                v.push(call(s, "b", "http://b.example/", &["dialing", "failed"]));
+                v
+            })
+            .await;
+            let (a, b) = (&calls[..4], &calls[4]);
+            // A's first two start (its cap), B's first change alongside.
+            w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing"), key(b, "dialing")]).await;
+            // B's next change goes as soon as its first is done, A's still hung.
+            w.remote.end(b, "dialing", AttemptVerdict::Delivered);
+            w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing"), key(b, "failed")]).await;
+            w.remote.end(b, "failed", AttemptVerdict::Delivered);
+            // A's cap holds its other two.
+            w.in_progress(&[key(&a[0], "dialing"), key(&a[1], "dialing")]).await;
+            // One of A's ends: its next due delivery takes the slot at once.
+            w.remote.end(&a[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 3_600_000));
+            w.in_progress(&[key(&a[1], "dialing"), key(&a[2], "dialing")]).await;
+            w.shutdown.cancel();
+            let pending = w.db.run(|s| s.pending_deliveries()).await.unwrap();
+            assert_eq!(pending, 4, "A's four remain pending; B's two are delivered");
+        }
 
-    #[tokio::test]
-    async fn a_shared_host_and_the_overall_cap_hand_slots_on() {
-        let caps = Caps { global: 2, per_host: 1, per_user: 4 };
-        let (mut w, c) = World::start(caps, |s| {
-            vec![
-                call(s, "a", "http://shared.example/a", &["dialing"]),
-                call(s, "b", "http://SHARED.example:8080/b", &["dialing"]),
-                call(s, "c", "http://c1.example/", &["dialing"]),
-                call(s, "c", "http://c2.example/", &["dialing"]),
-            ]
-        })
-        .await;
-        // shared.example takes one at a time; the overall cap of two leaves
-        // C's second waiting for an overall slot, B for its host.
-        w.in_progress(&[key(&c[0], "dialing"), key(&c[2], "dialing")]).await;
-        // An overall slot frees: C's second takes it (B still waits for its host).
-        w.remote.end(&c[2], "dialing", AttemptVerdict::Delivered);
-        w.in_progress(&[key(&c[0], "dialing"), key(&c[3], "dialing")]).await;
-        // The shared host frees: B's goes.
-        w.remote.end(&c[0], "dialing", AttemptVerdict::Delivered);
-        w.in_progress(&[key(&c[1], "dialing"), key(&c[3], "dialing")]).await;
-        w.remote.end(&c[1], "dialing", AttemptVerdict::Delivered);
-        w.remote.end(&c[3], "dialing", AttemptVerdict::Delivered);
-        w.in_progress(&[]).await;
-        assert_eq!(w.db.run(|s| s.pending_deliveries()).await.unwrap(), 0);
-        w.shutdown.cancel();
-    }
+        async fn a_shared_host_and_the_overall_cap_hand_slots_on(b) {
+            let caps = Caps { global: 2, per_host: 1, per_user: 4 };
+            let (mut w, c) = World::start(b, caps, |s| {
+                vec![
+                    call(s, "a", "http://shared.example/a", &["dialing"]),
+                    call(s, "b", "http://SHARED.example:8080/b", &["dialing"]),
+                    call(s, "c", "http://c1.example/", &["dialing"]),
+                    call(s, "c", "http://c2.example/", &["dialing"]),
+                ]
+            })
+            .await;
+            // shared.example takes one at a time; the overall cap of two leaves
+            // C's second waiting for an overall slot, B for its host.
+            w.in_progress(&[key(&c[0], "dialing"), key(&c[2], "dialing")]).await;
+            // An overall slot frees: C's second takes it (B still waits for its host).
+            w.remote.end(&c[2], "dialing", AttemptVerdict::Delivered);
+            w.in_progress(&[key(&c[0], "dialing"), key(&c[3], "dialing")]).await;
+            // The shared host frees: B's goes.
+            w.remote.end(&c[0], "dialing", AttemptVerdict::Delivered);
+            w.in_progress(&[key(&c[1], "dialing"), key(&c[3], "dialing")]).await;
+            w.remote.end(&c[1], "dialing", AttemptVerdict::Delivered);
+            w.remote.end(&c[3], "dialing", AttemptVerdict::Delivered);
+            w.in_progress(&[]).await;
+            assert_eq!(w.db.run(|s| s.pending_deliveries()).await.unwrap(), 0);
+            w.shutdown.cancel();
+        }
 
-    #[tokio::test]
-    async fn a_calls_next_change_waits_for_its_retry() {
-        let (mut w, c) = World::start(Caps { global: 4, per_host: 4, per_user: 4 }, |s| {
-            vec![call(s, "a", "http://a.example/", &["dialing", "failed"])]
-        })
-        .await;
-        w.in_progress(&[key(&c[0], "dialing")]).await;
-        // A retry soon: the later change still waits, then follows.
-        w.remote.end(&c[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 300));
-        w.in_progress(&[]).await;
-        w.in_progress(&[key(&c[0], "dialing")]).await;
-        w.remote.end(&c[0], "dialing", AttemptVerdict::GiveUp);
-        w.in_progress(&[key(&c[0], "failed")]).await;
-        w.shutdown.cancel();
-    }
+        async fn a_calls_next_change_waits_for_its_retry(b) {
+            let (mut w, c) = World::start(b, Caps { global: 4, per_host: 4, per_user: 4 }, |s| {
+                vec![call(s, "a", "http://a.example/", &["dialing", "failed"])]
+            })
+            .await;
+            w.in_progress(&[key(&c[0], "dialing")]).await;
+            // A retry soon: the later change still waits, then follows.
+            w.remote.end(&c[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 300));
+            w.in_progress(&[]).await;
+            w.in_progress(&[key(&c[0], "dialing")]).await;
+            w.remote.end(&c[0], "dialing", AttemptVerdict::GiveUp);
+            w.in_progress(&[key(&c[0], "failed")]).await;
+            w.shutdown.cancel();
+        }
 
-    #[tokio::test]
-    async fn a_backlog_larger_than_a_window_is_worked_through() {
-        // More due deliveries than one window, all of one hung user ahead of
-        // another user's: the scan pages past them to B's.
-        let caps = Caps { global: 64, per_host: 64, per_user: 1 };
-        let n = WINDOW as usize + 10;
-        let (mut w, c) = World::start(caps, move |s| {
-            let mut v: Vec<CallId> = (0..n).map(|_| call(s, "a", "http://a.example/", &["dialing"])).collect();
-            v.push(call(s, "b", "http://b.example/", &["dialing"]));
-            v
-        })
-        .await;
-        w.in_progress(&[key(&c[0], "dialing"), key(&c[n], "dialing")]).await;
-        w.remote.end(&c[0], "dialing", AttemptVerdict::Delivered);
-        w.in_progress(&[key(&c[1], "dialing"), key(&c[n], "dialing")]).await;
-        w.shutdown.cancel();
+        async fn a_backlog_larger_than_a_window_is_worked_through(b) {
+            // More due deliveries than one window, all of one hung user ahead of
+            // another user's: the scan pages past them to B's.
+            let caps = Caps { global: 64, per_host: 64, per_user: 1 };
+            let n = WINDOW as usize + 10;
+            let (mut w, c) = World::start(b, caps, move |s| {
+                let mut v: Vec<CallId> = (0..n).map(|_| call(s, "a", "http://a.example/", &["dialing"])).collect();
+                v.push(call(s, "b", "http://b.example/", &["dialing"]));
+                v
+            })
+            .await;
+            w.in_progress(&[key(&c[0], "dialing"), key(&c[n], "dialing")]).await;
+            w.remote.end(&c[0], "dialing", AttemptVerdict::Delivered);
+            w.in_progress(&[key(&c[1], "dialing"), key(&c[n], "dialing")]).await;
+            w.shutdown.cancel();
+        }
     }
 }

@@ -47,14 +47,22 @@ impl Drop for TempDir {
     }
 }
 
-/// A config for tests: ports 0, a temp database, bcrypt cost 4 (fast), AMI
-/// at `ami`, with `http_keys` and `agi_keys` (lines) added to those
-/// sections and `extra` TOML appended (sections must not repeat the ones
-/// given here).
-pub fn write_config(dir: &Path, ami: SocketAddr, http_keys: &str, agi_keys: &str, extra: &str) -> PathBuf {
+/// A config for tests: ports 0, a temp SQLite database (or the PostgreSQL
+/// one at `postgres`), bcrypt cost 4 (fast), AMI at `ami`, with `http_keys`
+/// and `agi_keys` (lines) added to those sections and `extra` TOML appended
+/// (sections must not repeat the ones given here).
+pub fn write_config(
+    dir: &Path,
+    ami: SocketAddr,
+    http_keys: &str,
+    agi_keys: &str,
+    extra: &str,
+    postgres: Option<&str>,
+) -> PathBuf {
     let path = dir.join("voice-otp.toml");
+    let database = database_keys(postgres);
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\npath = \"test.db\"\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
          [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
         ami.ip(),
         ami.port()
@@ -65,15 +73,33 @@ pub fn write_config(dir: &Path, ami: SocketAddr, http_keys: &str, agi_keys: &str
 
 /// [`write_config`] with `[[asterisk]]` entries (each the TOML keys of one,
 /// `name` and `port` included) in place of the `[ami]` section.
-pub fn write_config_servers(dir: &Path, servers: &[String], http_keys: &str, agi_keys: &str, extra: &str) -> PathBuf {
+pub fn write_config_servers(
+    dir: &Path,
+    servers: &[String],
+    http_keys: &str,
+    agi_keys: &str,
+    extra: &str,
+    postgres: Option<&str>,
+) -> PathBuf {
     let path = dir.join("voice-otp.toml");
     let entries: String = servers.iter().map(|keys| format!("[[asterisk]]\n{keys}\n\n")).collect();
+    let database = database_keys(postgres);
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\npath = \"test.db\"\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
          [auth]\nbcrypt_cost = 4\n\n{entries}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// The `[database]` keys: a SQLite file in the test's folder, or the
+/// PostgreSQL database at `postgres` - with a short lease, as tests of a
+/// daemon that dies wait it out.
+fn database_keys(postgres: Option<&str>) -> String {
+    match postgres {
+        Some(url) => format!("url = \"{url}\"\npool_size = 3\nlease_secs = 3"),
+        None => "path = \"test.db\"".to_owned(),
+    }
 }
 
 /// Runs `voice-otp --config CONFIG ARGS...` with `stdin`; returns (status ok, stdout, stderr).
@@ -128,6 +154,8 @@ pub struct Daemon {
     logs: Arc<Mutex<String>>,
     /// The API user (name, password) [`Daemon::seed_call`] calls as.
     caller: Option<(String, String)>,
+    /// Its PostgreSQL database's URL, when it runs on one.
+    postgres: Option<String>,
 }
 
 impl Daemon {
@@ -184,7 +212,14 @@ impl Daemon {
             config: config.to_owned(),
             logs,
             caller: None,
+            postgres: None,
         }
+    }
+
+    /// The same daemon, known to run on the PostgreSQL database at `url`.
+    pub fn on_postgres(mut self, url: Option<&str>) -> Daemon {
+        self.postgres = url.map(str::to_owned);
+        self
     }
 
     /// The same daemon, placing its seed calls as user `name`.
@@ -227,6 +262,16 @@ impl Daemon {
     /// (rowid: a wall clock may step back), read from the database (the
     /// daemon's own - no other test's calls are in it).
     pub fn stored_calls(&self) -> Vec<(String, String)> {
+        if let Some(url) = &self.postgres {
+            let url = url.clone();
+            return std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("the daemon's database");
+                let rows = c.query("SELECT id, status FROM calls ORDER BY seq", &[]).expect("read the calls");
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            })
+            .join()
+            .expect("read the calls");
+        }
         let conn = rusqlite::Connection::open_with_flags(self.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the daemon's database");
         conn.busy_timeout(Duration::from_secs(5)).unwrap();

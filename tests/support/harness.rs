@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::daemon::{Daemon, TempDir, add_user, cli, write_config, write_config_servers};
 use super::fake_ami::{FakeAmi, FakeScript};
+use super::postgres::TestDatabase;
 use super::sandbox::Sandbox;
 
 /// The password of the API users a [`Setup`] adds, unless told otherwise.
@@ -40,6 +41,7 @@ pub struct Setup {
     agi_keys: String,
     extra: String,
     users: Vec<(String, String)>,
+    postgres: Option<String>,
     /// `[[asterisk]]` entries (TOML keys each); empty: the `[ami]` form.
     servers: Vec<String>,
 }
@@ -53,8 +55,15 @@ impl Setup {
             agi_keys: String::new(),
             extra: String::new(),
             users: vec![("acme1".to_owned(), PASSWORD.to_owned())],
+            postgres: None,
             servers: Vec::new(),
         }
+    }
+
+    /// On the PostgreSQL database `db` instead of a SQLite file.
+    pub fn postgres(mut self, db: &TestDatabase) -> Setup {
+        self.postgres = Some(db.url.clone());
+        self
     }
 
     /// Appends TOML sections (none of `[http]`, `[agi]`, `[database]`,
@@ -116,9 +125,16 @@ impl Setup {
     pub fn home(self, ami: SocketAddr) -> Home {
         let dir = TempDir::new(&self.name);
         let config = if self.servers.is_empty() {
-            write_config(&dir.0, ami, &self.http_keys, &self.agi_keys, &self.extra)
+            write_config(&dir.0, ami, &self.http_keys, &self.agi_keys, &self.extra, self.postgres.as_deref())
         } else {
-            write_config_servers(&dir.0, &self.servers, &self.http_keys, &self.agi_keys, &self.extra)
+            write_config_servers(
+                &dir.0,
+                &self.servers,
+                &self.http_keys,
+                &self.agi_keys,
+                &self.extra,
+                self.postgres.as_deref(),
+            )
         };
         let users = self
             .users
@@ -128,7 +144,7 @@ impl Setup {
                 User { name, password, webhook_secret }
             })
             .collect();
-        Home { dir, config, users }
+        Home { dir, config, users, postgres: self.postgres }
     }
 
     /// [`Setup::home`], then the daemon started.
@@ -188,12 +204,14 @@ pub struct Home {
     pub config: PathBuf,
     /// The API users, in the order they were added.
     pub users: Vec<User>,
+    /// The PostgreSQL database's URL, when not on SQLite.
+    pub postgres: Option<String>,
 }
 
 impl Home {
     /// Starts a daemon on this home, placing seed calls as the first user.
     pub fn start(&self) -> Daemon {
-        let daemon = Daemon::start(&self.config);
+        let daemon = Daemon::start(&self.config).on_postgres(self.postgres.as_deref());
         match self.users.first() {
             Some(user) => daemon.calling_as(&user.name, &user.password),
             None => daemon,

@@ -12,6 +12,7 @@
 //! - [`fake_ami`]: a scripted Asterisk Manager Interface server over real TCP.
 //! - [`fake_agi`]: a scripted FastAGI client playing an answered channel.
 //! - [`webhook_receiver`]: takes voice-otp's webhooks and checks their signatures.
+//! - [`postgres`]: a fresh database on the test PostgreSQL, for daemons run there.
 //!
 //! Every integration test file is its own crate and uses only part of this,
 //! hence the blanket `dead_code` allowance. The self-tests of `wav` and
@@ -24,6 +25,7 @@ pub mod fake_agi;
 pub mod fake_ami;
 pub mod harness;
 pub mod http;
+pub mod postgres;
 pub mod sandbox;
 pub mod wav;
 pub mod webhook_receiver;
