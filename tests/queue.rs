@@ -120,6 +120,26 @@ async fn a_call_whose_channel_vanished_with_the_link_fails_and_is_not_redialled(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_just_dialled_is_not_failed_for_having_no_channel_yet() {
+    // The link drops and comes back right after the Originate: the
+    // reconciliation that follows may ask about the call before Asterisk
+    // has made its channel ("No such channel"). That is no proof the call
+    // is gone; the daemon asks again once the call is a few seconds old,
+    // and by then Asterisk has the channel.
+    let script = FakeScript { status_reply: StatusReply::ExistsFromAsk(2), ..FakeScript::for_daemon() };
+    let (_home, fake, daemon) = setup("fresh-reconcile", script, "").await;
+    let id = place_call(&daemon);
+    assert!(fake.wait_for_originate(&id, WAIT).await.is_some(), "{:?}", fake.actions());
+    fake.drop_connections();
+    assert!(fake.wait_for_count("Status", 2, RECONNECT_WAIT).await, "asked once only: {:?}", fake.actions());
+    let asked: Vec<_> = fake.actions().into_iter().filter(|a| a.is("Status")).collect();
+    assert!(asked.iter().all(|a| a.get("Channel") == Some(id.as_str())), "{asked:?}");
+    let call = daemon.show(&id);
+    assert!(["dialing", "answered"].contains(&call["status"].as_str()), "still in flight: {call:?}");
+    assert_eq!(fake.originated(), [id], "never originated twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_asterisk_will_not_tell_about_is_left_alone_until_it_does() {
     // Answered, then nothing; and the manager user may not ask `Status`.
     let script =

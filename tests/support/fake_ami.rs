@@ -91,6 +91,10 @@ pub enum StatusReply {
     /// for a manager user with none of the write classes `Status` needs:
     /// system, call, reporting).
     Error(String),
+    /// "No such channel" for the first asks about a channel, [`StatusReply::Exists`]
+    /// from this (1-based) ask on: a channel Asterisk has not made yet when
+    /// first asked.
+    ExistsFromAsk(usize),
 }
 
 /// How the fake server behaves. Can be changed while it runs with
@@ -639,7 +643,17 @@ async fn handle_message(
             }
         }
         "originate" => originate(shared, tx, &action, action_id.as_deref(), script),
-        "status" => status(tx, &action, action_id.as_deref(), &script.status_reply),
+        "status" => {
+            let channel = action.get("Channel");
+            let ask =
+                lock(&shared.state).actions.iter().filter(|a| a.is("Status") && a.get("Channel") == channel).count();
+            let reply = match script.status_reply {
+                StatusReply::ExistsFromAsk(n) if ask < n => StatusReply::NoSuchChannel,
+                StatusReply::ExistsFromAsk(_) => StatusReply::Exists,
+                other => other,
+            };
+            status(tx, &action, action_id.as_deref(), &reply)
+        }
         _ => {
             let msg = format!(
                 "Invalid/unknown command: {}. Use Action: ListCommands to show available commands.",
@@ -661,7 +675,7 @@ fn status(tx: &mpsc::UnboundedSender<Vec<u8>>, action: &ReceivedAction, action_i
     match reply {
         StatusReply::NoSuchChannel => send(&[("Response", "Error"), ("Message", "No such channel")]),
         StatusReply::Error(message) => send(&[("Response", "Error"), ("Message", message)]),
-        StatusReply::Exists => {
+        StatusReply::Exists | StatusReply::ExistsFromAsk(_) => {
             send(&[("Response", "Success"), ("EventList", "start"), ("Message", "Channel status will follow")]);
             let mut event: Vec<(&str, &str)> = vec![("Event", "Status"), ("Privilege", "Call")];
             event.extend(action_id.map(|id| ("ActionID", id)));

@@ -65,8 +65,10 @@ const DIAL_TICK: Duration = Duration::from_secs(1);
 /// How often calls in flight are checked against Asterisk's channels.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
-/// A call originated less than this long ago may not have a channel yet;
-/// the periodic check leaves it alone.
+/// A call originated less than this long ago may not have a channel yet
+/// (its Originate may still be on its way): the periodic check leaves it
+/// alone, and a check right after a (re)connection that finds no channel
+/// for it asks again once it is this old instead of failing it.
 const FRESH_CALL: Duration = Duration::from_secs(5);
 
 /// Wakes the dialler whenever `link` changes (up, down), until `shutdown`.
@@ -94,6 +96,9 @@ struct Slot {
     /// Its link's reconnect count at that reconciliation: a different one
     /// now means it went down and up again in between.
     logins: u64,
+    /// When a call that had no channel yet at the last reconciliation is
+    /// old enough to be asked about again.
+    recheck_at: Option<Instant>,
 }
 
 /// The dialler's task, until `shutdown`.
@@ -106,6 +111,7 @@ pub(super) async fn run(state: Arc<State>, shutdown: CancellationToken) {
             pacer: Pacer::new(s.max_calls_per_second),
             reconciled_at: None,
             logins: 0,
+            recheck_at: None,
         })
         .collect();
     let mut picker = Picker::new(slots.len());
@@ -122,8 +128,10 @@ pub(super) async fn run(state: Arc<State>, shutdown: CancellationToken) {
             }
             // Reconcile on every (re)connection before dialling anything new.
             let after_connect = slot.reconciled_at.is_none() || slot.logins != logins;
-            if after_connect || slot.reconciled_at.is_some_and(|t| t.elapsed() >= RECONCILE_EVERY) {
-                reconcile(&state, index, after_connect).await;
+            let due = slot.reconciled_at.is_some_and(|t| t.elapsed() >= RECONCILE_EVERY)
+                || slot.recheck_at.is_some_and(|t| Instant::now() >= t);
+            if after_connect || due {
+                slot.recheck_at = reconcile(&state, index, after_connect).await;
                 slot.reconciled_at = Some(Instant::now());
                 slot.logins = logins;
             }
@@ -274,12 +282,14 @@ async fn expire_overdue(state: &State) {
 /// ours holds against that server's channels; those whose channel is gone
 /// fail. Right after a (re)connection every such call is checked (events
 /// may have been lost with the link, or a previous daemon left them);
-/// otherwise only those older than [`FRESH_CALL`].
-async fn reconcile(state: &State, index: usize, after_connect: bool) {
+/// otherwise only those older than [`FRESH_CALL`]. A call younger than that
+/// with no channel is not failed - its Originate may not have reached
+/// Asterisk yet - and the answer is when to ask again.
+async fn reconcile(state: &State, index: usize, after_connect: bool) -> Option<Instant> {
     if index == 0 && after_connect {
         warn_unconfigured(state).await;
     }
-    let Some(server) = state.servers.get(index) else { return };
+    let server = state.servers.get(index)?;
     let name = server.name.clone();
     // Calls naming no server were dialled when there was only one.
     let unassigned = index == 0;
@@ -287,10 +297,12 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) {
         Ok(calls) => calls,
         Err(e) => {
             tracing::error!(server = %server.name, error = %e, "could not list calls in flight");
-            return;
+            return None;
         }
     };
-    let fresh_after = now_ms() - FRESH_CALL.as_millis() as i64;
+    let now = now_ms();
+    let fresh_after = now - FRESH_CALL.as_millis() as i64;
+    let mut recheck_in: Option<i64> = None;
     for call in calls {
         if state.live.contains(&call.id) {
             continue;
@@ -302,6 +314,11 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) {
         // `Status` accepts a Uniqueid where a channel name goes.
         match server.ami.channel_status(call.id.as_str()).instrument(span.clone()).await {
             Ok(ChannelStatus::Exists) => state.track(&call.id, index),
+            Ok(ChannelStatus::Gone) if call.dialed_at.is_some_and(|t| t > fresh_after) => {
+                let wait = call.dialed_at.unwrap_or(now) - fresh_after;
+                tracing::debug!(call_id = %call.id, server = %server.name, wait_ms = wait, "no channel yet for a call just dialled; asked again later");
+                recheck_in = Some(recheck_in.map_or(wait, |w| w.min(wait)));
+            }
             Ok(ChannelStatus::Gone) => {
                 let detail = format!(
                     "Asterisk server {} has no channel for this {} call any more (Asterisk restarted, or the daemon or \
@@ -327,10 +344,11 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) {
             // The link failed mid-check: the next connection checks again.
             Err(e) => {
                 tracing::warn!(call_id = %call.id, server = %server.name, error = %e, "could not ask Asterisk about a call in flight");
-                return;
+                return None;
             }
         }
     }
+    recheck_in.map(|ms| Instant::now() + Duration::from_millis(ms as u64))
 }
 
 /// Calls in flight on a server the config no longer has (removed or
