@@ -230,7 +230,7 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             store.add_user(&name, &hash).map_err(db)?;
             let secret = store.rotate_webhook_secret(&name).map_err(db)?;
             println!("added user {name}");
-            println!("webhook_secret={secret}");
+            println!("webhook_secret={}", secret.expose());
             eprintln!(
                 "note: the webhook signing secret is shown only now; `user webhook {name} --rotate-secret` makes a new one"
             );
@@ -290,7 +290,7 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
             }
             println!("url={}", store.webhook_url(&name).map_err(db)?.unwrap_or_default());
             if rotate_secret {
-                println!("webhook_secret={}", store.rotate_webhook_secret(&name).map_err(db)?);
+                println!("webhook_secret={}", store.rotate_webhook_secret(&name).map_err(db)?.expose());
             }
         }
     }

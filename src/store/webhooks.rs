@@ -13,6 +13,7 @@ use super::backend::{TxKind, Value, args};
 use super::calls::read_call;
 use super::{Store, StoreError};
 use crate::call::{CallId, now_ms};
+use crate::secret::Secret;
 use crate::verify::Verification;
 
 /// A pending delivery, ready to sign and send.
@@ -40,7 +41,7 @@ pub struct Delivery {
     /// Attempts made so far.
     pub attempts: u32,
     /// The user's signing secret at send time (rotation applies to retries).
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -212,8 +213,8 @@ pub(super) fn enqueue_verification_change(s: &Store, v: &Verification) -> Result
 const CLAIM_MS: i64 = 600_000;
 
 /// A fresh signing secret: 256 random bits as hex.
-fn new_secret() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
+fn new_secret() -> Secret {
+    Secret::new(hex::encode(rand::random::<[u8; 32]>()))
 }
 
 /// [`Store::due_window`]'s statement for a scope: the index it walks and
@@ -315,7 +316,7 @@ impl Store {
                         status: r.get(6)?,
                         body: r.get(7)?,
                         attempts: r.get(8)?,
-                        secret: r.get(9)?,
+                        secret: r.get::<Option<String>>(9)?.map(Secret::new),
                         event: r.get(10)?,
                     })
                 },
@@ -439,9 +440,9 @@ impl Store {
 
     /// Gives a user a new signing secret and returns it - the only time it
     /// is shown. Pending deliveries are signed with the new one.
-    pub fn rotate_webhook_secret(&mut self, name: &str) -> Result<String, StoreError> {
+    pub fn rotate_webhook_secret(&mut self, name: &str) -> Result<Secret, StoreError> {
         let secret = new_secret();
-        let n = self.execute("UPDATE users SET webhook_secret = ?2 WHERE name = ?1", args![name, &secret])?;
+        let n = self.execute("UPDATE users SET webhook_secret = ?2 WHERE name = ?1", args![name, secret.expose()])?;
         if n == 0 {
             return Err(StoreError::NoSuchUser(name.to_owned()));
         }
@@ -565,7 +566,7 @@ mod tests {
             let json: serde_json::Value = serde_json::from_str(&ready[0].body).unwrap();
             assert_eq!(json["status"], "dialing");
             assert_eq!(json["id"], id.as_str());
-            assert_eq!(ready[0].secret.as_ref().map(String::len), Some(64));
+            assert_eq!(ready[0].secret.as_ref().map(Secret::len), Some(64));
             let mut order = Vec::new();
             while let Some(d) = startable(&s, i64::MAX).into_iter().next() {
                 order.push(d.status.clone());
@@ -612,8 +613,9 @@ mod tests {
             assert_ne!(before, after);
             s.mark_dialing(&id).unwrap();
             let d = startable(&s, i64::MAX).remove(0);
-            assert_eq!(d.secret.as_deref(), Some(after.as_str()));
-            assert!(!format!("{d:?}").contains(&after));
+            assert_eq!(d.secret.as_ref().map(Secret::expose), Some(after.expose()));
+            assert!(!format!("{d:?}").contains(after.expose()));
+            assert!(!format!("{after:?}").contains(after.expose()));
             assert!(s.rotate_webhook_secret("ghost").is_err());
         }
 

@@ -27,6 +27,7 @@ use super::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, WebhookUrl, check_u
 use crate::call::now_ms;
 use crate::config::WebhooksConfig;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{Attempt, AttemptVerdict, Db, Delivery};
 
 /// Why an attempt failed.
@@ -103,7 +104,7 @@ async fn send(d: &Delivery, policy: &WebhooksConfig) -> Result<u16, Failure> {
     // Checked again at send time: the config may have changed since the
     // call was accepted, and a user's default URL was never checked by the API.
     let url = check_url(&d.url, policy).map_err(|e| Failure::Permanent(format!("destination refused: {e}")))?;
-    let Some(secret) = d.secret.as_deref() else {
+    let Some(secret) = d.secret.as_ref().map(Secret::expose) else {
         return Err(Failure::Permanent("the user has no webhook secret".into()));
     };
     let limit = Duration::from_secs(u64::from(policy.timeout_secs));
