@@ -34,19 +34,6 @@ async fn two(
     (home, fa, fb, daemon)
 }
 
-/// Polls `/healthz` until each server in `want` is as given there.
-fn wait_servers(daemon: &Daemon, want: &[(&str, &str)]) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let health = support::blocking(|| http::get(daemon.http, "/healthz")).json();
-        if want.iter().all(|(name, state)| health["checks"]["asterisk"][*name] == *state) {
-            return health;
-        }
-        assert!(Instant::now() < deadline, "servers not {want:?}: {health}\n{}", daemon.logs());
-        support::blocking(|| std::thread::sleep(Duration::from_millis(50)));
-    }
-}
-
 fn place(daemon: &Daemon) -> String {
     daemon.seed_call("03001234567", "482915")
 }
@@ -59,7 +46,7 @@ async fn calls_are_spread_by_weight_each_dialled_once_on_the_server_it_names() {
     let busy = || FakeScript::outcome(OriginateOutcome::busy());
     let (_home, a, b, daemon) =
         two("spread", (busy(), &format!("{UNPACED}\nweight = 2")), (busy(), &format!("{UNPACED}\nweight = 1"))).await;
-    let health = wait_servers(&daemon, &[("a", "up"), ("b", "up")]);
+    let health = daemon.wait_servers(&[("a", "up"), ("b", "up")]);
     assert_eq!(health["status"], "ok", "{health}");
     let ids: Vec<String> = (0..12).map(|_| place(&daemon)).collect();
     let stored = daemon.settle(WAIT);
@@ -99,7 +86,7 @@ async fn a_server_that_is_down_gets_no_calls_and_its_share_when_back() {
     // b refuses the daemon's login: down from the first moment.
     let refusing = FakeScript { secret: "changed".into(), ..busy.clone() };
     let (_home, a, b, daemon) = two("one-down", (busy, UNPACED), (refusing, UNPACED)).await;
-    let health = wait_servers(&daemon, &[("a", "up"), ("b", "down")]);
+    let health = daemon.wait_servers(&[("a", "up"), ("b", "down")]);
     assert_eq!(health["status"], "ok", "healthy while one server is up: {health}");
     assert_eq!(health["down"], serde_json::json!([]), "{health}");
     let metrics = support::blocking(|| http::get(daemon.http, "/metrics")).body;
@@ -114,7 +101,7 @@ async fn a_server_that_is_down_gets_no_calls_and_its_share_when_back() {
     assert_eq!(b.count("Originate"), 0);
     // b takes the daemon's login again: it gets its share.
     b.update_script(|s| s.secret = support::fake_ami::DAEMON_SECRET.into());
-    wait_servers(&daemon, &[("a", "up"), ("b", "up")]);
+    daemon.wait_servers(&[("a", "up"), ("b", "up")]);
     let later: Vec<String> = (0..4).map(|_| place(&daemon)).collect();
     daemon.settle(WAIT);
     let on_b = b.originated();
@@ -142,7 +129,7 @@ async fn events_of_another_server_never_settle_a_call() {
     let silent = FakeScript::outcome(OriginateOutcome::Silent);
     // Ties go to the first server: the first call is placed on a.
     let (_home, a, b, daemon) = two("foreign-events", (silent.clone(), UNPACED), (silent, UNPACED)).await;
-    wait_servers(&daemon, &[("a", "up"), ("b", "up")]);
+    daemon.wait_servers(&[("a", "up"), ("b", "up")]);
     let id = place(&daemon);
     assert!(a.wait_for_originate(&id, WAIT).await.is_some(), "{:?}", a.actions());
     daemon.wait_status(&id, "dialing", WAIT);
@@ -173,7 +160,7 @@ async fn each_server_reconciles_only_its_own_calls() {
     // until a reconciliation finds the channel gone.
     let answer = FakeScript::outcome(OriginateOutcome::Answer);
     let (_home, a, b, daemon) = two("reconcile-each", (answer.clone(), UNPACED), (answer, UNPACED)).await;
-    wait_servers(&daemon, &[("a", "up"), ("b", "up")]);
+    daemon.wait_servers(&[("a", "up"), ("b", "up")]);
     let first = place(&daemon);
     daemon.wait_status(&first, "answered", WAIT);
     let second = place(&daemon);
@@ -203,7 +190,7 @@ async fn a_paced_server_is_sent_no_more_originates_than_its_rate() {
         .config(NO_NUMBER_QUOTAS)
         .server("slow", fake.addr(), "max_calls_per_second = 2")
         .start_servers();
-    wait_servers(&daemon, &[("slow", "up")]);
+    daemon.wait_servers(&[("slow", "up")]);
     let ids: Vec<String> = (0..6).map(|_| place(&daemon)).collect();
     daemon.settle(WAIT);
     assert_eq!(fake.count("Originate"), ids.len());
@@ -226,7 +213,7 @@ async fn calls_on_a_server_no_longer_configured_are_named_in_a_warning() {
     let fake = FakeAmi::start(FakeScript::outcome(OriginateOutcome::Answer)).await;
     let (home, mut daemon) =
         Setup::new("renamed").config(NO_NUMBER_QUOTAS).server("old", fake.addr(), UNPACED).start_servers();
-    wait_servers(&daemon, &[("old", "up")]);
+    daemon.wait_servers(&[("old", "up")]);
     let id = place(&daemon);
     daemon.wait_status(&id, "answered", WAIT);
     daemon.terminate();
@@ -234,7 +221,7 @@ async fn calls_on_a_server_no_longer_configured_are_named_in_a_warning() {
     let config = std::fs::read_to_string(&home.config).unwrap().replace("name = \"old\"", "name = \"new\"");
     std::fs::write(&home.config, config).unwrap();
     let daemon = home.start();
-    wait_servers(&daemon, &[("new", "up")]);
+    daemon.wait_servers(&[("new", "up")]);
     let warning = "no longer configured: not reconciled nor followed server=old calls=1";
     assert_eq!(daemon.logged(warning, 1, WAIT), 1, "{}", daemon.logs());
     assert_eq!(daemon.show(&id)["status"], "answered", "left as it is");

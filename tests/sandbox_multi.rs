@@ -7,33 +7,17 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::harness::Setup;
-use support::http;
+use support::relay::Relay;
 use support::sandbox::{self, Sandbox, dials, log_mark, unique_number, wait_recording};
 use support::wav::{read_wav, speech_segments};
 
 const CALL_WAIT: Duration = Duration::from_secs(120);
 const RECORDING_WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `/healthz` until each server in `want` is up.
-fn wait_up(daemon: &Daemon, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let health = http::get(daemon.http, "/healthz").json();
-        if want.iter().all(|name| health["checks"]["asterisk"][*name] == "up") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "servers {want:?} not up: {health}\n{}", daemon.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Every call completed with two readings, its recording holds speech
 /// (the intro, 2 x 4 digits, "I repeat", goodbye) and its number was rung
@@ -65,7 +49,7 @@ fn twenty_calls_over_two_asterisk_all_complete_once_each_and_the_paced_one_keeps
         .server("pbx1", sandbox.ami_of(1), "max_calls_per_second = 0")
         .server("pbx2", sandbox.ami_of(2), "max_calls_per_second = 2")
         .start_servers();
-    wait_up(&daemon, &["pbx1", "pbx2"]);
+    daemon.wait_servers(&[("pbx1", "up"), ("pbx2", "up")]);
     let mark = log_mark(&sandbox);
     let calls: Vec<(String, String)> = (0..20)
         .map(|_| {
@@ -92,68 +76,29 @@ fn twenty_calls_over_two_asterisk_all_complete_once_each_and_the_paced_one_keeps
     assert!(gaps.iter().all(|&g| g >= 499), "pbx2 at 2 calls/s: gaps {gaps:?} ms");
 }
 
-/// A TCP relay to the daemon's FastAGI port, standing in for another
-/// address of it (a second daemon's, in production); counts connections.
-struct Relay {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Relay {
-    fn start(target: Arc<OnceLock<SocketAddr>>) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                let Some(&to) = target.get() else { continue };
-                let Ok(server) = TcpStream::connect(to) else { continue };
-                let pipe = |mut from: TcpStream, mut to: TcpStream| {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                };
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
-        Relay { addr, accepted }
-    }
-}
-
 #[test]
 fn the_dialplan_tries_the_next_fastagi_address_only_when_no_daemon_took_the_call() {
     let sandbox = sandbox::up_asterisks(2);
     // Nothing listens there: connections are refused.
     let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let target = Arc::new(OnceLock::new());
-    let (second, third) = (Relay::start(target.clone()), Relay::start(target.clone()));
-    let agi = format!(
-        "url = \"agi://{refused}/otp\"\nfallback_urls = [\"agi://{}/otp\", \"agi://{}/otp\"]",
-        second.addr, third.addr
-    );
+    let (second, third) = (Relay::start(), Relay::start());
+    let agi =
+        format!("url = \"agi://{refused}/otp\"\nfallback_urls = [\"{}\", \"{}\"]", second.agi_url(), third.agi_url());
     // On instance 2: its dialplan is made from the same extensions.conf.
     let (_home, daemon) = Setup::new("agi-failover")
         .agi_keys(&agi)
         .server("pbx2", sandbox.ami_of(2), "max_calls_per_second = 0")
         .start_servers();
-    target.set(daemon.agi).unwrap();
-    wait_up(&daemon, &["pbx2"]);
+    second.point_at(daemon.agi);
+    third.point_at(daemon.agi);
+    daemon.wait_servers(&[("pbx2", "up")]);
     let mark = log_mark(&sandbox);
     let number = unique_number();
     let id = daemon.seed_call(&number, "4821");
     judge(&sandbox, &daemon, &[(number, id.clone())], mark);
     // The call is over and its channel gone: the dialplan has ended.
-    assert_eq!(second.accepted.load(Ordering::SeqCst), 1, "the second address took the call");
-    assert_eq!(third.accepted.load(Ordering::SeqCst), 0, "the call was taken: no third try");
+    assert_eq!(second.accepted(), 1, "the second address took the call");
+    assert_eq!(third.accepted(), 0, "the call was taken: no third try");
     // pbx2's log: its dialplan went on past the refused address.
     let log = std::fs::read_to_string(&sandbox.status["asterisk_log.2"]).unwrap_or_default();
     let lines: Vec<&str> = log.lines().skip_while(|l| !l.contains(&format!("uniqueid={id}"))).collect();

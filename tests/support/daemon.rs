@@ -279,6 +279,20 @@ impl Daemon {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
+    /// Polls `/healthz` until every (server, state) in `want` holds
+    /// (`checks.asterisk`: "up" or "down"); returns that health report.
+    pub fn wait_servers(&self, want: &[(&str, &str)]) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health = blocking(|| http::get(self.http, "/healthz")).json();
+            if want.iter().all(|(name, state)| health["checks"]["asterisk"][*name] == *state) {
+                return health;
+            }
+            assert!(Instant::now() < deadline, "servers not {want:?}: {health}\n{}", self.logs());
+            blocking(|| std::thread::sleep(Duration::from_millis(50)));
+        }
+    }
+
     /// Waits until every stored call has reached a final status; returns
     /// their ids in the order they were stored. After this the dialler has nothing left to
     /// send, so "exactly these were dialled" can be asserted without a

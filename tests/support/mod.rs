@@ -13,6 +13,7 @@
 //! - [`fake_agi`]: a scripted FastAGI client playing an answered channel.
 //! - [`webhook_receiver`]: takes voice-otp's webhooks and checks their signatures.
 //! - [`postgres`]: a fresh database on the test PostgreSQL, for daemons run there.
+//! - [`relay`]: a TCP relay to a daemon's FastAGI port, its address known first.
 //!
 //! Every integration test file is its own crate and uses only part of this,
 //! hence the blanket `dead_code` allowance. The self-tests of `wav` and
@@ -26,6 +27,7 @@ pub mod fake_ami;
 pub mod harness;
 pub mod http;
 pub mod postgres;
+pub mod relay;
 pub mod sandbox;
 pub mod wav;
 pub mod webhook_receiver;
