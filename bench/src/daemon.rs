@@ -75,6 +75,12 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it as an operator would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Daemon {
@@ -92,7 +98,29 @@ pub fn seed_target(number: &str) -> String {
 /// Seed-API requests, each to its own number, as traffic to many people
 /// looks (and so the per-number quotas never refuse one).
 pub fn seed_targets() -> crate::http_load::Target {
-    std::sync::Arc::new(|n| seed_target(&format!("0300{:07}", n % 10_000_000)))
+    std::sync::Arc::new(|n| crate::http_load::get(&seed_target(&format!("0300{:07}", n % 10_000_000)), ""))
+}
+
+/// `POST /v1/calls` as `bench`, each to its own number from `first` on.
+pub fn v1_post_targets(first: u64) -> crate::http_load::Target {
+    let auth = basic_auth();
+    std::sync::Arc::new(move |n| {
+        let body = format!(r#"{{"number":"0300{:07}","code":"482915"}}"#, (first + n) % 10_000_000);
+        crate::http_load::post_json("/v1/calls", &auth, &body)
+    })
+}
+
+/// `GET target` as `bench` (HTTP Basic).
+pub fn v1_get_targets(target: &'static str) -> crate::http_load::Target {
+    let auth = basic_auth();
+    std::sync::Arc::new(move |_| crate::http_load::get(target, &auth))
+}
+
+/// The `Authorization` header line of `bench`.
+fn basic_auth() -> String {
+    use base64::Engine;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("bench:{PASSWORD}"));
+    format!("Authorization: Basic {credentials}\r\n")
 }
 
 /// The `[http]` caps on one client's connections and requests per
