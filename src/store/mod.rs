@@ -39,7 +39,7 @@ pub(crate) use backend::Value;
 pub(crate) use backend::args;
 use backend::{Conn, PgConn, TxKind};
 
-pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, TokenCheck};
+pub use calls::{CallCursor, CallEnd, NewCall, NewCallLifecycle, NumberCalls, PURGE_BATCH, TokenCheck};
 pub use idempotency::{KeyClaim, StoredAnswer};
 pub use logins::{LoginEvent, LoginEventKind};
 pub use queue::InFlight;
