@@ -236,7 +236,7 @@ pub fn fill(db: &Path, calls: u64, from_ms: i64, to_ms: i64) -> Filled {
             let created = from_ms + (i as f64 * step) as i64 + rng.random_range(0..step.max(1.0) as i64);
             let (user_id, url) = pick_user(&users, rng.random_range(0..100));
             let ending = pick_ending(rng.random_range(0..1000));
-            let id = CallId::generate();
+            let id = CallId::generate_at(created);
             let number = pool_number(rng.random_range(0..NUMBER_POOL));
             let enter = rng.random_range(0..100) < 5;
             let language = if rng.random_range(0..10) == 0 { "ur" } else { "en" };
