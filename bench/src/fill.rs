@@ -402,5 +402,20 @@ pub fn check_counts(conn: &Connection, now_ms: i64) -> Result<(), String> {
     if kept != scanned {
         return Err(format!("user_call_hours count {kept} calls in the last day, the calls {scanned}"));
     }
+    // The per-number quotas' table (migration 17): the last day's calls,
+    // and hardly any older.
+    let day_ago = now_ms - DAY_MS;
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [day_ago], |r| r.get(0)).expect("count") };
+    let (kept, scanned) = (
+        count("SELECT COUNT(*) FROM number_calls WHERE created_at > ?1"),
+        count("SELECT COUNT(*) FROM calls WHERE created_at > ?1"),
+    );
+    if kept != scanned {
+        return Err(format!("number_calls holds {kept} calls of the last day, the calls {scanned}"));
+    }
+    let stale = count("SELECT COUNT(*) FROM number_calls WHERE created_at <= ?1 - 3600000");
+    if stale > 4 {
+        return Err(format!("number_calls keeps {stale} calls older than 25 hours"));
+    }
     Ok(())
 }

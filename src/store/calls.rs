@@ -113,10 +113,11 @@ pub(super) const CALL_COLUMNS: &str = "id, user_id, number, code, status, reason
                             callback_url, language, require_keypress, mode, verified, attempts, asterisk";
 
 /// The per-number quota count, in the same step as every insert: calls to
-/// `?1` after `?2`, and of those after `?3`, with the oldest of each.
+/// `?1` after `?2`, and of those after `?3`, with the oldest of each. From
+/// `number_calls`, the last day's calls per number (migration 17).
 pub(super) const NUMBER_CALLS: &str = "SELECT COUNT(*), MIN(created_at),
         COUNT(CASE WHEN created_at > ?3 THEN 1 END), MIN(CASE WHEN created_at > ?3 THEN created_at END)
-     FROM calls WHERE number = ?1 AND created_at > ?2";
+     FROM number_calls WHERE number = ?1 AND created_at > ?2";
 
 /// The retention purge: the `?2` final calls that ended first before `?1`,
 /// found by `calls_by_end`. SQLite's `+status` keeps the status test off
@@ -280,8 +281,10 @@ impl Store {
 
     /// Calls to `number` (E.164) created after `since_ms`, and of those
     /// after `recent_ms` (`recent_ms >= since_ms`), each with the
-    /// creation time of its oldest call: one pass over the
-    /// `calls_by_number` index, for the per-number quotas.
+    /// creation time of its oldest call, for the per-number quotas: one
+    /// pass over that number's rows of the last day's calls. `since_ms`
+    /// must be at most a day before the newest call stored: older calls
+    /// are no longer counted.
     pub fn number_calls_since(&self, number: &str, since_ms: i64, recent_ms: i64) -> Result<NumberCalls, StoreError> {
         self.query_one(NUMBER_CALLS, args![number, since_ms, recent_ms], |r| {
             Ok(NumberCalls { since: r.get(0)?, oldest_since: r.get(1)?, recent: r.get(2)?, oldest_recent: r.get(3)? })
@@ -532,10 +535,41 @@ mod tests {
     fn number_counts_use_the_number_index() {
         let (s, _) = store_with_call(Backend::Sqlite);
         let plan = query_plan(&s, NUMBER_CALLS, rusqlite::params!["+923001234567", 0, 0]);
-        assert!(plan.iter().all(|p| p.contains("USING COVERING INDEX calls_by_number")), "{plan:?}");
+        assert!(plan.iter().all(|p| p.contains("USING COVERING INDEX number_calls_by_number")), "{plan:?}");
         let counts = s.number_calls_since("+923001234567", 0, 0).unwrap();
         assert_eq!((counts.since, counts.recent), (1, 1));
         assert_eq!(s.number_calls_since("+923001234568", 0, 0).unwrap().since, 0);
+    }
+
+    /// A database migrated with history gets the last day of it in
+    /// `number_calls` (migration 17), and the quota check reads only that.
+    #[test]
+    fn the_migration_counts_the_last_days_calls() {
+        let now = now_ms();
+        let hour = 3_600_000;
+        let dir = std::env::temp_dir().join(format!("voice-otp-numbers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let before = super::super::migrations::version_of("CREATE TABLE number_calls") - 1;
+            super::super::migrations::migrate_to(&mut conn, before).unwrap();
+            for (number, created) in [("+923004444444", now - 30 * hour), ("+923004444444", now - hour)] {
+                conn.execute(
+                    "INSERT INTO calls (id, number, status, created_at, updated_at) VALUES (?1, ?2, 'failed', ?3, ?3)",
+                    rusqlite::params![CallId::generate().as_str(), number, created],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.count_for_tests("SELECT COUNT(*) FROM number_calls", &[]), 1);
+        assert_eq!(s.number_calls_since("+923004444444", now - 24 * hour, now).unwrap().since, 1);
+        let plan = query_plan(&s, NUMBER_CALLS, rusqlite::params!["+923004444444", 0, 0]);
+        assert!(plan.iter().all(|p| p.contains("number_calls_by_number")), "{plan:?}");
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// However many final calls are on record, the purge looks only at
@@ -784,6 +818,37 @@ mod tests {
             assert_eq!(s.purge_calls(i64::MAX, 10).unwrap(), 1);
             assert!(s.call(&old).unwrap().is_none());
             assert!(s.call(&live).unwrap().is_some(), "a live call is never purged");
+        }
+
+        /// The last day's calls per number: counted like a scan of the
+        /// calls, rows past 25 hours trimmed by later inserts (at most 4
+        /// each).
+        fn number_counts_keep_only_the_last_day(b) {
+            let (s, _) = store_with_call(b);
+            let now = now_ms();
+            let hour = 3_600_000;
+            let add = |number: &str, created: i64| {
+                s.execute_for_tests(
+                    "INSERT INTO calls (id, number, status, created_at, updated_at) VALUES (?1, ?2, 'queued', ?3, ?3)",
+                    args![CallId::generate_at(created).as_str(), number, created],
+                );
+            };
+            let rows = |s: &Store| s.count_for_tests("SELECT COUNT(*) FROM number_calls", &[]);
+            // Ten old calls (two days ago), then calls of the last day.
+            for i in 0..10 {
+                add("+923001111111", now - 48 * hour + i);
+            }
+            assert_eq!(rows(&s), 11, "the store_with_call call and ten old ones");
+            add("+923002222222", now - 20 * hour);
+            assert_eq!(rows(&s), 11 + 1 - 4, "an insert trims 4 old rows at most");
+            add("+923002222222", now - 10 * 60_000);
+            add("+923002222222", now - 60_000);
+            assert_eq!(rows(&s), 4, "the old ones are all gone, the last day's stay");
+            let c = s.number_calls_since("+923002222222", now - 24 * hour, now - 15 * 60_000).unwrap();
+            let expected =
+                NumberCalls { since: 3, oldest_since: Some(now - 20 * hour), recent: 2, oldest_recent: Some(now - 10 * 60_000) };
+            assert_eq!(c, expected);
+            assert_eq!(s.number_calls_since("+923001111111", now - 24 * hour, now).unwrap().since, 0);
         }
 
         /// A purge batch takes at most its size, the calls that ended first.
