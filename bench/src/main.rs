@@ -9,6 +9,7 @@
 //! - [`procfs`]: RSS and CPU time of a process.
 //! - [`fill`]: a month of history written through the product's store.
 //! - [`history`]: the `history_*` figures, with that month and without.
+//! - [`scale`]: `pg_vs_sqlite` and `scale_2_daemons_vs_1`.
 //!
 //! Every comparison is measured within one run, one side right after the
 //! other, so a busy machine slows both alike.
@@ -21,6 +22,7 @@ mod history;
 mod http_load;
 mod procfs;
 mod sandbox;
+mod scale;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,7 +65,12 @@ struct Args {
     /// with --quick, else 3,000); more gives a profiler time to sample.
     #[arg(long)]
     agi_sessions: Option<u64>,
-    /// Measure only these (comma-separated: auth,http,agi,memory,history,sandbox).
+    /// A PostgreSQL URL whose user may create databases, for `scale`
+    /// (`pg_vs_sqlite`, `scale_2_daemons_vs_1`): each run makes fresh
+    /// databases on that server and drops them after.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Measure only these (comma-separated: auth,http,agi,memory,history,scale,sandbox).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Instead of measuring: add N final calls spread over the DAYS (30)
@@ -140,6 +147,12 @@ async fn main() {
             lookups: args.pick(300, 1_000),
         };
         history::measure(args.daemon(), args.work(), &sizes).await;
+    }
+    if args.wants("scale") {
+        match &args.postgres {
+            Some(url) => scale::measure(args.daemon(), args.work(), url, args.pick(6_000, 15_000)).await,
+            None => eprintln!("pg_vs_sqlite and scale_2_daemons_vs_1 skipped: no --postgres"),
+        }
     }
     if args.wants("sandbox") {
         match &args.sandbox {
