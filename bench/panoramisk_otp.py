@@ -112,6 +112,8 @@ class Flow:
         return True
 
     async def script(self, language):
+        # As voice-otp does: tell the dialplan the session took the call.
+        await self.run('SET VARIABLE VOICE_OTP_AGI_REACHED "1"')
         await self.run('SET VARIABLE CHANNEL(language) "%s"' % language)
         await self.pause(ANSWER_PAUSE_MS, "")
         await self.stream("voice-otp/intro", "")

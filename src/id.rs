@@ -1,6 +1,7 @@
-//! Random public identifiers (calls, verifications): 128 bits from the
-//! OS-seeded CSPRNG as 32 lowercase hex digits. Unguessable but no secret:
-//! they are in API replies, webhooks and logs.
+//! Public identifiers (calls, verifications) as 32 lowercase hex digits:
+//! 128 bits from the OS-seeded CSPRNG, or (calls) the creation time in
+//! ms, 48 bits, then 80 such bits. Unguessable but no secret: they are in
+//! API replies, webhooks and logs.
 //!
 //! [`hex_id!`](crate::hex_id) defines such an id type; its `parse` takes only the exact
 //! shape `generate` makes, so an id read back from a URL, Asterisk or the
@@ -12,27 +13,58 @@ pub fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-/// Whether `s` is the shape [`random_hex`] makes.
+/// 32 lowercase hex digits: `created_ms` (Unix ms, 48 bits: until the year
+/// 10889) then 80 bits of fresh randomness. Ids made this way sort by
+/// creation time, so a database index keyed by them grows at one end.
+pub fn time_ordered_hex(created_ms: i64) -> String {
+    let time = (created_ms.max(0) as u64) & 0xffff_ffff_ffff;
+    format!("{time:012x}{}", hex::encode(rand::random::<[u8; 10]>()))
+}
+
+/// Whether `s` is the shape [`random_hex`] and [`time_ordered_hex`] make.
 pub fn is_hex_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Defines `$name`, a [`random_hex`] id with `generate`, `parse`, `as_str`,
 /// `Display` and a transparent `Serialize`.
+///
+/// `hex_id!(time_ordered ...)` makes ids of [`time_ordered_hex`] instead,
+/// with `generate_at(created_ms)` beside `generate` (now).
 #[macro_export]
 macro_rules! hex_id {
+    (time_ordered $(#[$doc:meta])* $name:ident) => {
+        $crate::hex_id!(@common $(#[$doc])* $name);
+
+        impl $name {
+            /// A fresh id for something made now.
+            pub fn generate() -> $name {
+                $name::generate_at($crate::time::now_ms())
+            }
+
+            /// A fresh id for something made at `created_ms` (Unix ms).
+            pub fn generate_at(created_ms: i64) -> $name {
+                $name($crate::id::time_ordered_hex(created_ms))
+            }
+        }
+    };
     ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        $crate::hex_id!(@common $(#[$doc])* $name);
 
         impl $name {
             /// A fresh random id.
             pub fn generate() -> $name {
                 $name($crate::id::random_hex())
             }
+        }
+    };
+    (@common $(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
+        impl $name {
             /// Accepts only the exact shape [`Self::generate`] makes.
             pub fn parse(s: &str) -> Option<$name> {
                 $crate::id::is_hex_id(s).then(|| $name(s.to_owned()))
@@ -68,6 +100,7 @@ mod tests {
         assert!(is_hex_id(a.as_str()));
         assert_eq!(TestId::parse(a.as_str()), Some(a.clone()));
         assert_eq!(a.to_string(), a.as_str());
+        assert!(is_hex_id(&time_ordered_hex(1_764_580_000_123)));
         for bad in ["", "xyz", &"A".repeat(32), &"a".repeat(31), &"a".repeat(33), "0123456789abcdef0123456789abcdeg"] {
             assert_eq!(TestId::parse(bad), None, "{bad:?}");
         }

@@ -690,7 +690,7 @@ mod tests {
     use crate::auth::hash_password;
     use crate::call::CallId;
     use crate::store::testing::{Backend, async_backends, backends};
-    use crate::store::{Db, NewCall, args};
+    use crate::store::{Db, args};
 
     fn limits(toml: &str) -> Limits {
         let config = crate::config::Config::from_toml(toml).unwrap();
@@ -1032,15 +1032,13 @@ mod tests {
                 limits("[limits]\nnumber_calls_per_window = 2\nnumber_window_secs = 600\nnumber_calls_per_day = 3\n")
                     .number_quota();
             let number = "+923001234567";
+            // Stored as at `at`: the counts are taken when a call is stored.
             let insert = |store: &mut Store, at: i64| {
-                let id = CallId::generate();
-                let options = crate::call::options::CallOptions {
-                    mode: crate::call::options::CallMode::Read,
-                    language: "en".into(),
-                    require_keypress: false,
-                };
-                store.insert_call(&NewCall { id: &id, user_id: user.id, number, code: "1234", options: &options }).unwrap();
-                store.execute_for_tests("UPDATE calls SET created_at = ?1 WHERE id = ?2", args![at, id.as_str()]);
+                store.execute_for_tests(
+                    "INSERT INTO calls (id, user_id, number, code, status, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, '1234', 'queued', ?4, ?4)",
+                    args![CallId::generate_at(at).as_str(), user.id, number, at],
+                );
             };
             let t = 1_000_000_000_000;
             insert(&mut store, t);

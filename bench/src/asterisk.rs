@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,11 +29,20 @@ pub enum CallMode {
     Hold,
 }
 
-/// Counters of the simulated Asterisk.
+/// Counters of the simulated Asterisk, and switches that change what it
+/// does from the next call (or login) on.
 #[derive(Default)]
 pub struct Stats {
     /// Originate actions received.
     pub originates: AtomicU64,
+    /// When the last Originate arrived.
+    pub last_originate: Mutex<Option<Instant>>,
+    /// Calls answered from now on stay answered, as in [`CallMode::Hold`].
+    pub hold: AtomicBool,
+    /// Logins are refused from now on: Asterisk is "down" for the daemon.
+    pub refuse_logins: AtomicBool,
+    /// Each logged-in AMI session's outbox; [`Stats::drop_sessions`] ends them.
+    sessions: Mutex<Vec<mpsc::UnboundedSender<String>>>,
     /// FastAGI sessions the server ended with `HANGUP` (the flow finished).
     pub completed: AtomicU64,
     /// FastAGI sessions that ended any other way.
@@ -45,10 +54,24 @@ pub struct Stats {
     pub tokens: Mutex<HashMap<String, String>>,
 }
 
+/// What an AMI session's writer takes as "close the connection".
+const CLOSE: &str = "";
+
 impl Stats {
     /// The token of channel `id` ("" if it was never originated).
     pub fn token(&self, id: &str) -> String {
         self.tokens.lock().unwrap().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Closes every AMI connection, as an Asterisk that stopped would.
+    pub fn drop_sessions(&self) {
+        for session in self.sessions.lock().unwrap().drain(..) {
+            let _ = session.send(CLOSE.to_owned());
+        }
+    }
+
+    fn broadcast(&self, text: String) {
+        self.sessions.lock().unwrap().retain(|s| s.send(text.clone()).is_ok());
     }
 }
 
@@ -56,24 +79,17 @@ impl Stats {
 pub async fn start_ami(mode: CallMode, playback: Duration) -> (SocketAddr, Arc<Stats>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind scripted AMI");
     let addr = listener.local_addr().expect("AMI address");
-    let stats = Arc::new(Stats::default());
-    let sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>> = Arc::default();
+    let stats = Arc::new(Stats { hold: AtomicBool::new(mode == CallMode::Hold), ..Stats::default() });
     let shared = stats.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(ami_session(stream, mode, playback, shared.clone(), sessions.clone()));
+            tokio::spawn(ami_session(stream, playback, shared.clone()));
         }
     });
     (addr, stats)
 }
 
-async fn ami_session(
-    stream: TcpStream,
-    mode: CallMode,
-    playback: Duration,
-    stats: Arc<Stats>,
-    sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>>,
-) {
+async fn ami_session(stream: TcpStream, playback: Duration, stats: Arc<Stats>) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -82,7 +98,7 @@ async fn ami_session(
             return;
         }
         while let Some(text) = rx.recv().await {
-            if write.write_all(text.as_bytes()).await.is_err() {
+            if text == CLOSE || write.write_all(text.as_bytes()).await.is_err() {
                 return;
             }
         }
@@ -101,15 +117,20 @@ async fn ami_session(
         let action = get("action").to_ascii_lowercase();
         let id = get("actionid");
         match action.as_str() {
+            "login" if stats.refuse_logins.load(Ordering::Relaxed) => {
+                let _ = tx.send(format!("Response: Error\r\nActionID: {id}\r\nMessage: Authentication failed\r\n\r\n"));
+                let _ = tx.send(CLOSE.to_owned());
+            }
             "login" => {
                 let _ =
                     tx.send(format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"));
-                sessions.lock().unwrap().push(tx.clone());
+                stats.sessions.lock().unwrap().push(tx.clone());
             }
             "ping" => {
                 let _ = tx.send(format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 0.0\r\n\r\n"));
             }
             "originate" => {
+                *stats.last_originate.lock().unwrap() = Some(Instant::now());
                 stats.originates.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(format!(
                     "Response: Success\r\nActionID: {id}\r\nMessage: Originate successfully queued\r\n\r\n"
@@ -125,7 +146,7 @@ async fn ami_session(
                 let token = variable("VOICE_OTP_TOKEN").unwrap_or_default();
                 stats.tokens.lock().unwrap().insert(channel_id.clone(), token.clone());
                 let call = Call { channel_id, action_id: id, agi, token };
-                tokio::spawn(call.run(mode, playback, stats.clone(), sessions.clone()));
+                tokio::spawn(call.run(playback, stats.clone()));
             }
             "logoff" => {
                 let _ = tx
@@ -149,24 +170,15 @@ struct Call {
 }
 
 impl Call {
-    async fn run(
-        self,
-        mode: CallMode,
-        playback: Duration,
-        stats: Arc<Stats>,
-        sessions: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>>,
-    ) {
-        let broadcast = |text: String| {
-            sessions.lock().unwrap().retain(|s| s.send(text.clone()).is_ok());
-        };
+    async fn run(self, playback: Duration, stats: Arc<Stats>) {
         let id = &self.channel_id;
-        broadcast(format!(
+        stats.broadcast(format!(
             "Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {}\r\nResponse: Success\r\n\
              Channel: PJSIP/carrier-{id}\r\nContext: voice-otp\r\nExten: s\r\nReason: 4\r\nUniqueid: {id}\r\n\
              CallerIDNum: <unknown>\r\nCallerIDName: <unknown>\r\n\r\n",
             self.action_id
         ));
-        if mode == CallMode::Hold {
+        if stats.hold.load(Ordering::Relaxed) {
             return;
         }
         let end = match self.agi.as_deref().and_then(agi_address) {
@@ -174,7 +186,7 @@ impl Call {
             None => None,
         };
         let counter = if end.is_some_and(|e| e.completed) { &stats.completed } else { &stats.failed };
-        broadcast(format!(
+        stats.broadcast(format!(
             "Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/carrier-{id}\r\nUniqueid: {id}\r\nLinkedid: {id}\r\n\
              Cause: 16\r\nCause-txt: Normal Clearing\r\n\r\n"
         ));
@@ -195,6 +207,9 @@ pub struct AgiEnd {
     pub completed: bool,
     /// The command lines received, in order (only when asked to record).
     pub commands: Vec<String>,
+    /// From the token's answer written to the next command read: the
+    /// server's lookup of the call (token check, load, mark answered).
+    pub lookup: Option<Duration>,
 }
 
 fn request_block(uniqueid: &str, addr: SocketAddr) -> String {
@@ -226,16 +241,21 @@ pub async fn agi_call(
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     stream.write_all(request_block(uniqueid, addr).as_bytes()).await?;
-    let mut end = AgiEnd { completed: false, commands: Vec::new() };
+    let mut end = AgiEnd { completed: false, commands: Vec::new(), lookup: None };
+    let mut token_sent: Option<Instant> = None;
     let mut buf = [0u8; 2048];
     let mut filled = 0;
     loop {
         while let Some(newline) = buf[..filled].iter().position(|&b| b == b'\n') {
             let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
+            if let Some(sent) = token_sent.take() {
+                end.lookup = Some(sent.elapsed());
+            }
             if record {
                 end.commands.push(String::from_utf8_lossy(line).into_owned());
             }
             let reply: &[u8] = if line == b"GET VARIABLE VOICE_OTP_TOKEN" {
+                token_sent = Some(Instant::now());
                 token_reply.as_bytes()
             } else if line.starts_with(b"STREAM FILE") {
                 if !playback.is_zero() {

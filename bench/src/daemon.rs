@@ -19,16 +19,45 @@ pub struct Daemon {
 /// `agi_sessions` FastAGI sessions, and `extra` TOML sections; and the user
 /// `bench` (password [`PASSWORD`]).
 pub fn configure(binary: &Path, dir: &Path, ami: SocketAddr, agi_sessions: usize, extra: &str) -> PathBuf {
+    configure_on(binary, dir, ami, agi_sessions, Database::File, extra)
+}
+
+/// Where a configured daemon keeps its data.
+#[derive(Clone, Copy)]
+pub enum Database<'a> {
+    /// `bench.db` in its folder (SQLite).
+    File,
+    /// The PostgreSQL database at this URL, with the user `bench` already
+    /// made (by another daemon's [`configure_on`]) or not.
+    Postgres { url: &'a str, user_exists: bool },
+}
+
+/// [`configure`] with the database given.
+pub fn configure_on(
+    binary: &Path,
+    dir: &Path,
+    ami: SocketAddr,
+    agi_sessions: usize,
+    database: Database<'_>,
+    extra: &str,
+) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench folder");
     let config = dir.join("voice-otp.toml");
+    let (section, add_user) = match database {
+        Database::File => ("path = \"bench.db\"".to_owned(), true),
+        Database::Postgres { url, user_exists } => (format!("url = \"{url}\""), !user_exists),
+    };
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n{HTTP_OUT_OF_REACH}\n[agi]\nlisten = \"127.0.0.1:0\"\nmax_sessions = {agi_sessions}\n\n\
-         [database]\npath = \"bench.db\"\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{LIMITS_OUT_OF_REACH}\n{extra}\n",
+         [database]\n{section}\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{LIMITS_OUT_OF_REACH}\n{extra}\n",
         ami.ip(),
         ami.port()
     );
     std::fs::write(&config, text).expect("write config");
+    if !add_user {
+        return config;
+    }
     let mut child = Command::new(binary)
         .args(["--config"])
         .arg(&config)
@@ -75,6 +104,12 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it as an operator would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Daemon {
@@ -92,7 +127,36 @@ pub fn seed_target(number: &str) -> String {
 /// Seed-API requests, each to its own number, as traffic to many people
 /// looks (and so the per-number quotas never refuse one).
 pub fn seed_targets() -> crate::http_load::Target {
-    std::sync::Arc::new(|n| seed_target(&format!("0300{:07}", n % 10_000_000)))
+    seed_targets_from(0)
+}
+
+/// [`seed_targets`] to the numbers from `first` on.
+pub fn seed_targets_from(first: u64) -> crate::http_load::Target {
+    std::sync::Arc::new(move |n| {
+        crate::http_load::get(&seed_target(&format!("0300{:07}", (first + n) % 10_000_000)), "")
+    })
+}
+
+/// `POST /v1/calls` as `bench`, each to its own number from `first` on.
+pub fn v1_post_targets(first: u64) -> crate::http_load::Target {
+    let auth = basic_auth();
+    std::sync::Arc::new(move |n| {
+        let body = format!(r#"{{"number":"0300{:07}","code":"482915"}}"#, (first + n) % 10_000_000);
+        crate::http_load::post_json("/v1/calls", &auth, &body)
+    })
+}
+
+/// `GET target` as `bench` (HTTP Basic).
+pub fn v1_get_targets(target: &'static str) -> crate::http_load::Target {
+    let auth = basic_auth();
+    std::sync::Arc::new(move |_| crate::http_load::get(target, &auth))
+}
+
+/// The `Authorization` header line of `bench`.
+fn basic_auth() -> String {
+    use base64::Engine;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("bench:{PASSWORD}"));
+    format!("Authorization: Basic {credentials}\r\n")
 }
 
 /// The `[http]` caps on one client's connections and requests per

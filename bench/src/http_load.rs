@@ -22,7 +22,7 @@ pub enum Stop {
 /// What a run measured.
 #[derive(Default)]
 pub struct Outcome {
-    /// 200 answers.
+    /// 2xx answers.
     pub accepted: u64,
     /// Any other answer, or a broken connection.
     pub refused: u64,
@@ -50,11 +50,25 @@ impl Outcome {
     }
 }
 
-/// The request target of the `n`th request of a run.
-pub type Target = Arc<dyn Fn(u64) -> String + Send + Sync>;
+/// The `n`th request of a run, as bytes on the wire (see [`get`], [`post_json`]).
+pub type Target = Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>;
 
-/// Runs `connections` clients sending `GET target(n)` for the `n`th request
-/// to `addr` until `stop`.
+/// `GET target`, with `headers` (each ending in CRLF).
+pub fn get(target: &str, headers: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n").into_bytes()
+}
+
+/// `POST target` with a JSON `body`, with `headers` (each ending in CRLF).
+pub fn post_json(target: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: bench\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Runs `connections` clients sending `target(n)` as the `n`th request to
+/// `addr` until `stop`.
 pub async fn run(addr: SocketAddr, target: Target, connections: usize, stop: Stop, keep_ids: bool) -> Outcome {
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -94,7 +108,7 @@ async fn client(
             Stop::After(d) if start.elapsed() >= d => return out,
             _ => {}
         }
-        let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", target(n));
+        let request = target(n);
         if conn.is_none() {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -110,10 +124,10 @@ async fn client(
         }
         let stream = conn.as_mut().expect("connected above");
         let t0 = Instant::now();
-        match exchange(stream, request.as_bytes()).await {
+        match exchange(stream, &request).await {
             Ok((status, body)) => {
                 out.latencies_us.push(t0.elapsed().as_micros() as u64);
-                if status == 200 {
+                if (200..300).contains(&status) {
                     out.accepted += 1;
                     if keep_ids {
                         out.call_ids.extend(call_id(&body));

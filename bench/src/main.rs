@@ -7,16 +7,22 @@
 //! - [`daemon`]: runs the real binary with its own config and users.
 //! - [`sandbox`]: `sandbox_overhead` on the real sandbox Asterisk.
 //! - [`procfs`]: RSS and CPU time of a process.
+//! - [`fill`]: a month of history written through the product's store.
+//! - [`history`]: the `history_*` figures, with that month and without.
+//! - [`scale`]: `pg_vs_sqlite` and `scale_2_daemons_vs_1`.
 //!
 //! Every comparison is measured within one run, one side right after the
 //! other, so a busy machine slows both alike.
 
 mod asterisk;
 mod daemon;
+mod fill;
 mod floor;
+mod history;
 mod http_load;
 mod procfs;
 mod sandbox;
+mod scale;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,11 +40,11 @@ use http_load::Stop;
 #[command(about = "Benchmarks voice-otp (see scripts/bench)")]
 struct Args {
     /// The voice-otp binary to measure (a release build).
-    #[arg(long)]
-    daemon: PathBuf,
+    #[arg(long, required_unless_present_any = ["fill_history", "floor_server"])]
+    daemon: Option<PathBuf>,
     /// Folder for databases, configs and logs (emptied first).
-    #[arg(long)]
-    work: PathBuf,
+    #[arg(long, required_unless_present_any = ["fill_history", "floor_server"])]
+    work: Option<PathBuf>,
     /// Python with panoramisk installed, for `agi_vs_panoramisk`.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -55,12 +61,37 @@ struct Args {
     /// FastAGI sessions open at a time in `agi_vs_panoramisk`.
     #[arg(long, default_value_t = 50)]
     agi_concurrency: usize,
-    /// Measure only these (comma-separated: auth,http,agi,memory,sandbox).
+    /// FastAGI sessions per server in `agi_vs_panoramisk` (default 1,000
+    /// with --quick, else 3,000); more gives a profiler time to sample.
+    #[arg(long)]
+    agi_sessions: Option<u64>,
+    /// A PostgreSQL URL whose user may create databases, for `scale`
+    /// (`pg_vs_sqlite`, `scale_2_daemons_vs_1`): each run makes fresh
+    /// databases on that server and drops them after.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Measure only these (comma-separated: auth,http,agi,memory,history,scale,sandbox).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of measuring: add N final calls spread over the DAYS (30)
+    /// days up to now to the database DB (see `fill.rs`), check the counts
+    /// its triggers keep, and exit. DB needs the user `bench` (`voice-otp
+    /// user add`).
+    #[arg(long, num_args = 2..=3, value_names = ["DB", "N", "DAYS"])]
+    fill_history: Vec<String>,
 }
 
 impl Args {
+    /// `--daemon` (clap requires it when measuring).
+    fn daemon(&self) -> &std::path::Path {
+        self.daemon.as_deref().expect("--daemon")
+    }
+
+    /// `--work` (clap requires it when measuring).
+    fn work(&self) -> &std::path::Path {
+        self.work.as_deref().expect("--work")
+    }
+
     fn wants(&self, what: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == what)
     }
@@ -80,8 +111,19 @@ async fn main() {
     if let Some(script) = &args.floor_server {
         return floor::serve(script).await;
     }
-    let _ = std::fs::remove_dir_all(&args.work);
-    std::fs::create_dir_all(&args.work).expect("work folder");
+    if let [db, n, days @ ..] = args.fill_history.as_slice() {
+        let n: u64 = n.parse().expect("N: a number of calls");
+        let days: i64 = days.first().map_or(30, |d| d.parse().expect("DAYS: a number of days"));
+        let now = voice_otp::time::now_ms();
+        let filled = fill::fill(std::path::Path::new(db), n, now - days * fill::DAY_MS, now);
+        print("history_fill_calls", filled.calls);
+        print("history_fill_deliveries", filled.deliveries);
+        print("history_fill_s", format!("{:.1}", filled.seconds));
+        print("history_counts_checked_s", format!("{:.1}", filled.check_seconds));
+        return;
+    }
+    let _ = std::fs::remove_dir_all(args.work());
+    std::fs::create_dir_all(args.work()).expect("work folder");
     machine();
     if args.wants("auth") {
         auth_cache(&args).await;
@@ -98,10 +140,24 @@ async fn main() {
     if args.wants("memory") {
         agi_memory(&args).await;
     }
+    if args.wants("history") {
+        let sizes = history::Sizes {
+            posts: args.pick(2_000, 5_000),
+            reads: args.pick(1_000, 3_000),
+            lookups: args.pick(300, 1_000),
+        };
+        history::measure(args.daemon(), args.work(), &sizes).await;
+    }
+    if args.wants("scale") {
+        match &args.postgres {
+            Some(url) => scale::measure(args.daemon(), args.work(), url, args.pick(6_000, 15_000)).await,
+            None => eprintln!("pg_vs_sqlite and scale_2_daemons_vs_1 skipped: no --postgres"),
+        }
+    }
     if args.wants("sandbox") {
         match &args.sandbox {
             Some(script) => {
-                let o = sandbox::measure(&args.daemon, &args.work, script, args.pick(4, 6), args.pick(3, 5)).await;
+                let o = sandbox::measure(args.daemon(), args.work(), script, args.pick(4, 6), args.pick(3, 5)).await;
                 print("sandbox_calls_per_side", o.calls);
                 print("sandbox_cpu_s_per_call_dialplan", format!("{:.4}", sandbox::mean(&o.dialplan_only)));
                 print("sandbox_cpu_s_per_call_with_daemon", format!("{:.4}", sandbox::mean(&o.with_daemon)));
@@ -130,10 +186,10 @@ async fn auth_cache(args: &Args) {
     let mut rates = Vec::new();
     for (name, ttl) in [("nocache", 0), ("cache", 300)] {
         let (ami, _) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
-        let dir = args.work.join(format!("auth-{name}"));
+        let dir = args.work().join(format!("auth-{name}"));
         let extra = format!("[auth]\nbcrypt_cost = 12\ncache_ttl_secs = {ttl}\n");
-        let config = configure(&args.daemon, &dir, ami, 256, &extra);
-        let voice_otp = Daemon::start(&args.daemon, &config);
+        let config = configure(args.daemon(), &dir, ami, 256, &extra);
+        let voice_otp = Daemon::start(args.daemon(), &config);
         let out = http_load::run(voice_otp.http, seed_targets(), 16, Stop::After(secs), false).await;
         print(&format!("auth_{name}_accepted_per_s"), format!("{:.1}", out.accepted_per_s()));
         rates.push(out.accepted_per_s());
@@ -146,8 +202,8 @@ async fn auth_cache(args: &Args) {
 async fn http_and_calls(args: &Args) {
     let requests = args.pick(10_000, 50_000);
     let (ami, stats) = asterisk::start_ami(CallMode::Full, Duration::ZERO).await;
-    let config = configure(&args.daemon, &args.work.join("http"), ami, 4096, "");
-    let voice_otp = Daemon::start(&args.daemon, &config);
+    let config = configure(args.daemon(), &args.work().join("http"), ami, 4096, "");
+    let voice_otp = Daemon::start(args.daemon(), &config);
     // One request first, so the figures are the steady state and not the
     // single bcrypt verify (~0.2 s) the first requests of a user wait for.
     let warm = http_load::run(voice_otp.http, seed_targets(), 1, Stop::Requests(1), false).await;
@@ -183,40 +239,56 @@ async fn held_calls(voice_otp: &Daemon, n: u64) -> Vec<String> {
 }
 
 /// One FastAGI server under the AGI load: sessions/s and CPU per session
-/// of the server and of the load generator.
+/// of the server and of the load generator, summed over its rounds.
+#[derive(Default)]
 struct AgiRun {
     done: u64,
-    per_s: f64,
-    server_ms: f64,
-    generator_ms: f64,
+    secs: f64,
+    server_cpu: f64,
+    generator_cpu: f64,
+    switches: u64,
     flow: Vec<String>,
 }
 
 impl AgiRun {
+    /// Runs the sessions of `ids` against the server and adds them up.
     async fn measure(
+        &mut self,
         server_pid: u32,
         addr: std::net::SocketAddr,
         ids: Arc<Vec<(String, String)>>,
         concurrency: usize,
-    ) -> AgiRun {
+    ) {
         let server_before = procfs::cpu_seconds(server_pid);
         let generator_before = procfs::cpu_seconds(std::process::id());
+        let switches_before = procfs::context_switches(server_pid);
         let (done, secs, flow) = asterisk::agi_load(addr, ids, concurrency, Duration::ZERO).await;
-        let per_session = |cpu: f64| cpu * 1000.0 / done.max(1) as f64;
-        AgiRun {
-            done,
-            per_s: done as f64 / secs,
-            server_ms: per_session(procfs::cpu_seconds(server_pid) - server_before),
-            generator_ms: per_session(procfs::cpu_seconds(std::process::id()) - generator_before),
-            flow,
+        self.switches += procfs::context_switches(server_pid) - switches_before;
+        self.server_cpu += procfs::cpu_seconds(server_pid) - server_before;
+        self.generator_cpu += procfs::cpu_seconds(std::process::id()) - generator_before;
+        self.done += done;
+        self.secs += secs;
+        if self.flow.is_empty() {
+            self.flow = flow;
         }
     }
 
+    fn per_s(&self) -> f64 {
+        self.done as f64 / self.secs
+    }
+
+    fn server_ms(&self) -> f64 {
+        self.server_cpu * 1000.0 / self.done.max(1) as f64
+    }
+
     fn print(&self, name: &str) {
-        print(&format!("agi_{name}_sessions_per_s"), format!("{:.0}", self.per_s));
+        print(&format!("agi_{name}_sessions_per_s"), format!("{:.0}", self.per_s()));
         print(&format!("agi_{name}_completed"), self.done);
-        print(&format!("agi_{name}_cpu_ms_per_session"), format!("{:.3}", self.server_ms));
-        print(&format!("agi_{name}_generator_cpu_ms_per_session"), format!("{:.3}", self.generator_ms));
+        print(&format!("agi_{name}_cpu_ms_per_session"), format!("{:.3}", self.server_ms()));
+        let generator_ms = self.generator_cpu * 1000.0 / self.done.max(1) as f64;
+        print(&format!("agi_{name}_generator_cpu_ms_per_session"), format!("{generator_ms:.3}"));
+        let switches = self.switches as f64 / self.done.max(1) as f64;
+        print(&format!("agi_{name}_context_switches_per_session"), format!("{switches:.1}"));
     }
 }
 
@@ -253,33 +325,42 @@ impl Drop for AgiServer {
     }
 }
 
+/// Rounds of the FastAGI comparison: ours, panoramisk, the floor, and
+/// again, so a busy moment of the machine falls on all three.
+const AGI_ROUNDS: usize = 3;
+
+/// Sessions each server runs first, unmeasured (statements prepared,
+/// buffers grown, the Python code warm).
+const AGI_WARM_UP: usize = 50;
+
 /// FastAGI OTP sessions/s: ours against the panoramisk reference, the same
 /// stored calls, the same load generator, sessions and concurrency. The
 /// floor server (see `floor.rs`) sends the same commands with no work at
 /// all: its rate is the most any server can reach on this machine, so
 /// `agi_floor_vs_panoramisk` bounds what `agi_vs_panoramisk` can be here.
+/// The three take turns in [`AGI_ROUNDS`] rounds, each round on calls of
+/// its own (a call is served once).
 async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
-    let sessions: u64 = args.pick(1_000, 3_000);
+    let sessions: u64 = args.agi_sessions.unwrap_or(args.pick(1_000, 3_000));
     let concurrency = args.agi_concurrency;
     let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
-    let config = configure(&args.daemon, &args.work.join("agi"), ami, 4096, "");
-    let voice_otp = Daemon::start(&args.daemon, &config);
-    let ids = held_calls(&voice_otp, sessions).await;
+    let config = configure(args.daemon(), &args.work().join("agi"), ami, 4096, "");
+    let voice_otp = Daemon::start(args.daemon(), &config);
+    let total = sessions + AGI_WARM_UP as u64;
+    let ids = held_calls(&voice_otp, total).await;
     // Every call dialled (and so `answered` once its session starts) before
     // the clock starts: the measurement is of FastAGI, not of the dialler.
-    while stats.originates.load(Ordering::Relaxed) < sessions {
+    while stats.originates.load(Ordering::Relaxed) < total {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ids: Arc<Vec<(String, String)>> =
-        Arc::new(ids.into_iter().map(|id| (stats.token(&id), id)).map(|(t, id)| (id, t)).collect());
-    let db_before = procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db");
-    let ours = AgiRun::measure(voice_otp.pid(), voice_otp.agi, ids.clone(), concurrency).await;
-    let db_ms =
-        (procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db") - db_before) * 1000.0 / ours.done.max(1) as f64;
-    drop(voice_otp);
+    let ids: Vec<(String, String)> = ids.into_iter().map(|id| (stats.token(&id), id)).map(|(t, id)| (id, t)).collect();
+    let (warm, measured) = ids.split_at(AGI_WARM_UP);
+    let warm = Arc::new(warm.to_vec());
+    let per_round = measured.len().div_ceil(AGI_ROUNDS);
+    let rounds: Vec<Arc<Vec<(String, String)>>> = measured.chunks(per_round).map(|c| Arc::new(c.to_vec())).collect();
 
-    let dir = args.work.join("panoramisk");
+    let dir = args.work().join("panoramisk");
     std::fs::create_dir_all(&dir).expect("panoramisk folder");
     let ids_file = dir.join("ids");
     let lines: Vec<String> = ids.iter().map(|(id, token)| format!("{id} {token}")).collect();
@@ -290,32 +371,50 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
         std::process::Command::new(python).arg(&script).arg(dir.join("reference.db")).arg(&ids_file),
         &dir.join("reference.log"),
     );
-    let panoramisk = AgiRun::measure(reference.child.id(), reference.addr, ids.clone(), concurrency).await;
-    drop(reference);
 
-    let dir = args.work.join("floor");
+    // Ours first, so the floor can be given our flow's command lines.
+    let mut warm_ours = AgiRun::default();
+    warm_ours.measure(voice_otp.pid(), voice_otp.agi, warm.clone(), concurrency).await;
+    let dir = args.work().join("floor");
     std::fs::create_dir_all(&dir).expect("floor folder");
     let commands = dir.join("commands");
-    std::fs::write(&commands, ours.flow.join("\n")).expect("floor commands");
+    std::fs::write(&commands, warm_ours.flow.join("\n")).expect("floor commands");
     let me = std::env::current_exe().expect("own path");
     let floor_server = AgiServer::start(
         "floor server",
-        std::process::Command::new(me)
-            .arg("--floor-server")
-            .arg(&commands)
-            .arg("--daemon")
-            .arg(&args.daemon)
-            .arg("--work")
-            .arg(&dir),
+        std::process::Command::new(me).arg("--floor-server").arg(&commands),
         &dir.join("floor.log"),
     );
-    let floor = AgiRun::measure(floor_server.child.id(), floor_server.addr, ids, concurrency).await;
-    drop(floor_server);
+    AgiRun::default().measure(reference.child.id(), reference.addr, warm.clone(), concurrency).await;
+    AgiRun::default().measure(floor_server.child.id(), floor_server.addr, warm, concurrency).await;
+
+    // For a profiler to attach to (`perf record -p PID`).
+    eprintln!("agi: measuring ours, pid {}, the floor, pid {}", voice_otp.pid(), floor_server.child.id());
+    let (mut ours, mut panoramisk, mut floor) = (AgiRun::default(), AgiRun::default(), AgiRun::default());
+    let (mut db_cpu, mut io) = (0.0, [0u64; 4]);
+    for round in rounds {
+        let db_before = procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db");
+        let io_before = procfs::io_counters(voice_otp.pid());
+        ours.measure(voice_otp.pid(), voice_otp.agi, round.clone(), concurrency).await;
+        db_cpu += procfs::thread_cpu_seconds(voice_otp.pid(), "voice-otp-db") - db_before;
+        let io_after = procfs::io_counters(voice_otp.pid());
+        io.iter_mut().zip(io_after.iter().zip(io_before)).for_each(|(t, (a, b))| *t += a - b);
+        panoramisk.measure(reference.child.id(), reference.addr, round.clone(), concurrency).await;
+        floor.measure(floor_server.child.id(), floor_server.addr, round, concurrency).await;
+    }
+    drop((voice_otp, reference, floor_server));
 
     print("agi_sessions", sessions);
     print("agi_concurrency", concurrency);
+    print("agi_rounds", AGI_ROUNDS);
     ours.print("ours");
-    print("agi_ours_db_thread_cpu_ms_per_session", format!("{db_ms:.3}"));
+    print("agi_ours_db_thread_cpu_ms_per_session", format!("{:.3}", db_cpu * 1000.0 / ours.done.max(1) as f64));
+    // Everything the daemon wrote per session (/proc/PID/io): its command
+    // lines to the socket (the same for any server), the database's WAL
+    // frames and checkpoints, its log lines.
+    let per = |x: u64| x as f64 / ours.done.max(1) as f64;
+    print("agi_ours_write_calls_per_session", format!("{:.1}", per(io[1])));
+    print("agi_ours_bytes_written_per_session", format!("{:.0}", per(io[3])));
     panoramisk.print("panoramisk");
     floor.print("floor");
     let same = !ours.flow.is_empty() && ours.flow == panoramisk.flow && ours.flow == floor.flow;
@@ -325,10 +424,11 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
     }
     // Server CPU per session: what the load generator sharing the cores
     // cannot blur.
-    print("agi_cpu_vs_panoramisk", format!("{:.1}", panoramisk.server_ms / ours.server_ms));
-    print("agi_floor_vs_panoramisk", format!("{:.1}", floor.per_s / panoramisk.per_s));
-    print("agi_ours_vs_floor", format!("{:.2}", ours.per_s / floor.per_s));
-    print("agi_vs_panoramisk", format!("{:.1}", ours.per_s / panoramisk.per_s));
+    print("agi_cpu_vs_panoramisk", format!("{:.1}", panoramisk.server_ms() / ours.server_ms()));
+    print("agi_cpu_floor_vs_ours", format!("{:.2}", floor.server_ms() / ours.server_ms()));
+    print("agi_floor_vs_panoramisk", format!("{:.1}", floor.per_s() / panoramisk.per_s()));
+    print("agi_ours_vs_floor", format!("{:.2}", ours.per_s() / floor.per_s()));
+    print("agi_vs_panoramisk", format!("{:.1}", ours.per_s() / panoramisk.per_s()));
 }
 
 /// Daemon RSS growth per concurrent FastAGI session, at 5,000 sessions each
@@ -336,8 +436,8 @@ async fn agi_vs_panoramisk(args: &Args, python: &std::path::Path) {
 async fn agi_memory(args: &Args) {
     let sessions: usize = 5_000;
     let (ami, stats) = asterisk::start_ami(CallMode::Hold, Duration::ZERO).await;
-    let config = configure(&args.daemon, &args.work.join("memory"), ami, sessions + 100, "");
-    let voice_otp = Daemon::start(&args.daemon, &config);
+    let config = configure(args.daemon(), &args.work().join("memory"), ami, sessions + 100, "");
+    let voice_otp = Daemon::start(args.daemon(), &config);
     let ids = held_calls(&voice_otp, sessions as u64 + 100).await;
     while stats.originates.load(Ordering::Relaxed) < ids.len() as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;

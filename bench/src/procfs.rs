@@ -49,3 +49,38 @@ fn clock_ticks() -> f64 {
             .unwrap_or(100.0)
     })
 }
+
+/// Read and write syscalls `pid` has made so far, and the bytes they
+/// moved (`syscr`, `syscw`, `rchar`, `wchar` of /proc/PID/io).
+pub fn io_counters(pid: u32) -> [u64; 4] {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field =
+        |name: &str| io.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok()).unwrap_or(0);
+    [field("syscr"), field("syscw"), field("rchar"), field("wchar")]
+}
+
+/// CPU time the calling thread has run so far, in seconds (the first field
+/// of /proc/thread-self/schedstat, in ns): what an operation cost, whatever
+/// else the machine's other tenants were doing meanwhile.
+pub fn thread_cpu_now() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+/// Context switches of all threads of `pid` so far (voluntary and not).
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:").or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}

@@ -115,7 +115,7 @@ pub async fn measure(binary: &Path, work: &Path, script: &Path, concurrency: usi
                 let mut out = crate::http_load::run(
                     voice_otp.http,
                     std::sync::Arc::new({
-                        let t = daemon::seed_target(n);
+                        let t = crate::http_load::get(&daemon::seed_target(n), "");
                         move |_| t.clone()
                     }),
                     1,

@@ -176,7 +176,7 @@ async fn connection<H: AgiHandler>(
         script = ?request.network_script().unwrap_or_default(),
     );
     // Debug, not info: the handler logs what the session meant (for
-    // voice-otp, "reading code" and "call ended" with the call id), and two
+    // voice-otp, "call ended" with the call id), and two
     // more lines per call were a visible share of a session's cost.
     async move {
         tracing::debug!("AGI session started");

@@ -28,10 +28,22 @@ use crate::metrics::{CallEnded, Metrics};
 use crate::secret::Secret;
 
 crate::hex_id!(
-    /// An unguessable call identifier: 128 random bits as 32 lowercase hex
-    /// digits. It is also the Asterisk channel's `Uniqueid` (`ChannelId` on
-    /// Originate), so AMI events and the FastAGI session name the call
-    /// directly.
+    time_ordered
+    /// An unguessable call identifier, 32 lowercase hex digits: the
+    /// creation time (Unix ms, 48 bits), then 80 random bits. It is also
+    /// the Asterisk channel's `Uniqueid` (`ChannelId` on Originate), so AMI
+    /// events and the FastAGI session name the call directly.
+    ///
+    /// Why the time first: the id keys the calls' primary index and the
+    /// webhook deliveries' index by call. Fully random ids put each new
+    /// call on a random page of both and scattered each day's calls over
+    /// all of them, so with a month of history every insert touched pages
+    /// the cache no longer held, and purging a day rewrote nearly every
+    /// page. In time order a day's calls share a run of pages, and the
+    /// newest - the ones in use - stay cached. 80 random bits are still
+    /// beyond guessing (and an id alone opens nothing: a FastAGI session
+    /// also needs the dial's token, an API user sees only their own calls);
+    /// the creation time they reveal is in the call's JSON anyway.
     CallId
 );
 
@@ -320,6 +332,25 @@ mod tests {
         assert_eq!(CallId::parse(a.as_str()), Some(a));
         assert_eq!(CallId::parse("xyz"), None);
         assert_eq!(CallId::parse(&"A".repeat(32)), None);
+    }
+
+    /// Ids sort by creation time, and calls created in the same
+    /// millisecond still differ in their 80 random bits.
+    #[test]
+    fn ids_begin_with_their_time() {
+        let t = 1_764_580_000_123;
+        let first = CallId::generate_at(t);
+        assert!(first.as_str().starts_with(&format!("{t:012x}")), "{first}");
+        assert_eq!(CallId::parse(first.as_str()).as_ref(), Some(&first));
+        let twin = CallId::generate_at(t);
+        assert_ne!(first, twin);
+        assert_eq!(first.as_str()[..12], twin.as_str()[..12]);
+        let later = CallId::generate_at(t + 1);
+        assert!(later.as_str() > first.as_str() && later.as_str() > twin.as_str());
+        assert!(CallId::generate().as_str() > later.as_str(), "now is after 2025");
+        let random: std::collections::HashSet<String> =
+            (0..1000).map(|_| CallId::generate_at(t).as_str()[12..].to_owned()).collect();
+        assert_eq!(random.len(), 1000);
     }
 
     #[test]
