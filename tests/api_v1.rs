@@ -194,14 +194,7 @@ async fn ringing_then_cancel_hangs_up_and_the_call_stays_canceled() {
     let (_home, fake, daemon, _) = setup("v1-cancel", FakeScript::outcome(OriginateOutcome::Silent), "").await;
     let id = create(&daemon, r#"{"number":"03001234567","code":"482915"}"#)["id"].as_str().unwrap().to_owned();
     wait_status(&daemon, &id, "dialing").await;
-    fake.emit_event(&[
-        ("Event", "Newstate"),
-        ("Privilege", "call,all"),
-        ("Channel", "PJSIP/carrier-00000001"),
-        ("ChannelState", "5"),
-        ("ChannelStateDesc", "Ringing"),
-        ("Uniqueid", &id),
-    ]);
+    fake.emit_ringing(&id);
     let ringing = wait_status(&daemon, &id, "ringing").await;
     assert!(ringing["ringing_at"].is_string());
     let other = api_as(&daemon, "other1", "POST", &format!("/v1/calls/{id}/cancel"), None);

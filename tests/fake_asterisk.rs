@@ -267,14 +267,7 @@ async fn a_ringing_call_answered_over_fastagi_is_answered() {
     let (_home, fake, daemon) = setup("ringing-answer", script).await;
     let id = daemon.seed_call("03001234567", "482915");
     let token = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("an Originate");
-    fake.emit_event(&[
-        ("Event", "Newstate"),
-        ("Privilege", "call,all"),
-        ("Channel", "PJSIP/carrier-00000001"),
-        ("ChannelState", "5"),
-        ("ChannelStateDesc", "Ringing"),
-        ("Uniqueid", &id),
-    ]);
+    fake.emit_ringing(&id);
     daemon.wait_status(&id, "ringing", Duration::from_secs(10));
     // The session starts (no OriginateResponse yet: Asterisk sends it late)
     // and holds at its first flow command, as during a long playback.

@@ -130,27 +130,9 @@ impl Api<'_> {
 /// Answers call `id` on the scripted FastAGI like a callee who listens;
 /// returns the digits of its first reading (`length` of them).
 async fn answer(fake: &FakeAmi, daemon: &Daemon, id: &str, length: usize) -> String {
-    let token = fake.wait_agi_token(id, Duration::from_secs(10)).await.expect("an Originate with a token");
-    let commands = fake_agi::session(daemon.agi, id, Callee { token: Some(&token), ..Callee::default() }).await;
-    let digits: String = commands
-        .iter()
-        .filter_map(|c| c.strip_prefix("STREAM FILE digits/"))
-        .filter_map(|rest| rest.chars().next())
-        .collect();
+    let (digits, commands) = fake_agi::hear_digits(fake, daemon.agi, id).await;
     assert!(digits.len() >= length, "the code was read: {commands:?}");
     digits[..length].to_owned()
-}
-
-/// The AMI event that makes call `id` ring.
-fn ringing(fake: &FakeAmi, id: &str) {
-    fake.emit_event(&[
-        ("Event", "Newstate"),
-        ("Privilege", "call,all"),
-        ("Channel", "PJSIP/carrier-00000001"),
-        ("ChannelState", "5"),
-        ("ChannelStateDesc", "Ringing"),
-        ("Uniqueid", id),
-    ]);
 }
 
 /// The AMI event of call `id`'s callee being busy.
@@ -358,7 +340,7 @@ async fn calls_api(api: &Api<'_>, fake: &FakeAmi) -> Calls {
     // A call that rings and is canceled; a second cancel is too late.
     let canceled = api.create_call("03001230021");
     api.wait_call(&canceled, "dialing");
-    ringing(fake, &canceled);
+    fake.emit_ringing(&canceled);
     api.wait_call(&canceled, "ringing");
     api.user(200, Request::post(&format!("/v1/calls/{canceled}/cancel")));
     api.user(409, Request::post(&format!("/v1/calls/{canceled}/cancel")));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::fake_agi::{self, Callee};
-use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::fake_ami::{FakeScript, OriginateOutcome};
 use support::harness::{FAST_FLOW, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http;
 
@@ -26,17 +26,6 @@ fn create(daemon: &Daemon) -> String {
     let resp = api(daemon, "POST", "/v1/calls", Some(r#"{"number":"03001234567","code":"482915"}"#));
     assert_eq!(resp.status, 202, "{}", resp.body);
     resp.json()["id"].as_str().expect("call id").to_owned()
-}
-
-fn ringing(fake: &FakeAmi, id: &str) {
-    fake.emit_event(&[
-        ("Event", "Newstate"),
-        ("Privilege", "call,all"),
-        ("Channel", "PJSIP/carrier-00000001"),
-        ("ChannelState", "5"),
-        ("ChannelStateDesc", "Ringing"),
-        ("Uniqueid", id),
-    ]);
 }
 
 fn scrape(daemon: &Daemon) -> String {
@@ -83,7 +72,7 @@ async fn calls_are_counted_where_they_end() {
     // Rings, is answered, hears the code: the FastAGI session ends it.
     let answered = create(&daemon);
     let token = fake.wait_agi_token(&answered, Duration::from_secs(10)).await.expect("Originate with a token");
-    ringing(&fake, &answered);
+    fake.emit_ringing(&answered);
     daemon.wait_status(&answered, "ringing", Duration::from_secs(10));
     let commands = fake_agi::session(daemon.agi, &answered, Callee { token: Some(&token), ..Callee::default() }).await;
     assert!(commands.iter().any(|c| c.contains("digits/4")), "the code was read: {commands:?}");

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::fake_agi::{self, Callee};
+use support::fake_agi;
 use support::fake_ami::{DAEMON_SECRET, FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http;
@@ -27,13 +27,7 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(40);
 /// Answers call `call_id` like a callee who listens; returns the code as
 /// the first reading said it.
 async fn hear_code(fake: &FakeAmi, daemon: &Daemon, call_id: &str) -> String {
-    let token = fake.wait_agi_token(call_id, Duration::from_secs(10)).await.expect("an Originate");
-    let commands = fake_agi::session(daemon.agi, call_id, Callee { token: Some(&token), ..Callee::default() }).await;
-    let digits: String = commands
-        .iter()
-        .filter_map(|c| c.strip_prefix("STREAM FILE digits/"))
-        .filter_map(|rest| rest.chars().next())
-        .collect();
+    let (digits, commands) = fake_agi::hear_digits(fake, daemon.agi, call_id).await;
     let (first, second) = digits.split_at(digits.len() / 2);
     assert_eq!(first, second, "two readings of one code: {commands:?}");
     first.to_owned()

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::fake_agi::{self, Callee};
+use support::fake_agi;
 use support::fake_ami::{FakeAmi, FakeScript};
 use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http::{self, Response};
@@ -37,13 +37,7 @@ fn api_as(
 /// Answers the daemon's call `call_id` like a callee who listens; returns
 /// the code as read in the first reading.
 async fn hear_code(fake: &FakeAmi, daemon: &Daemon, call_id: &str, length: usize) -> String {
-    let token = fake.wait_agi_token(call_id, Duration::from_secs(10)).await.expect("an Originate");
-    let commands = fake_agi::session(daemon.agi, call_id, Callee { token: Some(&token), ..Callee::default() }).await;
-    let digits: String = commands
-        .iter()
-        .filter_map(|c| c.strip_prefix("STREAM FILE digits/"))
-        .filter_map(|rest| rest.chars().next())
-        .collect();
+    let (digits, commands) = fake_agi::hear_digits(fake, daemon.agi, call_id).await;
     assert_eq!(digits.len(), 2 * length, "two readings of the code: {commands:?}");
     let (first, second) = digits.split_at(length);
     assert_eq!(first, second, "both readings say the same code");

@@ -118,16 +118,8 @@ fn call_reply(status: StatusCode, call: &Call) -> HttpResponse {
 }
 
 async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
-    let key = match idempotency::key(req.headers()) {
-        Ok(key) => key,
-        Err(detail) => return bad_field("Idempotency-Key", &detail),
-    };
-    let (body, fields) = match json_body::object(app, req).await {
-        Ok(b) => b,
-        Err(resp) => return *resp,
-    };
-    let fingerprint = idempotency::fingerprint("POST", "/v1/calls", &body);
-    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, &fields)).await
+    idempotency::create(app, user, req, "/v1/calls", |fields| async move { create_from(app, user, &fields).await })
+        .await
 }
 
 /// `POST /v1/calls` once its body is read.

@@ -11,11 +11,14 @@ use std::future::Future;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, LOCATION};
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::problem::problem;
+use super::json_body;
+use super::problem::{bad_field, problem};
 use super::{App, HttpResponse};
 use crate::call::now_ms;
 use crate::store::{KeyClaim, StoredAnswer, User};
@@ -43,6 +46,25 @@ pub fn key(headers: &HeaderMap) -> Result<Option<String>, String> {
         return bad(&format!("must be 1 to {MAX_KEY} printable ASCII characters without spaces"));
     }
     Ok(Some(text.to_owned()))
+}
+
+/// A `POST` to `path` that creates something: its `Idempotency-Key` read,
+/// its JSON object body parsed, then `create` run on the body's fields -
+/// once per key ([`idempotent`]).
+pub async fn create<F, Fut>(app: &App, user: &User, req: Request<Incoming>, path: &str, create: F) -> HttpResponse
+where
+    F: FnOnce(Map<String, Value>) -> Fut,
+    Fut: Future<Output = HttpResponse>,
+{
+    let key = match key(req.headers()) {
+        Ok(key) => key,
+        Err(detail) => return bad_field("Idempotency-Key", &detail),
+    };
+    let (body, fields) = match json_body::object(app, req).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    idempotent(app, user, key, fingerprint("POST", path, &body), create(fields)).await
 }
 
 /// Carries out `run` under `key` for `user`, or answers as the first request

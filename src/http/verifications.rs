@@ -127,16 +127,7 @@ fn text<'a>(fields: &'a Map<String, Value>, name: &'static str) -> Result<Option
 }
 
 async fn create(app: &App, user: &User, req: Request<Incoming>) -> HttpResponse {
-    let key = match idempotency::key(req.headers()) {
-        Ok(key) => key,
-        Err(detail) => return bad_field("Idempotency-Key", &detail),
-    };
-    let (body, fields) = match json_body::object(app, req).await {
-        Ok(b) => b,
-        Err(resp) => return *resp,
-    };
-    let fingerprint = idempotency::fingerprint("POST", "/v1/verifications", &body);
-    idempotency::idempotent(app, user, key, fingerprint, create_from(app, user, fields)).await
+    idempotency::create(app, user, req, "/v1/verifications", |fields| create_from(app, user, fields)).await
 }
 
 /// The checked fields of a new verification.

@@ -97,3 +97,18 @@ pub async fn session(agi: SocketAddr, uniqueid: &str, callee: Callee<'_>) -> Vec
     }
     commands
 }
+
+/// Answers call `call_id` of the daemon whose FastAGI is at `agi` like a
+/// callee who listens, with the token `fake` saw on its Originate; returns
+/// every digit the session played, in order (all readings), and the
+/// session's commands (for messages).
+pub async fn hear_digits(fake: &super::fake_ami::FakeAmi, agi: SocketAddr, call_id: &str) -> (String, Vec<String>) {
+    let token = fake.wait_agi_token(call_id, Duration::from_secs(10)).await.expect("an Originate with a token");
+    let commands = session(agi, call_id, Callee { token: Some(&token), ..Callee::default() }).await;
+    let digits = commands
+        .iter()
+        .filter_map(|c| c.strip_prefix("STREAM FILE digits/"))
+        .filter_map(|rest| rest.chars().next())
+        .collect();
+    (digits, commands)
+}

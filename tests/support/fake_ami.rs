@@ -445,6 +445,20 @@ impl FakeAmi {
         self.shared.broadcast(&class, &encode(&owned))
     }
 
+    /// Sends the `Newstate` event (state 5, Ringing) of call `id`'s
+    /// channel to every session, as Asterisk does when the callee's phone
+    /// rings; returns how many sessions it reached.
+    pub fn emit_ringing(&self, id: &str) -> usize {
+        self.emit_event(&[
+            ("Event", "Newstate"),
+            ("Privilege", "call,all"),
+            ("Channel", "PJSIP/carrier-00000001"),
+            ("ChannelState", "5"),
+            ("ChannelStateDesc", "Ringing"),
+            ("Uniqueid", id),
+        ])
+    }
+
     /// Closes every open session at once (fault injection: Asterisk restart,
     /// network cut). Queued but unsent output is lost. New connections are
     /// still accepted.
