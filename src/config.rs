@@ -1319,6 +1319,20 @@ mod example_file {
         assert_eq!(servers[0].secret, defaults[0].secret);
     }
 
+    /// The README's config for several daemons ("Running several") loads:
+    /// two servers, PostgreSQL, the other daemon as the FastAGI fallback.
+    #[test]
+    fn readme_running_several_config_loads() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("### Running several").nth(1).expect("the section");
+        let toml = section.split("```toml\n").nth(1).and_then(|t| t.split("```").next()).expect("its TOML");
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let names: Vec<String> = config.servers().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["pbx1", "pbx2"]);
+        assert!(config.database.url.is_some());
+        assert_eq!(config.agi.fallback_urls.len(), 1);
+    }
+
     /// The example's `[[asterisk]]` entry is commented out (giving one
     /// leaves the single-server form); uncommented, it must still show an
     /// entry's defaults.
