@@ -14,7 +14,7 @@ use support::daemon::Daemon;
 use support::harness::{NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http::{self, Response};
 use support::sandbox::{self, recordings_of, unique_number, wait_recording};
-use support::wav::{Wav, best_match, read_wav, speech_segments};
+use support::wav::{heard_digits, read_wav, urdu_digit_files};
 
 /// Busy: its calls fail at once, leaving the verification pending.
 const BUSY: &str = "03000000017";
@@ -27,31 +27,12 @@ fn check(daemon: &Daemon, id: &str, code: &str) -> Response {
     api(daemon, "POST", &format!("/v1/verifications/{id}/check"), &[], Some(&format!(r#"{{"code":"{code}"}}"#)))
 }
 
-/// The Urdu digit files the call plays (ours, not Asterisk's), 0 to 9.
-fn urdu_digits() -> Vec<Wav> {
-    (0..=9)
-        .map(|d| {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sounds/ur/digits/{d}.wav"));
-            read_wav(&path).expect("Urdu digit file")
-        })
-        .collect()
-}
-
 /// The code as the phone heard it: each spoken word matched against the
-/// ten digit files; the digits are the words that match one clearly (the
-/// prompts match none), in order. Both readings must say the same.
+/// ten Urdu digit files; the digits are the words that match one clearly
+/// (the prompts match none), in order. Both readings must say the same.
 fn heard_code(recording: &Path, length: usize) -> String {
     let wav = read_wav(recording).expect("readable recording");
-    let digits = urdu_digits();
-    let mut heard = String::new();
-    let mut scores = Vec::new();
-    for segment in speech_segments(&wav) {
-        let (digit, best, second) = best_match(&wav, &segment, &digits, 60);
-        scores.push(format!("{}ms: {digit} {best:.2} (next {second:.2})", segment.start_ms));
-        if best >= 0.8 && best - second >= 0.2 {
-            heard.push(char::from(b'0' + digit as u8));
-        }
-    }
+    let (heard, scores) = heard_digits(&wav, &urdu_digit_files());
     assert_eq!(heard.len(), 2 * length, "two readings of {length} digits in {recording:?}: {scores:#?}");
     let (first, second) = heard.split_at(length);
     assert_eq!(first, second, "both readings say the same code: {scores:#?}");

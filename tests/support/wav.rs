@@ -369,3 +369,31 @@ pub fn best_match(recording: &Wav, segment: &Segment, templates: &[Wav], slack_m
     scores.sort_by(|a, b| b.1.total_cmp(&a.1));
     (scores[0].0, scores[0].1, scores.get(1).map_or(0.0, |s| s.1))
 }
+
+/// Our Urdu digit recordings, `sounds/ur/digits/0.wav` to `9.wav`, in order.
+pub fn urdu_digit_files() -> Vec<Wav> {
+    (0..=9)
+        .map(|d| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("sounds/ur/digits/{d}.wav"));
+            read_wav(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The digits heard in `recording`: each spoken word matched against
+/// `digits` (the ten digit files, 0 to 9) with [`best_match`]; a word that
+/// matches one clearly (0.8 or more, 0.2 ahead of the next) is that digit,
+/// any other (a prompt, another voice) none. Returns the digits in order
+/// and, for messages, each word's scores.
+pub fn heard_digits(recording: &Wav, digits: &[Wav]) -> (String, Vec<String>) {
+    let mut heard = String::new();
+    let mut scores = Vec::new();
+    for segment in speech_segments(recording) {
+        let (digit, best, second) = best_match(recording, &segment, digits, 60);
+        scores.push(format!("{}ms: {digit} {best:.2} (next {second:.2})", segment.start_ms));
+        if best >= 0.8 && best - second >= 0.2 {
+            heard.push(char::from(b'0' + digit as u8));
+        }
+    }
+    (heard, scores)
+}
