@@ -12,7 +12,7 @@
 
 use super::backend::args;
 use super::{InFlight, Store, StoreError};
-use crate::call::{CallId, CallStatus, now_ms};
+use crate::call::{CallId, now_ms};
 
 /// Daemons not seen for this long are forgotten (their calls were taken
 /// over long before).
@@ -76,14 +76,7 @@ impl Store {
                 )?
             }
         };
-        let mut calls = Vec::new();
-        for (id, status, dialed_at) in rows {
-            let (Some(id), Some(status)) = (CallId::parse(&id), CallStatus::parse(&status)) else {
-                return Err(StoreError::Corrupt(format!("in-flight call {id:?} with status {status:?}")));
-            };
-            calls.push(InFlight { id, status, dialed_at });
-        }
-        Ok(calls)
+        InFlight::from_rows(rows)
     }
 
     /// This store's daemon id, if it shares the database.

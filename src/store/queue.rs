@@ -21,6 +21,19 @@ pub struct InFlight {
     pub dialed_at: Option<i64>,
 }
 
+impl InFlight {
+    /// Calls in flight from their stored `(id, status, dialed_at)` rows;
+    /// a row the store cannot have written is an error.
+    pub(super) fn from_rows(rows: Vec<(String, String, Option<i64>)>) -> Result<Vec<InFlight>, StoreError> {
+        rows.into_iter()
+            .map(|(id, status, dialed_at)| match (CallId::parse(&id), CallStatus::parse(&status)) {
+                (Some(id), Some(status)) => Ok(InFlight { id, status, dialed_at }),
+                _ => Err(StoreError::Corrupt(format!("in-flight call {id:?} with status {status:?}"))),
+            })
+            .collect()
+    }
+}
+
 /// The dialler's query on every turn: the oldest queued call within its
 /// deadline (`?1` = now). A constant so the plan test reads what runs.
 pub(super) const NEXT_QUEUED: &str =

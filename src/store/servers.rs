@@ -13,7 +13,7 @@ use super::backend::args;
 use super::queue::InFlight;
 use super::{Store, StoreError};
 use crate::call::token::TokenHash;
-use crate::call::{CallId, CallStatus, now_ms};
+use crate::call::{CallId, now_ms};
 
 /// One server's calls in flight (`?1` = its name), through the partial
 /// index of migration 15. A constant so the plan test reads what runs.
@@ -57,14 +57,7 @@ impl Store {
             args![server, unassigned, self.owner_id()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let mut calls = Vec::new();
-        for (id, status, dialed_at) in rows {
-            let (Some(id), Some(status)) = (CallId::parse(&id), CallStatus::parse(&status)) else {
-                return Err(StoreError::Corrupt(format!("in-flight call {id:?} with status {status:?}")));
-            };
-            calls.push(InFlight { id, status, dialed_at });
-        }
-        Ok(calls)
+        InFlight::from_rows(rows)
     }
 
     /// Calls in flight per server name (`None`: calls naming none), for

@@ -59,16 +59,8 @@ pub fn write_config(
     extra: &str,
     postgres: Option<&str>,
 ) -> PathBuf {
-    let path = dir.join("voice-otp.toml");
-    let database = database_keys(postgres);
-    let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
-         [auth]\nbcrypt_cost = 4\n\n[ami]\nhost = \"{}\"\nport = {}\n\n{extra}",
-        ami.ip(),
-        ami.port()
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
+    let ami = format!("[ami]\nhost = \"{}\"\nport = {}\n\n", ami.ip(), ami.port());
+    write_with(dir, &ami, http_keys, agi_keys, extra, postgres)
 }
 
 /// [`write_config`] with `[[asterisk]]` entries (each the TOML keys of one,
@@ -81,12 +73,25 @@ pub fn write_config_servers(
     extra: &str,
     postgres: Option<&str>,
 ) -> PathBuf {
-    let path = dir.join("voice-otp.toml");
     let entries: String = servers.iter().map(|keys| format!("[[asterisk]]\n{keys}\n\n")).collect();
+    write_with(dir, &entries, http_keys, agi_keys, extra, postgres)
+}
+
+/// Writes the test config with `asterisk` (the `[ami]` section or the
+/// `[[asterisk]]` entries) between `[auth]` and `extra`.
+fn write_with(
+    dir: &Path,
+    asterisk: &str,
+    http_keys: &str,
+    agi_keys: &str,
+    extra: &str,
+    postgres: Option<&str>,
+) -> PathBuf {
+    let path = dir.join("voice-otp.toml");
     let database = database_keys(postgres);
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n{http_keys}\n[agi]\nlisten = \"127.0.0.1:0\"\n{agi_keys}\n[database]\n{database}\n\n\
-         [auth]\nbcrypt_cost = 4\n\n{entries}{extra}"
+         [auth]\nbcrypt_cost = 4\n\n{asterisk}{extra}"
     );
     std::fs::write(&path, text).expect("write config");
     path

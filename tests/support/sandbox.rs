@@ -46,41 +46,20 @@ fn script() -> PathBuf {
 /// other test process is using it (other checkouts' test runs included).
 pub fn up() -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            let lock = lock_file();
-            lock.lock_shared().expect("shared lock on the sandbox");
-            std::mem::forget(lock); // held until the process exits
-            start()
-        })
-        .clone()
+    SANDBOX.get_or_init(|| locked_start(false, &["up"])).clone()
 }
 
 /// [`up`] with `n` Asterisk instances (`scripts/sandbox up --asterisks N`),
 /// under the same shared lock.
 pub fn up_asterisks(n: usize) -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            let lock = lock_file();
-            lock.lock_shared().expect("shared lock on the sandbox");
-            std::mem::forget(lock);
-            start_with(&["up", "--asterisks", &n.to_string()])
-        })
-        .clone()
+    SANDBOX.get_or_init(|| locked_start(false, &["up", "--asterisks", &n.to_string()])).clone()
 }
 
 /// [`exclusive`] with `n` Asterisk instances, for tests that stop one.
 pub fn exclusive_asterisks(n: usize) -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            let lock = lock_file();
-            lock.lock().expect("exclusive lock on the sandbox");
-            std::mem::forget(lock);
-            start_with(&["up", "--asterisks", &n.to_string()])
-        })
-        .clone()
+    SANDBOX.get_or_init(|| locked_start(true, &["up", "--asterisks", &n.to_string()])).clone()
 }
 
 /// Runs `scripts/sandbox ARGS...` (e.g. `down 2`), asserting success.
@@ -100,25 +79,25 @@ pub fn run_args(args: &[&str]) {
 /// never call [`up`] (a shared lock held by the same process would deadlock).
 pub fn exclusive() -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            let lock = lock_file();
-            lock.lock().expect("exclusive lock on the sandbox");
-            std::mem::forget(lock);
-            start()
-        })
-        .clone()
+    SANDBOX.get_or_init(|| locked_start(true, &["up"])).clone()
 }
 
 /// Runs `scripts/sandbox VERB` (e.g. `down`, `up`), asserting success.
 pub fn run(verb: &str) {
-    let out = Command::new(script()).arg(verb).output().expect("run scripts/sandbox");
-    assert!(
-        out.status.success(),
-        "scripts/sandbox {verb} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_args(&[verb]);
+}
+
+/// Takes the sandbox's lock - shared, or alone when `exclusive` - for the
+/// rest of the process's life, then runs `scripts/sandbox ARGS...`.
+fn locked_start(exclusive: bool, args: &[&str]) -> Sandbox {
+    let lock = lock_file();
+    if exclusive {
+        lock.lock().expect("exclusive lock on the sandbox");
+    } else {
+        lock.lock_shared().expect("shared lock on the sandbox");
+    }
+    std::mem::forget(lock); // held until the process exits
+    start_with(args)
 }
 
 fn lock_file() -> std::fs::File {
@@ -130,10 +109,6 @@ fn lock_file() -> std::fs::File {
         .write(true)
         .open(Path::new(&cache).join("tests.lock"))
         .expect("sandbox tests lock file")
-}
-
-fn start() -> Sandbox {
-    start_with(&["up"])
 }
 
 fn start_with(args: &[&str]) -> Sandbox {
