@@ -96,8 +96,11 @@ async fn calls_are_counted_where_they_end() {
     let resp = api(&daemon, "POST", &format!("/v1/calls/{canceled}/cancel"), None);
     assert_eq!(resp.status, 200, "{}", resp.body);
 
-    // Asterisk gone: a call waits in the queue past its deadline.
+    // Asterisk gone: a call waits in the queue past its deadline. Created
+    // only once the daemon has seen the link drop - before that it would
+    // be dialled into the closing link and stay in flight, not queued.
     fake.stop();
+    daemon.wait_servers(&[("default", "down")]);
     let expired = create(&daemon);
     daemon.wait_status(&expired, "expired", Duration::from_secs(10));
 
