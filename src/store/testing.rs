@@ -119,22 +119,33 @@ impl Backend {
     /// SQLite, a pool of `pool` connections (on one schema) for PostgreSQL.
     /// Safe to call from an async test.
     pub(crate) fn db(self, pool: usize, setup: impl FnOnce(&mut Store) + Send + 'static) -> Db {
+        self.db_of(None, pool, setup)
+    }
+
+    /// [`Backend::db`] working for daemon `owner` (if given) on every
+    /// connection, for tests of several daemons on one database.
+    pub(crate) fn db_of(self, owner: Option<&str>, pool: usize, setup: impl FnOnce(&mut Store) + Send + 'static) -> Db {
+        let owner = owner.map(str::to_owned);
+        let as_owner = move |store: Store| match &owner {
+            Some(id) => store.working_for(id, 60_000),
+            None => store,
+        };
         std::thread::spawn(move || match self {
             Backend::Sqlite => {
                 let mut store = self.open();
                 setup(&mut store);
-                Db::new(store)
+                Db::new(as_owner(store))
             }
             Backend::Postgres => {
                 let mut first = self.open();
                 setup(&mut first);
                 let schema = first._schema.clone();
                 let url = first_url(&schema);
-                let mut stores = vec![first];
+                let mut stores = vec![as_owner(first)];
                 for _ in 1..pool {
                     let mut more = Store::open_postgres(&url).expect("open the test schema");
                     more._schema = schema.clone();
-                    stores.push(more);
+                    stores.push(as_owner(more));
                 }
                 Db::pool(stores, Some(url))
             }

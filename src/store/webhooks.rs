@@ -278,52 +278,57 @@ impl Store {
         })
     }
 
-    /// The pending deliveries among `ids`, in the order given, ready to send.
-    /// On a database several daemons share, each is claimed first (until
-    /// its attempt is recorded, or for [`CLAIM_MS`]): one another daemon
-    /// claimed is left out, so no two daemons send a delivery at once.
+    /// The pending deliveries among `ids`, in the order given, ready to
+    /// send: [`Store::claim_delivery`] of each.
     pub fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
-        let now = now_ms();
         for &id in ids {
-            if let Some(me) = self.owner_id() {
-                let claimed = self.execute(
-                    "UPDATE webhook_deliveries SET claimed_by = ?2, claimed_until = ?3
-                     WHERE id = ?1 AND delivered_at IS NULL AND gave_up_at IS NULL
-                       AND (claimed_until IS NULL OR claimed_until <= ?4 OR claimed_by = ?2)",
-                    args![id, me, now + CLAIM_MS, now],
-                )?;
-                if claimed == 0 {
-                    continue;
-                }
-            }
-            let row = self.query_opt(
-                "SELECT d.id, d.call_id, d.user_id, d.url, d.host, d.next_attempt_at, d.status, d.body, d.attempts,
-                        u.webhook_secret, COALESCE(d.event, 'call.' || d.status)
-                 FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
-                 WHERE d.id = ?1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL",
-                args![id],
-                |r| {
-                    let url: String = r.get(3)?;
-                    let host: Option<String> = r.get(4)?;
-                    Ok(Delivery {
-                        id: r.get(0)?,
-                        call_id: r.get(1)?,
-                        user_id: r.get(2)?,
-                        host: host.unwrap_or_else(|| destination_host(&url)),
-                        url,
-                        next_attempt_at: r.get(5)?,
-                        status: r.get(6)?,
-                        body: r.get(7)?,
-                        attempts: r.get(8)?,
-                        secret: r.get::<Option<String>>(9)?.map(Secret::new),
-                        event: r.get(10)?,
-                    })
-                },
-            )?;
-            found.extend(row);
+            found.extend(self.claim_delivery(id)?);
         }
         Ok(found)
+    }
+
+    /// Delivery `id` ready to send, if it is still pending. On a database
+    /// several daemons share, it is claimed first (until its attempt is
+    /// recorded, or for `CLAIM_MS`, ten minutes): `None` if another daemon claimed it,
+    /// so no two daemons send a delivery at once.
+    pub fn claim_delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
+        if let Some(me) = self.owner_id() {
+            let now = now_ms();
+            let claimed = self.execute(
+                "UPDATE webhook_deliveries SET claimed_by = ?2, claimed_until = ?3
+                 WHERE id = ?1 AND delivered_at IS NULL AND gave_up_at IS NULL
+                   AND (claimed_until IS NULL OR claimed_until <= ?4 OR claimed_by = ?2)",
+                args![id, me, now + CLAIM_MS, now],
+            )?;
+            if claimed == 0 {
+                return Ok(None);
+            }
+        }
+        self.query_opt(
+            "SELECT d.id, d.call_id, d.user_id, d.url, d.host, d.next_attempt_at, d.status, d.body, d.attempts,
+                    u.webhook_secret, COALESCE(d.event, 'call.' || d.status)
+             FROM webhook_deliveries d LEFT JOIN users u ON u.id = d.user_id
+             WHERE d.id = ?1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL",
+            args![id],
+            |r| {
+                let url: String = r.get(3)?;
+                let host: Option<String> = r.get(4)?;
+                Ok(Delivery {
+                    id: r.get(0)?,
+                    call_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    host: host.unwrap_or_else(|| destination_host(&url)),
+                    url,
+                    next_attempt_at: r.get(5)?,
+                    status: r.get(6)?,
+                    body: r.get(7)?,
+                    attempts: r.get(8)?,
+                    secret: r.get::<Option<String>>(9)?.map(Secret::new),
+                    event: r.get(10)?,
+                })
+            },
+        )
     }
 
     /// When the next pending delivery not yet due at `now` becomes due

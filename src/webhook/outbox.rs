@@ -16,6 +16,10 @@
 //!   call's next change (if this one is done), each by its own index.
 //! - a delivery that could start but for the overall cap moves the cursor
 //!   back to it, so the next scan takes it once a slot frees.
+//! - a delivery another daemon on the database is sending (its claim,
+//!   [`crate::store::Store::claim_delivery`]) is passed over without a
+//!   slot: when that daemon is done, it looks up the call's next change
+//!   itself; a retry is due again ahead of every cursor.
 //! - every `FULL_RESCAN` (30 s) the cursor starts over, a safety net for what the
 //!   rules above cannot see (a wall clock set back, an attempt that could
 //!   not be recorded).
@@ -172,26 +176,37 @@ impl Slots {
 }
 
 /// What one window of due deliveries leads to.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Picked {
-    /// Deliveries to start, in order.
-    start: Vec<i64>,
-    /// The last row looked at and dealt with (started or left waiting for
-    /// an attempt to end).
+#[derive(Debug, PartialEq, Eq)]
+struct Picked<T> {
+    /// Deliveries to start, in order, as their claims handed them over.
+    start: Vec<T>,
+    /// The last row looked at and dealt with (started, left waiting for an
+    /// attempt of ours to end, or being sent by another daemon).
     passed: Option<OutboxPosition>,
     /// The first row that could start but for the overall cap; nothing
     /// after it was looked at.
     stalled: Option<OutboxPosition>,
 }
 
-/// Takes slots in `slots` for the rows of `window` that may start.
-fn pick(slots: &mut Slots, window: &[DueRef]) -> Picked {
-    let mut picked = Picked::default();
+/// Takes slots in `slots` for the rows of `window` that may start and that
+/// `claim` hands over. `claim` gives `None` for a row another daemon on the
+/// database is sending (or that is no longer pending): it takes no slot,
+/// so a later row may have it. (Counting such a row's slot would leave the
+/// rows after it behind the cursor, held by a cap that no attempt of ours
+/// will free - until the next full rescan.)
+fn pick<T, E>(
+    slots: &mut Slots,
+    window: &[DueRef],
+    mut claim: impl FnMut(&DueRef) -> Result<Option<T>, E>,
+) -> Result<Picked<T>, E> {
+    let mut picked = Picked { start: Vec::new(), passed: None, stalled: None };
     for d in window {
         match slots.verdict(d) {
             Verdict::Start => {
-                slots.take(d.position.id, d.user_id, &d.host);
-                picked.start.push(d.position.id);
+                if let Some(claimed) = claim(d)? {
+                    slots.take(d.position.id, d.user_id, &d.host);
+                    picked.start.push(claimed);
+                }
             }
             Verdict::GlobalFull => {
                 picked.stalled = Some(d.position);
@@ -201,7 +216,7 @@ fn pick(slots: &mut Slots, window: &[DueRef]) -> Picked {
         }
         picked.passed = Some(d.position);
     }
-    picked
+    Ok(picked)
 }
 
 /// A lookup of due deliveries still to make.
@@ -328,18 +343,17 @@ impl<A: Attempter> Outbox<A> {
         let mut snapshot = self.slots.clone();
         let scope = lookup.scope.clone();
         // Deciding on the database thread lets one job read the window and
-        // the chosen rows; `snapshot` makes the same choices `self.slots`
-        // makes below, as nothing else changes it meanwhile.
-        let (seen, picked, deliveries) = self
+        // claim the chosen rows; `snapshot` makes the same choices
+        // `self.slots` makes below, as nothing else changes it meanwhile.
+        let (seen, picked) = self
             .db
             .run(move |s| {
                 let window = s.due_window(now, &scope, after, WINDOW)?;
-                let picked = pick(&mut snapshot, &window);
-                let deliveries = s.deliveries(&picked.start)?;
-                Ok((window.len(), picked, deliveries))
+                let picked = pick(&mut snapshot, &window, |d| s.claim_delivery(d.position.id))?;
+                Ok((window.len(), picked))
             })
             .await?;
-        for d in deliveries {
+        for d in picked.start {
             self.slots.take(d.id, d.user_id, &d.host);
             self.start(d);
         }
@@ -474,7 +488,7 @@ mod tests {
             due(8, 3, "d.example"), // the overall cap: stop here
             due(9, 4, "e.example"),
         ];
-        let picked = pick(&mut slots, &window);
+        let picked = pick(&mut slots, &window, |d| Ok::<_, ()>(Some(d.position.id))).unwrap();
         assert_eq!(picked.start, [1, 2, 6, 7]);
         assert_eq!(picked.passed.map(|p| p.id), Some(7));
         assert_eq!(picked.stalled.map(|p| p.id), Some(8), "nothing after the stall is looked at");
@@ -498,6 +512,22 @@ mod tests {
         slots.release(2);
         slots.release(6);
         assert!(slots.in_flight.is_empty() && slots.per_user.is_empty() && slots.per_host.is_empty());
+    }
+
+    #[test]
+    fn rows_another_daemon_sends_take_no_slot() {
+        let mut slots = Slots::new(Caps { global: 8, per_host: 8, per_user: 2 });
+        let window: Vec<DueRef> = (1..=4).map(|id| due(id, 1, "a.example")).collect();
+        let elsewhere = [1, 2];
+        let picked =
+            pick(&mut slots, &window, |d| Ok::<_, ()>((!elsewhere.contains(&d.position.id)).then_some(d.position.id)))
+                .unwrap();
+        assert_eq!(picked.start, [3, 4], "the user's two slots go to the rows claimed");
+        assert_eq!(picked.passed.map(|p| p.id), Some(4));
+        assert_eq!(slots.user_count(Some(1)), 2);
+        assert!(!slots.in_flight.contains_key(&1));
+        let failed = pick(&mut Slots::new(slots.caps), &window, |_| Err::<Option<i64>, _>("db down"));
+        assert_eq!(failed, Err("db down"), "a claim that fails ends the pick");
     }
 
     /// An attempt in progress, or the verdict the test gave before it began.
@@ -558,10 +588,21 @@ mod tests {
             caps: Caps,
             setup: impl FnOnce(&mut Store) -> Vec<CallId> + Send + 'static,
         ) -> (World, Vec<CallId>) {
+            World::start_of(b, None, caps, setup).await
+        }
+
+        /// [`World::start`] with the worker's store working for daemon
+        /// `owner` on a database several daemons share.
+        async fn start_of(
+            b: Backend,
+            owner: Option<&str>,
+            caps: Caps,
+            setup: impl FnOnce(&mut Store) -> Vec<CallId> + Send + 'static,
+        ) -> (World, Vec<CallId>) {
             let (made, calls_made) = std::sync::mpsc::channel();
             // On PostgreSQL a pool of four: the worker's reads and writes
             // race each other as they do in a daemon.
-            let db = b.db(4, move |store| {
+            let db = b.db_of(owner, 4, move |store| {
                 let calls = setup(store);
                 let mut names = HashMap::new();
                 for call in &calls {
@@ -683,6 +724,26 @@ mod tests {
             w.remote.end(&c[3], "dialing", AttemptVerdict::Delivered);
             w.in_progress(&[]).await;
             assert_eq!(w.db.run(|s| s.pending_deliveries()).await.unwrap(), 0);
+            w.shutdown.cancel();
+        }
+
+        async fn deliveries_another_daemon_sends_leave_our_slots_to_the_next(b) {
+            // The first two of a user's four deliveries are being sent by
+            // daemon b: daemon a's two slots for that user go to the other
+            // two at once, not after the next full rescan.
+            let caps = Caps { global: 8, per_host: 8, per_user: 2 };
+            let (mut w, c) = World::start_of(b, Some("daemon-a"), caps, |s| {
+                let v: Vec<CallId> = (0..4).map(|_| call(s, "a", "http://a.example/", &["dialing"])).collect();
+                for id in &v[..2] {
+                    s.execute_for_tests(
+                        "UPDATE webhook_deliveries SET claimed_by = 'daemon-b', claimed_until = ?2 WHERE call_id = ?1",
+                        &[id.as_str().into(), (now_ms() + 3_600_000).into()],
+                    );
+                }
+                v
+            })
+            .await;
+            w.in_progress(&[key(&c[2], "dialing"), key(&c[3], "dialing")]).await;
             w.shutdown.cancel();
         }
 
