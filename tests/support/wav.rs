@@ -380,20 +380,27 @@ pub fn urdu_digit_files() -> Vec<Wav> {
         .collect()
 }
 
-/// The digits heard in `recording`: each spoken word matched against
-/// `digits` (the ten digit files, 0 to 9) with [`best_match`]; a word that
-/// matches one clearly (0.8 or more, 0.2 ahead of the next) is that digit,
-/// any other (a prompt, another voice) none. Returns the digits in order
-/// and, for messages, each word's scores.
+/// Each spoken word of `recording` with the digit it is, if any: matched
+/// against `digits` (the ten digit files, 0 to 9) with [`best_match`]; a
+/// word that matches one clearly (0.8 or more, 0.2 ahead of the next) is
+/// that digit, any other (a prompt, another voice) `None`. The strings are
+/// each word's scores, for messages.
+pub fn heard_words(recording: &Wav, digits: &[Wav]) -> Vec<(Segment, Option<char>, String)> {
+    speech_segments(recording)
+        .into_iter()
+        .map(|segment| {
+            let (digit, best, second) = best_match(recording, &segment, digits, 60);
+            let score = format!("{}ms: {digit} {best:.2} (next {second:.2})", segment.start_ms);
+            let heard = (best >= 0.8 && best - second >= 0.2).then(|| char::from(b'0' + digit as u8));
+            (segment, heard, score)
+        })
+        .collect()
+}
+
+/// The digits heard in `recording` ([`heard_words`]), in order, and each
+/// word's scores.
 pub fn heard_digits(recording: &Wav, digits: &[Wav]) -> (String, Vec<String>) {
-    let mut heard = String::new();
-    let mut scores = Vec::new();
-    for segment in speech_segments(recording) {
-        let (digit, best, second) = best_match(recording, &segment, digits, 60);
-        scores.push(format!("{}ms: {digit} {best:.2} (next {second:.2})", segment.start_ms));
-        if best >= 0.8 && best - second >= 0.2 {
-            heard.push(char::from(b'0' + digit as u8));
-        }
-    }
-    (heard, scores)
+    let words = heard_words(recording, digits);
+    let heard = words.iter().filter_map(|(_, digit, _)| *digit).collect();
+    (heard, words.into_iter().map(|(_, _, score)| score).collect())
 }
