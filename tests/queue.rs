@@ -3,7 +3,8 @@
 //! `max_concurrent_calls` at a time, expire at their deadline, and a call
 //! whose channel vanished while the link was down is settled - never
 //! originated a second time - while one Asterisk will not tell about
-//! (`Status` refused) is left alone.
+//! (`Status` refused) is left alone, and one on a server that stays
+//! unreachable ends once it is older than any call.
 //!
 //! "Not dialled" is judged after an event that shows the dialler went past
 //! the call - it expired, a later call was dialled, every call is final -
@@ -137,6 +138,39 @@ async fn a_call_just_dialled_is_not_failed_for_having_no_channel_yet() {
     let call = daemon.show(&id);
     assert!(["dialing", "answered"].contains(&call["status"].as_str()), "still in flight: {call:?}");
     assert_eq!(fake.originated(), [id], "never originated twice");
+}
+
+/// Calls in flight on a server that stays unreachable: once one is older
+/// than any call (ring timeout + an hour), no word of its end can come, and
+/// it ends `system_error`; a younger one waits for the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_server_stays_unreachable_ends_once_older_than_any_call() {
+    // Dialled, then nothing: both stay in flight.
+    let (home, fake, daemon) = setup("unreachable", FakeScript::outcome(OriginateOutcome::Silent), "").await;
+    let mut placed = Vec::new();
+    for _ in 0..2 {
+        let id = place_call(&daemon);
+        assert!(fake.wait_for_originate(&id, WAIT).await.is_some(), "{:?}", fake.actions());
+        placed.push(id);
+    }
+    let (young, old) = (placed[0].clone(), placed[1].clone());
+    drop(daemon); // SIGKILL
+    // The server is gone for good, and `old` was dialled two hours ago.
+    fake.stop();
+    let db = rusqlite::Connection::open(home.db()).expect("the daemon's database");
+    let aged = db
+        .execute("UPDATE calls SET dialed_at = dialed_at - 7200000 WHERE id = ?1 AND status = 'dialing'", [&old])
+        .unwrap();
+    assert_eq!(aged, 1);
+    drop(db);
+    let daemon = home.start();
+    let call = daemon.wait_final(&old, WAIT);
+    assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "system_error"), "{call:?}");
+    assert!(call["detail"].contains("longer than any call lasts"), "{call:?}");
+    // Both were looked at in one pass, the younger first (oldest created
+    // first): it was left in flight.
+    assert_eq!(status(&daemon, &young), "dialing");
+    assert_eq!(fake.originated(), [young, old], "never originated again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

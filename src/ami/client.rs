@@ -266,6 +266,12 @@ impl AmiClient {
         *self.shared.state.borrow() == LinkState::Connected
     }
 
+    /// Whether the link is down and waiting before its next attempt: an
+    /// attempt failed (not merely one in progress, as at start).
+    pub fn is_down(&self) -> bool {
+        *self.shared.state.borrow() == LinkState::Disconnected
+    }
+
     /// How many times the link was re-established after the first login.
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)

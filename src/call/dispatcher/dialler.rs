@@ -31,6 +31,11 @@
 //! (`Permission denied`, ...) leaves the call as it is, logged, to be asked
 //! about again next time. Calls that name no server (dialled before there
 //! were several) are asked about on the first configured server.
+//!
+//! A server that cannot be asked (link down, or no longer configured) has
+//! its calls in flight looked at every [`RECONCILE_EVERY`] instead: those
+//! dialled longer ago than any call lasts (ring timeout + an hour) end
+//! `failed`/`system_error`, as no word of their end can come.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +104,9 @@ struct Slot {
     /// When a call that had no channel yet at the last reconciliation is
     /// old enough to be asked about again.
     recheck_at: Option<Instant>,
+    /// While its link is down: when its calls were last looked at for
+    /// ones older than the longest call ([`end_unreachable`]).
+    unreachable_checked_at: Option<Instant>,
 }
 
 /// The dialler's task, until `shutdown`.
@@ -112,6 +120,7 @@ pub(super) async fn run(state: Arc<State>, shutdown: CancellationToken) {
             reconciled_at: None,
             logins: 0,
             recheck_at: None,
+            unreachable_checked_at: None,
         })
         .collect();
     let mut picker = Picker::new(slots.len());
@@ -124,8 +133,15 @@ pub(super) async fn run(state: Arc<State>, shutdown: CancellationToken) {
             let logins = server.ami.reconnects();
             if !server.ami.is_connected() {
                 slot.reconciled_at = None;
+                // Only once an attempt failed: at start, the first login
+                // is given its chance to reconcile instead.
+                if server.ami.is_down() && slot.unreachable_checked_at.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+                    end_unreachable(&state, &server.name, index == 0).await;
+                    slot.unreachable_checked_at = Some(Instant::now());
+                }
                 continue;
             }
+            slot.unreachable_checked_at = None;
             // Reconcile on every (re)connection before dialling anything new.
             let after_connect = slot.reconciled_at.is_none() || slot.logins != logins;
             let due = slot.reconciled_at.is_some_and(|t| t.elapsed() >= RECONCILE_EVERY)
@@ -351,9 +367,45 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) -> Option<I
     recheck_in.map(|ms| Instant::now() + Duration::from_millis(ms as u64))
 }
 
+/// Ends the calls in flight on server `server` (with `unassigned`, also
+/// those naming none) that were dialled longer ago than the longest call,
+/// while that server cannot be asked: its link is down, or it is no longer
+/// configured. Nothing of such a call is still going on, and no event nor
+/// reconciliation will say how it ended (an Originate written just as the
+/// link dropped, a server that never comes back). They end `failed`/
+/// `system_error`; younger ones wait for the link.
+async fn end_unreachable(state: &State, server: &str, unassigned: bool) {
+    let name = server.to_owned();
+    let calls = match state.db.run(move |s| s.in_flight_on(&name, unassigned)).await {
+        Ok(calls) => calls,
+        Err(e) => {
+            tracing::error!(server, error = %e, "could not list calls in flight");
+            return;
+        }
+    };
+    let longest = super::state::longest_call(&state.config);
+    let before = now_ms() - longest.as_millis() as i64;
+    for call in calls {
+        if state.live.contains(&call.id) || call.dialed_at.is_none_or(|t| t > before) {
+            continue;
+        }
+        let detail = format!(
+            "Asterisk server {server} cannot be asked (AMI link down, or no longer configured) and this {} call \
+             was dialled more than {} s ago, longer than any call lasts: no word of how it ended will come; not \
+             dialled again",
+            call.status,
+            longest.as_secs()
+        );
+        tracing::warn!(call_id = %call.id, status = %call.status, server, "call lost: its server cannot be asked and it is older than any call");
+        let span = tracing::info_span!("call", call_id = %call.id, server);
+        state.finish(&call.id, CallEnd::failed(FailReason::SystemError, Some(detail))).instrument(span).await;
+    }
+}
+
 /// Calls in flight on a server the config no longer has (removed or
 /// renamed) have no link to be asked about or followed on: they are left
-/// as they are, and said so whenever the first server (re)connects.
+/// as they are, and said so whenever the first server (re)connects - then
+/// those older than any call end ([`end_unreachable`]).
 async fn warn_unconfigured(state: &State) {
     let by_server = match state.db.run(|s| s.in_flight_by_server()).await {
         Ok(rows) => rows,
@@ -369,6 +421,7 @@ async fn warn_unconfigured(state: &State) {
                 calls,
                 "calls in flight on an Asterisk server that is no longer configured: not reconciled nor followed"
             );
+            end_unreachable(state, &name, false).await;
         }
     }
 }

@@ -34,6 +34,12 @@ pub(super) struct State {
     pub(super) wake: Arc<Notify>,
 }
 
+/// How long after its Originate a call can still be going on: it rings at
+/// most `ring_timeout_secs`, and an hour more covers any conversation.
+pub(super) fn longest_call(config: &Config) -> Duration {
+    Duration::from_secs(u64::from(config.dial.ring_timeout_secs) + 3600)
+}
+
 impl State {
     pub(super) fn new(
         config: Arc<Config>,
@@ -43,9 +49,8 @@ impl State {
         live: LiveCalls,
         metrics: Arc<Metrics>,
     ) -> State {
-        // A call rings at most `ring_timeout_secs`; an hour more covers any
-        // conversation, so an older entry's events are not coming.
-        let max_age = Duration::from_secs(u64::from(config.dial.ring_timeout_secs) + 3600);
+        // An entry older than the longest call: its events are not coming.
+        let max_age = longest_call(&config);
         State {
             config,
             db,
