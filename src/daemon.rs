@@ -237,8 +237,8 @@ async fn housekeeping(db: Db, retention_days: u32, metrics: Arc<Metrics>, shutdo
         }
         if retention_days > 0 {
             let cutoff = now - i64::from(retention_days) * 86_400_000;
-            let purged = match purge_calls(&db, cutoff).await {
-                Ok(calls) => db.run(move |s| s.purge_verifications(cutoff)).await.map(|v| (calls, v)),
+            let purged = match purge_in_batches(&db, cutoff, Store::purge_calls).await {
+                Ok(calls) => purge_in_batches(&db, cutoff, Store::purge_verifications).await.map(|v| (calls, v)),
                 Err(e) => Err(e),
             };
             match purged {
@@ -256,14 +256,19 @@ async fn housekeeping(db: Db, retention_days: u32, metrics: Arc<Metrics>, shutdo
     }
 }
 
-/// Deletes every final call that ended before `cutoff`, in batches of
-/// [`PURGE_BATCH`], each its own trip to the database thread: requests and
-/// calls that arrive meanwhile are served between two batches instead of
-/// waiting for the whole purge. Returns how many calls went.
-async fn purge_calls(db: &Db, cutoff: i64) -> Result<usize, crate::store::StoreError> {
+/// Deletes every final call (or verification: `purge` says which) that
+/// ended before `cutoff`, in batches of [`PURGE_BATCH`], each its own trip
+/// to the database thread: requests and calls that arrive meanwhile are
+/// served between two batches instead of waiting for the whole purge.
+/// Returns how many went.
+async fn purge_in_batches(
+    db: &Db,
+    cutoff: i64,
+    purge: fn(&mut Store, i64, usize) -> Result<usize, crate::store::StoreError>,
+) -> Result<usize, crate::store::StoreError> {
     let mut purged = 0;
     loop {
-        let n = db.run(move |s| s.purge_calls(cutoff, PURGE_BATCH)).await?;
+        let n = db.run(move |s| purge(s, cutoff, PURGE_BATCH)).await?;
         purged += n;
         if n < PURGE_BATCH {
             return Ok(purged);
@@ -308,7 +313,7 @@ mod tests {
         let count = "SELECT COUNT(*) FROM calls";
         let purging = tokio::spawn({
             let db = db.clone();
-            async move { purge_calls(&db, i64::MAX).await }
+            async move { purge_in_batches(&db, i64::MAX, Store::purge_calls).await }
         });
         // On this single-threaded runtime the purge now sends its first
         // batch; the count below queues behind that batch alone.

@@ -90,6 +90,15 @@ fn from_row(row: &Row<'_>) -> Result<Verification, StoreError> {
 /// the other, as SQLite's single writer judges them.
 const FOR_CHECK: &str = "SELECT {COLUMNS} FROM verifications WHERE id = ?1 AND user_id = ?2";
 
+/// The retention purge of verifications: the `?2` that ended first before
+/// `?1` (only final ones have an end), by `verifications_by_end`.
+pub(super) const PURGE_SQLITE: &str = "DELETE FROM verifications WHERE rowid IN (
+       SELECT rowid FROM verifications WHERE ended_at < ?1 AND status <> 'pending' ORDER BY ended_at LIMIT ?2)";
+
+/// [`PURGE_SQLITE`] on PostgreSQL (no `rowid`).
+pub(super) const PURGE_POSTGRES: &str = "DELETE FROM verifications WHERE id IN (
+       SELECT id FROM verifications WHERE ended_at < ?1 AND status <> 'pending' ORDER BY ended_at LIMIT ?2)";
+
 impl Store {
     /// Stores a new `pending` verification with no send yet.
     pub fn insert_verification(&mut self, new: &NewVerification<'_>) -> Result<(), StoreError> {
@@ -210,9 +219,12 @@ impl Store {
         Ok(expired)
     }
 
-    /// Deletes final verifications that ended before `cutoff` (Unix ms).
-    pub fn purge_verifications(&mut self, cutoff: i64) -> Result<usize, StoreError> {
-        self.execute("DELETE FROM verifications WHERE status <> 'pending' AND ended_at < ?1", args![cutoff])
+    /// Deletes the first `max` final verifications that ended before
+    /// `cutoff` (Unix ms), those that ended first; returns how many went.
+    /// The retention purge runs it until fewer go, one batch per trip to the
+    /// database thread, as it does [`Store::purge_calls`].
+    pub fn purge_verifications(&mut self, cutoff: i64, max: usize) -> Result<usize, StoreError> {
+        self.execute(self.pick(PURGE_SQLITE, PURGE_POSTGRES), args![cutoff, max])
     }
 }
 
@@ -269,6 +281,17 @@ mod tests {
         code.chars().map(|c| if c == '9' { '0' } else { char::from(c as u8 + 1) }).collect()
     }
 
+    /// However many verifications are on record, the purge looks only at
+    /// those that ended before the cutoff, in the order it takes them.
+    #[test]
+    fn the_purge_walks_the_end_index() {
+        let (s, ..) = setup(Backend::Sqlite, 1_000);
+        let plan = crate::store::query_plan(&s, PURGE_SQLITE, [0, 10]);
+        assert!(plan.iter().any(|p| p.contains("USING INDEX verifications_by_end (ended_at<?)")), "{plan:?}");
+        let walks = |p: &String| p.contains("SCAN") || p.contains("TEMP B-TREE");
+        assert!(!plan.iter().any(walks), "{plan:?}");
+    }
+
     backends! {
         fn the_right_code_approves_once_and_erases_the_salt(b) {
             let (mut s, user, id, code) = setup(b, 600_000);
@@ -320,7 +343,37 @@ mod tests {
             assert!(!s.record_verification_send(&id, "c2").unwrap());
             let v = s.verification(&id).unwrap().unwrap();
             assert_eq!((v.status, v.sends, v.last_call_id.as_deref()), (VerificationStatus::Canceled, 1, Some("c1")));
-            assert_eq!(s.purge_verifications(now_ms() + 1).unwrap(), 1);
+            assert_eq!(s.purge_verifications(now_ms() + 1, 10).unwrap(), 1);
+        }
+
+        /// A purge batch takes at most its size, the verifications that
+        /// ended first; pending ones never go.
+        fn purge_batches_take_the_oldest_ends_first(b) {
+            let (mut s, user, pending, _) = setup(b, 600_000);
+            let mut ended = Vec::new();
+            for at in [300, 100, 200] {
+                let id = VerificationId::generate();
+                let new = NewVerification {
+                    id: &id,
+                    user_id: user,
+                    number: "+923001234568",
+                    code_length: CodeLength::DEFAULT,
+                    salt: new_salt(),
+                    language: &Language::from("en"),
+                    callback_url: None,
+                    expires_at: now_ms() + 600_000,
+                };
+                s.insert_verification(&new).unwrap();
+                assert!(s.cancel_verification(&id, at).unwrap());
+                ended.push(id);
+            }
+            assert_eq!(s.purge_verifications(1_000, 2).unwrap(), 2);
+            let left = |s: &Store| ended.iter().filter(|id| s.verification(id).unwrap().is_some()).count();
+            assert!(s.verification(&ended[0]).unwrap().is_some(), "the one that ended last is left");
+            assert_eq!(left(&s), 1);
+            assert_eq!(s.purge_verifications(1_000, 2).unwrap(), 1, "fewer than asked: none left");
+            assert_eq!(s.purge_verifications(i64::MAX, 2).unwrap(), 0);
+            assert!(s.verification(&pending).unwrap().is_some(), "a pending verification is never purged");
         }
     }
 }
