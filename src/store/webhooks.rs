@@ -290,16 +290,21 @@ impl Store {
 
     /// Delivery `id` ready to send, if it is still pending. On a database
     /// several daemons share, it is claimed first (until its attempt is
-    /// recorded, or for `CLAIM_MS`, ten minutes): `None` if another daemon claimed it,
-    /// so no two daemons send a delivery at once.
+    /// recorded, its daemon's lease runs out, or for `CLAIM_MS`, ten
+    /// minutes): `None` if another daemon holds it, so no two daemons send
+    /// a delivery at once.
     pub fn claim_delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
-        if let Some(me) = self.owner_id() {
+        if let Some(owner) = &self.owner {
             let now = now_ms();
+            // A claim is held until it runs out or its daemon's lease does
+            // (that daemon is taken for dead, as with its calls).
             let claimed = self.execute(
                 "UPDATE webhook_deliveries SET claimed_by = ?2, claimed_until = ?3
                  WHERE id = ?1 AND delivered_at IS NULL AND gave_up_at IS NULL
-                   AND (claimed_until IS NULL OR claimed_until <= ?4 OR claimed_by = ?2)",
-                args![id, me, now + CLAIM_MS, now],
+                   AND (claimed_until IS NULL OR claimed_until <= ?4 OR claimed_by = ?2
+                        OR NOT EXISTS (SELECT 1 FROM daemons d
+                                       WHERE d.id = webhook_deliveries.claimed_by AND d.seen_at > ?5))",
+                args![id, owner.id.as_str(), now + CLAIM_MS, now, now - owner.lease_ms],
             )?;
             if claimed == 0 {
                 return Ok(None);
@@ -679,7 +684,8 @@ mod tests {
 
         /// Two daemons on one database: a delivery one of them claimed is
         /// not handed to the other until its attempt is recorded (or the
-        /// claim runs out); without an owner nothing is claimed.
+        /// claim or its daemon's lease runs out); without an owner nothing
+        /// is claimed.
         fn a_claimed_delivery_goes_to_one_daemon_at_a_time(b) {
             let (s, id) = setup(b, Some("http://hooks.example/a"));
             let mut s = s;
@@ -687,18 +693,27 @@ mod tests {
             let due = |s: &Store| s.due_window(i64::MAX, &DueScope::All, None, 10).unwrap()[0].position.id;
             let first = due(&s);
             let a = s.working_for("daemon-a", 60_000);
+            a.renew_lease(true).unwrap();
             assert_eq!(a.deliveries(&[first]).unwrap().len(), 1, "a claims it");
             assert_eq!(a.deliveries(&[first]).unwrap().len(), 1, "a's own claim stands");
             let mut b2 = a.working_for("daemon-b", 60_000);
+            b2.renew_lease(true).unwrap();
             assert!(b2.deliveries(&[first]).unwrap().is_empty(), "b is left out while a sends it");
             let failed = Attempt { http_status: Some(500), error: None, duration_ms: 1 };
             b2.record_attempt(first, &failed, AttemptVerdict::RetryAt(0)).unwrap();
             assert_eq!(b2.deliveries(&[first]).unwrap().len(), 1, "after the attempt, a retry is anyone's");
-            // A claim whose daemon died runs out.
+            // A claim whose time is up is anyone's...
             let c = b2.working_for("daemon-c", 60_000);
+            c.renew_lease(true).unwrap();
             assert!(c.deliveries(&[first]).unwrap().is_empty());
             c.execute_for_tests("UPDATE webhook_deliveries SET claimed_until = 1", &[]);
             assert_eq!(c.deliveries(&[first]).unwrap().len(), 1);
+            // ...and so is one whose daemon's lease ran out (taken for dead).
+            let d = c.working_for("daemon-d", 60_000);
+            d.renew_lease(true).unwrap();
+            assert!(d.deliveries(&[first]).unwrap().is_empty(), "c is alive");
+            d.execute_for_tests("UPDATE daemons SET seen_at = 1 WHERE id = 'daemon-c'", &[]);
+            assert_eq!(d.deliveries(&[first]).unwrap().len(), 1, "c's lease ran out");
         }
 
         fn hosts_of_older_rows_are_filled_in(b) {

@@ -734,6 +734,11 @@ mod tests {
             let caps = Caps { global: 8, per_host: 8, per_user: 2 };
             let (mut w, c) = World::start_of(b, Some("daemon-a"), caps, |s| {
                 let v: Vec<CallId> = (0..4).map(|_| call(s, "a", "http://a.example/", &["dialing"])).collect();
+                // b is alive (its lease fresh), so its claims hold.
+                s.execute_for_tests(
+                    "INSERT INTO daemons (id, started_at, seen_at) VALUES ('daemon-b', ?1, ?1)",
+                    &[now_ms().into()],
+                );
                 for id in &v[..2] {
                     s.execute_for_tests(
                         "UPDATE webhook_deliveries SET claimed_by = 'daemon-b', claimed_until = ?2 WHERE call_id = ?1",
