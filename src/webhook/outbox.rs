@@ -340,21 +340,21 @@ impl<A: Attempter> Outbox<A> {
         }
         let now = now_ms();
         let after = if lookup.scope == DueScope::All { self.cursor } else { lookup.after };
-        let mut snapshot = self.slots.clone();
+        let mut slots = self.slots.clone();
         let scope = lookup.scope.clone();
         // Deciding on the database thread lets one job read the window and
-        // claim the chosen rows; `snapshot` makes the same choices
-        // `self.slots` makes below, as nothing else changes it meanwhile.
-        let (seen, picked) = self
+        // claim the chosen rows; the slots it took come back as ours, as
+        // nothing else changes them meanwhile (`&mut self`).
+        let (seen, picked, slots) = self
             .db
             .run(move |s| {
                 let window = s.due_window(now, &scope, after, WINDOW)?;
-                let picked = pick(&mut snapshot, &window, |d| s.claim_delivery(d.position.id))?;
-                Ok((window.len(), picked))
+                let picked = pick(&mut slots, &window, |d| s.claim_delivery(d.position.id))?;
+                Ok((window.len(), picked, slots))
             })
             .await?;
+        self.slots = slots;
         for d in picked.start {
-            self.slots.take(d.id, d.user_id, &d.host);
             self.start(d);
         }
         if let Some(stalled) = picked.stalled {

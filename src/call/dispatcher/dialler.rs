@@ -52,7 +52,7 @@ use crate::call::{Call, CallStatus, FailReason, now_ms, token};
 use crate::metrics::CallEnded;
 use crate::phone::PhoneNumber;
 use crate::secret::Secret;
-use crate::store::CallEnd;
+use crate::store::{CallEnd, InFlight};
 
 /// The channel variable that tells the dialplan where our FastAGI server is.
 pub const AGI_URL_VARIABLE: &str = "VOICE_OTP_AGI";
@@ -306,23 +306,12 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) -> Option<I
         warn_unconfigured(state).await;
     }
     let server = state.servers.get(index)?;
-    let name = server.name.clone();
     // Calls naming no server were dialled when there was only one.
-    let unassigned = index == 0;
-    let calls = match state.db.run(move |s| s.in_flight_on(&name, unassigned)).await {
-        Ok(calls) => calls,
-        Err(e) => {
-            tracing::error!(server = %server.name, error = %e, "could not list calls in flight");
-            return None;
-        }
-    };
+    let calls = unheld_in_flight(state, &server.name, index == 0).await?;
     let now = now_ms();
     let fresh_after = now - FRESH_CALL.as_millis() as i64;
     let mut recheck_in: Option<i64> = None;
     for call in calls {
-        if state.live.contains(&call.id) {
-            continue;
-        }
         if !after_connect && call.dialed_at.is_some_and(|t| t > fresh_after) {
             continue;
         }
@@ -367,6 +356,20 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) -> Option<I
     recheck_in.map(|ms| Instant::now() + Duration::from_millis(ms as u64))
 }
 
+/// The calls in flight on `server` (with `unassigned`, also those naming
+/// none) that this daemon follows and no FastAGI session of its own holds;
+/// `None` (logged) if the database cannot say.
+async fn unheld_in_flight(state: &State, server: &str, unassigned: bool) -> Option<Vec<InFlight>> {
+    let name = server.to_owned();
+    match state.db.run(move |s| s.in_flight_on(&name, unassigned)).await {
+        Ok(calls) => Some(calls.into_iter().filter(|c| !state.live.contains(&c.id)).collect()),
+        Err(e) => {
+            tracing::error!(server, error = %e, "could not list calls in flight");
+            None
+        }
+    }
+}
+
 /// Ends the calls in flight on server `server` (with `unassigned`, also
 /// those naming none) that were dialled longer ago than the longest call,
 /// while that server cannot be asked: its link is down, or it is no longer
@@ -375,18 +378,11 @@ async fn reconcile(state: &State, index: usize, after_connect: bool) -> Option<I
 /// link dropped, a server that never comes back). They end `failed`/
 /// `system_error`; younger ones wait for the link.
 async fn end_unreachable(state: &State, server: &str, unassigned: bool) {
-    let name = server.to_owned();
-    let calls = match state.db.run(move |s| s.in_flight_on(&name, unassigned)).await {
-        Ok(calls) => calls,
-        Err(e) => {
-            tracing::error!(server, error = %e, "could not list calls in flight");
-            return;
-        }
-    };
+    let Some(calls) = unheld_in_flight(state, server, unassigned).await else { return };
     let longest = super::state::longest_call(&state.config);
     let before = now_ms() - longest.as_millis() as i64;
     for call in calls {
-        if state.live.contains(&call.id) || call.dialed_at.is_none_or(|t| t > before) {
+        if call.dialed_at.is_none_or(|t| t > before) {
             continue;
         }
         let detail = format!(
