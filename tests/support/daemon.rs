@@ -368,6 +368,26 @@ impl Daemon {
         }
     }
 
+    /// Polls `call show` until `field` of call `id` is set (not empty);
+    /// returns the call's fields. For what arrives after the status does:
+    /// a completed call's cause comes with the channel's `Hangup` event,
+    /// just after the FastAGI session ended the call.
+    pub fn wait_field(&self, id: &str, field: &str, timeout: Duration) -> std::collections::HashMap<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let call = self.show(id);
+            if call.get(field).is_some_and(|v| !v.is_empty()) {
+                return call;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} has no {field} after {timeout:?}: {call:?}\nlogs:\n{}",
+                self.logs()
+            );
+            blocking(|| std::thread::sleep(Duration::from_millis(100)));
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         self.sigterm();
