@@ -83,9 +83,11 @@ impl Receiver {
                 let forced = *forced.lock().unwrap();
                 let status = forced.or_else(|| script.pop_front()).unwrap_or(200);
                 req.answered = status;
+                // On record before the daemon reads the answer: whatever it
+                // records of this attempt comes after, never before.
+                sink.lock().unwrap().push(req);
                 let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 let _ = stream.write_all(reply.as_bytes());
-                sink.lock().unwrap().push(req);
             }
         });
         Receiver { addr, received, answer_all }
