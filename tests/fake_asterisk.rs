@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::fake_agi::{self, Callee};
-use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome};
+use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 
 /// A daemon on a fake AMI: short pauses (these tests look at the order of
@@ -212,7 +212,9 @@ async fn seed_options_reach_the_channel_and_keys_are_kept() {
 /// was, and the real channel's session then reads the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_without_the_calls_token_gets_nothing_and_changes_nothing() {
-    let (_home, fake, daemon) = setup("impostor", FakeScript::for_daemon()).await;
+    // The channel exists: a periodic reconciliation leaves the call alone.
+    let script = FakeScript { status_reply: StatusReply::Exists, ..FakeScript::for_daemon() };
+    let (_home, fake, daemon) = setup("impostor", script).await;
     let id = daemon.seed_call("03001234567", "482915");
     let real = fake.wait_agi_token(&id, Duration::from_secs(10)).await.expect("the Originate carries a token");
     assert_eq!(real.len(), 32, "128 random bits in hex");

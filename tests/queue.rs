@@ -64,7 +64,7 @@ async fn calls_wait_while_ami_is_down_and_are_dialled_once_when_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_not_dialled_before_its_deadline_expires() {
     let (_home, fake, daemon) =
-        setup("deadline", refusing(OriginateOutcome::busy()), "[dial]\ndeadline_secs = 3").await;
+        setup("deadline", refusing(OriginateOutcome::busy()), "[dial]\ndeadline_secs = 6").await;
     let id = place_call(&daemon);
     let call = daemon.wait_final(&id, WAIT);
     assert_eq!(call["status"], "expired", "{call:?}");
@@ -80,9 +80,13 @@ async fn a_call_not_dialled_before_its_deadline_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_than_max_concurrent_calls_at_once() {
     // Calls that never end on their own hold their trunk slot; a call not
-    // dialled within 4 s expires, which shows the dialler passed it over.
-    let extra = "[queue]\nmax_concurrent_calls = 2\n\n[dial]\ndeadline_secs = 4";
-    let (_home, fake, daemon) = setup("concurrency", FakeScript::outcome(OriginateOutcome::Silent), extra).await;
+    // dialled within 8 s expires, which shows the dialler passed it over
+    // (long enough for the one that is to be dialled on a slow machine).
+    // Asterisk has their channels: a periodic reconciliation (every 30 s, on
+    // a slow machine within the test) leaves them in flight.
+    let extra = "[queue]\nmax_concurrent_calls = 2\n\n[dial]\ndeadline_secs = 8";
+    let script = FakeScript { status_reply: StatusReply::Exists, ..FakeScript::outcome(OriginateOutcome::Silent) };
+    let (_home, fake, daemon) = setup("concurrency", script, extra).await;
     let ids: Vec<String> = (0..4).map(|_| place_call(&daemon)).collect();
     for late in &ids[2..] {
         assert_eq!(daemon.wait_final(late, WAIT)["status"], "expired", "only two calls at once");
