@@ -53,7 +53,7 @@ async fn calls_are_counted_where_they_end() {
         .agi_keys("max_sessions = 7")
         .config(FAST_FLOW)
         .config(NO_NUMBER_QUOTAS)
-        .config("[queue]\nmax_concurrent_calls = 3\nmax_queued = 50\n\n[dial]\ndeadline_secs = 1\n")
+        .config("[queue]\nmax_concurrent_calls = 3\nmax_queued = 50\n\n[dial]\ndeadline_secs = 3\n")
         .fake(FakeScript::outcome(OriginateOutcome::Silent))
         .await;
     let before = scrape(&daemon);
@@ -104,7 +104,17 @@ async fn calls_are_counted_where_they_end() {
     let expired = create(&daemon);
     daemon.wait_status(&expired, "expired", Duration::from_secs(10));
 
-    let after = scrape(&daemon);
+    // Counted once the expiry's write is back from the database, a moment
+    // after the status shows.
+    let expired_count = "voice_otp_calls_ended_total{status=\"expired\",reason=\"\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let text = scrape(&daemon);
+        if sample(&text, expired_count) >= 1.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for (series, want) in [
         ("voice_otp_calls_ended_total{status=\"completed\",reason=\"\"}", 1.0),
         ("voice_otp_calls_ended_total{status=\"failed\",reason=\"busy\"}", 1.0),

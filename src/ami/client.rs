@@ -867,7 +867,9 @@ mod tests {
     #[tokio::test]
     async fn unanswered_action_times_out() {
         let (server, mut config) = FakeAmi::start().await;
-        config.action_timeout = Duration::from_millis(200);
+        // It also bounds the login: not so short that a busy machine's
+        // scheduling makes the client give up on the login.
+        config.action_timeout = Duration::from_secs(1);
         let shutdown = CancellationToken::new();
         let client = AmiClient::spawn(config, shutdown.clone());
         let mut conn = server.accept_logged_in().await;
@@ -889,7 +891,8 @@ mod tests {
         let login = conn.expect_action("Login").await; // left unanswered for now
         let started = Instant::now();
         assert!(matches!(client.send(originate()).await, Err(AmiError::NotConnected)));
-        assert!(started.elapsed() < Duration::from_millis(500));
+        // Fails fast: long before the unanswered login's timeout.
+        assert!(started.elapsed() < Duration::from_secs(2));
         conn.reply(&login, "Response: Success\r\nMessage: Authentication accepted\r\n").await;
         wait_state(&client, LinkState::Connected).await;
         // The refused Originate must not turn up now that the link is up.
@@ -902,7 +905,8 @@ mod tests {
     async fn ping_timeout_reconnects() {
         let (server, mut config) = FakeAmi::start().await;
         config.ping_interval = Duration::from_millis(50);
-        config.ping_timeout = Duration::from_millis(300);
+        // Each answered ping must get its pong within this, on a busy machine too.
+        config.ping_timeout = Duration::from_secs(1);
         let shutdown = CancellationToken::new();
         let client = AmiClient::spawn(config, shutdown.clone());
         let mut first = server.accept_logged_in().await;

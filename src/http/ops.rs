@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the same as std's, but a test can pause and advance it.
+use tokio::time::Instant;
 
 use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -158,7 +161,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
-    #[tokio::test]
+    // Paused time: a slow machine's stall is not "a second later".
+    #[tokio::test(start_paused = true)]
     async fn the_database_is_probed_at_most_once_per_interval() {
         let probe = Arc::new(HealthProbe::default());
         let probes = Arc::new(AtomicUsize::new(0));

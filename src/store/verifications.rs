@@ -325,8 +325,9 @@ mod tests {
         }
 
         fn expiry_other_users_and_cancel(b) {
-            let (mut s, user, id, code) = setup(b, 1_000);
-            let later = now_ms() + 2_000;
+            // Lives a minute: pending now however slow the statements are.
+            let (mut s, user, id, code) = setup(b, 60_000);
+            let later = now_ms() + 120_000;
             assert_eq!(s.check_verification(&id, user + 1, &key(), &code, 5, later).unwrap(), CheckOutcome::NotFound);
             assert_eq!(
                 s.check_verification(&id, user, &key(), &code, 5, later).unwrap(),

@@ -758,8 +758,9 @@ mod tests {
             })
             .await;
             w.in_progress(&[key(&c[0], "dialing")]).await;
-            // A retry soon: the later change still waits, then follows.
-            w.remote.end(&c[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 300));
+            // A retry soon (but not before the idle turn is seen on a slow
+            // machine): the later change still waits, then follows.
+            w.remote.end(&c[0], "dialing", AttemptVerdict::RetryAt(now_ms() + 2_000));
             w.in_progress(&[]).await;
             w.in_progress(&[key(&c[0], "dialing")]).await;
             w.remote.end(&c[0], "dialing", AttemptVerdict::GiveUp);
