@@ -47,10 +47,21 @@ fn home(sandbox: &Sandbox, name: &str) -> Home {
     Setup::new(name).home(sandbox.ami)
 }
 
-fn kill_asterisk() {
+/// A code and a pause between its digits that make one reading last some
+/// 15 s: "in the middle of the reading" is a wide window, not a race with
+/// the first reading's end (after which the call counts as completed).
+const LONG_READING: &str = "[call]\ndigit_pause_ms = 1500\n";
+const LONG_CODE: &str = "48213579";
+
+/// The sandbox Asterisk's pid, looked up before the moment to kill it.
+fn asterisk_pid() -> String {
     let pid = sandbox::status().status.get("pid").cloned().unwrap_or_default();
     assert!(!pid.is_empty(), "sandbox Asterisk has no pid");
-    let ok = std::process::Command::new("kill").args(["-9", &pid]).status().expect("kill").success();
+    pid
+}
+
+fn kill_9(pid: &str) {
+    let ok = std::process::Command::new("kill").args(["-9", pid]).status().expect("kill").success();
     assert!(ok, "kill -9 {pid}");
 }
 
@@ -85,13 +96,14 @@ fn asterisk_killed_mid_call_fails_that_call_and_the_next_one_succeeds() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let sandbox = sandbox::exclusive();
     let _restore = Restore;
-    let home = home(&sandbox, "asterisk-killed");
+    let home = Setup::new("asterisk-killed").config(LONG_READING).home(sandbox.ami);
     let daemon = home.start();
-    let id = daemon.seed_call(&unique_number(), "4821");
+    let pid = asterisk_pid();
+    let id = daemon.seed_call(&unique_number(), LONG_CODE);
     // In the middle of the reading. (Killed, Asterisk never closes that
     // recording; `scripts/sandbox up` clears such half-written files.)
     wait_playing(&sandbox, &id, "digits/", Duration::from_secs(60));
-    kill_asterisk();
+    kill_9(&pid);
     let call = daemon.wait_final(&id, Duration::from_secs(60));
     assert_eq!((call["status"].as_str(), call["reason"].as_str()), ("failed", "system_error"), "{call:?}");
     sandbox::run("up");
@@ -108,10 +120,10 @@ fn a_daemon_killed_mid_call_settles_the_call_after_restart_without_redialling() 
     let sandbox = sandbox::exclusive();
     let _restore = Restore;
     let mark = sandbox::log_mark(&sandbox);
-    let home = home(&sandbox, "daemon-killed");
+    let home = Setup::new("daemon-killed").config(LONG_READING).home(sandbox.ami);
     let first = home.start();
     let number = unique_number();
-    let id = first.seed_call(&number, "4821");
+    let id = first.seed_call(&number, LONG_CODE);
     wait_playing(&sandbox, &id, "digits/", Duration::from_secs(60));
     drop(first);
     let second = home.start();

@@ -260,6 +260,16 @@ pub fn dials(sandbox: &Sandbox, number: &str, mark: LogMark) -> usize {
     log_since(sandbox, mark).lines().filter(|l| l.contains(&entry)).count()
 }
 
+/// How often call `call_id` rang `number` at the phone since `mark`: for
+/// the callee numbers whose first dialplan line names the call (from the
+/// INVITE's X-Voice-OTP-Call header; 03000000015), a count no other test's
+/// calls to that number can disturb.
+pub fn dials_of(sandbox: &Sandbox, number: &str, call_id: &str, mark: LogMark) -> usize {
+    let entry = format!("Executing [{number}@callee:1]");
+    let named = format!("call {call_id}");
+    log_since(sandbox, mark).lines().filter(|l| l.contains(&entry) && l.contains(&named)).count()
+}
+
 /// Waits until Asterisk's log shows call `call_id` playing `sound` (e.g.
 /// `digits/`), for tests that act in the middle of a call.
 pub fn wait_playing(sandbox: &Sandbox, call_id: &str, sound: &str, timeout: Duration) {
