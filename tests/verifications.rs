@@ -124,13 +124,17 @@ async fn a_verification_reads_its_code_and_approves_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_request_calls_again_with_the_same_code_up_to_max_sends() {
     let (_home, fake, daemon) = setup("verify-resend", "[verify]\nmax_sends = 2\n").await;
-    let first = api(&daemon, "POST", "/v1/verifications", Some(r#"{"number":"03001234567"}"#));
+    let own_url = "http://127.0.0.1:9/verification";
+    let body = format!(r#"{{"number":"03001234567","callback_url":"{own_url}"}}"#);
+    let first = api(&daemon, "POST", "/v1/verifications", Some(&body));
     assert_eq!(first.status, 201, "{}", first.body);
     let id = first.json()["id"].as_str().unwrap().to_owned();
     let code = hear_code(&fake, &daemon, first.json()["call_id"].as_str().unwrap(), 6).await;
     // Same user, same number (another form of it), still pending: the same
-    // verification, a new call, the same code.
-    let second = api(&daemon, "POST", "/v1/verifications", Some(r#"{"number":"+923001234567","code_length":9}"#));
+    // verification, a new call, the same code - reporting to the
+    // verification's URL, not to one the re-send names.
+    let resend = r#"{"number":"+923001234567","code_length":9,"callback_url":"http://127.0.0.1:9/other"}"#;
+    let second = api(&daemon, "POST", "/v1/verifications", Some(resend));
     assert_eq!(second.status, 200, "{}", second.body);
     let v = second.json();
     assert_eq!(
@@ -139,6 +143,9 @@ async fn a_second_request_calls_again_with_the_same_code_up_to_max_sends() {
     );
     let call_id = v["call_id"].as_str().unwrap().to_owned();
     assert_ne!(call_id, first.json()["call_id"].as_str().unwrap());
+    assert_eq!(v["callback_url"], own_url, "{v}");
+    let resent_call = api(&daemon, "GET", &format!("/v1/calls/{call_id}"), None).json();
+    assert_eq!(resent_call["callback_url"], own_url, "{resent_call}");
     assert_eq!(hear_code(&fake, &daemon, &call_id, 6).await, code, "a re-send reads the same code");
     let third = api(&daemon, "POST", "/v1/verifications", Some(r#"{"number":"03001234567"}"#));
     assert_eq!(third.status, 429, "{}", third.body);

@@ -147,7 +147,17 @@ pub struct Placement {
 /// its resolved options and the time, the code to read, the options to
 /// store (a re-send keeps its verification's), the verification it belongs
 /// to, and a value for the caller - or a refusal, which stores nothing.
-pub type Decision<T> = Result<Result<(Secret, CallOptions, Option<String>, T), Refusal>, StoreError>;
+pub type Decision<T> = Result<Result<(Secret, CallOptions, Option<OfVerification>, T), Refusal>, StoreError>;
+
+/// The verification a call is placed for: its id, and the URL its calls'
+/// webhooks go to (the verification's own, whatever a re-send asked for;
+/// `None`: the user's default).
+pub struct OfVerification {
+    /// The verification's id.
+    pub id: String,
+    /// Where its calls' webhooks go.
+    pub callback_url: Option<String>,
+}
 
 /// [`place`] for a call whose code `decide` picks in the database step:
 /// the same limits in the same order, then `decide`, then the insert, all
@@ -189,11 +199,15 @@ where
                         return Ok(Err(refusal));
                     }
                     let options = requested.resolve(&s.user_call_defaults(user_id)?, &call_config);
-                    let (code, options, verification_id, out) = match decide(s, &id, options, now)? {
+                    let (code, options, verification, out) = match decide(s, &id, options, now)? {
                         Ok(decided) => decided,
                         Err(refusal) => return Ok(Err(refusal)),
                     };
                     let new = NewCall { id: &id, user_id, number: &number, code: code.expose(), options: &options };
+                    let (verification_id, callback_url) = match verification {
+                        Some(v) => (Some(v.id), v.callback_url),
+                        None => (None, callback_url),
+                    };
                     let life = NewCallLifecycle { deadline_at, callback_url, verification_id };
                     s.insert_call_with(&new, &life)?;
                     let call = s.call(&id)?.ok_or_else(|| StoreError::Corrupt("call vanished after insert".into()))?;

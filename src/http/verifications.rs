@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use super::api::{authenticate, unavailable};
 use super::idempotency;
-use super::intake::{self, PlaceError, Placement};
+use super::intake::{self, OfVerification, PlaceError, Placement};
 use super::json_body::{self, Reject};
 use super::problem::{bad_field, problem, refused};
 use super::{App, HttpResponse, json};
@@ -173,7 +173,8 @@ async fn create_from(app: &App, user: &User, fields: Map<String, Value>) -> Http
     let (key, ttl_ms, max_sends) = (app.verify_key.clone(), i64::from(cfg.ttl_secs) * 1000, cfg.max_sends);
     let (user_id, e164, code_length) = (user.id, order.number.e164().to_owned(), order.code_length);
     let verification_url = order.callback_url.clone();
-    // The verification's calls report to its own URL too.
+    // A new verification's call reports to its URL; a re-send's call to
+    // the verification's (see `OfVerification`), whatever this request says.
     let placement = Placement { number: order.number, callback_url: order.callback_url, options: order.options };
     let placed = intake::place_with(app, user, placement, move |s, call_id, options, now| {
         // Read, never enter: the callee is told the code to type elsewhere.
@@ -210,7 +211,8 @@ async fn create_from(app: &App, user: &User, fields: Map<String, Value>) -> Http
         // A re-send reads the same code in the verification's language.
         let options = CallOptions { language: v.language.clone(), ..options };
         let v = s.verification(&v.id)?.ok_or_else(|| StoreError::Corrupt("verification vanished".into()))?;
-        Ok(Ok((code, options, Some(v.id.as_str().to_owned()), (v, created))))
+        let of = OfVerification { id: v.id.as_str().to_owned(), callback_url: v.callback_url.clone() };
+        Ok(Ok((code, options, Some(of), (v, created))))
     })
     .await;
     match placed {
