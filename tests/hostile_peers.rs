@@ -486,6 +486,42 @@ async fn garbage_on_the_fastagi_port_closes_that_connection_only() {
     assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
 }
 
+/// Issue 10: local processes that take every FastAGI session slot - each
+/// sends a request block, is asked for its call's token, and says nothing
+/// more - do not lock Asterisk out. The real channel's session pushes out
+/// the oldest of them and is read the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_prove_a_call_cannot_take_every_session_slot() {
+    let (_home, fake, daemon) =
+        Setup::new("agi-crowd").agi_keys("max_sessions = 4").config(FAST_FLOW).fake(FakeScript::for_daemon()).await;
+    let agi = daemon.agi;
+    let id = daemon.seed_call("03001234567", "482915");
+    assert!(fake.wait_for_originate(&id, Duration::from_secs(20)).await.is_some(), "no Originate");
+    let mut crowd = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(agi).await.unwrap();
+        s.write_all(fake_agi::request_block(agi, &id).as_bytes()).await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        let mut asked = String::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_line(&mut asked)).await.unwrap().unwrap();
+        assert_eq!(asked, format!("{}\n", fake_agi::ASK_TOKEN), "each holds a session");
+        crowd.push(s);
+    }
+    // Every slot is held (each for up to 5 s, the token's wait): the real
+    // session comes at once.
+    let token = fake.agi_token(&id);
+    let commands = fake_agi::answered_call(agi, &id, token.as_deref()).await;
+    assert!(commands.iter().any(|c| c.starts_with("STREAM FILE digits/4")), "{commands:?}\n{}", daemon.logs());
+    let call = tokio::task::block_in_place(|| daemon.wait_final(&id, Duration::from_secs(30)));
+    assert_eq!(call["status"], "completed", "{call:?}");
+    let pushed = "the oldest session not admitted yet is closed for this one";
+    assert!(
+        tokio::task::block_in_place(|| daemon.logged(pushed, 1, Duration::from_secs(10))) >= 1,
+        "{}",
+        daemon.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fastagi_peers_outside_the_allow_list_are_refused() {
     // Only a made-up Asterisk address may connect; the test's client is on loopback.

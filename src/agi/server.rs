@@ -3,14 +3,23 @@
 //!
 //! One task per connection, tracked so shutdown can wait for calls in
 //! progress to finish (how long is the caller's decision: wrap `serve` in a
-//! timeout). Peers outside the allow-list and connections beyond the session
-//! limit are closed at once; a connection that sends nothing or garbage is
-//! closed after the request timeout without holding up anyone else.
+//! timeout). Peers outside the allow-list are closed at once; a connection
+//! that sends nothing or garbage is closed after the request timeout
+//! without holding up anyone else.
+//!
+//! The session limit cannot be used to lock Asterisk out: any local process
+//! may connect, so a connection is only sure of its slot once its handler
+//! says the session proved itself ([`AgiChannel::admitted`]: for voice-otp,
+//! the call's token). When every slot is taken, a new connection closes the
+//! oldest session not admitted yet and takes its slot; only when all are
+//! admitted is the new connection closed. A flood of idle connections thus
+//! pushes out its own oldest, never a call being served.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -19,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+#[cfg(doc)]
+use super::session::AgiChannel;
 use super::session::AgiSession;
 
 /// Default limit for a new connection to deliver its request block.
@@ -44,6 +55,46 @@ where
 {
     fn handle(&self, session: AgiSession) -> impl Future<Output = ()> + Send {
         self(session)
+    }
+}
+
+/// How long a new connection waits for the slot of the session it pushed
+/// out (that session's task ends at once; this only bounds a surprise).
+const PUSH_OUT_WAIT: Duration = Duration::from_secs(1);
+
+/// The connections whose sessions are not admitted yet, oldest first, each
+/// with what closes it.
+#[derive(Default)]
+struct Unadmitted {
+    next: u64,
+    order: VecDeque<(u64, CancellationToken)>,
+}
+
+/// One connection's place in [`Unadmitted`]; dropping it (on admission or
+/// at the session's end) gives the place up.
+pub(super) struct Waiting {
+    id: u64,
+    line: Arc<Mutex<Unadmitted>>,
+}
+
+impl Waiting {
+    /// Puts a new connection at the back of the line.
+    fn join(line: &Arc<Mutex<Unadmitted>>, close: CancellationToken) -> Waiting {
+        let mut l = line.lock().unwrap_or_else(|p| p.into_inner());
+        let id = l.next;
+        l.next += 1;
+        l.order.push_back((id, close));
+        Waiting { id, line: line.clone() }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut l = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        // Near the front when it goes (the oldest go first): a short scan.
+        if let Some(at) = l.order.iter().position(|(id, _)| *id == self.id) {
+            l.order.remove(at);
+        }
     }
 }
 
@@ -102,6 +153,7 @@ impl AgiServer {
     pub async fn serve<H: AgiHandler>(self, handler: Arc<H>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_sessions));
+        let unadmitted = Arc::new(Mutex::new(Unadmitted::default()));
         let addr = self.listener.local_addr().ok();
         tracing::info!(?addr, "AGI server listening");
         loop {
@@ -124,16 +176,34 @@ impl AgiServer {
                 tracing::warn!(%peer, "AGI connection from a peer not allowed: closed");
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = self.max_sessions, "too many AGI sessions: connection closed");
-                continue;
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let oldest = unadmitted.lock().unwrap_or_else(|p| p.into_inner()).order.pop_front();
+                    let Some((_, close)) = oldest else {
+                        tracing::warn!(%peer, max = self.max_sessions, "too many AGI sessions: connection closed");
+                        continue;
+                    };
+                    tracing::warn!(%peer, max = self.max_sessions,
+                        "every AGI session slot taken: the oldest session not admitted yet is closed for this one");
+                    close.cancel();
+                    match tokio::time::timeout(PUSH_OUT_WAIT, permits.clone().acquire_owned()).await {
+                        Ok(Ok(permit)) => permit,
+                        _ => continue,
+                    }
+                }
             };
             let handler = handler.clone();
             let shutdown = shutdown.clone();
             let request_timeout = self.request_timeout;
+            let close = CancellationToken::new();
+            let waiting = Waiting::join(&unadmitted, close.clone());
             tracker.spawn(async move {
                 let _permit = permit;
-                connection(stream, peer, request_timeout, handler, shutdown).await;
+                tokio::select! {
+                    _ = close.cancelled() => tracing::debug!(%peer, "AGI connection closed to make room"),
+                    _ = connection(stream, peer, request_timeout, handler, shutdown, waiting) => {}
+                }
             });
         }
         drop(self.listener);
@@ -152,6 +222,7 @@ async fn connection<H: AgiHandler>(
     request_timeout: Duration,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    waiting: Waiting,
 ) {
     // Replies are single short lines: don't let Nagle delay them.
     let _ = stream.set_nodelay(true);
@@ -159,13 +230,14 @@ async fn connection<H: AgiHandler>(
         _ = shutdown.cancelled() => return,
         accepted = AgiSession::accept(stream, request_timeout) => accepted,
     };
-    let session = match accepted {
+    let mut session = match accepted {
         Ok(session) => session,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "AGI connection closed before a valid request block");
             return;
         }
     };
+    session.set_waiting(waiting);
     let request = session.request();
     // `?` formatting escapes control characters Asterisk passed through.
     let span = tracing::info_span!(
@@ -316,9 +388,11 @@ mod tests {
         let started = Arc::new(Notify::new());
         let handler = {
             let (release, started) = (release.clone(), started.clone());
-            move |session: AgiSession| {
+            move |mut session: AgiSession| {
                 let (release, started) = (release.clone(), started.clone());
                 async move {
+                    // Proven: it keeps its slot whoever comes next.
+                    crate::agi::AgiChannel::admitted(&mut session);
                     started.notify_one();
                     release.notified().await;
                     drop(session);
@@ -338,6 +412,60 @@ mod tests {
         release.notify_one();
         assert!(closed_by_server(&mut first).await);
         token.cancel();
+        timeout(WAIT, task).await.unwrap().unwrap();
+    }
+
+    /// The request block of a call with uniqueid `id`.
+    fn request_of(id: &str) -> String {
+        REQUEST.replace("agi_uniqueid: call-1", &format!("agi_uniqueid: {id}"))
+    }
+
+    #[tokio::test]
+    async fn sessions_not_admitted_make_room_for_a_new_connection() {
+        // "idle-*" sessions never prove themselves and wait to be released
+        // (then answer the call); any other plays a file.
+        let release = Arc::new(Notify::new());
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handler = {
+            let release = release.clone();
+            move |mut session: AgiSession| {
+                let (release, started_tx, tx) = (release.clone(), started_tx.clone(), tx.clone());
+                async move {
+                    let id = session.request().uniqueid().unwrap_or_default().to_owned();
+                    if id.starts_with("idle") {
+                        let _ = started_tx.send(id);
+                        release.notified().await;
+                        let _ = session.run(Command::Answer).await;
+                        return;
+                    }
+                    let play = Command::StreamFile { file: "digits/4".into(), escape_digits: "1".into(), offset: None };
+                    let result = session.run(play).await.map(|r| r.endpos).map_err(|e| e.to_string());
+                    let _ = tx.send((id, result));
+                }
+            }
+        };
+        let server = AgiServer::bind("127.0.0.1:0").await.unwrap().with_max_sessions(2);
+        let (addr, token, task) = start(server, handler).await;
+        let mut idle = Vec::new();
+        for n in 1..=2 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request_of(&format!("idle-{n}")).as_bytes()).await.unwrap();
+            assert_eq!(timeout(WAIT, started.recv()).await.unwrap(), Some(format!("idle-{n}")));
+            idle.push(stream);
+        }
+        // Every slot is taken by a session not admitted: a new call pushes
+        // out the oldest and is served.
+        asterisk_call(addr).await;
+        assert_eq!(timeout(WAIT, rx.recv()).await.unwrap(), Some(("call-1".to_owned(), Ok(Some(6560)))));
+        assert!(closed_by_server(&mut idle[0]).await, "the oldest made room");
+        // The younger one kept its connection: released, it still talks.
+        release.notify_waiters();
+        let mut line = String::new();
+        timeout(WAIT, BufReader::new(&mut idle[1]).read_line(&mut line)).await.unwrap().unwrap();
+        assert_eq!(line, "ANSWER\n");
+        token.cancel();
+        drop(idle);
         timeout(WAIT, task).await.unwrap().unwrap();
     }
 

@@ -42,6 +42,12 @@ pub trait AgiChannel: Send {
     /// Runs one command and returns its 200 reply; see [`AgiSession::run`]
     /// for the meaning of each error.
     fn run(&mut self, cmd: Command) -> impl Future<Output = Result<Reply, AgiError>> + Send;
+
+    /// Tells the server this session proved itself (e.g. by its call's
+    /// token): from now on it keeps its slot. Until then, a connection that
+    /// finds every slot taken closes the oldest unproven session to get one
+    /// (see [`crate::agi::AgiServer`]). Default: nothing to tell.
+    fn admitted(&mut self) {}
 }
 
 /// What can go wrong running an AGI command.
@@ -90,6 +96,8 @@ pub struct AgiSession<S = TcpStream> {
     broken: bool,
     command_timeout: Duration,
     hangup_grace: Duration,
+    /// Its place among the sessions not admitted yet, while it has one.
+    waiting: Option<super::server::Waiting>,
 }
 
 impl<S> fmt::Debug for AgiSession<S> {
@@ -127,6 +135,12 @@ impl<S> AgiSession<S> {
     pub fn set_hangup_grace(&mut self, limit: Duration) {
         self.hangup_grace = limit;
     }
+
+    /// Keeps the connection's place among the sessions not admitted yet
+    /// until [`AgiChannel::admitted`] (or the session's end).
+    pub(super) fn set_waiting(&mut self, waiting: super::server::Waiting) {
+        self.waiting = Some(waiting);
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
@@ -149,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgiSession<S> {
             broken: false,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             hangup_grace: DEFAULT_HANGUP_GRACE,
+            waiting: None,
         })
     }
 
@@ -294,6 +309,11 @@ fn codec_error(e: AgiCodecError, hung_up: bool) -> AgiError {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgiChannel for AgiSession<S> {
     fn run(&mut self, cmd: Command) -> impl Future<Output = Result<Reply, AgiError>> + Send {
         AgiSession::run(self, cmd)
+    }
+
+    fn admitted(&mut self) {
+        // Dropped: out of the line of sessions that may be closed for room.
+        self.waiting = None;
     }
 }
 

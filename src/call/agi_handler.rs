@@ -48,6 +48,9 @@ pub const REACHED_VARIABLE: &str = "VOICE_OTP_AGI_REACHED";
 /// answers at once; an impostor that stalls must not hold a session slot.
 const TOKEN_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a refused session's hang-up waits for its answer.
+const REFUSED_HANG_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// What a FastAGI session needs from the daemon.
 #[derive(Clone)]
 pub struct OtpAgi {
@@ -129,7 +132,11 @@ impl OtpAgi {
             })
             .await;
         let (call, claim) = match admitted {
-            Ok(Admission::Serve(call, claim)) => (call, claim),
+            Ok(Admission::Serve(call, claim)) => {
+                // Its token is the call's: no flood of connections may close it now.
+                session.admitted();
+                (call, claim)
+            }
             Ok(Admission::Refuse(why)) => {
                 self.refuse(session, why).await;
                 return;
@@ -244,11 +251,13 @@ impl OtpAgi {
         }
     }
 
-    /// Hangs up a session that may not be served, with nothing played.
+    /// Hangs up a session that may not be served, with nothing played -
+    /// without waiting long for the answer: a peer that never answers must
+    /// not keep the connection (Asterisk answers at once).
     async fn refuse<C: AgiChannel>(&self, session: &mut C, why: RefusedSession) {
         tracing::warn!(reason = why.as_str(), "FastAGI session refused; hanging up with nothing played");
         self.metrics.agi_session_refused(why);
-        hang_up(session).await;
+        let _ = tokio::time::timeout(REFUSED_HANG_UP_WAIT, hang_up(session)).await;
     }
 }
 
