@@ -249,3 +249,71 @@ async fn failed_logins_at_one_daemon_count_at_the_other() {
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.body.contains("limits.login_failures_per_user_ip"), "{}", refused.body);
 }
+
+/// A client that gives up on a request while it waits on the database (the
+/// test holds `idempotency_keys` locked, so the request's key waits) and
+/// closes its side - which makes hyper drop the connection - does not cut
+/// the request short: it is carried out to its end once the database
+/// answers, its answer kept under its key, and the retry gets that answer.
+/// Before, the handler went with the connection: the key stayed "in
+/// progress" (409 for a minute), then a retry placed a second call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_went_away_is_carried_out_and_its_answer_kept() {
+    use base64::Engine;
+    use std::io::Write;
+    let Some(db) = TestDatabase::create("client_gone") else { return };
+    let (_home, _fake, daemon) =
+        Setup::new("pg-gone").postgres(&db).config(NO_NUMBER_QUOTAS).fake(FakeScript::for_daemon()).await;
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let url = db.url.clone();
+    let locker = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        let mut tx = client.transaction().expect("BEGIN");
+        tx.batch_execute("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE").expect("LOCK");
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        tx.commit().expect("COMMIT");
+    });
+    locked_rx.recv().unwrap();
+
+    let body = r#"{"number":"03001234567","code":"482915"}"#;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("acme1:{PASSWORD}"));
+    let request = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: test\r\nAuthorization: Basic {auth}\r\nIdempotency-Key: gone-1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut gone = std::net::TcpStream::connect(daemon.http).unwrap();
+    gone.write_all(request.as_bytes()).unwrap();
+    // The request waits on the lock: its body was read, its key is next.
+    let waiting =
+        "SELECT pid::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%idempotency_keys%'";
+    let deadline = std::time::Instant::now() + WAIT;
+    while db.rows(waiting).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the request never reached its key\n{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gone.shutdown(std::net::Shutdown::Write).unwrap();
+    // Time for hyper to see the close and drop the connection before the
+    // database answers - what lets the old behaviour show. Nothing is
+    // judged by this wait: the checks below wait for what they look at.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release_tx.send(()).unwrap();
+    locker.join().unwrap();
+
+    let key = [("Idempotency-Key", "gone-1")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let retry = support::blocking(|| {
+            http::with_basic_headers(daemon.http, "POST", "/v1/calls", "acme1", PASSWORD, &key, Some(body))
+        });
+        if retry.status != 409 || std::time::Instant::now() > deadline {
+            break retry;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (202, Some("true")), "{}", retry.body);
+    assert_eq!(db.rows("SELECT id FROM calls").len(), 1, "one call");
+    drop(gone);
+}

@@ -140,13 +140,25 @@ async fn accept_loop(
         };
         let front = front.clone();
         let shutdown = shutdown.clone();
+        let requests = tracker.clone();
         tracker.spawn(async move {
             let _slots = (permit, ip_slot);
             let served = Arc::new(AtomicU64::new(0));
             let service = service_fn(move |req| {
-                let (front, served) = (front.clone(), served.clone());
+                let (front, served, requests) = (front.clone(), served.clone(), requests.clone());
                 async move {
-                    let mut resp = route(&front, port, req, peer).await;
+                    // A task of its own, carried out to its end even if the
+                    // client goes away meanwhile (hyper then drops this
+                    // future): a call placed keeps its Idempotency-Key
+                    // answer, a cancel hangs up, nothing is left half done.
+                    let handled = requests.spawn(async move { route(&front, port, req, peer).await });
+                    let mut resp = match handled.await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            tracing::error!(error = %e, "HTTP request handler failed");
+                            seed_error(StatusCode::INTERNAL_SERVER_ERROR)
+                        }
+                    };
                     // hyper closes the connection after an answer that says so.
                     if max_requests > 0 && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
                         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
