@@ -233,6 +233,26 @@ async fn bad_verification_requests_name_their_field() {
 /// Issue 11 item 3: the same key and body within a day answer with the
 /// first request's status, body and id, and place no second call; the same
 /// key with another body is 422; keys are per user.
+/// A limit's 429 says "try again later": it is not kept under the key, so
+/// the same request with the same key, once the limit no longer holds, is
+/// carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limits_refusal_is_not_kept_under_the_key() {
+    let (_home, _fake, daemon) = setup("idempotent-429", "[verify]\nmax_sends = 1\n").await;
+    let body = r#"{"number":"03001234569"}"#;
+    let first = api(&daemon, "POST", "/v1/verifications", Some(body));
+    assert_eq!(first.status, 201, "{}", first.body);
+    let key = [("Idempotency-Key", "login-100")];
+    let limited = api_as(&daemon, "acme1", "POST", "/v1/verifications", &key, Some(body));
+    assert_eq!(limited.status, 429, "verify.max_sends = 1: {}", limited.body);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(api(&daemon, "POST", &format!("/v1/verifications/{id}/cancel"), None).status, 200);
+    let later = api_as(&daemon, "acme1", "POST", "/v1/verifications", &key, Some(body));
+    assert_eq!((later.status, later.header("idempotent-replayed")), (201, None), "{}", later.body);
+    let again = api_as(&daemon, "acme1", "POST", "/v1/verifications", &key, Some(body));
+    assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")), "kept now: {}", again.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_places_one_call_whatever_the_retries() {
     let (_home, fake, daemon) = setup("idempotent", "").await;

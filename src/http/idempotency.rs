@@ -3,8 +3,8 @@
 //! same method, path and body - within 24 hours gets the first answer
 //! again (status, body, `Location`) and places no second call; the same key
 //! with another request is `422`; while the first is still being carried
-//! out, `409`. Answers of our own failures (5xx) are not kept, so a retry
-//! after one is carried out afresh. Keys live in the database
+//! out, `409`. Answers of our own failures (5xx) and of limits (429: "try
+//! again later") are not kept, so a retry after one is carried out afresh. Keys live in the database
 //! (`store/idempotency.rs`), so they hold across restarts (and daemons).
 
 use std::future::Future;
@@ -104,7 +104,8 @@ where
     // A `Full` body is all in memory: collecting it cannot wait or fail.
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let status = parts.status;
-    let kept = if status.is_server_error() {
+    // "Try again later" must not be the answer to trying again later.
+    let kept = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         app.db.run(move |s| s.release_idempotency_key(user_id, &key)).await
     } else {
         let answer = StoredAnswer {
