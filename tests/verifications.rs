@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::fake_agi;
-use support::fake_ami::{FakeAmi, FakeScript};
+use support::fake_ami::{FakeAmi, FakeScript, OriginateOutcome, StatusReply};
 use support::harness::{FAST_FLOW, Home, NO_NUMBER_QUOTAS, PASSWORD, Setup};
 use support::http::{self, Response};
 use support::webhook_receiver::Receiver;
@@ -233,6 +233,33 @@ async fn bad_verification_requests_name_their_field() {
 /// Issue 11 item 3: the same key and body within a day answer with the
 /// first request's status, body and id, and place no second call; the same
 /// key with another body is 422; keys are per user.
+/// Canceling a verification stops every call of it still unanswered - the
+/// re-send's and the one before it - in one go, and hangs them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_every_unanswered_call_of_the_verification() {
+    // Calls ring on and on: the fake Asterisk never settles them.
+    let script = FakeScript { status_reply: StatusReply::Exists, ..FakeScript::outcome(OriginateOutcome::Silent) };
+    let config = format!("{FAST_FLOW}\n{NO_NUMBER_QUOTAS}\n[verify]\nmax_sends = 2\n");
+    let (_home, fake, daemon) = Setup::new("verify-cancel-all").config(&config).fake(script).await;
+    let body = r#"{"number":"03001234567"}"#;
+    let first = api(&daemon, "POST", "/v1/verifications", Some(body)).json();
+    let resent = api(&daemon, "POST", "/v1/verifications", Some(body)).json();
+    let calls = [first["call_id"].as_str().unwrap().to_owned(), resent["call_id"].as_str().unwrap().to_owned()];
+    for call in &calls {
+        assert!(fake.wait_for_originate(call, Duration::from_secs(10)).await.is_some(), "{call} never dialled");
+    }
+    let id = first["id"].as_str().unwrap();
+    let canceled = api(&daemon, "POST", &format!("/v1/verifications/{id}/cancel"), None);
+    assert_eq!(canceled.status, 200, "{}", canceled.body);
+    assert!(fake.wait_for_count("Hangup", 2, Duration::from_secs(10)).await, "{:?}", fake.actions());
+    let hung_up: Vec<_> = fake.actions().into_iter().filter(|a| a.is("Hangup")).collect();
+    for call in &calls {
+        let shown = api(&daemon, "GET", &format!("/v1/calls/{call}"), None).json();
+        assert_eq!(shown["status"], "canceled", "{shown}");
+        assert!(hung_up.iter().any(|a| a.get("Channel") == Some(call.as_str())), "{call} not hung up: {hung_up:?}");
+    }
+}
+
 /// A limit's 429 says "try again later": it is not kept under the key, so
 /// the same request with the same key, once the limit no longer holds, is
 /// carried out.

@@ -185,29 +185,36 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
         Ok(call) => call,
         Err(resp) => return resp,
     };
+    // The cancel and the row as it is now in one trip; the read cannot
+    // undo a cancel that was recorded.
     let target = call.id.clone();
-    let canceled = match app.db.run(move |s| s.cancel_call(&target)).await {
-        Ok(c) => c,
+    let (canceled, now) = match app.db.run(move |s| Ok((s.cancel_call(&target)?, s.call(&target)))).await {
+        Ok(done) => done,
         Err(e) => {
             tracing::error!(call_id = %call.id, error = %e, "could not cancel call");
             return unavailable();
         }
     };
-    let lookup = call.id.clone();
-    let now = match app.db.run(move |s| s.call(&lookup)).await {
+    if canceled {
+        tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
+        // Recorded: the phone stops ringing, whatever happens next.
+        if call.status != CallStatus::Queued {
+            app.dispatcher.hang_up(&call.id).await;
+        }
+    }
+    let now = match now {
         Ok(Some(now)) => now,
         Ok(None) => return problem(StatusCode::NOT_FOUND, "no such call", None),
-        Err(_) => return unavailable(),
+        Err(e) => {
+            tracing::error!(call_id = %call.id, error = %e, "could not read the call back");
+            return unavailable();
+        }
     };
     if !canceled {
         let detail = format!("the call is {}; only queued, dialing or ringing calls can be canceled", now.status);
         return problem(StatusCode::CONFLICT, &detail, None);
     }
     app.metrics.call_ended(now.ended());
-    tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
-    if call.status != CallStatus::Queued {
-        app.dispatcher.hang_up(&call.id).await;
-    }
     call_reply(StatusCode::OK, &now)
 }
 

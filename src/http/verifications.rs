@@ -296,26 +296,38 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
         Ok(v) => v,
         Err(resp) => return *resp,
     };
-    let target = v.id.clone();
-    let last_call = v.last_call_id.clone().and_then(|c| crate::call::CallId::parse(&c));
+    let (target, user_id) = (v.id.clone(), user.id);
     let done = app
         .db
         .run(move |s| {
-            let canceled = s.cancel_verification(&target, now_ms())?;
-            // Its call, if still unanswered, goes too: nobody is to hear a
-            // code that can no longer be checked.
-            let call_canceled = match (&last_call, canceled) {
-                (Some(call), true) if s.cancel_call(call)? => s.call(call)?,
-                _ => None,
-            };
-            Ok((canceled, call_canceled, s.verification(&target)?))
+            // One transaction: the verification and its calls end together.
+            s.atomically(|s| {
+                let canceled = s.cancel_verification(&target, now_ms())?;
+                // Its calls still unanswered (a re-send's and any earlier
+                // one's) go too: nobody is to hear a code that can no
+                // longer be checked.
+                let mut calls = Vec::new();
+                if canceled {
+                    for call in s.cancelable_calls_of(user_id, target.as_str())? {
+                        if s.cancel_call(&call)?
+                            && let Some(row) = s.call(&call)?
+                        {
+                            calls.push(row);
+                        }
+                    }
+                }
+                Ok((canceled, calls, s.verification(&target)?))
+            })
         })
         .await;
     match done {
-        Ok((true, call_canceled, Some(now))) => {
-            if let Some(call) = call_canceled {
+        Ok((true, calls, Some(now))) => {
+            for call in calls {
                 app.metrics.call_ended(call.ended());
-                app.dispatcher.hang_up(&call.id).await;
+                // A call never dialled has no channel to hang up.
+                if call.dialed_at.is_some() {
+                    app.dispatcher.hang_up(&call.id).await;
+                }
             }
             tracing::info!(verification = %v.id, "verification canceled");
             reply(app, StatusCode::OK, &now)

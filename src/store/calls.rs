@@ -450,6 +450,19 @@ impl Store {
         )
     }
 
+    /// The calls of verification `verification` (of user `user_id`) that a
+    /// cancel can still stop: queued, dialing or ringing. Read through the
+    /// user's calls of those statuses (`calls_by_user_status`), a handful.
+    pub fn cancelable_calls_of(&self, user_id: i64, verification: &str) -> Result<Vec<CallId>, StoreError> {
+        let ids: Vec<String> = self.query(
+            "SELECT id FROM calls WHERE user_id = ?1 AND status IN ('queued', 'dialing', 'ringing')
+             AND verification_id = ?2",
+            args![user_id, verification],
+            |r| r.get(0),
+        )?;
+        Ok(ids.iter().filter_map(|id| CallId::parse(id)).collect())
+    }
+
     /// Stores the keys the callee pressed (`0-9*#`, in order), as the call
     /// flow reports them. A final call keeps the keys it ended with.
     pub fn record_keys(&mut self, id: &CallId, keys: &str) -> Result<(), StoreError> {
