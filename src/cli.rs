@@ -430,9 +430,11 @@ fn db(e: StoreError) -> String {
 
 /// Names end up in logs and tables: keep them plain.
 fn check_name(name: &str) -> CliResult {
-    let ok = (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
-    if ok { Ok(()) } else { Err(format!("invalid user name `{name}`: use 1-64 of A-Z a-z 0-9 . _ @ -")) }
+    if crate::auth::is_possible_name(name) {
+        Ok(())
+    } else {
+        Err(format!("invalid user name `{name}`: use 1-64 of A-Z a-z 0-9 . _ @ -"))
+    }
 }
 
 fn read_password(from_stdin: bool) -> Result<String, String> {

@@ -241,3 +241,25 @@ async fn a_user_gets_a_number_of_calls_per_day_even_across_a_restart() {
     assert_limited(&seed(&daemon, "03001234569", "acme1", PASSWORD), "limits.user_calls_per_day", 86_400);
     assert_originates(&daemon, &fake, 3);
 }
+
+/// Names no user can have (a NUL, a line break, 4 KiB, a space) are
+/// answered 401 at once - over the seed API and Basic auth alike - and cost
+/// nothing: no failed-login slot of the address (so more of them
+/// than `login_failures_per_ip` still leave it the right password), no
+/// 503 from a database that refuses the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_no_user_can_have_get_401_and_cost_nothing() {
+    let (_home, _fake, daemon) = setup("impossible-names", "[limits]\nlogin_failures_per_ip = 3\n").await;
+    let long = "a".repeat(4 * 1024);
+    for name in ["%00", "acme1%0d%0aX", long.as_str(), "a%20b", "%c3%a9"] {
+        let resp = seed(&daemon, "03001234567", name, "wrong");
+        assert_eq!(resp.status, 401, "{name:.20}: {}", resp.body);
+    }
+    for name in ["\0", "acme1\n", "a b"] {
+        let resp =
+            support::blocking(|| http::with_basic_headers(daemon.http, "GET", "/v1/calls", name, "x", &[], None));
+        assert_eq!(resp.status, 401, "{name:?}: {}", resp.body);
+    }
+    let ok = seed(&daemon, "03001234567", "acme1", PASSWORD);
+    assert_eq!(ok.status, 200, "the address kept its failed-login budget: {}", ok.body);
+}

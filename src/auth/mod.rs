@@ -189,9 +189,22 @@ impl PendingVerify {
             }
         }
         let user = user.filter(|u| matches && u.enabled);
-        tracing::debug!(user = %name, accepted = user.is_some(), "credentials checked with bcrypt");
+        tracing::debug!(user = ?name, accepted = user.is_some(), "credentials checked with bcrypt");
         Ok(user)
     }
+}
+
+/// Longest user name (`voice-otp user add` takes no longer).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// True if some user could have `name`: 1-64 of `A-Z a-z 0-9 . _ @ -`, the
+/// names `voice-otp user add` takes. Anything else is refused before any
+/// limit, cache or database sees it - a NUL, a line break or 16 KiB of
+/// name from an unauthenticated client costs nothing, and says nothing
+/// about which users exist.
+pub fn is_possible_name(name: &str) -> bool {
+    (1..=MAX_NAME_BYTES).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
 /// The cost a bcrypt hash was made with; `None` if it is no bcrypt hash.

@@ -97,6 +97,11 @@ pub fn check(app: &App, order: CallOrder<'_>) -> Result<CheckedCall, FieldError>
 /// Checks credentials behind the failed-login limits of `client` and the
 /// name; logs refusals and failed checks (never the password).
 pub async fn login(app: &App, name: &str, password: &Secret, client: IpAddr) -> Result<User, LoginError> {
+    if !crate::auth::is_possible_name(name) {
+        // No user has it: 401 at once, as for any wrong credentials.
+        tracing::debug!(%client, "login refused: not a possible user name");
+        return Err(LoginError::Unauthorized);
+    }
     let result = app.limits.login(&app.auth, name, password, client).await;
     match &result {
         Err(LoginError::Limited(_)) => tracing::warn!(%client, "login refused: failed-login limit"),
