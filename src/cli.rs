@@ -227,8 +227,13 @@ fn user(config: &Config, cmd: UserCommand) -> CliResult {
                 return Err(format!("user `{name}` already exists"));
             }
             let hash = hash_password(&read_password(password_stdin)?, cost)?;
-            store.add_user(&name, &hash).map_err(db)?;
-            let secret = store.rotate_webhook_secret(&name).map_err(db)?;
+            // One transaction: no user is left whose secret was never shown.
+            let secret = store
+                .atomically(|s| {
+                    s.add_user(&name, &hash)?;
+                    s.rotate_webhook_secret(&name)
+                })
+                .map_err(db)?;
             println!("added user {name}");
             println!("webhook_secret={}", secret.expose());
             eprintln!(

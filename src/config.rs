@@ -873,6 +873,10 @@ impl Config {
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections must be at least 1".into()));
         }
+        // 0 would answer every POST 413.
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes must be at least 1".into()));
+        }
         for (key, secs) in [
             ("http.header_timeout_secs", self.http.header_timeout_secs),
             ("http.body_timeout_secs", self.http.body_timeout_secs),

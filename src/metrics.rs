@@ -38,7 +38,7 @@ pub struct HttpLabels {
 pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// Statuses the handlers answer with, counted under their own code.
-pub const STATUSES: [u16; 15] = [200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 431, 500, 503];
+pub const STATUSES: [u16; 17] = [200, 201, 202, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 503];
 
 /// The `method` label of a request method: itself if standard, else `other`.
 pub fn method_label(method: &str) -> &'static str {
@@ -513,6 +513,10 @@ mod tests {
         assert!(text.contains("method=\"GET\",route=\"/healthz\",status=\"other\"} 300"), "{text}");
         assert!(text.contains("method=\"GET\",route=\"/healthz\",status=\"4xx\"} 1"), "{text}");
         assert_eq!(method_label("get"), "other", "methods are case-sensitive");
+        // Every code the API answers with has its own label.
+        for code in [201, 422] {
+            assert_eq!(status_label(code), code.to_string());
+        }
     }
 
     #[test]

@@ -232,7 +232,7 @@ async fn list(app: &App, user: &User, req: &Request<Incoming>) -> HttpResponse {
             None => None,
             Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
                 let all: Vec<&str> = CallStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ("status", format!("status must be one of {}", all.join(", ")))
+                ("status", format!("status must be one of: {}", all.join(", ")))
             })?),
         };
         let limit = match params.optional("limit").map_err(|e| ("limit", e.to_string()))? {
