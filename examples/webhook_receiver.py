@@ -11,11 +11,13 @@ for a delivery already accepted (the daemon retries when it gets no 2xx in
 time: dedupe on X-Voice-OTP-Delivery), also 200; `rejected: <why>` with 401
 when the signature is missing, malformed, wrong or too old.
 
-The check: `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>` where v1 is
-HMAC-SHA256 under the user's webhook secret (`voice-otp user add` prints it)
-of `"<t>.<raw body>"`, compared in constant time, with `t` at most
---tolerance seconds (300) from now against replays. Check the raw bytes:
-parse the JSON only after.
+The check: `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>,v2=<hex>` where
+v2 is HMAC-SHA256 under the user's webhook secret (`voice-otp user add`
+prints it) of `"<t>.<X-Voice-OTP-Delivery>.<X-Voice-OTP-Event>.<raw body>"`,
+compared in constant time, with `t` at most --tolerance seconds (300) from
+now against old replays. v2 covers the delivery id and the event too, so a
+copy replayed within the tolerance under a new delivery id is refused, not
+taken for a new delivery. Check the raw bytes: parse the JSON only after.
 """
 
 import argparse
@@ -31,20 +33,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MAX_BODY = 1 << 20
 
 
-def verify(secret: bytes, header: str, body: bytes, tolerance: int, now: float) -> str:
-    """An empty string when `header` signs `body`, else why not."""
+def verify(secret: bytes, header: str, delivery: str, event: str, body: bytes, tolerance: int, now: float) -> str:
+    """An empty string when `header` signs `body` as this delivery and event, else why not."""
     parts = {}
     for part in header.split(","):
         key, sep, value = part.strip().partition("=")
         if sep:
             parts.setdefault(key, value)
-    t, v1 = parts.get("t", ""), parts.get("v1", "")
-    if not t.isdigit() or not v1:
+    t, v2 = parts.get("t", ""), parts.get("v2", "")
+    if not t.isdigit() or not v2:
         return "malformed signature header"
     if abs(now - int(t)) > tolerance:
         return "timestamp outside the tolerance (a replay?)"
-    expected = hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, v1):
+    signed = b".".join([t.encode(), delivery.encode(), event.encode(), body])
+    expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, v2):
         return "signature does not match"
     return ""
 
@@ -63,16 +66,16 @@ class Receiver(BaseHTTPRequestHandler):
         header = self.headers.get("X-Voice-OTP-Signature")
         if header is None:
             return self.answer(401, "rejected: no X-Voice-OTP-Signature header")
-        why = verify(self.secret, header, body, self.tolerance, time.time())
+        delivery = self.headers.get("X-Voice-OTP-Delivery", "")
+        event = self.headers.get("X-Voice-OTP-Event", "")
+        why = verify(self.secret, header, delivery, event, body, self.tolerance, time.time())
         if why:
             return self.answer(401, f"rejected: {why}")
         call = json.loads(body)
-        delivery = self.headers.get("X-Voice-OTP-Delivery", "")
         with self.lock:
             first = delivery not in self.seen
             self.seen.add(delivery)
         word = "accepted" if first else "duplicate"
-        event = self.headers.get("X-Voice-OTP-Event", "")
         # Here a real receiver would act on the call: mark the user's phone
         # verified on call.completed (in enter mode: "verified": true), offer
         # an SMS on call.failed, ...

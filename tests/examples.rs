@@ -249,14 +249,18 @@ impl WebhookExample {
     /// POSTs `body` as a webhook with `signature` (none if `None`), the
     /// other headers taken from `like`; returns the status and the body.
     fn post(&self, like: &Received, signature: Option<&str>, body: &str) -> (u16, String) {
+        self.post_as(like, like.header("x-voice-otp-delivery").unwrap(), signature, body)
+    }
+
+    /// [`WebhookExample::post`] under another delivery id.
+    fn post_as(&self, like: &Received, delivery: &str, signature: Option<&str>, body: &str) -> (u16, String) {
         let mut head = format!(
             "POST /hook HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.addr,
             body.len()
         );
-        for name in ["x-voice-otp-event", "x-voice-otp-delivery"] {
-            head.push_str(&format!("{name}: {}\r\n", like.header(name).unwrap()));
-        }
+        head.push_str(&format!("x-voice-otp-event: {}\r\n", like.header("x-voice-otp-event").unwrap()));
+        head.push_str(&format!("x-voice-otp-delivery: {delivery}\r\n"));
         if let Some(sig) = signature {
             head.push_str(&format!("X-Voice-OTP-Signature: {sig}\r\n"));
         }
@@ -272,10 +276,13 @@ impl Drop for WebhookExample {
     }
 }
 
-fn sign(secret: &str, t: u64, body: &str) -> String {
+/// A signature header for `body` as delivery `like`'s (v2 only: what the
+/// examples check).
+fn sign(secret: &str, t: u64, like: &Received, body: &str) -> String {
+    let (delivery, event) = (like.header("x-voice-otp-delivery").unwrap(), like.header("x-voice-otp-event").unwrap());
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    mac.update(format!("{t}.{delivery}.{event}.{body}").as_bytes());
+    format!("t={t},v2={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The webhook receiver accepts the daemon's real signed webhooks for a
@@ -324,33 +331,40 @@ async fn the_webhook_examples_accept_signed_webhooks_and_refuse_tampered_ones() 
     let tampered = real.body.replace("\"status\":\"failed\"", "\"status\":\"completed\"");
     assert_ne!(tampered, real.body);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let (t, v1) = signature.split_once(',').unwrap();
-    let flipped = format!("{t},v1={}", v1.trim_start_matches("v1=").chars().rev().collect::<String>());
+    let (before, v2) = signature.rsplit_once(",v2=").unwrap();
+    let flipped = format!("{before},v2={}", v2.chars().rev().collect::<String>());
+    let v1_only = before.to_owned();
     for (what, sig, body, why) in [
         ("tampered body", Some(signature.clone()), tampered.as_str(), "signature does not match"),
-        ("wrong v1", Some(flipped), real.body.as_str(), "signature does not match"),
+        ("wrong v2", Some(flipped), real.body.as_str(), "signature does not match"),
+        ("v1 alone", Some(v1_only), real.body.as_str(), "malformed signature header"),
         (
             "another secret",
-            Some(sign("not-the-secret", now, &real.body)),
+            Some(sign("not-the-secret", now, &real, &real.body)),
             real.body.as_str(),
             "signature does not match",
         ),
         (
             "an hour old",
-            Some(sign(&secret, now - 3600, &real.body)),
+            Some(sign(&secret, now - 3600, &real, &real.body)),
             real.body.as_str(),
             "timestamp outside the tolerance",
         ),
-        ("garbage", Some("v1=abc".to_owned()), real.body.as_str(), "malformed signature header"),
+        ("garbage", Some("v2=abc".to_owned()), real.body.as_str(), "malformed signature header"),
         ("unsigned", None, real.body.as_str(), "no X-Voice-OTP-Signature header"),
     ] {
         let (status, said) = receiver.post(&real, sig.as_deref(), body);
         assert_eq!(status, 401, "{what}: {said}");
         assert!(said.starts_with(&format!("rejected: {why}")), "{what}: {said}");
     }
+    // The real webhook replayed at once under a new delivery id, to pass
+    // the dedupe: the delivery id is signed.
+    let (status, said) = receiver.post_as(&real, "999999", Some(&signature), &real.body);
+    assert_eq!(status, 401, "a replay as a new delivery: {said}");
+    assert!(said.starts_with("rejected: signature does not match"), "{said}");
     // Signed right with the secret and a fresh time: a body the daemon
     // never sent is accepted - it is the secret that proves the sender.
-    let (status, _) = receiver.post(&real, Some(&sign(&secret, now, &tampered)), &tampered);
+    let (status, _) = receiver.post(&real, Some(&sign(&secret, now, &real, &tampered)), &tampered);
     assert_eq!(status, 200);
 
     // The shell check on the same webhook, saved as received.
@@ -361,7 +375,7 @@ async fn the_webhook_examples_accept_signed_webhooks_and_refuse_tampered_ones() 
     let verify = |key: &str, file: &PathBuf| {
         let mut cmd = example("verify_webhook.sh");
         cmd.env("VOICE_OTP_WEBHOOK_SECRET", key);
-        run(cmd, &[&signature, file.to_str().unwrap()])
+        run(cmd, &[&signature, delivery, "call.failed", file.to_str().unwrap()])
     };
     let ok = verify(&secret, &good);
     assert!(ok.status.success() && ok.stdout.trim() == "valid", "{ok:?}");
@@ -370,6 +384,10 @@ async fn the_webhook_examples_accept_signed_webhooks_and_refuse_tampered_ones() 
     assert!(tampered_run.stderr.contains("signature does not match"), "{tampered_run:?}");
     let wrong_secret = verify("not-the-secret", &good);
     assert_eq!(wrong_secret.status.code(), Some(1), "{wrong_secret:?}");
+    let mut cmd = example("verify_webhook.sh");
+    cmd.env("VOICE_OTP_WEBHOOK_SECRET", &secret);
+    let replayed = run(cmd, &[&signature, "999999", "call.failed", good.to_str().unwrap()]);
+    assert!(replayed.stderr.contains("signature does not match"), "another delivery id: {replayed:?}");
 }
 
 /// The verification examples: `start` makes a verification whose call the

@@ -109,13 +109,14 @@ async fn send(d: &Delivery, policy: &WebhooksConfig) -> Result<u16, Failure> {
     };
     let limit = Duration::from_secs(u64::from(policy.timeout_secs));
     let timestamp = now_ms() / 1000;
-    let signature = sign(secret, timestamp, d.body.as_bytes());
+    let delivery = d.id.to_string();
+    let signature = sign(secret, timestamp, &delivery, d.event.as_str(), d.body.as_bytes());
     let request = Request::post(url.path.as_str())
         .header(hyper::header::HOST, host_header(&url))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, concat!("voice-otp/", env!("CARGO_PKG_VERSION")))
         .header(SIGNATURE_HEADER, signature)
-        .header(DELIVERY_HEADER, d.id.to_string())
+        .header(DELIVERY_HEADER, delivery)
         .header(EVENT_HEADER, d.event.as_str())
         .body(Full::new(Bytes::from(d.body.clone())))
         .map_err(|e| Failure::Permanent(format!("request: {e}")))?;

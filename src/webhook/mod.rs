@@ -8,9 +8,13 @@
 //! - `delivery`: one attempt - the HTTP(S) POST - and the retry schedule
 //!   (capped exponential backoff, every attempt recorded).
 //!
-//! Signature: header `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>`
-//! where `<hex>` is HMAC-SHA256 with the user's secret over
-//! `"<t>.<raw body>"`. The timestamp lets receivers refuse replays.
+//! Signature: header `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>,v2=<hex>`,
+//! each HMAC-SHA256 with the user's secret: `v2` over
+//! `"<t>.<delivery id>.<event>.<raw body>"`, `v1` over `"<t>.<raw body>"`
+//! (kept for receivers written against it). The timestamp lets receivers
+//! refuse old replays; `v2` also binds the `X-Voice-OTP-Delivery` and
+//! `X-Voice-OTP-Event` headers, so a replay within the tolerance cannot
+//! pose as a new delivery (defeating the dedupe) or as another event.
 
 pub mod delivery;
 pub mod outbox;
@@ -32,13 +36,23 @@ pub const EVENT_HEADER: &str = "X-Voice-OTP-Event";
 /// Longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2000;
 
-/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
-pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>,
+/// v2=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>.<event>.<body>")>`.
+pub fn sign(secret: &str, timestamp: i64, delivery: &str, event: &str, body: &[u8]) -> String {
+    let mac = |parts: &[&[u8]]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                mac.update(b".");
+            }
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let t = timestamp.to_string();
+    let v1 = mac(&[t.as_bytes(), body]);
+    let v2 = mac(&[t.as_bytes(), delivery.as_bytes(), event.as_bytes(), body]);
+    format!("t={t},v1={v1},v2={v2}")
 }
 
 /// A callback URL that passed the syntactic and host checks.
@@ -163,12 +177,22 @@ mod tests {
 
     #[test]
     fn signature_matches_an_independent_hmac() {
-        // Expected value from `printf '%s' "0.what do ya want for nothing?" |
-        // openssl dgst -sha256 -hmac Jefe`: the framing is "<t>.<body>".
-        let sig = sign("Jefe", 0, b"what do ya want for nothing?");
-        assert_eq!(sig, "t=0,v1=37f471929915ccd2cbbe79feb84ffcff4f2bb25e15fc41c2506687331ae179cc");
-        assert_ne!(sign("Jefe", 1, b"what do ya want for nothing?"), sig, "the timestamp is signed");
-        assert_ne!(sign("Jeff", 0, b"what do ya want for nothing?"), sig, "the secret matters");
+        // Expected values from `printf '%s' "0.what do ya want for nothing?" |
+        // openssl dgst -sha256 -hmac Jefe` (v1: "<t>.<body>") and the same
+        // over "0.42.call.failed.what do ya want for nothing?" (v2:
+        // "<t>.<delivery>.<event>.<body>").
+        let body = b"what do ya want for nothing?";
+        let sig = sign("Jefe", 0, "42", "call.failed", body);
+        assert_eq!(
+            sig,
+            "t=0,v1=37f471929915ccd2cbbe79feb84ffcff4f2bb25e15fc41c2506687331ae179cc,\
+             v2=87e503b153802d99821c671822f684b58bd0f7f8d573531910b3e777c236e271"
+        );
+        let v2 = |s: String| s.rsplit_once(",v2=").map(|(_, v)| v.to_owned());
+        assert_ne!(v2(sign("Jefe", 1, "42", "call.failed", body)), v2(sig.clone()), "the timestamp is signed");
+        assert_ne!(v2(sign("Jeff", 0, "42", "call.failed", body)), v2(sig.clone()), "the secret matters");
+        assert_ne!(v2(sign("Jefe", 0, "43", "call.failed", body)), v2(sig.clone()), "the delivery is signed");
+        assert_ne!(v2(sign("Jefe", 0, "42", "call.completed", body)), v2(sig), "the event is signed");
     }
 
     fn policy(allow: &[&str], deny_private: bool) -> WebhooksConfig {

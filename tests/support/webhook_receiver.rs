@@ -39,20 +39,28 @@ impl Received {
     /// `"<t>.<body>"` under `secret`.
     pub fn signed_with(&self, secret: &str) -> bool {
         let Some(sig) = self.header("x-voice-otp-signature") else { return false };
-        let mut t = None;
-        let mut v1 = None;
+        let (mut t, mut v1, mut v2) = (None, None, None);
         for part in sig.split(',') {
             match part.split_once('=') {
                 Some(("t", v)) => t = Some(v),
                 Some(("v1", v)) => v1 = Some(v),
+                Some(("v2", v)) => v2 = Some(v),
                 _ => {}
             }
         }
-        let (Some(t), Some(v1)) = (t, v1) else { return false };
-        let Ok(expected) = hex::decode(v1) else { return false };
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{t}.{}", self.body).as_bytes());
-        mac.verify_slice(&expected).is_ok()
+        let (Some(t), Some(v1), Some(v2)) = (t, v1, v2) else { return false };
+        let (Some(delivery), Some(event)) = (self.header("x-voice-otp-delivery"), self.header("x-voice-otp-event"))
+        else {
+            return false;
+        };
+        let matches = |hex_mac: &str, signed: String| {
+            let Ok(expected) = hex::decode(hex_mac) else { return false };
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&expected).is_ok()
+        };
+        // Both: v1 over "<t>.<body>", v2 over "<t>.<delivery>.<event>.<body>".
+        matches(v1, format!("{t}.{}", self.body)) && matches(v2, format!("{t}.{delivery}.{event}.{}", self.body))
     }
 }
 
