@@ -7,7 +7,7 @@
 # SIGNATURE_HEADER is the X-Voice-OTP-Signature value (t=...,v1=...,v2=...),
 # DELIVERY and EVENT the X-Voice-OTP-Delivery and X-Voice-OTP-Event values,
 # BODY_FILE the raw body as received (- for standard input). Exits 0 and
-# prints "valid" when v2 is HMAC-SHA256(secret, "<t>.<delivery>.<event>.<body>")
+# prints "valid" when v2 is HMAC-SHA256(secret, "<t>\n<delivery>\n<event>\n<body>")
 # and t is at most VOICE_OTP_TOLERANCE seconds (300) from now; else prints
 # why on stderr and exits 1. Careful: openssl takes the secret on its command line, where
 # other local users can see it while it runs; on a shared machine prefer
@@ -39,7 +39,7 @@ cat -- "$file" >"$body"
 hmac() {
     openssl dgst -sha256 -hmac "$VOICE_OTP_WEBHOOK_SECRET" | sed 's/^.*= //'
 }
-expected=$({ printf '%s.%s.%s.' "$t" "$delivery" "$event"; cat "$body"; } | hmac)
+expected=$({ printf '%s\n%s\n%s\n' "$t" "$delivery" "$event"; cat "$body"; } | hmac)
 # A shell cannot compare in constant time; comparing HMACs of both values
 # instead tells a timing attacker nothing about the expected one.
 if [ "$(printf '%s' "$expected" | hmac)" != "$(printf '%s' "$v2" | hmac)" ]; then

@@ -13,7 +13,8 @@ when the signature is missing, malformed, wrong or too old.
 
 The check: `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>,v2=<hex>` where
 v2 is HMAC-SHA256 under the user's webhook secret (`voice-otp user add`
-prints it) of `"<t>.<X-Voice-OTP-Delivery>.<X-Voice-OTP-Event>.<raw body>"`,
+prints it) of `"<t>\\n<X-Voice-OTP-Delivery>\\n<X-Voice-OTP-Event>\\n<raw body>"`
+(line breaks: no header value holds one),
 compared in constant time, with `t` at most --tolerance seconds (300) from
 now against old replays. v2 covers the delivery id and the event too, so a
 copy replayed within the tolerance under a new delivery id is refused, not
@@ -45,7 +46,7 @@ def verify(secret: bytes, header: str, delivery: str, event: str, body: bytes, t
         return "malformed signature header"
     if abs(now - int(t)) > tolerance:
         return "timestamp outside the tolerance (a replay?)"
-    signed = b".".join([t.encode(), delivery.encode(), event.encode(), body])
+    signed = b"\n".join([t.encode(), delivery.encode(), event.encode(), body])
     expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, v2):
         return "signature does not match"

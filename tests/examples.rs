@@ -281,7 +281,7 @@ impl Drop for WebhookExample {
 fn sign(secret: &str, t: u64, like: &Received, body: &str) -> String {
     let (delivery, event) = (like.header("x-voice-otp-delivery").unwrap(), like.header("x-voice-otp-event").unwrap());
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{delivery}.{event}.{body}").as_bytes());
+    mac.update(format!("{t}\n{delivery}\n{event}\n{body}").as_bytes());
     format!("t={t},v2={}", hex::encode(mac.finalize().into_bytes()))
 }
 
@@ -362,6 +362,10 @@ async fn the_webhook_examples_accept_signed_webhooks_and_refuse_tampered_ones() 
     let (status, said) = receiver.post_as(&real, "999999", Some(&signature), &real.body);
     assert_eq!(status, 401, "a replay as a new delivery: {said}");
     assert!(said.starts_with("rejected: signature does not match"), "{said}");
+    // Nor by moving a part of the event into the delivery id.
+    let shifted = format!("{delivery}.call");
+    let (status, said) = receiver.post_as(&real, &shifted, Some(&signature), &real.body);
+    assert_eq!(status, 401, "delivery {shifted}: {said}");
     // Signed right with the secret and a fresh time: a body the daemon
     // never sent is accepted - it is the secret that proves the sender.
     let (status, _) = receiver.post(&real, Some(&sign(&secret, now, &real, &tampered)), &tampered);

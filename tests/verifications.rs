@@ -230,9 +230,6 @@ async fn bad_verification_requests_name_their_field() {
     assert_eq!(fake.count("Originate"), 0, "no call for a refused request");
 }
 
-/// Issue 11 item 3: the same key and body within a day answer with the
-/// first request's status, body and id, and place no second call; the same
-/// key with another body is 422; keys are per user.
 /// Canceling a verification stops every call of it still unanswered - the
 /// re-send's and the one before it - in one go, and hangs them up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,6 +277,9 @@ async fn a_limits_refusal_is_not_kept_under_the_key() {
     assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")), "kept now: {}", again.body);
 }
 
+/// Issue 11 item 3: the same key and body within a day answer with the
+/// first request's status, body and id, and place no second call; the same
+/// key with another body is 422; keys are per user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_places_one_call_whatever_the_retries() {
     let (_home, fake, daemon) = setup("idempotent", "").await;

@@ -22,5 +22,5 @@ pub mod session;
 pub use codec::{AgiCodec, AgiFrame, AgiRequest, Reply};
 pub use command::{Command, CommandError};
 pub use playback::{Playback, PlaybackError, Played, Waited};
-pub use server::{AgiHandler, AgiServer, DEFAULT_MAX_SESSIONS};
+pub use server::{Admission, AgiHandler, AgiServer, DEFAULT_MAX_SESSIONS};
 pub use session::{AgiChannel, AgiError, AgiSession};

@@ -9,11 +9,14 @@
 //!
 //! The session limit cannot be used to lock Asterisk out: any local process
 //! may connect, so a connection is only sure of its slot once its handler
-//! says the session proved itself ([`AgiChannel::admitted`]: for voice-otp,
+//! says the session proved itself ([`AgiChannel::admission`]: for voice-otp,
 //! the call's token). When every slot is taken, a new connection closes the
-//! oldest session not admitted yet and takes its slot; only when all are
-//! admitted is the new connection closed. A flood of idle connections thus
-//! pushes out its own oldest, never a call being served.
+//! oldest session neither admitted nor vouching (its proof being checked,
+//! one database trip) and takes its slot; when there is none, the new
+//! connection is closed. A flood of idle connections thus pushes out its
+//! own oldest - never a call being served, nor one whose token is being
+//! checked. Closing and admitting happen under one lock: a session is
+//! either closed for room or admitted, never both.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -62,16 +65,49 @@ where
 /// out (that session's task ends at once; this only bounds a surprise).
 const PUSH_OUT_WAIT: Duration = Duration::from_secs(1);
 
-/// The connections whose sessions are not admitted yet, oldest first, each
-/// with what closes it.
+/// The connections whose sessions are not admitted yet, oldest first: each
+/// with what closes it, and whether it is vouching (its proof is being
+/// checked: not to be closed for room until the verdict).
 #[derive(Default)]
 struct Unadmitted {
     next: u64,
-    order: VecDeque<(u64, CancellationToken)>,
+    order: VecDeque<Entry>,
 }
 
-/// One connection's place in [`Unadmitted`]; dropping it (on admission or
-/// at the session's end) gives the place up.
+struct Entry {
+    id: u64,
+    close: CancellationToken,
+    vouching: bool,
+}
+
+impl Unadmitted {
+    /// Closes the oldest session that is not vouching; false if none is.
+    /// Under the line's lock, like every admission step: a session is
+    /// either closed here or admitted there, never both.
+    fn push_out_oldest(&mut self) -> bool {
+        let Some(at) = self.order.iter().position(|e| !e.vouching) else { return false };
+        if let Some(entry) = self.order.remove(at) {
+            entry.close.cancel();
+        }
+        true
+    }
+}
+
+/// How far a session has come in proving itself, for
+/// [`AgiChannel::admission`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Its proof (for voice-otp, the token) is in and being checked: it may
+    /// not be closed for room meanwhile (one database trip).
+    Vouching,
+    /// Proven: it keeps its slot for good.
+    Admitted,
+    /// Not proven: it may be closed for room again.
+    Refused,
+}
+
+/// One connection's place in [`Unadmitted`]; dropping it (at the session's
+/// end) gives the place up.
 pub(super) struct Waiting {
     id: u64,
     line: Arc<Mutex<Unadmitted>>,
@@ -83,8 +119,22 @@ impl Waiting {
         let mut l = line.lock().unwrap_or_else(|p| p.into_inner());
         let id = l.next;
         l.next += 1;
-        l.order.push_back((id, close));
+        l.order.push_back(Entry { id, close, vouching: false });
         Waiting { id, line: line.clone() }
+    }
+
+    /// Takes `step`; false if the session was closed for room already (it
+    /// must stop: its connection is going).
+    pub(super) fn step(&self, step: Admission) -> bool {
+        let mut l = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = l.order.iter().position(|e| e.id == self.id) else { return false };
+        match step {
+            Admission::Admitted => {
+                l.order.remove(at);
+            }
+            Admission::Vouching | Admission::Refused => l.order[at].vouching = step == Admission::Vouching,
+        }
+        true
     }
 }
 
@@ -92,7 +142,7 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         let mut l = self.line.lock().unwrap_or_else(|p| p.into_inner());
         // Near the front when it goes (the oldest go first): a short scan.
-        if let Some(at) = l.order.iter().position(|(id, _)| *id == self.id) {
+        if let Some(at) = l.order.iter().position(|e| e.id == self.id) {
             l.order.remove(at);
         }
     }
@@ -179,14 +229,12 @@ impl AgiServer {
             let permit = match permits.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
-                    let oldest = unadmitted.lock().unwrap_or_else(|p| p.into_inner()).order.pop_front();
-                    let Some((_, close)) = oldest else {
+                    if !unadmitted.lock().unwrap_or_else(|p| p.into_inner()).push_out_oldest() {
                         tracing::warn!(%peer, max = self.max_sessions, "too many AGI sessions: connection closed");
                         continue;
-                    };
+                    }
                     tracing::warn!(%peer, max = self.max_sessions,
                         "every AGI session slot taken: the oldest session not admitted yet is closed for this one");
-                    close.cancel();
                     match tokio::time::timeout(PUSH_OUT_WAIT, permits.clone().acquire_owned()).await {
                         Ok(Ok(permit)) => permit,
                         _ => continue,
@@ -392,7 +440,7 @@ mod tests {
                 let (release, started) = (release.clone(), started.clone());
                 async move {
                     // Proven: it keeps its slot whoever comes next.
-                    crate::agi::AgiChannel::admitted(&mut session);
+                    assert!(crate::agi::AgiChannel::admission(&mut session, Admission::Admitted));
                     started.notify_one();
                     release.notified().await;
                     drop(session);
@@ -423,7 +471,8 @@ mod tests {
     #[tokio::test]
     async fn sessions_not_admitted_make_room_for_a_new_connection() {
         // "idle-*" sessions never prove themselves and wait to be released
-        // (then answer the call); any other plays a file.
+        // (then answer the call), "vouching-*" ones say their proof is being
+        // checked and wait likewise; any other plays a file.
         let release = Arc::new(Notify::new());
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -433,7 +482,10 @@ mod tests {
                 let (release, started_tx, tx) = (release.clone(), started_tx.clone(), tx.clone());
                 async move {
                     let id = session.request().uniqueid().unwrap_or_default().to_owned();
-                    if id.starts_with("idle") {
+                    if id.starts_with("vouching") {
+                        assert!(crate::agi::AgiChannel::admission(&mut session, Admission::Vouching));
+                    }
+                    if id.starts_with("idle") || id.starts_with("vouching") {
                         let _ = started_tx.send(id);
                         release.notified().await;
                         let _ = session.run(Command::Answer).await;
@@ -445,27 +497,29 @@ mod tests {
                 }
             }
         };
-        let server = AgiServer::bind("127.0.0.1:0").await.unwrap().with_max_sessions(2);
+        let server = AgiServer::bind("127.0.0.1:0").await.unwrap().with_max_sessions(3);
         let (addr, token, task) = start(server, handler).await;
-        let mut idle = Vec::new();
-        for n in 1..=2 {
+        let mut held = Vec::new();
+        for id in ["vouching-1", "idle-1", "idle-2"] {
             let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(request_of(&format!("idle-{n}")).as_bytes()).await.unwrap();
-            assert_eq!(timeout(WAIT, started.recv()).await.unwrap(), Some(format!("idle-{n}")));
-            idle.push(stream);
+            stream.write_all(request_of(id).as_bytes()).await.unwrap();
+            assert_eq!(timeout(WAIT, started.recv()).await.unwrap().as_deref(), Some(id));
+            held.push(stream);
         }
         // Every slot is taken by a session not admitted: a new call pushes
-        // out the oldest and is served.
+        // out the oldest that is not vouching, and is served.
         asterisk_call(addr).await;
         assert_eq!(timeout(WAIT, rx.recv()).await.unwrap(), Some(("call-1".to_owned(), Ok(Some(6560)))));
-        assert!(closed_by_server(&mut idle[0]).await, "the oldest made room");
-        // The younger one kept its connection: released, it still talks.
+        assert!(closed_by_server(&mut held[1]).await, "the oldest not vouching made room");
+        // The others kept their connections: released, they still talk.
         release.notify_waiters();
-        let mut line = String::new();
-        timeout(WAIT, BufReader::new(&mut idle[1]).read_line(&mut line)).await.unwrap().unwrap();
-        assert_eq!(line, "ANSWER\n");
+        for at in [0, 2] {
+            let mut line = String::new();
+            timeout(WAIT, BufReader::new(&mut held[at]).read_line(&mut line)).await.unwrap().unwrap();
+            assert_eq!(line, "ANSWER\n", "session {at}");
+        }
         token.cancel();
-        drop(idle);
+        drop(held);
         timeout(WAIT, task).await.unwrap().unwrap();
     }
 

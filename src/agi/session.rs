@@ -43,11 +43,16 @@ pub trait AgiChannel: Send {
     /// for the meaning of each error.
     fn run(&mut self, cmd: Command) -> impl Future<Output = Result<Reply, AgiError>> + Send;
 
-    /// Tells the server this session proved itself (e.g. by its call's
-    /// token): from now on it keeps its slot. Until then, a connection that
-    /// finds every slot taken closes the oldest unproven session to get one
-    /// (see [`crate::agi::AgiServer`]). Default: nothing to tell.
-    fn admitted(&mut self) {}
+    /// Tells the server how far this session has come in proving itself
+    /// (e.g. by its call's token). Until it is admitted, a connection that
+    /// finds every slot taken closes the oldest unproven session that is
+    /// not vouching to get one (see [`crate::agi::AgiServer`]). False when
+    /// this session was closed for room already: it must stop. Default:
+    /// nothing to tell, true.
+    fn admission(&mut self, step: super::server::Admission) -> bool {
+        let _ = step;
+        true
+    }
 }
 
 /// What can go wrong running an AGI command.
@@ -311,9 +316,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgiChannel for AgiSession<S> {
         AgiSession::run(self, cmd)
     }
 
-    fn admitted(&mut self) {
-        // Dropped: out of the line of sessions that may be closed for room.
-        self.waiting = None;
+    fn admission(&mut self, step: super::server::Admission) -> bool {
+        self.waiting.as_ref().is_none_or(|w| w.step(step))
     }
 }
 

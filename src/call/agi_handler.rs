@@ -34,6 +34,7 @@ use super::flow::{self, FlowEnd, Verdict};
 use super::options::{CallMode, CallOptions};
 use super::token::{TOKEN_VARIABLE, TokenHash};
 use super::{Call, CallId, CallStatus, FailReason};
+use crate::agi::Admission as Step;
 use crate::agi::playback::Playback;
 use crate::agi::{AgiChannel, AgiSession};
 use crate::config::CallConfig;
@@ -103,6 +104,11 @@ impl OtpAgi {
                 return;
             }
         };
+        // Its proof is in: not to be closed for room while it is checked.
+        if !session.admission(Step::Vouching) {
+            tracing::debug!(call_id = %id, "FastAGI session closed for room before its token was checked");
+            return;
+        }
         let (lookup, live) = (id.clone(), self.live.clone());
         // One trip: the token is checked before the call is claimed, so a
         // session with a wrong token never holds the claim that the real
@@ -133,16 +139,19 @@ impl OtpAgi {
             .await;
         let (call, claim) = match admitted {
             Ok(Admission::Serve(call, claim)) => {
-                // Its token is the call's: no flood of connections may close it now.
-                session.admitted();
+                // Its token is the call's: no flood of connections may close
+                // it now (vouching, it could not have been closed meanwhile).
+                session.admission(Step::Admitted);
                 (call, claim)
             }
             Ok(Admission::Refuse(why)) => {
+                session.admission(Step::Refused);
                 self.refuse(session, why).await;
                 return;
             }
             Err(e) => {
                 tracing::error!(call_id = %id, error = %e, "could not load call; hanging up");
+                session.admission(Step::Refused);
                 hang_up(session).await;
                 return;
             }

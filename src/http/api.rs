@@ -197,8 +197,14 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
     };
     if canceled {
         tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
-        // Recorded: the phone stops ringing, whatever happens next.
-        if call.status != CallStatus::Queued {
+        // Recorded: the phone stops ringing, whatever happens next. Dialled
+        // as the canceled row says (the dialler may have dialled it since
+        // the first read); if that read failed, as the first read said.
+        let dialled = match &now {
+            Ok(Some(row)) => row.dialed_at.is_some(),
+            _ => call.status != CallStatus::Queued,
+        };
+        if dialled {
             app.dispatcher.hang_up(&call.id).await;
         }
     }

@@ -142,16 +142,23 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         let requests = tracker.clone();
         tracker.spawn(async move {
-            let _slots = (permit, ip_slot);
+            // Held by the connection and by each of its requests' tasks: a
+            // client that goes away while its request runs on keeps its
+            // slots until that work is done, so the connection caps bound
+            // the work in progress, not just the sockets.
+            let slots = Arc::new((permit, ip_slot));
             let served = Arc::new(AtomicU64::new(0));
             let service = service_fn(move |req| {
-                let (front, served, requests) = (front.clone(), served.clone(), requests.clone());
+                let (front, served, requests, slots) = (front.clone(), served.clone(), requests.clone(), slots.clone());
                 async move {
                     // A task of its own, carried out to its end even if the
                     // client goes away meanwhile (hyper then drops this
                     // future): a call placed keeps its Idempotency-Key
                     // answer, a cancel hangs up, nothing is left half done.
-                    let handled = requests.spawn(async move { route(&front, port, req, peer).await });
+                    let handled = requests.spawn(async move {
+                        let _slots = slots;
+                        route(&front, port, req, peer).await
+                    });
                     let mut resp = match handled.await {
                         Ok(resp) => resp,
                         Err(e) => {

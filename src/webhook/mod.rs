@@ -10,7 +10,9 @@
 //!
 //! Signature: header `X-Voice-OTP-Signature: t=<unix seconds>,v1=<hex>,v2=<hex>`,
 //! each HMAC-SHA256 with the user's secret: `v2` over
-//! `"<t>.<delivery id>.<event>.<raw body>"`, `v1` over `"<t>.<raw body>"`
+//! `"<t>\n<delivery id>\n<event>\n<raw body>"` (line breaks, which no
+//! header value can hold: the parts cannot be shifted between headers),
+//! `v1` over `"<t>.<raw body>"`
 //! (kept for receivers written against it). The timestamp lets receivers
 //! refuse old replays; `v2` also binds the `X-Voice-OTP-Delivery` and
 //! `X-Voice-OTP-Event` headers, so a replay within the tolerance cannot
@@ -37,21 +39,21 @@ pub const EVENT_HEADER: &str = "X-Voice-OTP-Event";
 pub const MAX_URL_LEN: usize = 2000;
 
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>,
-/// v2=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>.<event>.<body>")>`.
+/// v2=<hex HMAC-SHA256(secret, "<timestamp>\n<delivery>\n<event>\n<body>")>`.
 pub fn sign(secret: &str, timestamp: i64, delivery: &str, event: &str, body: &[u8]) -> String {
-    let mac = |parts: &[&[u8]]| {
+    let mac = |separator: &[u8], parts: &[&[u8]]| {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         for (i, part) in parts.iter().enumerate() {
             if i > 0 {
-                mac.update(b".");
+                mac.update(separator);
             }
             mac.update(part);
         }
         hex::encode(mac.finalize().into_bytes())
     };
     let t = timestamp.to_string();
-    let v1 = mac(&[t.as_bytes(), body]);
-    let v2 = mac(&[t.as_bytes(), delivery.as_bytes(), event.as_bytes(), body]);
+    let v1 = mac(b".", &[t.as_bytes(), body]);
+    let v2 = mac(b"\n", &[t.as_bytes(), delivery.as_bytes(), event.as_bytes(), body]);
     format!("t={t},v1={v1},v2={v2}")
 }
 
@@ -179,20 +181,22 @@ mod tests {
     fn signature_matches_an_independent_hmac() {
         // Expected values from `printf '%s' "0.what do ya want for nothing?" |
         // openssl dgst -sha256 -hmac Jefe` (v1: "<t>.<body>") and the same
-        // over "0.42.call.failed.what do ya want for nothing?" (v2:
-        // "<t>.<delivery>.<event>.<body>").
+        // over `printf '0\n42\ncall.failed\n%s' "what do ya..."` (v2:
+        // "<t>\n<delivery>\n<event>\n<body>").
         let body = b"what do ya want for nothing?";
         let sig = sign("Jefe", 0, "42", "call.failed", body);
         assert_eq!(
             sig,
             "t=0,v1=37f471929915ccd2cbbe79feb84ffcff4f2bb25e15fc41c2506687331ae179cc,\
-             v2=87e503b153802d99821c671822f684b58bd0f7f8d573531910b3e777c236e271"
+             v2=0425d7aed493dc737633f78aa0440fba66cd86c7e2586f90d0a9336d91f65420"
         );
         let v2 = |s: String| s.rsplit_once(",v2=").map(|(_, v)| v.to_owned());
         assert_ne!(v2(sign("Jefe", 1, "42", "call.failed", body)), v2(sig.clone()), "the timestamp is signed");
         assert_ne!(v2(sign("Jeff", 0, "42", "call.failed", body)), v2(sig.clone()), "the secret matters");
         assert_ne!(v2(sign("Jefe", 0, "43", "call.failed", body)), v2(sig.clone()), "the delivery is signed");
-        assert_ne!(v2(sign("Jefe", 0, "42", "call.completed", body)), v2(sig), "the event is signed");
+        assert_ne!(v2(sign("Jefe", 0, "42", "call.completed", body)), v2(sig.clone()), "the event is signed");
+        // Parts cannot be shifted from one header to the other.
+        assert_ne!(v2(sign("Jefe", 0, "42.call", "failed", body)), v2(sig), "the framing is unambiguous");
     }
 
     fn policy(allow: &[&str], deny_private: bool) -> WebhooksConfig {

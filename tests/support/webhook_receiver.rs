@@ -59,8 +59,8 @@ impl Received {
             mac.update(signed.as_bytes());
             mac.verify_slice(&expected).is_ok()
         };
-        // Both: v1 over "<t>.<body>", v2 over "<t>.<delivery>.<event>.<body>".
-        matches(v1, format!("{t}.{}", self.body)) && matches(v2, format!("{t}.{delivery}.{event}.{}", self.body))
+        // Both: v1 over "<t>.<body>", v2 over "<t>\n<delivery>\n<event>\n<body>".
+        matches(v1, format!("{t}.{}", self.body)) && matches(v2, format!("{t}\n{delivery}\n{event}\n{}", self.body))
     }
 }
 
