@@ -84,9 +84,11 @@ struct Checks {
 /// up is in `checks.asterisk` either way.
 pub(super) async fn healthz(app: &App, probe: &HealthProbe) -> HttpResponse {
     let word = |up: bool| if up { "up" } else { "down" };
-    let asterisk: BTreeMap<String, &'static str> =
-        app.servers.iter().map(|s| (s.name.clone(), word(s.ami.is_connected()))).collect();
-    let ami = app.servers.any_connected();
+    // Each link read once: `ami` is what the per-server map says, never a
+    // second look that a link change in between would contradict.
+    let links: Vec<(String, bool)> = app.servers.iter().map(|s| (s.name.clone(), s.ami.is_connected())).collect();
+    let ami = links.iter().any(|(_, up)| *up);
+    let asterisk: BTreeMap<String, &'static str> = links.into_iter().map(|(name, up)| (name, word(up))).collect();
     let agi = app.agi_listening.load(Ordering::Relaxed);
     let db = probe.up(|| database_takes_a_write(app)).await;
     let down: Vec<&'static str> =
@@ -129,7 +131,7 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
         tracing::warn!(error = %e, "metrics: database unreadable; per-server calls left at 0");
         Vec::new()
     });
-    let servers = app
+    let servers: Vec<ServerSnapshot> = app
         .servers
         .iter()
         .map(|s| ServerSnapshot {
@@ -139,10 +141,12 @@ pub(super) async fn metrics(app: &App) -> HttpResponse {
             capacity: u64::from(s.max_concurrent_calls),
         })
         .collect();
+    // From the same reads as the per-server gauges, so the two agree.
+    let ami_connected = servers.iter().any(|s| s.up);
     let snap = Snapshot {
         servers,
         calls,
-        ami_connected: app.servers.any_connected(),
+        ami_connected,
         ami_reconnects: app.servers.iter().map(|s| s.ami.reconnects()).sum(),
         ami_oversized_messages: app.servers.iter().map(|s| s.ami.oversized_messages()).sum(),
         agi_sessions: app.live.count(),

@@ -85,9 +85,4 @@ impl AsteriskServers {
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.0.iter().position(|s| s.name == name)
     }
-
-    /// Whether at least one server's link is logged in: calls can be placed.
-    pub fn any_connected(&self) -> bool {
-        self.0.iter().any(|s| s.ami.is_connected())
-    }
 }
