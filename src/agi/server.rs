@@ -18,7 +18,7 @@
 //! checked. Closing and admitting happen under one lock: a session is
 //! either closed for room or admitted, never both.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -65,17 +65,17 @@ where
 /// out (that session's task ends at once; this only bounds a surprise).
 const PUSH_OUT_WAIT: Duration = Duration::from_secs(1);
 
-/// The connections whose sessions are not admitted yet, oldest first: each
-/// with what closes it, and whether it is vouching (its proof is being
-/// checked: not to be closed for room until the verdict).
+/// The connections whose sessions are not admitted yet, by arrival (ids
+/// count up, so the map's order is their age): each with what closes it,
+/// and whether it is vouching (its proof is being checked: not to be
+/// closed for room until the verdict).
 #[derive(Default)]
 struct Unadmitted {
     next: u64,
-    order: VecDeque<Entry>,
+    waiting: BTreeMap<u64, Entry>,
 }
 
 struct Entry {
-    id: u64,
     close: CancellationToken,
     vouching: bool,
 }
@@ -85,8 +85,8 @@ impl Unadmitted {
     /// Under the line's lock, like every admission step: a session is
     /// either closed here or admitted there, never both.
     fn push_out_oldest(&mut self) -> bool {
-        let Some(at) = self.order.iter().position(|e| !e.vouching) else { return false };
-        if let Some(entry) = self.order.remove(at) {
+        let Some(id) = self.waiting.iter().find(|(_, e)| !e.vouching).map(|(id, _)| *id) else { return false };
+        if let Some(entry) = self.waiting.remove(&id) {
             entry.close.cancel();
         }
         true
@@ -119,7 +119,7 @@ impl Waiting {
         let mut l = line.lock().unwrap_or_else(|p| p.into_inner());
         let id = l.next;
         l.next += 1;
-        l.order.push_back(Entry { id, close, vouching: false });
+        l.waiting.insert(id, Entry { close, vouching: false });
         Waiting { id, line: line.clone() }
     }
 
@@ -127,24 +127,18 @@ impl Waiting {
     /// must stop: its connection is going).
     pub(super) fn step(&self, step: Admission) -> bool {
         let mut l = self.line.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(at) = l.order.iter().position(|e| e.id == self.id) else { return false };
-        match step {
-            Admission::Admitted => {
-                l.order.remove(at);
-            }
-            Admission::Vouching | Admission::Refused => l.order[at].vouching = step == Admission::Vouching,
+        if step == Admission::Admitted {
+            return l.waiting.remove(&self.id).is_some();
         }
+        let Some(entry) = l.waiting.get_mut(&self.id) else { return false };
+        entry.vouching = step == Admission::Vouching;
         true
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let mut l = self.line.lock().unwrap_or_else(|p| p.into_inner());
-        // Near the front when it goes (the oldest go first): a short scan.
-        if let Some(at) = l.order.iter().position(|e| e.id == self.id) {
-            l.order.remove(at);
-        }
+        self.line.lock().unwrap_or_else(|p| p.into_inner()).waiting.remove(&self.id);
     }
 }
 

@@ -142,7 +142,7 @@ impl<S> AgiSession<S> {
     }
 
     /// Keeps the connection's place among the sessions not admitted yet
-    /// until [`AgiChannel::admitted`] (or the session's end).
+    /// until it is admitted ([`AgiChannel::admission`]) or ends.
     pub(super) fn set_waiting(&mut self, waiting: super::server::Waiting) {
         self.waiting = Some(waiting);
     }

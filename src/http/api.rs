@@ -197,15 +197,13 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
     };
     if canceled {
         tracing::info!(call_id = %call.id, was = %call.status, "call canceled");
-        // Recorded: the phone stops ringing, whatever happens next. Dialled
-        // as the canceled row says (the dialler may have dialled it since
-        // the first read); if that read failed, as the first read said.
-        let dialled = match &now {
-            Ok(Some(row)) => row.dialed_at.is_some(),
-            _ => call.status != CallStatus::Queued,
-        };
-        if dialled {
-            app.dispatcher.hang_up(&call.id).await;
+        // Recorded: the phone stops ringing, whatever happens next - by
+        // the canceled row (the dialler may have dialled it since the first
+        // read), or if that read failed, by the first read.
+        match &now {
+            Ok(Some(row)) => after_cancel(app, row).await,
+            _ if call.status != CallStatus::Queued => app.dispatcher.hang_up(&call.id).await,
+            _ => {}
         }
     }
     let now = match now {
@@ -220,8 +218,17 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
         let detail = format!("the call is {}; only queued, dialing or ringing calls can be canceled", now.status);
         return problem(StatusCode::CONFLICT, &detail, None);
     }
-    app.metrics.call_ended(now.ended());
     call_reply(StatusCode::OK, &now)
+}
+
+/// What follows a recorded cancel, given the canceled row: the call is
+/// counted as ended, and its channel hung up if it was dialled (a call
+/// never dialled has none).
+pub(super) async fn after_cancel(app: &App, call: &Call) {
+    app.metrics.call_ended(call.ended());
+    if call.dialed_at.is_some() {
+        app.dispatcher.hang_up(&call.id).await;
+    }
 }
 
 #[derive(Serialize)]

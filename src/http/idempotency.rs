@@ -4,8 +4,9 @@
 //! again (status, body, `Location`) and places no second call; the same key
 //! with another request is `422`; while the first is still being carried
 //! out, `409`. Answers of our own failures (5xx) and of limits (429: "try
-//! again later") are not kept, so a retry after one is carried out afresh. Keys live in the database
-//! (`store/idempotency.rs`), so they hold across restarts (and daemons).
+//! again later") are not kept, so a retry after one is carried out afresh.
+//! Keys live in the database (`store/idempotency.rs`), so they hold across
+//! restarts (and daemons).
 
 use std::future::Future;
 

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{Map, Value};
 
-use super::api::{authenticate, unavailable};
+use super::api::{after_cancel, authenticate, unavailable};
 use super::idempotency;
 use super::intake::{self, OfVerification, PlaceError, Placement};
 use super::json_body::{self, Reject};
@@ -322,12 +322,8 @@ async fn cancel(app: &App, user: &User, id: &str) -> HttpResponse {
         .await;
     match done {
         Ok((true, calls, Some(now))) => {
-            for call in calls {
-                app.metrics.call_ended(call.ended());
-                // A call never dialled has no channel to hang up.
-                if call.dialed_at.is_some() {
-                    app.dispatcher.hang_up(&call.id).await;
-                }
+            for call in &calls {
+                after_cancel(app, call).await;
             }
             tracing::info!(verification = %v.id, "verification canceled");
             reply(app, StatusCode::OK, &now)
